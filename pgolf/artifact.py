@@ -1,0 +1,180 @@
+"""The compressed model file: a versioned container of raw arrays, with no pickle.
+
+Layout (little endian):
+    magic b"PGOLFMDL" | version u16 | compressor u8 | frame count u8
+    frame table: (raw length u32, compressed length u32, crc32 of raw u32) per frame
+    frames: frame 0 is the JSON directory (model/eval settings, one entry per tensor); frames 1..4 hold
+    the arrays of the tensor groups embedding, attention, mlp, other (per-row scales, control tensors).
+One compressed frame per group makes the bytes per group exact. Float arrays are stored byte-shuffled
+(all low bytes, then all high bytes), which compresses better. The loader checks every length, offset
+and checksum, so a truncated, padded or altered file is rejected before any tensor is built.
+"""
+
+import json
+import lzma
+import struct
+import zlib
+
+import numpy as np
+import zstandard
+
+from pgolf.quant import TENSOR_GROUPS, StoredTensor, tensor_group
+
+MAGIC = b"PGOLFMDL"
+FORMAT_VERSION = 1
+COMPRESSOR_IDS = {"zstd": 1, "lzma": 2}
+PREFIX = struct.Struct("<8sHBB")
+FRAME = struct.Struct("<III")
+MAX_RAW_BYTES = 1 << 31
+ARRAY_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "float16", "float32", "bool"}
+RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
+
+
+class ArtifactError(ValueError):
+    """A model file that is truncated, altered, or not a pgolf artifact of a known version."""
+
+
+def compress(raw: bytes, compressor: str, level: int) -> bytes:
+    if compressor == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(raw)
+    if compressor == "lzma":
+        return lzma.compress(raw, preset=level | lzma.PRESET_EXTREME)
+    raise ArtifactError(f"unknown compressor {compressor!r}")
+
+
+def _decompress(blob: bytes, compressor: str, raw_len: int) -> bytes:
+    try:
+        if compressor == "zstd":
+            raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw_len)
+        else:
+            raw = lzma.LZMADecompressor().decompress(blob, max_length=raw_len)
+    except (zstandard.ZstdError, lzma.LZMAError) as exc:
+        raise ArtifactError(f"corrupt compressed frame ({exc})") from None
+    return raw
+
+
+def _shuffle(arr: np.ndarray) -> bytes:
+    width = arr.dtype.itemsize
+    raw = np.ascontiguousarray(arr).view(np.uint8)
+    return raw.reshape(-1, width).T.tobytes() if width > 1 else raw.tobytes()
+
+
+def _unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
+    width = dtype.itemsize
+    planes = np.frombuffer(raw, dtype=np.uint8)
+    if width > 1:
+        planes = planes.reshape(width, count).T
+    return np.array(planes, order="C").view(dtype).reshape(-1)  # a writable copy
+
+
+def _stored_arrays(entry: StoredTensor) -> list[tuple[str, np.ndarray, str]]:
+    """(role, array, group) for each array a tensor stores; scales go to the "other" group."""
+    group = tensor_group(entry.name)
+    if entry.kind == "int":
+        return [("q", entry.q, group), ("scale", entry.scale, "other")]
+    return [("data", entry.data, group)]
+
+
+def _np_dtype(name: str) -> np.dtype:
+    return np.dtype(name).newbyteorder("<")
+
+
+def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level: int = 22) -> tuple[bytes, dict]:
+    """The model file's bytes, and its compressed bytes per tensor group (directory counted in "other")."""
+    if compressor not in COMPRESSOR_IDS:
+        raise ArtifactError(f"unknown compressor {compressor!r}")
+    payloads = {g: bytearray() for g in TENSOR_GROUPS}
+    directory = []
+    for entry in stored:
+        arrays = []
+        for role, arr, group in _stored_arrays(entry):
+            data = _shuffle(arr)
+            arrays.append([role, group, len(payloads[group]), len(data), str(arr.dtype), list(arr.shape)])
+            payloads[group] += data
+        directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
+                          "bits": entry.bits, "clip": entry.clip, "arrays": arrays})
+    header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
+    raws = [header] + [bytes(payloads[g]) for g in TENSOR_GROUPS]
+    frames = [compress(raw, compressor, level) for raw in raws]
+    table = b"".join(FRAME.pack(len(raw), len(frame), zlib.crc32(raw)) for raw, frame in zip(raws, frames))
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, COMPRESSOR_IDS[compressor], len(frames))
+    blob = prefix + table + b"".join(frames)
+    sizes = {g: len(f) for g, f in zip(TENSOR_GROUPS, frames[1:])}
+    sizes["other"] += len(prefix) + len(table) + len(frames[0])
+    return blob, sizes
+
+
+def unpack(blob: bytes) -> tuple[dict, list[StoredTensor]]:
+    """(meta, stored tensors) of a model file; raises ArtifactError naming the first problem found."""
+    if len(blob) < PREFIX.size:
+        raise ArtifactError(f"model file is truncated: {len(blob)} bytes, shorter than its header")
+    magic, version, compressor_id, count = PREFIX.unpack_from(blob, 0)
+    if magic != MAGIC:
+        raise ArtifactError("not a pgolf model file (wrong magic)")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"unsupported model file version {version} (this code reads version {FORMAT_VERSION})")
+    names = {v: k for k, v in COMPRESSOR_IDS.items()}
+    if compressor_id not in names:
+        raise ArtifactError(f"model file names unknown compressor id {compressor_id}")
+    if count != 1 + len(TENSOR_GROUPS):
+        raise ArtifactError(f"model file has {count} frames, expected {1 + len(TENSOR_GROUPS)}")
+    table_end = PREFIX.size + count * FRAME.size
+    if len(blob) < table_end:
+        raise ArtifactError("model file is truncated inside its frame table")
+    table = [FRAME.unpack_from(blob, PREFIX.size + i * FRAME.size) for i in range(count)]
+    expected = table_end + sum(comp for _, comp, _ in table)
+    if len(blob) != expected:
+        state = "truncated" if len(blob) < expected else "padded"
+        raise ArtifactError(f"model file is {state}: {len(blob)} bytes, its frame table says {expected}")
+    raws, pos = [], table_end
+    for i, (raw_len, comp_len, crc) in enumerate(table):
+        if raw_len > MAX_RAW_BYTES:
+            raise ArtifactError(f"frame {i} claims {raw_len} bytes, more than any model holds")
+        raw = _decompress(blob[pos : pos + comp_len], names[compressor_id], raw_len)
+        if len(raw) != raw_len or zlib.crc32(raw) != crc:
+            raise ArtifactError(f"frame {i} of the model file fails its length/checksum: the file was altered")
+        raws.append(raw)
+        pos += comp_len
+    try:
+        header = json.loads(raws[0])
+        meta, directory = header["meta"], header["tensors"]
+        stored = [_read_entry(item, dict(zip(TENSOR_GROUPS, raws[1:]))) for item in directory]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"model file directory is malformed ({exc!r})") from None
+    return meta, stored
+
+
+def _read_entry(item: dict, payloads: dict) -> StoredTensor:
+    entry = StoredTensor(name=str(item["name"]), kind=str(item["kind"]), shape=tuple(int(s) for s in item["shape"]),
+                         dtype=str(item["dtype"]), bits=int(item["bits"]), clip=float(item["clip"]))
+    if entry.kind not in ("int", "float16", "float32", "raw") or entry.dtype not in RESTORE_DTYPES:
+        raise ArtifactError(f"tensor {entry.name}: unknown kind {entry.kind!r} or dtype {entry.dtype!r}")
+    for role, group, offset, nbytes, dtype, shape in item["arrays"]:
+        if group not in payloads or dtype not in ARRAY_DTYPES or role not in ("q", "scale", "data"):
+            raise ArtifactError(f"tensor {entry.name}: bad array descriptor")
+        np_dtype = _np_dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        payload = payloads[group]
+        if offset < 0 or nbytes != count * np_dtype.itemsize or offset + nbytes > len(payload):
+            raise ArtifactError(f"tensor {entry.name}: array {role} does not fit its frame (size mismatch)")
+        arr = _unshuffle(payload[offset : offset + nbytes], np_dtype, count).reshape(shape)
+        setattr(entry, role, arr)
+    expected_count = int(np.prod(entry.shape, dtype=np.int64)) if entry.shape else 1
+    main = entry.q if entry.kind == "int" else entry.data
+    if main is None or main.size != expected_count or (entry.kind == "int" and entry.scale is None):
+        raise ArtifactError(f"tensor {entry.name}: stored arrays do not match its shape {list(entry.shape)}")
+    return entry
+
+
+def read_artifact(path) -> tuple[dict, list[StoredTensor]]:
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read model file {path}: {exc.strerror}") from None
+    try:
+        return unpack(blob)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None

@@ -1,0 +1,144 @@
+"""`pgolf`: run one config end to end, re-score a saved artifact, get data."""
+
+import argparse
+import os
+import sys
+import time
+import tomllib
+
+from pgolf.artifact import ArtifactError
+from pgolf.bpb import TokenizerError
+from pgolf.config import ConfigError, config_from_dict, config_to_dict
+from pgolf.configfiles import resolve_config, shipped_configs
+from pgolf.datasets import DataError, default_data_root, resolve_data
+from pgolf.shards import ShardError
+from pgolf.staging import OutputExists
+from pgolf.train import TrainingDiverged
+
+# Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
+USER_ERRORS = (ArtifactError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
+               FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def apply_overrides(config, overrides: list[str]):
+    """`section.key=value` overrides (value in TOML syntax) on top of a config, re-validated."""
+    data = config_to_dict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} is not section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word is a string
+        if section not in data:
+            raise ConfigError(f"unknown config section [{section}] in override {item!r}")
+        data[section][name] = value
+    return config_from_dict(data)
+
+
+def cmd_run(args) -> int:
+    from pgolf.run import run
+
+    config = apply_overrides(resolve_config(args.config), args.set)
+    data = resolve_data(args.data, config.model.vocab_size, args.tokenizer)
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run(config, data, out, device=args.device, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pgolf.run import read_metrics, rescore
+    from pgolf.submission import setup_runtime
+
+    recorded = read_metrics(args.out)
+    vocab = recorded["config"]["model"]["vocab_size"]
+    if args.data or args.tokenizer:
+        data = resolve_data(args.data or default_data_root(), vocab, args.tokenizer)
+    else:
+        from pgolf.datasets import DataPaths
+
+        data = DataPaths(**recorded["data"])
+    result = rescore(args.out, data, setup_runtime(args.device))
+    same = result["val_bpb_post"] == recorded["val_bpb_post"]
+    print(f"val_bpb {result['val_bpb_post']:.8f} (recorded {recorded['val_bpb_post']:.8f}: "
+          f"{'identical' if same else 'differs by %.2e' % (result['val_bpb_post'] - recorded['val_bpb_post'])}) "
+          f"val_loss {result['val_loss_post']:.8f} eval {result['eval_seconds']:.1f}s")
+    return 0
+
+
+def cmd_data_build(args) -> int:
+    paths = resolve_data(args.data, args.vocab, args.tokenizer)
+    print(paths.describe())
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from pgolf.fetch import fetch_official
+
+    fetch_official(args.dir, args.variant, args.train_shards, args.repo)
+    return 0
+
+
+def cmd_configs(args) -> int:
+    for name in shipped_configs():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Train, round-trip and score one Parameter Golf model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a config, write its artifact and metrics")
+    p.add_argument("config", help="a TOML file or a shipped config name (see `pgolf configs`)")
+    p.add_argument("--data", default=default_data_root(), help="data root or shard folder (default: %(default)s)")
+    p.add_argument("--tokenizer", help="SentencePiece .model for the shards (default: found under --data)")
+    p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="re-score a saved artifact in this (fresh) process")
+    p.add_argument("out", help="a folder written by `pgolf run`")
+    p.add_argument("--data", help="data root (default: the paths recorded in metrics.json)")
+    p.add_argument("--tokenizer")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="get or build token shards").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs internet)")
+    p.add_argument("--dir", default="data", help="where to put them (challenge layout; default: %(default)s)")
+    p.add_argument("--variant", default="sp1024")
+    p.add_argument("--train-shards", type=int, default=1)
+    p.add_argument("--repo", default="willdepueoai/parameter-golf")
+    p.set_defaults(func=cmd_data_fetch)
+    p = data.add_parser("build", help="train a tokenizer of a vocab size and build its shards (cached)")
+    p.add_argument("--vocab", type=int, required=True)
+    p.add_argument("--data", default=default_data_root())
+    p.add_argument("--tokenizer")
+    p.set_defaults(func=cmd_data_build)
+
+    p = sub.add_parser("configs", help="list the shipped configs")
+    p.set_defaults(func=cmd_configs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pgolf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

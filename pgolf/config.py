@@ -1,0 +1,235 @@
+"""Run configuration: every setting of one trained-and-scored model, gathered in one place.
+
+A config is four sections (model, train, quant, eval). Each is a dataclass with the defaults of the
+official baseline; `config_from_dict` validates a nested dict (e.g. parsed TOML) and names any unknown
+key or bad value. This module is part of the exported submission script, so it uses only the standard
+library and carries no package-relative imports.
+"""
+
+import dataclasses
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    num_layers: int = 9  # unique (stored) blocks
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2.0  # hidden = round(mlp_mult * model_dim)
+    tie_embeddings: bool = True
+    # Shared depth: blocks [loop_start, loop_start + loop_len) run loop_repeats times in training.
+    loop_start: int = 0
+    loop_len: int = 0
+    loop_repeats: int = 1
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    tied_embed_init_std: float = 0.005
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    seq_len: int = 1024
+    batch_tokens: int = 524_288
+    micro_batch_tokens: int = 0  # tokens per forward/backward pass; 0 = the whole batch at once
+    iterations: int = 20_000
+    max_wallclock_seconds: float = 600.0  # 0 = no wallclock cap
+    warmup_steps: int = 0  # priming steps (compile, caches) whose updates are undone
+    lr_warmup_steps: int = 0  # linear learning-rate ramp at the start
+    warmdown_iters: int = 1200
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    tied_embed_lr: float = 0.05
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    weight_decay: float = 0.0  # decoupled, on block matrices; also a byte-size control
+    muon_momentum: float = 0.95
+    muon_backend_steps: int = 5
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+    val_every: int = 0  # steps between validation reports during training; 0 = only at the end
+    val_tokens: int = 0  # tokens of the validation split used for those reports; 0 = all
+    log_every: int = 50
+    compile: str = "auto"  # auto (CUDA only) | on | off
+    autocast: bool = True  # bf16 autocast for matmuls
+
+
+@dataclass
+class QuantConfig:
+    # Tensor-name glob -> bits. Later entries override earlier ones. 2..8 = signed integers with
+    # per-row scales, 16 = fp16. Tensors of at most keep_float_max_numel elements stay float.
+    bits: dict = field(default_factory=lambda: {"*": 8})
+    # Tensor-name glob -> clip multiplier k (clip = k * row std); 0 = the official percentile clip.
+    clip: dict = field(default_factory=lambda: {"*": 0.0})
+    clip_percentile: float = 99.99984
+    keep_float_max_numel: int = 65_536
+    compressor: str = "zstd"  # zstd | lzma
+    level: int = 22
+
+
+@dataclass
+class EvalConfig:
+    seq_len: int = 0  # 0 = the training sequence length
+    stride: int = 0  # 0 = non-overlapping chunks (official); else sliding window scoring `stride` new tokens
+    batch_tokens: int = 524_288
+    repeats: int = 0  # eval unroll count of the shared segment; 0 = as in training
+    autocast: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def eval_seq_len(self) -> int:
+        return self.eval.seq_len or self.train.seq_len
+
+    def eval_repeats(self) -> int:
+        return self.eval.repeats or self.model.loop_repeats
+
+    def resolved_eval(self) -> "EvalConfig":
+        """The eval settings with defaults (0 = as in training) made concrete."""
+        return dataclasses.replace(self.eval, seq_len=self.eval_seq_len(), repeats=self.eval_repeats())
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
+QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
+COMPRESSORS = ("zstd", "lzma")
+
+
+def _coerce(section: str, key: str, value, annotation):
+    where = f"{section}.{key}"
+    if annotation in ("dict", dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where} must be a table of pattern = value")
+        return dict(value)
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {where} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {where} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {where} must be a string, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build a validated RunConfig; unknown sections or keys and bad values raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a table of sections")
+    sections = {}
+    for section, values in data.items():
+        cls = SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section [{section}] must be a table")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown config key {section}.{key}")
+            kwargs[key] = _coerce(section, key, value, known[key].type)
+        sections[section] = cls(**kwargs)
+    config = RunConfig(**sections)
+    validate(config)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def load_config_file(path) -> RunConfig:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: RunConfig) -> None:
+    """Reject configurations that cannot be built or trained, naming the offending key."""
+    m, t, q, e = config.model, config.train, config.quant, config.eval
+    _check(m.vocab_size >= 8, f"model.vocab_size must be at least 8, got {m.vocab_size}")
+    _check(m.vocab_size <= 65_535, f"model.vocab_size {m.vocab_size} does not fit the uint16 shard format")
+    _check(m.num_layers >= 1, f"model.num_layers must be at least 1, got {m.num_layers}")
+    _check(m.num_heads >= 1 and m.num_kv_heads >= 1, "model.num_heads and model.num_kv_heads must be positive")
+    _check(m.model_dim % m.num_heads == 0, f"model.model_dim {m.model_dim} is not divisible by model.num_heads {m.num_heads}")
+    _check(m.num_heads % m.num_kv_heads == 0, f"model.num_heads {m.num_heads} is not divisible by model.num_kv_heads {m.num_kv_heads}")
+    _check((m.model_dim // m.num_heads) % 2 == 0, f"head dim {m.model_dim // m.num_heads} must be even for RoPE")
+    _check(m.mlp_mult > 0, f"model.mlp_mult must be positive, got {m.mlp_mult}")
+    _check(m.logit_softcap > 0, f"model.logit_softcap must be positive, got {m.logit_softcap}")
+    _check(m.loop_len >= 0 and m.loop_start >= 0, "model.loop_start and model.loop_len must be non-negative")
+    _check(m.loop_start + m.loop_len <= m.num_layers,
+           f"shared segment [{m.loop_start}, {m.loop_start + m.loop_len}) exceeds model.num_layers {m.num_layers}")
+    _check(m.loop_repeats >= 1, f"model.loop_repeats must be at least 1, got {m.loop_repeats}")
+    _check(m.loop_len > 0 or m.loop_repeats == 1, "model.loop_repeats > 1 needs a shared segment (model.loop_len > 0)")
+    _check(t.seq_len >= 2, f"train.seq_len must be at least 2, got {t.seq_len}")
+    _check(t.batch_tokens > 0 and t.batch_tokens % t.seq_len == 0,
+           f"train.batch_tokens {t.batch_tokens} must be a positive multiple of train.seq_len {t.seq_len}")
+    micro = t.micro_batch_tokens or t.batch_tokens
+    _check(micro % t.seq_len == 0 and t.batch_tokens % micro == 0,
+           f"train.micro_batch_tokens {micro} must be a multiple of train.seq_len and divide train.batch_tokens")
+    _check(t.iterations >= 0, f"train.iterations must be non-negative, got {t.iterations}")
+    _check(t.max_wallclock_seconds >= 0, "train.max_wallclock_seconds must be non-negative")
+    _check(t.compile in ("auto", "on", "off"), f"train.compile must be auto, on or off, got {t.compile!r}")
+    for key in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "weight_decay", "grad_clip_norm"):
+        _check(getattr(t, key) >= 0, f"train.{key} must be non-negative")
+    for pattern, bits in q.bits.items():
+        _check(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANT_BITS_ALLOWED,
+               f"quant.bits[{pattern!r}] = {bits!r}: allowed are {', '.join(map(str, QUANT_BITS_ALLOWED))}")
+    for pattern, k in q.clip.items():
+        _check(isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 0,
+               f"quant.clip[{pattern!r}] = {k!r}: must be a non-negative number (0 = percentile clip)")
+    _check(0 < q.clip_percentile <= 100, "quant.clip_percentile must be in (0, 100]")
+    _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
+    level_range = range(1, 23) if q.compressor == "zstd" else range(0, 10)
+    _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")
+    seq = config.eval_seq_len()
+    _check(seq >= 2, f"eval.seq_len must be at least 2, got {seq}")
+    _check(0 <= e.stride <= seq, f"eval.stride {e.stride} must be between 0 and the eval sequence length {seq}")
+    _check(e.batch_tokens >= seq, f"eval.batch_tokens {e.batch_tokens} must hold at least one sequence of {seq}")
+    _check(e.repeats >= 0, "eval.repeats must be non-negative")
+    _check(m.loop_len > 0 or config.eval_repeats() == 1, "eval.repeats > 1 needs a shared segment (model.loop_len > 0)")
+
+
+def pattern_value(patterns: dict, name: str, default):
+    """The value of the last glob pattern matching `name` (later entries override earlier ones)."""
+    value = default
+    for pattern, v in patterns.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            value = v
+    return value

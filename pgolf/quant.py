@@ -1,0 +1,134 @@
+"""Post-training quantization: per-tensor bit-widths, per-row scales, and the clip rule.
+
+Where a tensor's bit-width is decided: `tensor_plan` (from QuantConfig.bits / .clip patterns).
+- 2..8 bits: symmetric signed integers in [-(2^(b-1) - 1), 2^(b-1) - 1], one fp16 scale per row for
+  matrices (one fp32 scale for other shapes).
+- 16 bits: fp16.
+- Tensors with at most keep_float_max_numel elements stay float: control tensors (gains, mixes, skip
+  weights) in fp32, the rest in fp16, as the official export does.
+Clip rule: k > 0 clips each row at min(k * row std, row max |w|); k = 0 is the official rule (the
+clip_percentile-th percentile of |w| per row, scale floored at 1/qmax).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pgolf.config import pattern_value
+from pgolf.model import is_control_tensor
+
+TENSOR_GROUPS = ("embedding", "attention", "mlp", "other")
+
+
+@dataclass
+class StoredTensor:
+    name: str
+    kind: str  # "int" | "float16" | "float32" | "raw"
+    shape: tuple
+    dtype: str  # dtype to restore, e.g. "float32", "bfloat16"
+    bits: int = 0
+    clip: float = 0.0
+    q: np.ndarray | None = None  # int8 symbols (kind "int")
+    scale: np.ndarray | None = None  # fp16 per row, or one fp32 value
+    data: np.ndarray | None = None  # the stored values (kinds "float16", "float32", "raw")
+
+
+def tensor_group(name: str) -> str:
+    if name.startswith(("tok_emb.", "lm_head.")):
+        return "embedding"
+    if ".attn." in name and name.endswith(("c_q.weight", "c_k.weight", "c_v.weight", "proj.weight")):
+        return "attention"
+    if ".mlp." in name:
+        return "mlp"
+    return "other"
+
+
+def tensor_plan(name: str, t: Tensor, quant) -> tuple[str, int, float]:
+    """(kind, bits, clip multiplier) for one tensor under a QuantConfig."""
+    if not t.is_floating_point():
+        return "raw", 0, 0.0
+    if is_control_tensor(name):
+        return "float32", 32, 0.0
+    if t.numel() <= quant.keep_float_max_numel:
+        return "float16", 16, 0.0
+    bits = int(pattern_value(quant.bits, name, 8))
+    if bits == 16:
+        return "float16", 16, 0.0
+    return "int", bits, float(pattern_value(quant.clip, name, 0.0))
+
+
+def quantize_tensor(t: Tensor, bits: int, clip_k: float, clip_percentile: float) -> tuple[Tensor, Tensor]:
+    """Integer symbols (int8) and scales such that t ~= q * scale (per row for matrices)."""
+    qmax = float(2 ** (bits - 1) - 1)
+    t32 = t.float()
+    rows = t32 if t32.ndim == 2 else t32.reshape(1, -1)
+    absmax = rows.abs().amax(dim=1)
+    if clip_k > 0:
+        clip = torch.minimum(clip_k * rows.std(dim=1, correction=0), absmax)
+        scale = (clip / qmax).clamp_min(1e-12)
+    else:
+        clip = torch.quantile(rows.abs(), clip_percentile / 100.0, dim=1) if rows.numel() else absmax
+        scale = (clip / qmax).clamp_min(1.0 / qmax)
+    if t32.ndim == 2:
+        # Quantize against the scale as stored (fp16), so dequantization reproduces q * scale exactly.
+        scale = scale.to(torch.float16).float().clamp_min(6e-8)
+    clipped = torch.maximum(torch.minimum(rows, clip[:, None]), -clip[:, None])
+    q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax).to(torch.int8)
+    if t32.ndim == 2:
+        return q.contiguous(), scale.to(torch.float16)
+    return q.reshape(t32.shape).contiguous(), scale.reshape(())
+
+
+def dequantize_tensor(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    if scale.ndim > 0:
+        return (q.float() * scale.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
+    return (q.float() * float(scale)).to(dtype).contiguous()
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def quantize_state_dict(state_dict: dict[str, Tensor], quant) -> list[StoredTensor]:
+    stored = []
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        kind, bits, clip = tensor_plan(name, t, quant)
+        entry = StoredTensor(name=name, kind=kind, shape=tuple(t.shape), dtype=_dtype_name(t), bits=bits, clip=clip)
+        if kind == "int":
+            q, scale = quantize_tensor(t, bits, clip, quant.clip_percentile)
+            entry.q = q.numpy()
+            entry.scale = scale.numpy()
+        elif kind == "float16":
+            entry.data = t.to(torch.float16).numpy()
+        elif kind == "float32":
+            entry.data = t.float().numpy()
+        else:
+            entry.data = t.numpy()
+        stored.append(entry)
+    return stored
+
+
+def dequantize_state_dict(stored: list[StoredTensor]) -> dict[str, Tensor]:
+    out = {}
+    for entry in stored:
+        dtype = getattr(torch, entry.dtype)
+        if entry.kind == "int":
+            out[entry.name] = dequantize_tensor(torch.from_numpy(entry.q), torch.from_numpy(entry.scale), dtype)
+        else:
+            out[entry.name] = torch.from_numpy(np.array(entry.data)).to(dtype).contiguous()
+    return out
+
+
+def symbol_entropy_bits(stored: list[StoredTensor]) -> float:
+    """Order-0 entropy (bits) of all integer symbols, each tensor with its own distribution."""
+    total = 0.0
+    for entry in stored:
+        if entry.kind != "int":
+            continue
+        counts = np.bincount(entry.q.reshape(-1).astype(np.int64) + 128, minlength=256)
+        p = counts[counts > 0] / entry.q.size
+        total += float(-(p * np.log2(p)).sum()) * entry.q.size
+    return total

@@ -1,0 +1,120 @@
+"""`pgolf run`: one config -> trained model -> exact artifact -> post-roundtrip bpb, written to a folder.
+
+Files in OUT (written to a staging folder first; OUT appears only when everything succeeded):
+    config.toml        the config that ran
+    train_gpt.py       the standalone submission script; its size is code_bytes
+    final_model.pgolf  the compressed model; its size is model_bytes
+    checkpoint.pgolf   float weights (lossless, for re-allocation and export)
+    train.log          the run's log
+    metrics.json       the figures (see `run`)
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+
+import torch
+
+from pgolf.assemble import assemble_script
+from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
+from pgolf.config import RunConfig, config_to_dict
+from pgolf.configfiles import config_to_toml
+from pgolf.datasets import DataPaths
+from pgolf.model import count_params
+from pgolf.quant import symbol_entropy_bits
+from pgolf.staging import staged_dir
+from pgolf.submission import MODEL_FILE, export_model, load_model_file, score, setup_runtime, train_model
+
+METRICS_FILE = "metrics.json"
+SCRIPT_FILE = "train_gpt.py"
+
+
+class RunLog:
+    """Prints a line and appends it to the run's log file."""
+
+    def __init__(self, path: str, echo: bool = True):
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        if self.echo:
+            print(message, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+
+def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = None, force: bool = False,
+        on_val=None, echo: bool = True) -> dict:
+    """Train, round-trip and score `config`; returns (and writes) its metrics."""
+    runtime = setup_runtime(device)
+    with staged_dir(out_dir, replace=force) as stage:
+        log = RunLog(os.path.join(stage, "train.log"), echo)
+        with open(os.path.join(stage, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(config_to_toml(config))
+        script = assemble_script(config_to_dict(config))
+        with open(os.path.join(stage, SCRIPT_FILE), "w", encoding="utf-8") as f:
+            f.write(script)
+        log(f"pgolf run: {data.describe()} on {runtime.device}")
+
+        def validate_subset(model):
+            return score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
+
+        model, result = train_model(config, data.train_pattern, runtime, validate_fn=validate_subset, on_val=on_val, log=log)
+        log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({result.stopped_by})")
+        with open(os.path.join(stage, CHECKPOINT_FILE), "wb") as f:
+            f.write(checkpoint_bytes(model, config))
+        pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime)
+        log(f"pre-quant val_loss {pre.loss:.8f} val_bpb {pre.bpb:.8f}")
+
+        blob, sizes, stored = export_model(model, config)
+        with open(os.path.join(stage, MODEL_FILE), "wb") as f:
+            f.write(blob)
+        params = count_params(model)
+        del model
+        metrics = rescore(stage, data, runtime)
+        code = len(script.encode("utf-8"))
+        metrics.update(
+            val_bpb_pre=pre.bpb, val_loss_pre=pre.loss, quant_gap_bpb=metrics["val_bpb_post"] - pre.bpb,
+            artifact_bytes=len(blob) + code, code_bytes=code, model_bytes=len(blob),
+            bytes_by_group=dict(sizes, code=code), int_symbol_entropy_bytes=math.ceil(symbol_entropy_bits(stored) / 8),
+            train_seconds=result.train_seconds, steps=result.steps, train_tokens=result.train_tokens,
+            ms_per_step=1000 * result.train_seconds / max(result.steps, 1), stopped_by=result.stopped_by,
+            final_train_loss=result.final_train_loss, val_history=result.val_history,
+            params=params,
+            data=dataclasses.asdict(data), config=config_to_dict(config),
+            device=str(runtime.device), torch=torch.__version__, host=platform.node(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        log(summary(metrics))
+        with open(os.path.join(stage, METRICS_FILE), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def rescore(out_dir: str, data: DataPaths, runtime) -> dict:
+    """Score the model file in `out_dir` from its bytes alone (fresh model, no training state)."""
+    model, _, eval_cfg = load_model_file(os.path.join(out_dir, MODEL_FILE), runtime.device)
+    post = score(model, eval_cfg, data.val_pattern, data.tokenizer, runtime)
+    return {"val_bpb_post": post.bpb, "val_loss_post": post.loss, "eval_seconds": post.seconds,
+            "val_tokens": post.tokens, "val_bytes": post.bytes, "eval": dataclasses.asdict(eval_cfg)}
+
+
+def summary(m: dict) -> str:
+    groups = ", ".join(f"{k} {v:,}" for k, v in m["bytes_by_group"].items())
+    return (f"val_bpb pre {m['val_bpb_pre']:.4f} post {m['val_bpb_post']:.4f} (gap {m['quant_gap_bpb']:+.4f})\n"
+            f"artifact {m['artifact_bytes']:,} bytes = model {m['model_bytes']:,} + code {m['code_bytes']:,} ({groups})\n"
+            f"{m['params']:,} params, {m['steps']} steps, {m['train_tokens']:,} tokens, train {m['train_seconds']:.1f}s "
+            f"({m['ms_per_step']:.0f} ms/step), eval {m['eval_seconds']:.1f}s")
+
+
+def read_metrics(out_dir: str) -> dict:
+    path = os.path.join(out_dir, METRICS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{out_dir} is not a pgolf run folder (no {METRICS_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None

@@ -1,0 +1,41 @@
+"""Write a result folder completely or not at all."""
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+
+class OutputExists(FileExistsError):
+    """The output folder already holds results and replacing them was not asked for."""
+
+
+def check_target(target: str, replace: bool) -> None:
+    if os.path.exists(target) and os.listdir(target) and not replace:
+        raise OutputExists(f"output folder {target} already holds results (pass --force to replace them)")
+
+
+@contextmanager
+def staged_dir(target: str, replace: bool = False):
+    """Yield a fresh sibling folder; on success it becomes `target`, on any failure it is removed.
+
+    Readers of `target` see either the old complete results or the new complete results, never a mix.
+    """
+    target = os.path.abspath(target)
+    check_target(target, replace)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would leave the results unreadable to others
+    try:
+        yield staging
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+            os.rename(target, os.path.join(old, "previous"))
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

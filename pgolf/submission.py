@@ -1,0 +1,170 @@
+"""One submission, end to end: train -> quantize -> compress -> reload -> score; or score a model file.
+
+`pgolf run` calls these functions, and the exported standalone `train_gpt.py` is these modules
+concatenated with the trial's CONFIG filled in, ending in `main()`. Settings come from CONFIG and
+can be overridden by environment variables in the challenge's style:
+    DATA_PATH (shard folder), TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, MODEL_PATH,
+    EVAL_ONLY=1 (score an existing MODEL_PATH), DEVICE (default: cuda when available, else cpu).
+Under torchrun (RANK/WORLD_SIZE set) each rank trains on its share of every batch (DDP) and scores its
+share of the validation split.
+"""
+
+import dataclasses
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from pgolf.artifact import ArtifactError, pack, unpack
+from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
+from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, validate
+from pgolf.evaluate import evaluate_bpb
+from pgolf.model import GPT
+from pgolf.quant import dequantize_state_dict, quantize_state_dict
+from pgolf.shards import BatchLoader, ShardError, validation_tokens
+from pgolf.train import TrainingDiverged, keep_freed_memory, train
+
+CONFIG: dict = {}  # the standalone script carries its trial's configuration here
+MODEL_FILE = "final_model.pgolf"
+# Failures with a message that says it all: reported in one line, without a traceback.
+EXPECTED_ERRORS = (ArtifactError, ConfigError, ShardError, TokenizerError, TrainingDiverged, OSError)
+ENV_OVERRIDES = {
+    "SEED": ("train", "seed", int),
+    "ITERATIONS": ("train", "iterations", int),
+    "MAX_WALLCLOCK_SECONDS": ("train", "max_wallclock_seconds", float),
+}
+
+
+@dataclasses.dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device_name: str | None = None) -> Runtime:
+    """Device and (under torchrun) the process group; CPU runs keep freed memory for reuse."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    name = device_name or os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    if name == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device(name)
+        keep_freed_memory()
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world_size=world_size)
+
+
+def model_meta(config: RunConfig) -> dict:
+    """What the model file must carry to be rebuilt and scored without its training config."""
+    return {"model": dataclasses.asdict(config.model), "eval": dataclasses.asdict(config.resolved_eval())}
+
+
+def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validate_fn=None, on_val=None, log=print):
+    torch.manual_seed(config.train.seed)
+    model = GPT(config.model).to(runtime.device)
+    loader = BatchLoader(train_pattern, config.model.vocab_size, runtime.rank, runtime.world_size, runtime.device)
+    result = train(model, config.train, loader, runtime.device, validate=validate_fn, on_val=on_val,
+                   log=log, world_size=runtime.world_size)
+    return model, result
+
+
+def export_model(model: GPT, config: RunConfig) -> tuple[bytes, dict, list]:
+    """The compressed model file's bytes, its compressed bytes per tensor group, and the stored tensors."""
+    stored = quantize_state_dict(model.state_dict(), config.quant)
+    blob, sizes = pack(stored, model_meta(config), config.quant.compressor, config.quant.level)
+    return blob, sizes, stored
+
+
+def load_model(blob: bytes, device: torch.device) -> tuple[GPT, ModelConfig, EvalConfig]:
+    """A fresh model holding the dequantized weights of a model file, and its eval settings."""
+    meta, stored = unpack(blob)
+    try:
+        model_cfg = ModelConfig(**meta["model"])
+        eval_cfg = EvalConfig(**meta["eval"])
+        validate(RunConfig(model=model_cfg, eval=eval_cfg))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"model file settings are malformed ({exc})") from None
+    model = GPT(model_cfg)
+    state = dequantize_state_dict(stored)
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise ArtifactError("model file tensors do not match the model its settings describe")
+    model.load_state_dict(state, strict=True)
+    return model.to(device), model_cfg, eval_cfg
+
+
+def load_model_file(path: str, device: torch.device) -> tuple[GPT, ModelConfig, EvalConfig]:
+    try:
+        with open(path, "rb") as f:
+            return load_model(f.read(), device)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+
+
+def score(model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: str, runtime: Runtime, limit: int = 0):
+    vocab_size = model.cfg.vocab_size
+    luts = ByteLuts(load_tokenizer(tokenizer_path, vocab_size), vocab_size)
+    tokens = validation_tokens(val_pattern, eval_cfg.seq_len, vocab_size, limit)
+    return evaluate_bpb(model, tokens, luts, eval_cfg.seq_len, stride=eval_cfg.stride, batch_tokens=eval_cfg.batch_tokens,
+                        repeats=eval_cfg.repeats, autocast=eval_cfg.autocast, device=runtime.device,
+                        rank=runtime.rank, world_size=runtime.world_size)
+
+
+def config_with_env(data: dict) -> RunConfig:
+    config = config_from_dict(data)
+    for var, (section, key, kind) in ENV_OVERRIDES.items():
+        if var in os.environ:
+            setattr(getattr(config, section), key, kind(os.environ[var]))
+    validate(config)
+    return config
+
+
+def main() -> None:
+    config = config_with_env(CONFIG)
+    data_path = os.environ.get("DATA_PATH", f"./data/datasets/fineweb10B_sp{config.model.vocab_size}")
+    tokenizer_path = os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model")
+    model_path = os.environ.get("MODEL_PATH", MODEL_FILE)
+    train_pattern = os.path.join(data_path, "fineweb_train_*.bin")
+    val_pattern = os.path.join(data_path, "fineweb_val_*.bin")
+    runtime = setup_runtime()
+    log = print if runtime.is_main else (lambda *_: None)
+    if os.environ.get("EVAL_ONLY", "0") != "1":
+        code_bytes = os.path.getsize(__file__)
+        model, result = train_model(config, train_pattern, runtime, log=log)
+        log(f"trained steps:{result.steps} train_time:{result.train_seconds:.1f}s stopped_by:{result.stopped_by}")
+        pre = score(model, config.resolved_eval(), val_pattern, tokenizer_path, runtime)
+        log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}")
+        if runtime.is_main:
+            blob, sizes, _ = export_model(model, config)
+            with open(model_path + ".tmp", "wb") as f:
+                f.write(blob)
+            os.replace(model_path + ".tmp", model_path)
+            log(f"model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{len(blob) + code_bytes} by_group:{sizes}")
+        if runtime.world_size > 1:
+            dist.barrier()
+    model, _, eval_cfg = load_model_file(model_path, runtime.device)
+    started = time.perf_counter()
+    post = score(model, eval_cfg, val_pattern, tokenizer_path, runtime)
+    log(f"final_roundtrip val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f} eval_time:{time.perf_counter() - started:.1f}s")
+    log(f"final_roundtrip_exact val_loss:{post.loss!r} val_bpb:{post.bpb!r}")
+    if runtime.world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except EXPECTED_ERRORS as exc:
+        raise SystemExit(f"error: {exc}") from None

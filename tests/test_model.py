@@ -1,0 +1,49 @@
+import torch
+
+from pgolf.config import ModelConfig
+from pgolf.model import GPT, causal_attention, layer_plan
+
+from conftest import DATA
+
+
+def test_official_checkpoint_loads_one_to_one():
+    state = torch.load(f"{DATA}/official_tiny/final_model.pt", weights_only=True)
+    model = GPT(ModelConfig(num_layers=4, model_dim=256, num_heads=4, num_kv_heads=2, mlp_mult=2.0))
+    mine = model.state_dict()
+    assert list(mine) == list(state)
+    assert all(mine[k].shape == state[k].shape and mine[k].dtype == state[k].dtype for k in state)
+    model.load_state_dict(state, strict=True)
+
+
+def test_layer_plan_without_and_with_a_shared_segment():
+    assert layer_plan(9, 0, 0, 1) == ([0, 1, 2, 3], [], [4, 5, 6, 7, 8])
+    encoder, middle, decoder = layer_plan(6, 2, 2, 3)
+    assert encoder == [0, 1] and middle == [2, 3] * 3 and decoder == [4, 5]
+
+
+def test_eval_unroll_count_changes_compute_not_parameters():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1,
+                            loop_start=1, loop_len=2, loop_repeats=2))
+    for p in model.parameters():  # zero-initialised projections would make every unroll identical
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        losses = [model(x, x, repeats=r).item() for r in (1, 2, 3)]
+    assert len(set(losses)) == 3
+    assert model.skip_weights.shape == (1, 32)
+
+
+def test_cpu_training_attention_matches_sdpa():
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 32, 16, requires_grad=True)
+    k = torch.randn(2, 2, 32, 16, requires_grad=True)
+    v = torch.randn(2, 2, 32, 16, requires_grad=True)
+    fast = causal_attention(q, k, v)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(fast, reference, atol=1e-5)
+    fast.sum().backward()
+    grad_fast = q.grad.clone()
+    q.grad = None
+    reference.sum().backward()
+    assert torch.allclose(grad_fast, q.grad, atol=1e-5)
