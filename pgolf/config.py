@@ -60,7 +60,8 @@ class TrainConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
-    val_every: int = 0  # steps between validation reports during training; 0 = only at the end
+    val_every: int = 0  # steps between validation reports during training; 0 = none
+    val_every_seconds: float = 0.0  # or training seconds between reports (comparable across model speeds)
     val_tokens: int = 0  # tokens of the validation split used for those reports; 0 = all
     log_every: int = 50
     compile: str = "auto"  # auto (CUDA only) | on | off
@@ -205,6 +206,7 @@ def validate(config: RunConfig) -> None:
            f"train.micro_batch_tokens {micro} must be a multiple of train.seq_len and divide train.batch_tokens")
     _check(t.iterations >= 0, f"train.iterations must be non-negative, got {t.iterations}")
     _check(t.max_wallclock_seconds >= 0, "train.max_wallclock_seconds must be non-negative")
+    _check(t.val_every >= 0 and t.val_every_seconds >= 0, "train.val_every and train.val_every_seconds must be non-negative")
     _check(t.compile in ("auto", "on", "off"), f"train.compile must be auto, on or off, got {t.compile!r}")
     for key in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "weight_decay", "grad_clip_norm"):
         _check(getattr(t, key) >= 0, f"train.{key} must be non-negative")

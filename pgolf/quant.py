@@ -6,7 +6,7 @@ Where a tensor's bit-width is decided: `tensor_plan` (from QuantConfig.bits / .c
 - 16 bits: fp16.
 - Tensors with at most keep_float_max_numel elements stay float: control tensors (gains, mixes, skip
   weights) in fp32, the rest in fp16, as the official export does.
-Clip rule: k > 0 clips each row at min(k * row std, row max |w|); k = 0 is the official rule (the
+Clip rule: k > 0 clips each row at k * row std (step k * std / qmax); k = 0 is the official rule (the
 clip_percentile-th percentile of |w| per row, scale floored at 1/qmax).
 """
 
@@ -64,12 +64,13 @@ def quantize_tensor(t: Tensor, bits: int, clip_k: float, clip_percentile: float)
     qmax = float(2 ** (bits - 1) - 1)
     t32 = t.float()
     rows = t32 if t32.ndim == 2 else t32.reshape(1, -1)
-    absmax = rows.abs().amax(dim=1)
     if clip_k > 0:
-        clip = torch.minimum(clip_k * rows.std(dim=1, correction=0), absmax)
+        # As in the records: the step is k * std / qmax, so k trades resolution for bytes like bits do
+        # (a k beyond the row's max leaves outer levels unused, which the entropy coder makes cheap).
+        clip = clip_k * rows.std(dim=1, correction=0)
         scale = (clip / qmax).clamp_min(1e-12)
     else:
-        clip = torch.quantile(rows.abs(), clip_percentile / 100.0, dim=1) if rows.numel() else absmax
+        clip = torch.quantile(rows.abs(), clip_percentile / 100.0, dim=1)
         scale = (clip / qmax).clamp_min(1.0 / qmax)
     if t32.ndim == 2:
         # Quantize against the scale as stored (fp16), so dequantization reproduces q * scale exactly.

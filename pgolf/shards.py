@@ -62,6 +62,11 @@ def shard_files(pattern: str) -> list[str]:
     return files
 
 
+def token_count(pattern: str) -> int:
+    """Tokens in all shards matching `pattern`, from their headers alone."""
+    return sum(int(np.fromfile(f, dtype="<i4", count=3)[2]) for f in shard_files(pattern))
+
+
 def check_vocab(tokens: np.ndarray, vocab_size: int, what: str) -> None:
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise ShardError(

@@ -126,7 +126,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
     model.train()
     synchronize(device)
     elapsed, t0 = 0.0, time.perf_counter()
-    step = 0
+    step, next_val, previous = 0, cfg.val_every_seconds, 0.0
     while step < cfg.iterations:
         loss = run_step(step, elapsed + time.perf_counter() - t0)
         step += 1
@@ -136,7 +136,9 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
         now = elapsed + time.perf_counter() - t0
         if cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0):
             log(f"step {step}/{cfg.iterations} train_loss {loss:.4f} train_time {now:.1f}s step_avg {1000 * now / step:.1f}ms")
-        capped = cfg.max_wallclock_seconds > 0 and now >= cfg.max_wallclock_seconds
+        # Stop when the next step would cross the cap, so training time stays within it.
+        capped = cfg.max_wallclock_seconds > 0 and now + (now - previous) > cfg.max_wallclock_seconds
+        previous = now
         if world_size > 1 and cfg.max_wallclock_seconds > 0:
             # Every rank must stop at the same step.
             flag = torch.tensor(int(capped), device=device)
@@ -144,7 +146,9 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
             capped = bool(flag.item())
         if capped:
             result.stopped_by = "wallclock"
-        if validate is not None and cfg.val_every > 0 and step % cfg.val_every == 0 and step < cfg.iterations and not capped:
+        due = (cfg.val_every > 0 and step % cfg.val_every == 0) or (cfg.val_every_seconds > 0 and now >= next_val)
+        if validate is not None and due and step < cfg.iterations and not capped:
+            next_val += cfg.val_every_seconds
             synchronize(device)
             elapsed = elapsed + time.perf_counter() - t0
             bpb = validate(model)

@@ -36,9 +36,11 @@ def test_a_pruner_can_stop_training_from_the_callback():
 
 
 def test_wallclock_cap_stops_the_run():
-    config = small_config(train=dict(iterations=100_000, max_wallclock_seconds=1.0))
+    config = small_config(train=dict(iterations=100_000, max_wallclock_seconds=3.0))
     _, result = train_model(config, TRAIN_PATTERN, CPU, log=lambda m: None)
-    assert result.stopped_by == "wallclock" and 1.0 <= result.train_seconds < 5 and result.steps < 100_000
+    assert result.stopped_by == "wallclock" and result.steps < 100_000
+    # It stops before the step that would cross the cap (only a first step slower than the cap overshoots).
+    assert result.train_seconds <= 3.0 or result.steps == 1
 
 
 def test_nan_loss_stops_with_a_clear_failure():

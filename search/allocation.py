@@ -1,0 +1,345 @@
+"""Post-training allocation: how to store and evaluate one trained checkpoint, without retraining.
+
+Chooses per-unit bit-widths and clip multipliers, the eval unroll count, the eval stride and the
+compressor to minimise post-roundtrip bpb under the byte cap and the eval-time cap.
+
+1. Units: the embedding, plus attention/MLP per layer (granularity "layer"), per kind ("kind") or each
+   matrix ("tensor"). Options: each allowed width x clip multiplier (16 = fp16).
+2. Bytes per (unit, option): the real symbols of the real weights, zstd-compressed (fast level; within
+   ~1% of the final level on such symbols) plus their scales.
+3. Damage per (unit, option), HAWQ-style: sensitivity x quantization error. Each unit's sensitivity is
+   measured once, as the loss increase on held-out *training* tokens when only that unit is quantized at
+   the lowest allowed width (never validation tokens: the challenge forbids calibrating on them); its
+   damage at other options scales with their weight MSE.
+4. A multiple-choice knapsack (exact DP over byte buckets) picks one option per unit, minimising the
+   summed damage within the byte budget (cap minus exact code bytes).
+5. Eval unroll count: the one with the lowest held-out loss; eval stride: the smallest whose predicted
+   eval time fits the cap. Compressor: whichever packs the chosen allocation smaller (exact).
+6. Confirmation: the knapsack choice and the best uniform width that fits are packed for real, reloaded
+   into a fresh model and scored on the full validation split; the best feasible one is the result.
+Every candidate is recorded.
+"""
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zstandard
+
+from pgolf.assemble import code_bytes
+from pgolf.config import QuantConfig, RunConfig, config_to_dict
+from pgolf.model import GPT, is_control_tensor
+from pgolf.quant import quantize_tensor
+from pgolf.shards import TokenStream, token_count
+from pgolf.submission import export_model, load_model, score
+
+PERCENTILE = 99.99984
+DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
+EVAL_TIME_MARGIN = 0.8  # predicted eval time must fit in this fraction of the cap
+
+
+@dataclass
+class Unit:
+    name: str  # glob pattern over tensor names, as written into the config's quant tables
+    tensors: list  # tensor names
+    embedding: bool = False
+
+
+@dataclass
+class Option:
+    bits: int
+    clip: float
+    bytes: int
+    mse: float
+    damage: float = 0.0
+
+
+@dataclass
+class Candidate:
+    label: str
+    config: RunConfig
+    predicted_bytes: int
+    predicted_damage: float
+    artifact_bytes: int = 0
+    val_bpb: float = math.nan
+    eval_seconds: float = math.nan
+    feasible: bool = False
+    blob: bytes = field(default=b"", repr=False)
+    byte_groups: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"label": self.label, "bits": self.config.quant.bits, "clip": self.config.quant.clip,
+                "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
+                "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
+                "predicted_damage": self.predicted_damage, "artifact_bytes": self.artifact_bytes,
+                "val_bpb": self.val_bpb, "eval_seconds": self.eval_seconds, "feasible": self.feasible}
+
+
+@dataclass
+class AllocationResult:
+    best: Candidate | None
+    candidates: list = field(default_factory=list)
+    sensitivities: dict = field(default_factory=dict)
+    blob: bytes = b""
+    byte_groups: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict:
+        return {"best": self.best.label if self.best else None, "candidates": [c.summary() for c in self.candidates],
+                "sensitivities": self.sensitivities, "seconds": self.seconds}
+
+
+def make_units(state: dict, granularity: str) -> list[Unit]:
+    names = [n for n, t in state.items() if t.ndim == 2 and t.is_floating_point() and not is_control_tensor(n)]
+    embedding = [n for n in names if n.startswith(("tok_emb.", "lm_head."))]
+    blocks = [n for n in names if n not in embedding]
+    units = [Unit(name, [name], embedding=True) for name in embedding]
+    if granularity == "tensor":
+        return units + [Unit(n, [n]) for n in blocks]
+    if granularity == "kind":
+        for kind in ("attn", "mlp"):
+            members = [n for n in blocks if f".{kind}." in n]
+            if members:
+                units.append(Unit(f"blocks.*.{kind}.*", members))
+        return units
+    layers = sorted({int(n.split(".")[1]) for n in blocks})
+    for layer in layers:
+        for kind in ("attn", "mlp"):
+            members = [n for n in blocks if n.startswith(f"blocks.{layer}.{kind}.")]
+            if members:
+                units.append(Unit(f"blocks.{layer}.{kind}.*", members))
+    return units
+
+
+def _zstd_len(raw: bytes) -> int:
+    return len(zstandard.ZstdCompressor(level=3).compress(raw))
+
+
+def _planes(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr).view(np.uint8).reshape(-1, arr.dtype.itemsize).T.tobytes()
+
+
+def quantized_copy(t: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, int]:
+    """(dequantized tensor as stored, estimated compressed bytes) for one tensor at one option."""
+    if bits == 16:
+        half = t.detach().float().to(torch.float16)
+        return half.to(t.dtype), _zstd_len(_planes(half.numpy()))
+    q, scale = quantize_tensor(t.detach().cpu(), bits, clip, PERCENTILE)
+    restored = (q.float() * scale.float()[:, None]).to(t.dtype)
+    return restored, _zstd_len(q.numpy().tobytes()) + _zstd_len(_planes(scale.numpy()))
+
+
+def unit_options(state: dict, unit: Unit, bits_options, clip_options) -> list[Option]:
+    options = []
+    for bits in bits_options:
+        for clip in ([0.0] if bits == 16 else clip_options):
+            size, mse = 0, 0.0
+            for name in unit.tensors:
+                w = state[name]
+                restored, nbytes = quantized_copy(w, bits, clip)
+                size += nbytes
+                mse += float((restored.float() - w.float()).pow(2).sum())
+            options.append(Option(bits, clip, size, mse))
+    return options
+
+
+def calibration_tokens(train_pattern: str, vocab_size: int, count: int, seq_len: int) -> torch.Tensor:
+    """The last `count` tokens (whole sequences) of the training split: held out from the start of it."""
+    stream = TokenStream(train_pattern, vocab_size)
+    total = token_count(train_pattern)
+    count = min(count, total - 1) // seq_len * seq_len
+    stream.take(total - count - 1)
+    return stream.take(count + 1)
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, autocast: bool, device) -> float:
+    x = tokens[:-1].reshape(-1, seq_len).to(device)
+    y = tokens[1:].reshape(-1, seq_len).to(device)
+    total, count = 0.0, 0
+    for start in range(0, x.size(0), 64):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(x[start : start + 64], y[start : start + 64], repeats=repeats, reduction="sum")
+        total += float(loss)
+        count += y[start : start + 64].numel()
+    return total / count
+
+
+def solve_knapsack(units: list[Unit], options: dict, budget: int, buckets: int = 4000) -> list[Option] | None:
+    """One option per unit minimising summed damage with summed bytes <= budget (None if nothing fits)."""
+    if budget <= 0:
+        return None
+    unit_bytes = budget / buckets
+    best = np.full(buckets + 1, np.inf)
+    best[0] = 0.0
+    choices = []
+    for unit in units:
+        nxt = np.full(buckets + 1, np.inf)
+        pick = np.full(buckets + 1, -1, dtype=np.int64)
+        for i, opt in enumerate(options[unit.name]):
+            cost = int(math.ceil(opt.bytes / unit_bytes))  # rounding up keeps the real sum within budget
+            if cost > buckets:
+                continue
+            shifted = np.full(buckets + 1, np.inf)
+            shifted[cost:] = best[: buckets + 1 - cost] + opt.damage
+            better = shifted < nxt
+            nxt[better] = shifted[better]
+            pick[better] = i
+        choices.append(pick)
+        best = nxt
+    if not np.isfinite(best).any():
+        return None
+    b = int(np.argmin(best))
+    chosen = []
+    for unit, pick in zip(reversed(units), reversed(choices)):
+        opt = options[unit.name][pick[b]]
+        chosen.append(opt)
+        b -= int(math.ceil(opt.bytes / unit_bytes))
+    return list(reversed(chosen))
+
+
+def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, level: int) -> QuantConfig:
+    bits = {"*": 8}
+    clip = {"*": 0.0}
+    for unit, opt in zip(units, chosen):
+        bits[unit.name] = opt.bits
+        clip[unit.name] = opt.clip
+    return QuantConfig(bits=bits, clip=clip, keep_float_max_numel=0, compressor=compressor, level=level)
+
+
+def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -> RunConfig:
+    return dataclasses.replace(config, quant=quant or config.quant, eval=dataclasses.replace(config.eval, **eval_changes))
+
+
+def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, log=print) -> AllocationResult:
+    """Choose storage and eval settings for a trained model; see the module docstring."""
+    started = time.perf_counter()
+    device = runtime.device
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    units = make_units(state, space_alloc.granularity)
+    options = {u.name: unit_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
+                                    space_alloc.clip) for u in units}
+    seq_len = config.eval_seq_len()
+    calib = calibration_tokens(data.train_pattern, config.model.vocab_size, space_alloc.calib_tokens, seq_len)
+    repeats_train = config.model.loop_repeats
+    autocast = config.eval.autocast
+    base_loss = mean_loss(model, calib, seq_len, repeats_train, autocast, device)
+
+    # Sensitivity: damage of each unit alone at its cheapest option, per unit of weight MSE.
+    params = dict(model.named_parameters())
+    sensitivities = {}
+    for unit in units:
+        reference = min((o for o in options[unit.name] if o.bits != 16), key=lambda o: (o.bits, o.mse), default=None)
+        if reference is None or reference.mse == 0:
+            sensitivities[unit.name] = 0.0
+            continue
+        with torch.no_grad():
+            for name in unit.tensors:
+                params[name].copy_(quantized_copy(state[name], reference.bits, reference.clip)[0])
+            damage = mean_loss(model, calib, seq_len, repeats_train, autocast, device) - base_loss
+            for name in unit.tensors:
+                params[name].copy_(state[name])
+        sensitivities[unit.name] = max(damage, 0.0) / reference.mse
+        for opt in options[unit.name]:
+            opt.damage = sensitivities[unit.name] * opt.mse
+    log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
+
+    # Eval unroll count: lowest held-out loss of the float model (cheap; quantization shifts all alike).
+    repeat_options = space_alloc.eval_repeats if config.model.loop_len > 0 and space_alloc.eval_repeats else [config.eval_repeats()]
+    repeat_loss = {r: mean_loss(model, calib, seq_len, r, autocast, device) for r in repeat_options}
+    repeats = min(repeat_loss, key=repeat_loss.get)
+
+    compressor = space_alloc.compressors[0]
+    result = AllocationResult(best=None, sensitivities=sensitivities)
+    # Code bytes depend (by a few digits) on the allocation written into the script: budget with the longest.
+    widest = Option(16, max(space_alloc.clip, key=lambda c: len(repr(float(c)))), 0, 0.0)
+    longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level),
+                    repeats=repeats, stride=max(space_alloc.eval_stride))
+    budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK
+    proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
+                 ("best uniform", lambda b: best_uniform(units, options, b, space_alloc))]
+    stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime)
+    for label, propose in proposals[: space_alloc.confirm_top]:
+        candidate = _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log)
+        if candidate is None:
+            log(f"allocation {label}: nothing allowed fits the byte cap")
+            continue
+        result.candidates.append(candidate)
+        if candidate.feasible and (result.best is None or candidate.val_bpb < result.best.val_bpb):
+            result.best = candidate
+    if result.best is not None:
+        result.blob, result.byte_groups = result.best.blob, result.best.byte_groups
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def best_uniform(units, options, budget, space_alloc) -> list[Option] | None:
+    """The widest single width (the embedding at the nearest allowed width at or above it) that fits,
+    each unit at its lowest-MSE clip: the usual hand-tuned baseline the knapsack must beat."""
+    for bits in sorted(set(space_alloc.bits), reverse=True):
+        picks = []
+        for unit in units:
+            widths = sorted({o.bits for o in options[unit.name]})
+            width = bits if bits in widths else next((w for w in widths if w >= bits), widths[-1])
+            picks.append(min((o for o in options[unit.name] if o.bits == width), key=lambda o: o.mse))
+        if sum(o.bytes for o in picks) <= budget:
+            return picks
+    return None
+
+
+def _choose_stride(model, config, space_alloc, caps, data, runtime) -> int:
+    """The smallest allowed stride whose predicted full-validation eval time fits the cap (0 = chunks)."""
+    strides = sorted(set(space_alloc.eval_stride), key=lambda s: s if s > 0 else 10**9)
+    if strides == [0]:
+        return 0
+    sample = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=65_536)
+    seconds_per_token = sample.seconds / max(sample.tokens, 1)
+    full_tokens = token_count(data.val_pattern)
+    for stride in strides:
+        windows = 1.0 if stride == 0 else config.eval_seq_len() / stride
+        if seconds_per_token * full_tokens * windows <= EVAL_TIME_MARGIN * caps.eval_seconds:
+            return stride
+    return 0
+
+
+def _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log):
+    """Propose, pack for real and score; if the real bytes overshoot the cap, tighten the budget and retry."""
+    candidate = None
+    for attempt in range(3):
+        picks = propose(budget)
+        if picks is None:
+            return candidate
+        quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level)
+        candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
+                              sum(o.damage for o in picks))
+        _confirm(model, candidate, space_alloc, caps, data, runtime)
+        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
+            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
+            f"{'feasible' if candidate.feasible else 'over a cap'}")
+        overshoot = candidate.artifact_bytes - caps.artifact_bytes
+        if overshoot <= 0:
+            return candidate
+        budget -= overshoot + DIRECTORY_SLACK
+    return candidate
+
+
+def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime) -> None:
+    """Pack with each allowed compressor, keep the smallest, reload into a fresh model, score on val."""
+    packed = []
+    for compressor in space_alloc.compressors:
+        level = space_alloc.level if compressor == "zstd" else 9
+        trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
+        blob, groups, _ = export_model(model, trial)
+        packed.append((len(blob), blob, groups, trial))
+    _, blob, groups, candidate.config = min(packed, key=lambda p: p[0])
+    code = code_bytes(config_to_dict(candidate.config))
+    candidate.artifact_bytes = len(blob) + code
+    candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
+    fresh, _, eval_cfg = load_model(blob, runtime.device)
+    post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
+    candidate.val_bpb, candidate.eval_seconds = post.bpb, post.seconds
+    candidate.feasible = candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds

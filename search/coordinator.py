@@ -1,0 +1,340 @@
+"""The study loop: ask Optuna for a config, reject what cannot fit, run the rest, tell the outcome.
+
+Ask/tell stays here (not in Ray Tune), so constraints and pruning work with every backend:
+- ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
+  config whose cheapest allowed allocation is over the byte cap (told as an infeasible trial, with the
+  reason, so the sampler learns the boundary);
+- run: the trial process trains (reporting val bpb to the pruner), allocates and writes its folder;
+- tell: values (post-roundtrip bpb; and bytes in Pareto mode) with constraints bytes/train/eval - cap.
+A trial's folder is staged and renamed into trials/NNNN only when its process ended, so a killed
+study leaves no half-written trial; `search resume` fails trials left RUNNING by dead owners and
+runs their configs again.
+"""
+
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
+from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values
+from pgolf.config import QuantConfig, config_to_dict
+from search.backends import Job, make_backend
+from search.study import TRIALS_DIR, trial_dir
+from search.trial import REQUEST_FILE, RESULT_FILE
+from space.sample import suggest_config
+from space.spec import Space, SpaceError
+
+REJECTED_BPB = 99.0  # value of a trial rejected before training (it is infeasible, so never "best")
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+def process_identity(pid: int) -> str:
+    """host:pid:start-time, unique even when the OS reuses the pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        start = "?"
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False for an owner on this host; None when it ran elsewhere (unknowable from here)."""
+    host, pid, start = (owner.split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname():
+        return None
+    return pid.isdigit() and process_identity(int(pid)) == owner
+
+
+@contextmanager
+def file_lock(path: str):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def study_calibration(study: optuna.Study, before: float | None = None) -> Calibration:
+    """Byte-predictor calibration from this study's trained checkpoints (finished before `before`)."""
+    observations = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "calibration" in t.user_attrs and (before is None or t.datetime_complete.timestamp() < before):
+            observations.append(t.user_attrs["calibration"])
+    return Calibration.from_observations(observations) if observations else load_calibration()
+
+
+def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
+    """The allocation with the fewest predicted bytes the space allows: the pre-training feasibility test."""
+    def cheapest(role, widths):
+        ints = [b for b in widths if b != 16]
+        if not ints:
+            return 16, 0.0
+        return min(((b, c) for b in ints for c in space.allocation.clip), key=lambda bc: calibration.int_bits(role, *bc))
+
+    block_bits, block_clip = cheapest("matrix", space.allocation.bits)
+    emb_bits, emb_clip = cheapest("embedding", space.allocation.embedding_bits)
+    return QuantConfig(bits={"*": block_bits, "tok_emb.weight": emb_bits, "lm_head.weight": emb_bits},
+                       clip={"*": block_clip, "tok_emb.weight": emb_clip, "lm_head.weight": emb_clip},
+                       keep_float_max_numel=0)
+
+
+class Coordinator:
+    def __init__(self, directory: str, settings, space: Space, study: optuna.Study, data, device: str | None,
+                 out=sys.stdout):
+        """`data(vocab_size)` gives the DataPaths a trial of that vocab trains and scores on."""
+        self.directory = directory
+        self.settings = settings
+        self.space = space
+        self.study = study
+        self.data = data
+        self.device = device
+        self.out = out
+        self.owner = process_identity(os.getpid())
+        self.backend = make_backend(settings.backend, settings.workers, settings.address)
+        self.jobs: dict[int, tuple[Job, optuna.trial.Trial]] = {}
+        self.started = time.time()
+        self.failures_in_row = 0
+        self.done_at_start = self.finished()
+        self.last_line = None
+        os.makedirs(os.path.join(directory, TRIALS_DIR), exist_ok=True)
+
+    # -- counting -------------------------------------------------------------------------------
+    def counts(self) -> dict:
+        states = [t.state for t in self.study.get_trials(deepcopy=False)]
+        return {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+
+    def finished(self) -> int:
+        c = self.counts()
+        return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+
+    # -- ask ------------------------------------------------------------------------------------
+    def launch_next(self) -> bool:
+        """Ask one trial and start it (or reject it). False when the study has enough trials."""
+        with file_lock(os.path.join(self.directory, ".ask.lock")):
+            c = self.counts()
+            if c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] >= self.settings.trials:
+                return False
+            trial = self.study.ask()
+            trial.set_user_attr("owner", self.owner)
+        try:
+            config, values = suggest_config(self.space, trial)
+        except SpaceError as exc:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.say(f"trial {trial.number}: {exc}")
+            return True
+        trial.set_user_attr("sampled", values)
+        calibration = study_calibration(self.study)
+        minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
+        trial.set_user_attr("predicted_min_bytes", minimum)
+        if minimum > self.space.caps.artifact_bytes:
+            self.reject(trial, config, minimum)
+            return True
+        self.start(trial, config)
+        return True
+
+    def reject(self, trial, config, minimum: int) -> None:
+        reason = f"predicted {minimum:,} bytes at the cheapest allowed allocation, over the {self.space.caps.artifact_bytes:,}-byte cap"
+        trial.set_user_attr("stage", "rejected")
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("config", config_to_dict(config))
+        outcome = Outcome(val_bpb=REJECTED_BPB, artifact_bytes=minimum, train_seconds=0.0, eval_seconds=0.0)
+        for key, value in constraint_values(outcome, self.space.caps).items():
+            trial.set_constraint(key, value)
+        self.study.tell(trial, objective_values(outcome, self.settings.objectives))
+        self.say(f"trial {trial.number}: rejected before training: {reason}")
+
+    def start(self, trial, config) -> None:
+        final = trial_dir(self.directory, trial.number)
+        staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
+        request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": trial._trial_id,
+                   "trial_number": trial.number, "config": config_to_dict(config),
+                   "data": dataclasses.asdict(self.data(config.model.vocab_size)),
+                   "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
+                   "device": self.device, "prune": self.settings.objectives == "bpb"}
+        with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
+            json.dump(request, f, indent=2)
+        job = Job(number=trial.number, directory=staging)
+        self.backend.launch(job)
+        trial.set_user_attr("stage", "running")
+        self.jobs[trial.number] = (job, trial)
+
+    # -- tell -----------------------------------------------------------------------------------
+    def collect(self) -> None:
+        for number, (job, trial) in list(self.jobs.items()):
+            code = self.backend.poll(job)
+            if code is None:
+                continue
+            del self.jobs[number]
+            self.finish(trial, job, code)
+
+    def finish(self, trial, job: Job, code: int) -> None:
+        result_path = os.path.join(job.directory, RESULT_FILE)
+        result = None
+        if code == 0 and os.path.exists(result_path):
+            with open(result_path, encoding="utf-8") as f:
+                result = json.load(f)
+        final = trial_dir(self.directory, trial.number)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(job.directory, final)
+        if result is None:
+            reason = _failure_reason(final, code)
+            trial.set_user_attr("stage", "failed")
+            trial.set_user_attr("reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failures_in_row += 1
+            self.say(f"trial {trial.number}: failed: {reason}")
+            return
+        self.failures_in_row = 0
+        if result["status"] == "pruned":
+            trial.set_user_attr("stage", "pruned")
+            trial.set_user_attr("reason", result.get("reason", ""))
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.say(f"trial {trial.number}: pruned ({result.get('reason', '')})")
+            return
+        self.record_complete(trial, final, result)
+
+    def record_complete(self, trial, final: str, result: dict) -> None:
+        m = result["metrics"]
+        calibration_path = os.path.join(final, "calibration.json")
+        if os.path.exists(calibration_path):
+            with open(calibration_path, encoding="utf-8") as f:
+                trial.set_user_attr("calibration", json.load(f))
+        for key in ("val_bpb_pre", "steps", "params", "train_tokens", "train_seconds", "stopped_by", "allocation_seconds",
+                    "trial_seconds", "reports"):
+            if key in m:
+                trial.set_user_attr(key, m[key])
+        if result["status"] == "infeasible":
+            trial.set_user_attr("stage", "infeasible")
+            trial.set_user_attr("reason", result["reason"])
+            outcome = Outcome(REJECTED_BPB, self.space.caps.artifact_bytes + 1, m["train_seconds"], 0.0)
+        else:
+            trial.set_user_attr("stage", "complete")
+            for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
+                        "quant_gap_bpb", "allocation", "config"):
+                trial.set_user_attr(key, m[key])
+            calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
+            from pgolf.config import config_from_dict
+
+            predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
+            trial.set_user_attr("predicted_bytes", predicted)
+            trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
+            outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
+        constraints = constraint_values(outcome, self.space.caps)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        self.study.tell(trial, objective_values(outcome, self.settings.objectives))
+        self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
+                 f"eval {outcome.eval_seconds:.1f}s, {'feasible' if is_feasible(constraints) else 'infeasible'}")
+
+    # -- loop -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        stop_asking = False
+        try:
+            while True:
+                timed_out = self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
+                if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+                    self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row (see their train.log / error.txt)")
+                    stop_asking = True
+                while not (stop_asking or timed_out) and len(self.jobs) < self.settings.workers:
+                    if not self.launch_next():
+                        stop_asking = True
+                if not self.jobs and (stop_asking or timed_out):
+                    break
+                self.collect()
+                self.progress()
+                time.sleep(0.5)
+        finally:
+            for job, trial in self.jobs.values():
+                self.backend.cancel(job)
+            self.backend.shutdown()
+        self.progress(final=True)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        if self.out.isatty():
+            self.out.write("\r\033[K")
+        print(message, file=self.out, flush=True)
+        self.last_line = None
+
+    def progress(self, final: bool = False) -> None:
+        c = self.counts()
+        done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        elapsed = time.time() - self.started
+        best = best_feasible(self.study)
+        eta = "-"
+        new_done = done - self.done_at_start
+        if new_done > 0 and done < self.settings.trials:
+            eta = _duration(elapsed / new_done * (self.settings.trials - done))
+        line = (f"[{self.settings.name}] {done}/{self.settings.trials} done, {c[TrialState.RUNNING]} running, "
+                f"{c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed | best feasible bpb "
+                f"{'%.4f (#%d)' % (best.values[0], best.number) if best else '-'} | elapsed {_duration(elapsed)} ETA {eta}")
+        if self.out.isatty() and not final:
+            self.out.write("\r\033[K" + line)
+            self.out.flush()
+        elif line != self.last_line or final:
+            print(line, file=self.out, flush=True)
+        self.last_line = line
+
+
+def best_feasible(study: optuna.Study):
+    """The feasible complete trial with the lowest bpb (rejected trials never qualify)."""
+    best = None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("stage") != "complete" or not is_feasible(t.constraints):
+            continue
+        if best is None or t.values[0] < best.values[0]:
+            best = t
+    return best
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _failure_reason(directory: str, code: int) -> str:
+    for name in ("worker.log", "error.txt"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            if lines:
+                return f"exit code {code}: {lines[-1][:300]}"
+    return f"exit code {code} (killed?)"
+
+
+def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
+    """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again."""
+    recovered = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner", "")
+        if owner_alive(owner) is not False:
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "its study process died mid-trial; re-run as a new trial")
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        recovered += 1
+        print(f"trial {t.number}: left running by a dead process; marked failed and queued again", file=out)
+    trials = os.path.join(directory, TRIALS_DIR)
+    if os.path.isdir(trials):
+        for name in os.listdir(trials):
+            if name.startswith(".") and ".partial-" in name:
+                number = int(name[1:5])
+                state = next((t.state for t in study.get_trials(deepcopy=False) if t.number == number), None)
+                if state != TrialState.RUNNING:
+                    shutil.rmtree(os.path.join(trials, name), ignore_errors=True)
+    return recovered

@@ -1,0 +1,61 @@
+"""`search status NAME`: one row per trial and the best feasible trial."""
+
+import math
+
+from optuna.trial import TrialState
+
+from objectives.constraints import is_feasible
+from search.coordinator import best_feasible
+from search.study import load_settings, open_study
+from search.runner import startup_trials
+
+
+def trial_stage(t) -> str:
+    """complete | infeasible | rejected | pruned | failed | running | waiting."""
+    if t.state == TrialState.FAIL:
+        return "failed"
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    return t.user_attrs.get("stage", t.state.name.lower())
+
+
+def trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        stage = trial_stage(t)
+        reports = t.user_attrs.get("reports") or []
+        bpb = t.values[0] if stage == "complete" else reports[-1][1] if stage == "pruned" and reports else math.nan
+        rows.append({
+            "number": t.number, "state": stage, "bpb": bpb,
+            "bytes": t.user_attrs.get("artifact_bytes", t.user_attrs.get("predicted_min_bytes") if stage == "rejected" else None),
+            "train_s": t.user_attrs.get("train_seconds"), "eval_s": t.user_attrs.get("eval_seconds"),
+            "feasible": is_feasible(t.constraints) if t.state == TrialState.COMPLETE and t.constraints else None,
+            "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
+        })
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def print_status(name: str, results: str) -> None:
+    directory, settings = load_settings(name, results)
+    study = open_study(settings, startup_trials(settings.trials), create=False)
+    print(f"study {name} ({settings.objectives}, sampler {settings.sampler}, storage {settings.storage})")
+    print(f"{'#':>4} {'state':<10} {'bpb':>8} {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}  note")
+    for row in trial_rows(study):
+        note = "baseline" if row["baseline"] else ""
+        if row["reason"] and row["state"] in ("rejected", "failed", "pruned", "infeasible"):
+            note = (note + " " + row["reason"]).strip()
+        feasible = "-" if row["feasible"] is None else "yes" if row["feasible"] else "no"
+        print(f"{row['number']:>4} {row['state']:<10} {_fmt(row['bpb'], '.4f'):>8} {_fmt(row['bytes'], ',d'):>12} "
+              f"{_fmt(row['train_s'], '.1f'):>8} {_fmt(row['eval_s'], '.1f'):>7} {feasible:>8}  {note[:90]}")
+    best = best_feasible(study)
+    if best is None:
+        print("no feasible trial yet")
+    else:
+        print(f"best feasible: trial {best.number}, bpb {best.values[0]:.4f}, {best.user_attrs.get('artifact_bytes', 0):,} bytes "
+              f"({directory}/trials/{best.number:04d})")

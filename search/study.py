@@ -1,0 +1,144 @@
+"""Studies on disk: results/<name>/ with the Optuna storage, study.json, and trials/NNNN/ folders.
+
+Storage choice (what is safe for how many writers):
+- one local worker: SQLite (results/<name>/study.db);
+- several local workers or processes: Optuna's JournalStorage on a file (results/<name>/journal.log),
+  whose writes are serialised by a lock file;
+- many machines: any Optuna storage URL given with --storage (e.g. postgresql://...).
+`journal:///path` names a journal file explicitly.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import optuna
+
+from space.spec import SpaceError
+
+RESULTS_DIR = os.environ.get("PGOLF_RESULTS", "results")
+STUDY_FILE = "study.json"
+TRIALS_DIR = "trials"
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+class StudyError(ValueError):
+    """A study that cannot be created, found or opened; the message says which and why."""
+
+
+@dataclass
+class StudySettings:
+    name: str
+    space: dict  # the space file's tables, as loaded (the study keeps its own copy)
+    space_source: str
+    storage: str
+    objectives: str = "bpb"
+    sampler: str = "tpe"
+    sampler_seed: int | None = None
+    trials: int = 10
+    timeout: float | None = None
+    workers: int = 1
+    backend: str = "local"
+    address: str | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize"] if self.objectives == "bpb" else ["minimize", "minimize"]
+
+
+def study_dir(name: str, root: str | None = None) -> str:
+    return os.path.join(root or RESULTS_DIR, name)
+
+
+def default_storage(directory: str, workers: int) -> str:
+    if workers > 1:
+        return f"journal:///{os.path.abspath(os.path.join(directory, 'journal.log'))}"
+    return f"sqlite:///{os.path.abspath(os.path.join(directory, 'study.db'))}"
+
+
+def open_storage(url: str):
+    """An Optuna storage for a URL; a bad URL or unreachable database is one clear StudyError."""
+    try:
+        if url.startswith("journal://"):
+            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+            path = url[len("journal://"):]
+            path = path[1:] if path.startswith("//") else path
+            if not os.path.isdir(os.path.dirname(path) or "."):
+                raise StudyError(f"storage {url}: folder {os.path.dirname(path)} does not exist")
+            return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=30)))
+        if "://" not in url:
+            raise StudyError(f"storage {url!r} is not a URL (e.g. sqlite:///study.db, postgresql://host/db, journal:///path.log)")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+    except StudyError:
+        raise
+    except Exception as exc:  # SQLAlchemy/driver errors vary by backend; all mean "this storage is unusable"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"cannot open storage {url}: {message}") from None
+
+
+def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: int):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, startup_trials))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise StudyError(f"unknown sampler {name!r} (use {', '.join(SAMPLERS)})")
+
+
+def make_pruner(objectives: str):
+    # Optuna prunes single-objective studies only; reports are compared at equal training time.
+    if objectives != "bpb":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def save_settings(directory: str, settings: StudySettings) -> None:
+    path = os.path.join(directory, STUDY_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(settings.__dict__, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def load_settings(name: str, root: str | None = None) -> tuple[str, StudySettings]:
+    directory = study_dir(name, root)
+    path = os.path.join(directory, STUDY_FILE)
+    if not os.path.exists(path):
+        known = sorted(d for d in os.listdir(root or RESULTS_DIR) if os.path.exists(os.path.join(root or RESULTS_DIR, d, STUDY_FILE))) \
+            if os.path.isdir(root or RESULTS_DIR) else []
+        raise StudyError(f"no study {name!r} under {root or RESULTS_DIR}/" + (f" (studies: {', '.join(known)})" if known else ""))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return directory, StudySettings(**json.load(f))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise StudyError(f"{path} is damaged ({exc})") from None
+
+
+def open_study(settings: StudySettings, startup_trials: int, create: bool) -> optuna.Study:
+    storage = open_storage(settings.storage)
+    sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials)
+    try:
+        if create:
+            return optuna.create_study(study_name=settings.name, storage=storage, directions=settings.directions,
+                                       sampler=sampler, pruner=make_pruner(settings.objectives))
+        return optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=make_pruner(settings.objectives))
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(f"study {settings.name!r} already exists in {settings.storage}: use `search resume {settings.name}`") from None
+    except KeyError:
+        raise StudyError(f"study {settings.name!r} is not in storage {settings.storage}") from None
+
+
+def trial_dir(directory: str, number: int) -> str:
+    return os.path.join(directory, TRIALS_DIR, f"{number:04d}")
+
+
+def check_space_snapshot(settings: StudySettings):
+    from space.spec import space_from_dict
+
+    try:
+        return space_from_dict(settings.space, source=settings.space_source)
+    except SpaceError as exc:
+        raise StudyError(f"study {settings.name!r}: its stored space no longer loads ({exc})") from None

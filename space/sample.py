@@ -1,0 +1,83 @@
+"""Turning a trial's sampled values into a valid run config.
+
+Dimensions are suggested in file order through Optuna's define-by-run API, so the same function serves
+sampling (an Optuna trial), replaying stored params, and enqueued points. Structural rules:
+- the shared segment (model.loop_len, model.loop_start) is sampled only when model.loop_repeats > 1,
+  inside the sampled depth; without a loop_start dimension the segment sits in the middle;
+- model.num_kv_heads becomes the largest divisor of model.num_heads not above the sampled value;
+- model.model_dim is rounded to the nearest multiple of 2 x num_heads (an even head dim for RoPE);
+- training stops at the space's train-seconds cap.
+"""
+
+from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+
+from space.spec import CONDITIONAL_DIMS, Dimension, Space, SpaceError
+
+
+class ParamSource:
+    """Adapts a plain dict of values to the suggest_* calls (for replay and checks)."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def _get(self, name, default):
+        return self.params.get(name, default)
+
+    def suggest_categorical(self, name, choices):
+        return self._get(name, choices[0])
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return min(max(int(self._get(name, low)), low), high)
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        return min(max(float(self._get(name, low)), low), high)
+
+
+def _suggest(trial, dim: Dimension, high=None):
+    if dim.choices is not None:
+        return trial.suggest_categorical(dim.key, dim.choices)
+    top = dim.high if high is None else min(dim.high, high)
+    low = min(dim.low, top)
+    if dim.is_int:
+        return trial.suggest_int(dim.key, int(low), int(top), step=int(dim.step or 1), log=dim.log)
+    return trial.suggest_float(dim.key, float(low), float(top), step=dim.step, log=dim.log)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
+
+
+def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
+    """(config, sampled values) for one trial; `trial` is an optuna Trial or a ParamSource."""
+    values = {}
+    for dim in space.dims:
+        if dim.key not in CONDITIONAL_DIMS:
+            values[dim.key] = _suggest(trial, dim)
+    data = config_to_dict(space.base)
+    for key, value in values.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    model = data["model"]
+    if model["loop_repeats"] > 1:
+        length_dim, start_dim = space.dim("model.loop_len"), space.dim("model.loop_start")
+        length = _suggest(trial, length_dim, high=model["num_layers"]) if length_dim else max(1, min(model["loop_len"], model["num_layers"]))
+        values["model.loop_len"] = model["loop_len"] = int(min(length, model["num_layers"]))
+        free = model["num_layers"] - model["loop_len"]
+        start = _suggest(trial, start_dim, high=free) if start_dim else free // 2
+        values["model.loop_start"] = model["loop_start"] = int(min(start, free))
+    else:
+        model["loop_len"] = model["loop_start"] = 0
+    model["num_kv_heads"] = _largest_divisor_at_most(model["num_heads"], model["num_kv_heads"])
+    unit = 2 * model["num_heads"]
+    model["model_dim"] = max(unit, int(round(model["model_dim"] / unit)) * unit)
+    train = data["train"]
+    if train["max_wallclock_seconds"] <= 0 or train["max_wallclock_seconds"] > space.caps.train_seconds:
+        train["max_wallclock_seconds"] = space.caps.train_seconds
+    try:
+        return config_from_dict(data), values
+    except ConfigError as exc:
+        raise SpaceError(f"sampled configuration is invalid: {exc}") from None
+
+
+def baseline_config(space: Space) -> RunConfig:
+    return suggest_config(space, ParamSource(space.baseline))[0]

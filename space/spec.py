@@ -1,0 +1,259 @@
+"""Search spaces as data: what may vary, the caps a trial must meet, and how weights may be stored.
+
+A space file (TOML) has these tables:
+    name, description     strings
+    [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints
+    [run]                 base (a shipped config name or a TOML path), data (a data root; "" = default),
+                          device ("auto" | "cpu" | "cuda")
+    [base.<section>]      values set on top of the base config for every trial
+    [dims."section.key"]  one search dimension per config key: {choices = [...]} or
+                          {low, high, step?, log?} (ints if low and high are ints)
+    [baseline]            "section.key" = value: the baseline-shaped point, enqueued as the first trial
+    [allocation]          what the post-training allocation may choose (see AllocationSpace)
+Rules that keep sampled configs valid (see space/sample.py): a shared segment's length and start exist
+only when loop_repeats > 1; num_kv_heads is lowered to a divisor of num_heads; model_dim is rounded to
+a multiple of 2 x num_heads (even head dim for RoPE).
+"""
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from pgolf.config import QUANT_BITS_ALLOWED, COMPRESSORS, ConfigError, RunConfig, config_from_dict, config_to_dict
+from pgolf.configfiles import resolve_config
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+GRANULARITIES = ("kind", "layer", "tensor")
+CONDITIONAL_DIMS = ("model.loop_len", "model.loop_start")
+
+
+class SpaceError(ValueError):
+    """A space file that cannot be used; the message names the key."""
+
+
+@dataclass
+class Caps:
+    artifact_bytes: int = 16_000_000
+    train_seconds: float = 600.0
+    eval_seconds: float = 600.0
+
+
+@dataclass
+class Dimension:
+    key: str = ""  # "section.name" of a RunConfig field
+    choices: list | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and isinstance(self.low, int) and isinstance(self.high, int)
+
+    def values_bound(self) -> tuple:
+        """(smallest, largest) value this dimension can produce."""
+        if self.choices is not None:
+            return min(self.choices), max(self.choices)
+        return self.low, self.high
+
+
+@dataclass
+class AllocationSpace:
+    bits: list = field(default_factory=lambda: [4, 5, 6, 8])  # integer widths the allocation may give a unit
+    embedding_bits: list = field(default_factory=lambda: [6, 8, 16])  # widths for the embedding / head
+    clip: list = field(default_factory=lambda: [0.0, 8.0, 12.85, 20.0])  # clip multipliers tried (0 = percentile)
+    granularity: str = "layer"  # one choice per: tensor kind | kind per layer | tensor
+    eval_repeats: list = field(default_factory=list)  # eval unroll counts tried ([] = training's)
+    eval_stride: list = field(default_factory=lambda: [0])  # sliding-window strides tried (0 = chunks)
+    compressors: list = field(default_factory=lambda: ["zstd"])
+    level: int = 22
+    calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
+    confirm_top: int = 2  # allocations confirmed on the full validation split
+
+
+@dataclass
+class Space:
+    name: str
+    description: str
+    caps: Caps
+    base: RunConfig
+    dims: list
+    baseline: dict
+    allocation: AllocationSpace
+    data: str = ""
+    device: str = "auto"
+    source: str = ""
+
+    def dim(self, key: str) -> Dimension | None:
+        return next((d for d in self.dims if d.key == key), None)
+
+
+def _fields(cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _typed(where: str, value, kind):
+    checks = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool), list: lambda v: isinstance(v, list)}
+    if not checks[kind](value):
+        name = kind if isinstance(kind, str) else kind.__name__
+        raise SpaceError(f"{where} must be {'a ' + name if name != 'list' else 'a list'}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _kind(annotation):
+    """The checked kind of a dataclass field: its type without Optional; numbers keep int vs float."""
+    text = str(annotation)
+    if text.startswith("list") or annotation is list:
+        return list
+    if "float" in text and "None" in text:
+        return "number"
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(text, annotation)
+
+
+def _table(where: str, value) -> dict:
+    if not isinstance(value, dict):
+        raise SpaceError(f"{where} must be a table")
+    return value
+
+
+def _dataclass_from(where: str, cls, values: dict):
+    known = _fields(cls)
+    kwargs = {}
+    for key, value in _table(where, values).items():
+        if key not in known:
+            raise SpaceError(f"unknown key {where}.{key}")
+        kwargs[key] = _typed(f"{where}.{key}", value, _kind(known[key].type))
+    return cls(**kwargs)
+
+
+def config_keys() -> dict:
+    """Every "section.key" of a RunConfig, with its default value."""
+    return {f"{section}.{key}": value for section, values in config_to_dict(RunConfig()).items() for key, value in values.items()}
+
+
+def _dimension(key: str, spec) -> Dimension:
+    where = f"dims.{key!r}"
+    keys = config_keys()
+    if key not in keys:
+        raise SpaceError(f"{where}: {key!r} is not a config key (e.g. model.model_dim, train.matrix_lr)")
+    if key == "train.seed":
+        raise SpaceError(f"{where}: the seed is never a search dimension (the challenge forbids brute-forcing seeds)")
+    if isinstance(keys[key], dict):
+        raise SpaceError(f"{where}: per-tensor bits and clips are chosen by [allocation], not by a dimension")
+    dim = _dataclass_from(where, Dimension, spec)
+    dim.key = key
+    if dim.choices is not None:
+        if not dim.choices:
+            raise SpaceError(f"{where}: choices is empty")
+        if dim.low is not None or dim.high is not None:
+            raise SpaceError(f"{where}: give either choices or low/high, not both")
+        return dim
+    if dim.low is None or dim.high is None:
+        raise SpaceError(f"{where}: needs choices = [...] or low and high")
+    if dim.low > dim.high:
+        raise SpaceError(f"{where}: empty range, low {dim.low} > high {dim.high}")
+    if dim.log and dim.low <= 0:
+        raise SpaceError(f"{where}: a log range needs low > 0")
+    if dim.step is not None and (dim.step <= 0 or dim.log):
+        raise SpaceError(f"{where}: step must be positive and cannot be combined with log")
+    return dim
+
+
+def _allocation(values: dict) -> AllocationSpace:
+    alloc = _dataclass_from("allocation", AllocationSpace, values)
+    for key in ("bits", "embedding_bits"):
+        options = getattr(alloc, key)
+        if not options or any(b not in QUANT_BITS_ALLOWED for b in options):
+            raise SpaceError(f"allocation.{key} must list widths from {', '.join(map(str, QUANT_BITS_ALLOWED))}, got {options}")
+    if not alloc.clip or any(not isinstance(k, (int, float)) or k < 0 for k in alloc.clip):
+        raise SpaceError(f"allocation.clip must list non-negative multipliers, got {alloc.clip}")
+    if alloc.granularity not in GRANULARITIES:
+        raise SpaceError(f"allocation.granularity must be one of {', '.join(GRANULARITIES)}, got {alloc.granularity!r}")
+    if any(not isinstance(r, int) or r < 1 for r in alloc.eval_repeats):
+        raise SpaceError(f"allocation.eval_repeats must list positive integers, got {alloc.eval_repeats}")
+    if not alloc.eval_stride or any(not isinstance(s, int) or s < 0 for s in alloc.eval_stride):
+        raise SpaceError(f"allocation.eval_stride must list non-negative integers, got {alloc.eval_stride}")
+    if not alloc.compressors or any(c not in COMPRESSORS for c in alloc.compressors):
+        raise SpaceError(f"allocation.compressors must list {' / '.join(COMPRESSORS)}, got {alloc.compressors}")
+    if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
+        raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
+    return alloc
+
+
+def space_from_dict(data: dict, source: str = "") -> Space:
+    data = dict(_table("space", data))
+    known = {"name", "description", "caps", "run", "base", "dims", "baseline", "allocation"}
+    for key in data:
+        if key not in known:
+            raise SpaceError(f"unknown key {key!r} in space file (known: {', '.join(sorted(known))})")
+    caps = _dataclass_from("caps", Caps, data.get("caps", {}))
+    if caps.artifact_bytes <= 0 or caps.train_seconds <= 0 or caps.eval_seconds <= 0:
+        raise SpaceError("caps.artifact_bytes, caps.train_seconds and caps.eval_seconds must be positive")
+    run = _table("run", data.get("run", {}))
+    for key in run:
+        if key not in ("base", "data", "device"):
+            raise SpaceError(f"unknown key run.{key}")
+    device = _typed("run.device", run.get("device", "auto"), str)
+    if device not in ("auto", "cpu", "cuda"):
+        raise SpaceError(f"run.device must be auto, cpu or cuda, got {device!r}")
+    base_dir = os.path.dirname(source) if source else ""
+    base_name = _typed("run.base", run.get("base", "baseline"), str)
+    base_path = os.path.join(base_dir, base_name) if base_name.endswith(".toml") else base_name
+    try:
+        base = resolve_config(base_path)
+        merged = config_to_dict(base)
+        for section, values in _table("base", data.get("base", {})).items():
+            if section not in merged:
+                raise SpaceError(f"unknown config section [base.{section}]")
+            merged[section].update(_table(f"base.{section}", values))
+        base = config_from_dict(merged)
+    except ConfigError as exc:
+        raise SpaceError(f"base config: {exc}") from None
+    dims = [_dimension(key, _table(f"dims.{key!r}", spec)) for key, spec in _table("dims", data.get("dims", {})).items()]
+    baseline = dict(_table("baseline", data.get("baseline", {})))
+    space = Space(name=_typed("name", data.get("name", os.path.splitext(os.path.basename(source))[0] or "space"), str),
+                  description=_typed("description", data.get("description", ""), str), caps=caps, base=base, dims=dims,
+                  baseline=baseline, allocation=_allocation(data.get("allocation", {})),
+                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source)
+    _check_baseline(space)
+    return space
+
+
+def _check_baseline(space: Space) -> None:
+    for key, value in space.baseline.items():
+        dim = space.dim(key)
+        if dim is None:
+            raise SpaceError(f"baseline.{key}: not a dimension of the space")
+        if dim.choices is not None and value not in dim.choices:
+            raise SpaceError(f"baseline.{key} = {value!r} is not one of its choices {dim.choices}")
+        if dim.choices is None and not (dim.low <= value <= dim.high):
+            raise SpaceError(f"baseline.{key} = {value!r} is outside [{dim.low}, {dim.high}]")
+
+
+def presets() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".toml"))
+
+
+def load_space(name_or_path: str) -> Space:
+    """A space from a TOML file, or a shipped preset by name ("demo", "challenge")."""
+    path = name_or_path
+    if not os.path.exists(path):
+        if name_or_path not in presets():
+            raise SpaceError(f"no space file {name_or_path!r} and no preset of that name (presets: {', '.join(presets())})")
+        path = os.path.join(PRESET_DIR, f"{name_or_path}.toml")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise SpaceError(f"cannot read space file {path}: {exc.strerror}") from None
+    try:
+        return space_from_dict(data, source=os.path.abspath(path))
+    except SpaceError as exc:
+        raise SpaceError(f"{path}: {exc}") from None
