@@ -85,7 +85,7 @@ class QuantConfig:
 class EvalConfig:
     seq_len: int = 0  # 0 = the training sequence length
     stride: int = 0  # 0 = non-overlapping chunks (official); else sliding window scoring `stride` new tokens
-    batch_tokens: int = 524_288
+    batch_tokens: int = 65_536  # per process; the official 524,288 over 8 ranks (or 8 accumulation steps)
     repeats: int = 0  # eval unroll count of the shared segment; 0 = as in training
     autocast: bool = True
 

@@ -30,7 +30,7 @@ from objectives.bytes import Calibration, load_calibration, predict_artifact_byt
 from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values
 from pgolf.config import QuantConfig, config_to_dict
 from search.backends import Job, make_backend
-from search.study import TRIALS_DIR, trial_dir
+from search.study import TRIALS_DIR, StudyError, trial_dir
 from search.trial import REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
@@ -108,7 +108,7 @@ class Coordinator:
         self.started = time.time()
         self.failures_in_row = 0
         self.done_at_start = self.finished()
-        self.last_line = None
+        self.last_line, self.last_print = None, 0.0
         os.makedirs(os.path.join(directory, TRIALS_DIR), exist_ok=True)
 
     # -- counting -------------------------------------------------------------------------------
@@ -159,6 +159,7 @@ class Coordinator:
     def start(self, trial, config) -> None:
         final = trial_dir(self.directory, trial.number)
         staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
+        os.chmod(staging, 0o755)
         request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": trial._trial_id,
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
@@ -246,8 +247,8 @@ class Coordinator:
         try:
             while True:
                 timed_out = self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
-                if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
-                    self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row (see their train.log / error.txt)")
+                if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES and not stop_asking:
+                    self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row")
                     stop_asking = True
                 while not (stop_asking or timed_out) and len(self.jobs) < self.settings.workers:
                     if not self.launch_next():
@@ -262,6 +263,9 @@ class Coordinator:
                 self.backend.cancel(job)
             self.backend.shutdown()
         self.progress(final=True)
+        if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+            raise StudyError(f"study {self.settings.name} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row: "
+                             f"see {self.directory}/trials/*/error.txt; `search resume {self.settings.name}` continues it")
 
     # -- reporting ------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -285,9 +289,12 @@ class Coordinator:
         if self.out.isatty() and not final:
             self.out.write("\r\033[K" + line)
             self.out.flush()
-        elif line != self.last_line or final:
+            return
+        # Not a terminal (a log file): a line when the counts or the best change, else once a minute.
+        state = line.split(" | elapsed")[0]
+        if final or state != self.last_line or time.time() - self.last_print > 60:
             print(line, file=self.out, flush=True)
-        self.last_line = line
+            self.last_line, self.last_print = state, time.time()
 
 
 def best_feasible(study: optuna.Study):
@@ -324,8 +331,9 @@ def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
         owner = t.user_attrs.get("owner", "")
         if owner_alive(owner) is not False:
             continue
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         study._storage.set_trial_user_attr(t._trial_id, "reason", "its study process died mid-trial; re-run as a new trial")
+        study._storage.set_trial_user_attr(t._trial_id, "stage", "failed")
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
         print(f"trial {t.number}: left running by a dead process; marked failed and queued again", file=out)

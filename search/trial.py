@@ -42,7 +42,9 @@ def _reporter(request: dict):
         return None
     import optuna
 
-    study = optuna.load_study(study_name=request["study"], storage=request["storage"])
+    from search.study import open_storage
+
+    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]))
     trial = optuna.trial.Trial(study, request["trial_id"])
 
     def on_val(index: int, bpb: float) -> None:
