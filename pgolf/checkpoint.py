@@ -4,6 +4,8 @@ Every tensor is stored losslessly as fp32 (bf16 and fp32 both convert exactly) a
 dtype, with the run's config in the directory. The post-training allocation reads these.
 """
 
+import os
+
 import torch
 
 from pgolf.artifact import ArtifactError, pack, read_artifact
@@ -12,6 +14,11 @@ from pgolf.model import GPT
 from pgolf.quant import StoredTensor, dequantize_state_dict
 
 CHECKPOINT_FILE = "checkpoint.pgolf"
+
+
+def save_checkpoint(model: GPT, config: RunConfig, path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(checkpoint_bytes(model, config))
 
 
 def checkpoint_bytes(model: GPT, config: RunConfig) -> bytes:
@@ -37,5 +44,19 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[GPT,
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise ArtifactError(f"{path}: checkpoint tensors do not match its config ({sorted(missing)[:3]})")
+    model.load_state_dict(state, strict=True)
+    return model.to(device), config
+
+
+def load_any_checkpoint(path: str, seq_len: int = 1024, device: torch.device | str = "cpu") -> tuple[GPT, RunConfig]:
+    """A pgolf checkpoint (file, or a folder holding checkpoint.pgolf) or an official train_gpt.py file."""
+    from pgolf.official import import_official
+
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_FILE)
+    if path.endswith(".pgolf"):
+        return load_checkpoint(path, device)
+    state, config, _ = import_official(path, seq_len)
+    model = GPT(config.model)
     model.load_state_dict(state, strict=True)
     return model.to(device), config

@@ -11,12 +11,13 @@ from pgolf.bpb import TokenizerError
 from pgolf.config import ConfigError, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config, shipped_configs
 from pgolf.datasets import DataError, default_data_root, resolve_data
+from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
 from pgolf.staging import OutputExists
 from pgolf.train import TrainingDiverged
 
 # Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ArtifactError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
+USER_ERRORS = (ArtifactError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
                FileNotFoundError, NotADirectoryError, PermissionError)
 
 
@@ -83,6 +84,48 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from pgolf.checkpoint import CHECKPOINT_FILE, save_checkpoint
+    from pgolf.configfiles import config_to_toml
+    from pgolf.model import GPT
+    from pgolf.official import import_official
+    from pgolf.staging import staged_dir
+
+    state, config, kind = import_official(args.checkpoint, args.seq_len)
+    model = GPT(config.model)
+    model.load_state_dict(state, strict=True)
+    with staged_dir(args.out, replace=args.force) as stage:
+        save_checkpoint(model, config, os.path.join(stage, CHECKPOINT_FILE))
+        with open(os.path.join(stage, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(config_to_toml(config))
+    m = config.model
+    print(f"imported {args.checkpoint} ({kind}): {m.num_layers} layers x {m.model_dim}, {m.num_heads} heads / "
+          f"{m.num_kv_heads} KV, MLP {m.mlp_mult:g}x, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} "
+          f"-> {os.path.join(args.out, CHECKPOINT_FILE)}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from pgolf.checkpoint import load_any_checkpoint
+    from pgolf.model import full_precision
+    from pgolf.submission import score, setup_runtime
+
+    runtime = setup_runtime(args.device)
+    model, config = load_any_checkpoint(args.path, args.seq_len)
+    evaluation = config.resolved_eval()
+    if args.precision == "fp32":
+        model = full_precision(model)
+        evaluation.autocast = False
+    if args.stride is not None:
+        evaluation.stride = args.stride
+    data = resolve_data(args.data, config.model.vocab_size, args.tokenizer)
+    result = score(model.to(runtime.device), evaluation, data.val_pattern, data.tokenizer, runtime)
+    print(f"val_loss {result.loss:.8f} val_bpb {result.bpb:.8f} ({result.tokens:,} tokens, {result.bytes:,} bytes, "
+          f"{args.precision} precision, {result.seconds:.1f}s)")
+    print(f"exact val_loss {result.loss!r} val_bpb {result.bpb!r}")
+    return 0
+
+
 def cmd_configs(args) -> int:
     for name in shipped_configs():
         print(name)
@@ -122,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=default_data_root())
     p.add_argument("--tokenizer")
     p.set_defaults(func=cmd_data_build)
+
+    p = sub.add_parser("import", help="read an official train_gpt.py checkpoint (final_model.pt or .int8.ptz)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="folder for the pgolf checkpoint and its config")
+    p.add_argument("--seq-len", type=int, default=1024, help="the run's TRAIN_SEQ_LEN (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("score", help="val bpb of a float checkpoint (pgolf or official) as the official eval computes it")
+    p.add_argument("path", help="checkpoint.pgolf, a folder holding one, or an official final_model.pt / .int8.ptz")
+    p.add_argument("--precision", choices=("official", "fp32"), default="official",
+                   help="official: bf16 embedding, fp32 weights, bf16 autocast; fp32: all fp32, no autocast")
+    p.add_argument("--seq-len", type=int, default=1024, help="sequence length for official files (default: %(default)s)")
+    p.add_argument("--stride", type=int, help="sliding-window stride (default: the checkpoint's eval setting)")
+    p.add_argument("--data", default=default_data_root())
+    p.add_argument("--tokenizer")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("configs", help="list the shipped configs")
     p.set_defaults(func=cmd_configs)

@@ -36,17 +36,26 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
+    """cos/sin tables of rotary position embeddings.
+
+    As in the official script, whose model.bfloat16() also converts this buffer, the tables are built
+    from bf16 frequencies and bf16 positions (coarse beyond position 256). Checkpoints trained that
+    way depend on it; full_precision() switches a model to exact fp32 tables.
+    """
+
     def __init__(self, dim: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.table_dtype = torch.bfloat16
         self._cache: tuple | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        key = (seq_len, device)
+        key = (seq_len, device, self.table_dtype)
         if self._cache is None or self._cache[0] != key:
-            t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-            freqs = torch.outer(t, self.inv_freq.to(device))
+            inv_freq = self.inv_freq.float().to(device).to(self.table_dtype)
+            t = torch.arange(seq_len, device=device, dtype=self.table_dtype)
+            freqs = torch.outer(t, inv_freq)
             self._cache = (key, freqs.cos()[None, None], freqs.sin()[None, None])
         return self._cache[1].to(dtype), self._cache[2].to(dtype)
 
@@ -231,6 +240,15 @@ class GPT(nn.Module):
             x = self.blocks[i](x, x0)
         x = rms_norm(x).reshape(-1, x.size(-1))
         return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+
+
+def full_precision(model: "GPT") -> "GPT":
+    """The model with every weight and rotary table in fp32 (for scoring without bf16 anywhere)."""
+    model = model.float()
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.table_dtype = torch.float32
+    return model
 
 
 def is_control_tensor(name: str) -> bool:

@@ -65,6 +65,7 @@ class Candidate:
     predicted_damage: float
     artifact_bytes: int = 0
     val_bpb: float = math.nan
+    val_loss: float = math.nan
     eval_seconds: float = math.nan
     feasible: bool = False
     blob: bytes = field(default=b"", repr=False)
@@ -75,7 +76,7 @@ class Candidate:
                 "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
                 "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
                 "predicted_damage": self.predicted_damage, "artifact_bytes": self.artifact_bytes,
-                "val_bpb": self.val_bpb, "eval_seconds": self.eval_seconds, "feasible": self.feasible}
+                "val_bpb": self.val_bpb, "val_loss": self.val_loss, "eval_seconds": self.eval_seconds, "feasible": self.feasible}
 
 
 @dataclass
@@ -215,8 +216,12 @@ def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -
     return dataclasses.replace(config, quant=quant or config.quant, eval=dataclasses.replace(config.eval, **eval_changes))
 
 
-def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, log=print) -> AllocationResult:
-    """Choose storage and eval settings for a trained model; see the module docstring."""
+def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, log=print,
+             seconds_per_token: float | None = None) -> AllocationResult:
+    """Choose storage and eval settings for a trained model; see the module docstring.
+
+    seconds_per_token: measured chunked-eval speed of this model, if the caller has one (else measured).
+    """
     started = time.perf_counter()
     device = runtime.device
     model.eval()
@@ -265,7 +270,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK
     proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
                  ("best uniform", lambda b: best_uniform(units, options, b, space_alloc))]
-    stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime)
+    stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime, seconds_per_token)
     phase["eval settings"] = time.perf_counter() - started - sum(phase.values())
     for label, propose in proposals[: space_alloc.confirm_top]:
         candidate = _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log)
@@ -303,19 +308,27 @@ def best_uniform(units, options, budget, space_alloc) -> list[Option] | None:
     return best
 
 
-def _choose_stride(model, config, space_alloc, caps, data, runtime) -> int:
+def _choose_stride(model, config, space_alloc, caps, data, runtime, seconds_per_token=None) -> int:
     """The smallest allowed stride whose predicted full-validation eval time fits the cap (0 = chunks)."""
     strides = sorted(set(space_alloc.eval_stride), key=lambda s: s if s > 0 else 10**9)
     if strides == [0]:
         return 0
-    sample = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=65_536)
-    seconds_per_token = sample.seconds / max(sample.tokens, 1)
+    if seconds_per_token is None:
+        sample = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=65_536)
+        seconds_per_token = sample.seconds / max(sample.tokens, 1)
+    # The unroll count scales the per-token cost with the number of blocks run.
+    seconds_per_token *= _blocks_run(config, config.eval_repeats()) / _blocks_run(config, config.model.loop_repeats)
     full_tokens = token_count(data.val_pattern)
     for stride in strides:
         windows = 1.0 if stride == 0 else config.eval_seq_len() / stride
         if seconds_per_token * full_tokens * windows <= EVAL_TIME_MARGIN * caps.eval_seconds:
             return stride
     return 0
+
+
+def _blocks_run(config, repeats: int) -> int:
+    m = config.model
+    return m.num_layers + m.loop_len * (repeats - 1) + 1  # +1: the output layer, about one block's cost
 
 
 def _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log):
@@ -353,5 +366,5 @@ def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime) -> N
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
     fresh, _, eval_cfg = load_model(blob, runtime.device)
     post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
-    candidate.val_bpb, candidate.eval_seconds = post.bpb, post.seconds
+    candidate.val_bpb, candidate.val_loss, candidate.eval_seconds = post.bpb, post.loss, post.seconds
     candidate.feasible = candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds

@@ -8,16 +8,18 @@ import time
 from pgolf.artifact import ArtifactError
 from pgolf.bpb import TokenizerError
 from pgolf.config import ConfigError
-from pgolf.datasets import DataError, default_data_root, resolve_data
+from pgolf.datasets import DataError, default_data_root
+from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
 from pgolf.staging import OutputExists
 from pgolf.train import TrainingDiverged
 
 from search.study import RESULTS_DIR, SAMPLERS, StudyError
+from search.verify import VerifyError
 from space.spec import SpaceError
 
-USER_ERRORS = (ArtifactError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
-               SpaceError, StudyError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ArtifactError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
+               SpaceError, StudyError, VerifyError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def cmd_run(args) -> int:
@@ -41,9 +43,67 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_pareto(args) -> int:
+    from search.pareto import pareto_page
+
+    print(f"wrote {pareto_page(args.name, args.results, args.out)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from search.report import report_page
+
+    print(f"wrote {report_page(args.name, args.results, args.out)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export_trial
+
+    submission = export_trial(args.name, args.results, args.trial, args.out, force=args.force, replace=args.replace)
+    print(f"wrote {args.out}: val_bpb {submission['val_bpb']:.6f}, {submission['bytes_total']:,} bytes "
+          f"(code {submission['bytes_code']:,}); `search verify {args.out}` checks it")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from search.verify import verify
+
+    report = verify(args.dir, args.data, args.tolerance, args.device)
+    print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
+          f"{report['val_bpb']!r} equals the recorded {report['recorded_bpb']!r} (difference {report['difference']:.1e})")
+    return 0
+
+
+def cmd_confirm(args) -> int:
+    from search.confirm import confirm
+
+    s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device)
+    print(f"trial {s['trial']}: bpb {s['mean_bpb']:.5f} +- {s['std_bpb']:.5f} over seeds {s['seeds']} "
+          f"(max {s['max_bytes']:,} bytes); vs reference {s['reference_bpb']:.5f}: {s['improvement_nats']:+.5f} nats, "
+          f"one-sided t = {s['t']:.2f}, p = {s['p']:.4g} for an improvement of at least 0.005 nats -> "
+          f"{'meets' if s['record'] else 'does not meet'} the record bar (p < 0.01)")
+    return 0
+
+
+def cmd_allocate(args) -> int:
+    from search.allocate_cmd import allocate_checkpoint, format_table, parse_floats, parse_ints
+
+    options = {key: value for key, value in (
+        ("bits", parse_ints(args.bits, "--bits")), ("embedding_bits", parse_ints(args.embedding_bits, "--embedding-bits")),
+        ("clip", parse_floats(args.clip, "--clip")), ("eval_stride", parse_ints(args.strides, "--strides")),
+        ("eval_repeats", parse_ints(args.repeats, "--repeats")), ("granularity", args.granularity)) if value is not None}
+    out = args.out or f"allocation-{args.cap}"
+    metrics = allocate_checkpoint(args.checkpoint, args.cap, out, args.data, args.tokenizer, args.seq_len,
+                                  args.eval_seconds, options, args.device, args.replace)
+    print(format_table(metrics))
+    print(f"wrote {out} ({metrics['chosen']}: {metrics['artifact_bytes']:,} bytes, val_bpb {metrics['val_bpb_post']:.6f})")
+    return 0
+
+
 def add_run_options(p, resume: bool) -> None:
-    p.add_argument("--trials", type=int, help="total finished trials the study should reach" + ("" if resume else " (default: 10)"))
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--trials", type=int, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
     p.add_argument("--workers", type=int, help="trials running at once (default: 1)")
     p.add_argument("--backend", choices=("local", "ray"), help="where trials run (default: local processes)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
@@ -75,11 +135,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--results", default=RESULTS_DIR)
     p.set_defaults(func=cmd_status)
+
+    for command, func, what in (("pareto", cmd_pareto, "interactive Pareto front page (bpb vs bytes, vs train seconds)"),
+                                ("report", cmd_report, "offline study report page")):
+        p = sub.add_parser(command, help=what)
+        p.add_argument("name")
+        p.add_argument("--out", help="HTML file (default: results/<name>/%s.html)" % command)
+        p.add_argument("--results", default=RESULTS_DIR)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="write a trial as a records-style submission folder")
+    p.add_argument("name")
+    p.add_argument("--trial", type=int, help="trial number (default: the best feasible trial)")
+    p.add_argument("--out", required=True, help="submission folder to write")
+    p.add_argument("--force", action="store_true", help="export an infeasible trial anyway")
+    p.add_argument("--replace", action="store_true", help="replace an existing output folder")
+    p.add_argument("--results", default=RESULTS_DIR)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="re-score an exported submission in a fresh process without network")
+    p.add_argument("dir")
+    p.add_argument("--data", help="data root (default: the data the trial was scored on)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="allowed bpb difference (default: exact)")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("confirm", help="retrain a trial with new seeds; t-test against a reference")
+    p.add_argument("name")
+    p.add_argument("--trial", type=int, help="trial number (default: the best feasible trial)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--reference", type=float, help="reference bpb (default: the study's baseline trial)")
+    p.add_argument("--device")
+    p.add_argument("--results", default=RESULTS_DIR)
+    p.set_defaults(func=cmd_confirm)
+
+    p = sub.add_parser("allocate", help="choose bits / clip / eval settings for one checkpoint under a byte cap")
+    p.add_argument("checkpoint", help="checkpoint.pgolf, a folder holding one, or an official final_model.pt / .int8.ptz")
+    p.add_argument("--cap", type=int, required=True, help="artifact byte cap (code + compressed model)")
+    p.add_argument("--out", help="output folder (default: allocation-<cap>)")
+    p.add_argument("--data", default=default_data_root())
+    p.add_argument("--tokenizer")
+    p.add_argument("--seq-len", type=int, default=1024, help="sequence length for official files (default: %(default)s)")
+    p.add_argument("--bits", help="allowed widths for block matrices, e.g. 4,5,6,8")
+    p.add_argument("--embedding-bits", help="allowed widths for the embedding, e.g. 6,8,16")
+    p.add_argument("--clip", help="clip multipliers to try, e.g. 8,12.85,20")
+    p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
+    p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
+    p.add_argument("--granularity", choices=("kind", "layer", "tensor"))
+    p.add_argument("--eval-seconds", type=float, default=600.0, help="eval-time cap (default: %(default)s)")
+    p.add_argument("--device")
+    p.add_argument("--replace", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_allocate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -73,8 +73,8 @@ def start_study(args) -> None:
     workers = args.workers or 1
     settings = StudySettings(name=name, space=_raw_space(space), space_source=space.source,
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,
-                             sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or 10,
-                             timeout=args.timeout, workers=workers, backend=args.backend or "local", address=args.address)
+                             sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or space.trials,
+                             timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address)
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     created = not os.path.exists(directory)

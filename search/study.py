@@ -135,6 +135,12 @@ def trial_dir(directory: str, number: int) -> str:
     return os.path.join(directory, TRIALS_DIR, f"{number:04d}")
 
 
+def trial_data(directory: str, number: int) -> dict:
+    """The data paths (train/val shards, tokenizer) a trial trained and was scored on."""
+    with open(os.path.join(trial_dir(directory, number), "request.json"), encoding="utf-8") as f:
+        return json.load(f)["data"]
+
+
 def check_space_snapshot(settings: StudySettings):
     from space.spec import space_from_dict
 

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 
+from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
 from pgolf.configfiles import config_to_toml
@@ -19,7 +20,6 @@ from pgolf.datasets import DataPaths
 from pgolf.model import count_params
 from pgolf.run import METRICS_FILE, SCRIPT_FILE, RunLog
 from pgolf.submission import MODEL_FILE, score, setup_runtime, train_model
-from pgolf.assemble import assemble_script
 
 from objectives.bytes import measure_calibration
 from search.allocation import allocate
@@ -73,10 +73,12 @@ def run_trial(directory: str) -> dict:
     def validate(model):
         return score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
 
-    def report(index, bpb):
-        reports.append((index, bpb))
+    def report(step, bpb):
+        # Reports come every val_every_seconds of training: the k-th report of every trial is at the same
+        # training time, which is what the pruner compares (step counts differ with model speed).
+        reports.append((len(reports) + 1, bpb))
         if on_val is not None:
-            on_val(index, bpb)
+            on_val(len(reports), bpb)
 
     import optuna
 
@@ -95,7 +97,8 @@ def run_trial(directory: str) -> dict:
     _write_json(directory, "calibration.json", measure_calibration(state, sorted(set(alloc_space.bits) | set(alloc_space.embedding_bits)), alloc_space.clip))
     pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime)
     log(f"pre-quant val_bpb {pre.bpb:.6f}")
-    allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log)
+    allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log,
+                          seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None)
     _write_json(directory, "allocation.json", allocation.record())
     best = allocation.best or min(allocation.candidates, key=lambda c: c.artifact_bytes, default=None)
     metrics = {"val_bpb_pre": pre.bpb, "train_seconds": trained.train_seconds, "steps": trained.steps,
@@ -113,7 +116,7 @@ def run_trial(directory: str) -> dict:
         f.write(assemble_script(config_to_dict(best.config)))
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(best.config))
-    metrics.update(val_bpb_post=best.val_bpb, artifact_bytes=best.artifact_bytes, model_bytes=len(best.blob),
+    metrics.update(val_bpb_post=best.val_bpb, val_loss_post=best.val_loss, artifact_bytes=best.artifact_bytes, model_bytes=len(best.blob),
                    code_bytes=best.byte_groups["code"], bytes_by_group=best.byte_groups, eval_seconds=best.eval_seconds,
                    quant_gap_bpb=best.val_bpb - pre.bpb, allocation=best.label, config=config_to_dict(best.config),
                    feasible=best.feasible, trial_seconds=time.perf_counter() - started)
@@ -125,6 +128,10 @@ def run_trial(directory: str) -> dict:
 
 def main() -> int:
     directory = sys.argv[1]
+    if os.environ.get("PGOLF_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["PGOLF_THREADS"]))
     try:
         run_trial(directory)
     except Exception as exc:  # the process boundary: any failure fails this trial, with its reason kept

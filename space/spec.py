@@ -2,6 +2,7 @@
 
 A space file (TOML) has these tables:
     name, description     strings
+    trials, timeout       defaults for `search run` (finished trials; seconds after which no trial starts)
     [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints
     [run]                 base (a shipped config name or a TOML path), data (a data root; "" = default),
                           device ("auto" | "cpu" | "cuda")
@@ -85,6 +86,8 @@ class Space:
     data: str = ""
     device: str = "auto"
     source: str = ""
+    trials: int = 10
+    timeout: float | None = None
 
     def dim(self, key: str) -> Dimension | None:
         return next((d for d in self.dims if d.key == key), None)
@@ -164,7 +167,7 @@ def _dimension(key: str, spec) -> Dimension:
     return dim
 
 
-def _allocation(values: dict) -> AllocationSpace:
+def allocation_from_dict(values: dict) -> AllocationSpace:
     alloc = _dataclass_from("allocation", AllocationSpace, values)
     for key in ("bits", "embedding_bits"):
         options = getattr(alloc, key)
@@ -187,7 +190,7 @@ def _allocation(values: dict) -> AllocationSpace:
 
 def space_from_dict(data: dict, source: str = "") -> Space:
     data = dict(_table("space", data))
-    known = {"name", "description", "caps", "run", "base", "dims", "baseline", "allocation"}
+    known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation"}
     for key in data:
         if key not in known:
             raise SpaceError(f"unknown key {key!r} in space file (known: {', '.join(sorted(known))})")
@@ -218,8 +221,12 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     baseline = dict(_table("baseline", data.get("baseline", {})))
     space = Space(name=_typed("name", data.get("name", os.path.splitext(os.path.basename(source))[0] or "space"), str),
                   description=_typed("description", data.get("description", ""), str), caps=caps, base=base, dims=dims,
-                  baseline=baseline, allocation=_allocation(data.get("allocation", {})),
-                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source)
+                  baseline=baseline, allocation=allocation_from_dict(data.get("allocation", {})),
+                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source,
+                  trials=_typed("trials", data.get("trials", 10), int),
+                  timeout=_typed("timeout", data["timeout"], float) if "timeout" in data else None)
+    if space.trials < 1 or (space.timeout is not None and space.timeout <= 0):
+        raise SpaceError("trials must be at least 1 and timeout positive")
     _check_baseline(space)
     return space
 

@@ -1,0 +1,99 @@
+"""`search allocate`: the post-training allocation for one checkpoint (pgolf or official), at a byte cap.
+
+Writes OUT/final_model.pgolf + train_gpt.py + config.toml for the chosen allocation, allocation.json
+with every candidate, and metrics.json with the comparison table: the official int8 rule (uniform,
+whether or not it fits), the best uniform width that fits, and the chosen allocation.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+from pgolf.assemble import assemble_script, code_bytes
+from pgolf.checkpoint import load_any_checkpoint
+from pgolf.config import QuantConfig, config_to_dict
+from pgolf.configfiles import config_to_toml
+from pgolf.datasets import resolve_data
+from pgolf.run import SCRIPT_FILE
+from pgolf.staging import staged_dir
+from pgolf.submission import MODEL_FILE, export_model, load_model, score, setup_runtime
+from search.allocation import allocate
+from space.spec import AllocationSpace, Caps, SpaceError, _allocation
+
+
+def _uniform_int8(model, config, data, runtime) -> dict:
+    """The official export rule for reference: int8 per row with the percentile clip, small tensors fp16."""
+    official = dataclasses.replace(config, quant=QuantConfig(bits={"*": 8}, clip={"*": 0.0}, compressor="zstd", level=22),
+                                   eval=config.resolved_eval())
+    blob, _, _ = export_model(model, official)
+    fresh, _, eval_cfg = load_model(blob, runtime.device)
+    result = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
+    return {"label": "uniform int8 (official rule)", "artifact_bytes": len(blob) + code_bytes(config_to_dict(official)),
+            "val_bpb": result.bpb, "eval_seconds": result.seconds}
+
+
+def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer: str | None = None, seq_len: int = 1024,
+                        eval_seconds: float = 600.0, options: dict | None = None, device: str | None = None,
+                        replace: bool = False, log=print) -> dict:
+    runtime = setup_runtime(device)
+    model, config = load_any_checkpoint(path, seq_len, runtime.device)
+    data = resolve_data(data_root, config.model.vocab_size, tokenizer)
+    try:
+        alloc_space = allocation_from_dict(dict(options or {}, confirm_top=2))
+    except SpaceError as exc:
+        raise SpaceError(f"allocation options: {exc}") from None
+    caps = Caps(artifact_bytes=cap, train_seconds=math.inf, eval_seconds=eval_seconds)
+    rows = [_uniform_int8(model, config, data, runtime)]
+    log(f"{rows[0]['label']}: {rows[0]['artifact_bytes']:,} bytes, val_bpb {rows[0]['val_bpb']:.6f}")
+    result = allocate(model, config, alloc_space, caps, data, runtime, log=log)
+    for candidate in result.candidates:
+        rows.append({"label": candidate.label, "artifact_bytes": candidate.artifact_bytes, "val_bpb": candidate.val_bpb,
+                     "eval_seconds": candidate.eval_seconds, "feasible": candidate.feasible})
+    if result.best is None:
+        raise SpaceError(f"no allowed allocation fits {cap:,} bytes (the smallest candidate needs "
+                         f"{min((c.artifact_bytes for c in result.candidates), default=0):,})")
+    best = result.best
+    metrics = {"cap_bytes": cap, "source": os.path.abspath(path), "table": rows, "chosen": best.label,
+               "val_bpb_post": best.val_bpb, "val_loss_post": best.val_loss, "artifact_bytes": best.artifact_bytes,
+               "model_bytes": len(best.blob), "code_bytes": best.byte_groups["code"], "bytes_by_group": best.byte_groups,
+               "eval_seconds": best.eval_seconds, "config": config_to_dict(best.config), "data": dataclasses.asdict(data),
+               "allocation_seconds": result.seconds}
+    with staged_dir(out, replace=replace) as stage:
+        with open(os.path.join(stage, MODEL_FILE), "wb") as f:
+            f.write(best.blob)
+        with open(os.path.join(stage, SCRIPT_FILE), "w", encoding="utf-8") as f:
+            f.write(assemble_script(config_to_dict(best.config)))
+        with open(os.path.join(stage, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(config_to_toml(best.config))
+        for name, content in (("allocation.json", result.record()), ("metrics.json", metrics)):
+            with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'allocation':<30} {'bytes':>12} {'val_bpb':>10}  fits {metrics['cap_bytes']:,}"]
+    for row in metrics["table"]:
+        fits = row["artifact_bytes"] <= metrics["cap_bytes"]
+        lines.append(f"{row['label']:<30} {row['artifact_bytes']:>12,} {row['val_bpb']:>10.5f}  {'yes' if fits else 'no'}")
+    return "\n".join(lines)
+
+
+def parse_ints(text: str | None, what: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SpaceError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def parse_floats(text: str | None, what: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SpaceError(f"{what} must be comma-separated numbers, got {text!r}") from None
+

@@ -1,0 +1,127 @@
+"""`search confirm`: retrain a trial's final configuration with new seeds and test it as the challenge
+does: a record must beat the reference by at least 0.005 nats with p < 0.01 (one-sided t-test).
+
+Each seed is a full `pgolf run` of the trial's config (its allocation and eval settings fixed) in a
+process of its own, under results/<study>/confirm/<trial>-seed<k>/.
+"""
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+from pgolf.configfiles import config_to_toml
+from pgolf.config import config_from_dict
+from pgolf.run import read_metrics
+from search.export import find_trial
+from search.study import StudyError, trial_data
+
+RECORD_MARGIN_NATS = 0.005
+RECORD_P_VALUE = 0.01
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    # Continued fraction of the incomplete beta function (Lentz's method).
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / (c if abs(c) > tiny else tiny)
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / (c if abs(c) > tiny else tiny)
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1.0 - x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_cdf(t: float, dof: int) -> float:
+    tail = 0.5 * regularized_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    return tail if t < 0 else 1.0 - tail
+
+
+def one_sided_test(losses: list[float], reference_nats: float, margin: float = RECORD_MARGIN_NATS) -> dict:
+    """H1: mean loss < reference - margin. Returns the t statistic and p-value."""
+    n = len(losses)
+    mean = statistics.fmean(losses)
+    std = statistics.stdev(losses) if n > 1 else float("nan")
+    if n < 2 or std == 0:
+        return {"mean": mean, "std": std, "t": float("nan"), "p": float("nan")}
+    t = (mean - (reference_nats - margin)) / (std / math.sqrt(n))
+    return {"mean": mean, "std": std, "t": t, "p": student_t_cdf(t, n - 1)}
+
+
+def confirm(name: str, results: str, number: int | None, seeds: int, reference_bpb: float | None, device: str | None = None,
+            log=print) -> dict:
+    directory, settings, trial = find_trial(name, results, number)
+    if trial.user_attrs.get("stage") != "complete":
+        raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
+    config = config_from_dict(trial.user_attrs["config"])
+    if reference_bpb is None:
+        baseline = next((t for t in _study_trials(settings) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
+        if baseline is None:
+            raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
+        reference_bpb = baseline.user_attrs["val_bpb_post"]
+        log(f"reference: the study's baseline trial {baseline.number}, bpb {reference_bpb:.6f}")
+    seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
+    runs = []
+    for seed in seed_list:
+        out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}")
+        if not os.path.exists(os.path.join(out, "metrics.json")):
+            config.train.seed = seed
+            config_path = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}.toml")
+            os.makedirs(os.path.dirname(config_path), exist_ok=True)
+            with open(config_path, "w", encoding="utf-8") as f:
+                f.write(config_to_toml(config))
+            data = trial_data(directory, trial.number)
+            command = [sys.executable, "-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
+                       "--tokenizer", data["tokenizer"], "--out", out, "--force"] + (["--device", device] if device else [])
+            log(f"seed {seed}: training ({out})")
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise StudyError(f"seed {seed} failed: {(result.stderr.strip() or 'no output').splitlines()[-1]}")
+        metrics = read_metrics(out)
+        runs.append(metrics)
+        log(f"seed {seed}: val_bpb {metrics['val_bpb_post']:.6f} val_loss {metrics['val_loss_post']:.6f} nats, "
+            f"{metrics['artifact_bytes']:,} bytes")
+    # bpb = nats / ln 2 * tokens/bytes, and tokens/bytes is a property of the validation text.
+    nats_per_bpb = math.log(2.0) * runs[0]["val_bytes"] / runs[0]["val_tokens"]
+    reference_nats = reference_bpb * nats_per_bpb
+    test = one_sided_test([m["val_loss_post"] for m in runs], reference_nats)
+    bpbs = [m["val_bpb_post"] for m in runs]
+    summary = {"trial": trial.number, "seeds": seed_list, "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
+               "std_bpb": statistics.stdev(bpbs) if len(bpbs) > 1 else float("nan"), "reference_bpb": reference_bpb,
+               "reference_nats": reference_nats, "mean_nats": test["mean"], "std_nats": test["std"],
+               "improvement_nats": reference_nats - test["mean"], "t": test["t"], "p": test["p"],
+               "record": bool(test["p"] < RECORD_P_VALUE) if not math.isnan(test["p"]) else False,
+               "max_bytes": max(m["artifact_bytes"] for m in runs)}
+    return summary
+
+
+def _study_trials(settings):
+    from search.runner import startup_trials
+    from search.study import open_study
+
+    return open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False)
+

@@ -1,0 +1,148 @@
+"""`search export`: a trial as a records-style submission folder.
+
+    train_gpt.py        the trial's standalone script (its bytes are the trial's code_bytes)
+    final_model.pgolf   the trial's compressed model (its bytes are the trial's model_bytes)
+    submission.json     the records' fields (name/author/github_id are placeholders to fill in)
+    README.md           config, allocation, bytes by group, bpb, how to reproduce and verify
+    train.log           the trial's log
+    pgolf.json          where it came from (study, trial, data) and the exact recorded figures
+The counted files are train_gpt.py and final_model.pgolf; their byte total is the trial's artifact_bytes.
+"""
+
+import json
+import os
+import shutil
+import time
+
+from optuna.trial import TrialState
+
+from objectives.constraints import is_feasible
+from pgolf.run import SCRIPT_FILE
+from pgolf.staging import staged_dir
+from pgolf.submission import MODEL_FILE
+from search.coordinator import best_feasible
+from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
+from search.runner import startup_trials
+
+COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
+SOURCE_FILE = "pgolf.json"
+
+
+def find_trial(name: str, results: str, number: int | None):
+    """(study dir, settings, frozen trial): the given trial, else the best feasible one."""
+    directory, settings = load_settings(name, results)
+    study = open_study(settings, startup_trials(settings.trials), create=False)
+    if number is None:
+        trial = best_feasible(study)
+        if trial is None:
+            raise StudyError(f"study {name!r} has no feasible complete trial yet (pass --trial N to pick one)")
+        return directory, settings, trial
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        raise StudyError(f"study {name!r} has no trial {number} (it has {len(study.trials)} trials)")
+    return directory, settings, trial
+
+
+def _refusal(trial) -> str | None:
+    stage = trial.user_attrs.get("stage", trial.state.name.lower())
+    if trial.state != TrialState.COMPLETE or stage != "complete":
+        return f"trial {trial.number} is {stage}: it has no artifact ({trial.user_attrs.get('reason', 'no result')})"
+    if not is_feasible(trial.constraints):
+        over = ", ".join(f"{k} over by {v:g}" for k, v in trial.constraints.items() if v > 0)
+        return f"trial {trial.number} is infeasible ({over})"
+    return None
+
+
+def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False) -> dict:
+    directory, settings, trial = find_trial(name, results, number)
+    refusal = _refusal(trial)
+    if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
+        raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
+    source = trial_dir(directory, trial.number)
+    with open(os.path.join(source, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    sizes = {f: os.path.getsize(os.path.join(source, f)) for f in COUNTED_FILES}
+    if sum(sizes.values()) != metrics["artifact_bytes"]:
+        raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
+                         f"artifact_bytes {metrics['artifact_bytes']:,}: the trial folder was changed")
+    caps = settings.space.get("caps", {})
+    with staged_dir(out, replace=replace) as stage:
+        for f in COUNTED_FILES + ("train.log",):
+            shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
+        config = metrics["config"]
+        submission = {
+            "author": "YOUR NAME", "github_id": "YOUR_GITHUB_ID",
+            "name": f"pgolf {name} trial {trial.number}",
+            "blurb": _blurb(config, metrics),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "val_loss": metrics.get("val_loss_post"), "val_bpb": metrics["val_bpb_post"],
+            "bytes_total": metrics["artifact_bytes"], "bytes_code": metrics["code_bytes"],
+            "bytes_model": metrics["model_bytes"],
+        }
+        with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
+            json.dump(submission, f, indent=2)
+        provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
+                      "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"],
+                      "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
+        with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
+            json.dump(provenance, f, indent=2)
+        with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
+            f.write(readme(name, trial.number, metrics, provenance))
+    return submission
+
+
+def _blurb(config: dict, metrics: dict) -> str:
+    m = config["model"]
+    loop = (f", blocks {m['loop_start']}-{m['loop_start'] + m['loop_len'] - 1} looped x{m['loop_repeats']} "
+            f"(eval x{config['eval']['repeats']})") if m["loop_len"] else ""
+    return (f"{m['num_layers']}x{m['model_dim']}, {m['num_heads']} heads / {m['num_kv_heads']} KV, MLP {m['mlp_mult']:g}x, "
+            f"sp{m['vocab_size']}{loop}; per-layer bit allocation ({metrics.get('allocation', '')}), "
+            f"{config['quant']['compressor']}; found by a pgolf search.")
+
+
+def readme(name: str, number: int, metrics: dict, provenance: dict) -> str:
+    config = metrics["config"]
+    groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics["bytes_by_group"].items())
+    bits = "\n".join(f"| `{p}` | {b} | {config['quant']['clip'].get(p, 0.0):g} |" for p, b in config["quant"]["bits"].items())
+    data = provenance["data"]
+    return f"""# pgolf {name}, trial {number}
+
+Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** (pre-quantization {metrics['val_bpb_pre']:.6f}) at
+**{metrics['artifact_bytes']:,} bytes** = code {metrics['code_bytes']:,} + model {metrics['model_bytes']:,}.
+Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps, {metrics['train_tokens']:,} tokens), evaluation {metrics['eval_seconds']:.1f} s,
+on the machine that ran the search ({data['train_pattern']}).
+
+## Model
+{_blurb(config, metrics)}
+
+```
+{json.dumps(config['model'], indent=2)}
+```
+
+## Allocation (chosen after training; later patterns override earlier ones)
+| tensors | bits | clip k (x row std; 0 = percentile) |
+|---|---|---|
+{bits}
+
+Compressor {config['quant']['compressor']} level {config['quant']['level']}; evaluation: sequence {config['eval']['seq_len']},
+stride {config['eval']['stride'] or 'none (chunks)'}, shared-segment unroll x{config['eval']['repeats']}.
+
+## Bytes by group
+| group | bytes |
+|---|---|
+{groups}
+
+## Reproduce
+Train from scratch, write the model, score it (GPUs: `torchrun --standalone --nproc_per_node=8 train_gpt.py`):
+
+    DATA_PATH=./data/datasets/fineweb10B_sp{config['model']['vocab_size']} TOKENIZER_PATH=./data/tokenizers/fineweb_{config['model']['vocab_size']}_bpe.model python train_gpt.py
+
+Score the shipped model only (no training):
+
+    EVAL_ONLY=1 MODEL_PATH=final_model.pgolf DATA_PATH=... TOKENIZER_PATH=... python train_gpt.py
+
+## Verify
+`search verify .` re-scores final_model.pgolf with this folder's train_gpt.py in a fresh process with the network
+blocked, checks that train_gpt.py + final_model.pgolf are within the {provenance['cap_bytes']:,}-byte cap and that the
+bpb equals the recorded {provenance['val_bpb_exact']!r} on the same data.
+"""

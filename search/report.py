@@ -1,0 +1,147 @@
+"""`search report NAME`: one offline page about a study: history, importances, learning curves with
+pruned trials, the best trial's bytes and allocation, the byte predictor's error, time per phase."""
+
+import json
+import os
+import statistics
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from objectives.constraints import is_feasible
+from search.coordinator import best_feasible
+from search.pages import hover_text, scored_trials, table, write_page
+from search.runner import startup_trials
+from search.status import trial_rows
+from search.study import load_settings, open_study, trial_dir
+
+
+def history_figure(trials) -> go.Figure:
+    fig = go.Figure()
+    for feasible, name, symbol in ((True, "feasible", "circle"), (False, "infeasible", "x")):
+        group = [t for t in trials if is_feasible(t.constraints) == feasible]
+        fig.add_trace(go.Scatter(x=[t.number for t in group], y=[t.values[0] for t in group], mode="markers", name=name,
+                                 marker=dict(symbol=symbol, size=10), text=[hover_text(t) for t in group],
+                                 hovertemplate="%{text}<extra></extra>"))
+    best, xs, ys = None, [], []
+    for t in sorted(trials, key=lambda t: t.number):
+        if is_feasible(t.constraints) and (best is None or t.values[0] < best):
+            best = t.values[0]
+        if best is not None:
+            xs.append(t.number)
+            ys.append(best)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="best feasible so far", line=dict(shape="hv")))
+    fig.update_layout(xaxis_title="trial", yaxis_title="post-roundtrip val bpb", height=420)
+    return fig
+
+
+def importance_section(study, trials):
+    """Parameter importances (Optuna's default evaluator) over the trials that produced an artifact."""
+    if len(trials) < 3:
+        return f"<p>Needs at least 3 scored trials (has {len(trials)}).</p>"
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials([t for t in trials if t.params])
+    try:
+        importances = optuna.importance.get_param_importances(copy)
+    except (RuntimeError, ValueError) as exc:
+        return f"<p>Importances unavailable: {exc}</p>"
+    if not importances:
+        return "<p>No parameter varied across the scored trials.</p>"
+    names = list(importances)[::-1]
+    fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h"))
+    fig.update_layout(xaxis_title="importance for post-roundtrip bpb", height=120 + 30 * len(names))
+    return fig
+
+
+def curves_figure(study) -> go.Figure:
+    fig = go.Figure()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        reports = t.intermediate_values or {int(i): v for i, v in (t.user_attrs.get("reports") or [])}
+        if not reports:
+            continue
+        pruned = t.state == TrialState.PRUNED
+        steps = sorted(reports)
+        fig.add_trace(go.Scatter(x=steps, y=[reports[s] for s in steps], mode="lines+markers",
+                                 name=f"#{t.number}" + (" pruned" if pruned else ""),
+                                 line=dict(dash="dot" if pruned else "solid", color="#d62728" if pruned else None)))
+    fig.update_layout(xaxis_title="validation report (equal training time between reports)",
+                      yaxis_title="val bpb during training (subset)", height=420)
+    return fig
+
+
+def best_trial_sections(directory, trial) -> list:
+    groups = trial.user_attrs.get("bytes_by_group", {})
+    bytes_fig = go.Figure(go.Bar(x=list(groups), y=list(groups.values()), text=[f"{v:,}" for v in groups.values()]))
+    bytes_fig.update_layout(yaxis_title="bytes", height=360)
+    sections = [(f"Best feasible trial {trial.number}: bytes by group", bytes_fig)]
+    path = os.path.join(trial_dir(directory, trial.number), "allocation.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            allocation = json.load(f)
+        chosen = next((c for c in allocation["candidates"] if c["label"] == allocation["best"]), None)
+        if chosen:
+            rows = [[pattern, bits, chosen["clip"].get(pattern, 0.0), allocation["sensitivities"].get(pattern, float("nan"))]
+                    for pattern, bits in chosen["bits"].items()]
+            summary = table(["tensors", "bits", "clip k", "sensitivity (loss per unit MSE)"], rows)
+            candidates = table(["candidate", "bytes", "val bpb", "eval s", "feasible"],
+                               [[c["label"], c["artifact_bytes"], c["val_bpb"], c["eval_seconds"], c["feasible"]]
+                                for c in allocation["candidates"]])
+            sections.append((f"Best feasible trial {trial.number}: chosen allocation ({allocation['best']})", summary + "<p></p>" + candidates))
+    return sections
+
+
+def predictor_section(trials):
+    pairs = [(t.user_attrs["predicted_bytes"], t.user_attrs["artifact_bytes"], t) for t in trials if "predicted_bytes" in t.user_attrs]
+    if not pairs:
+        return "<p>No trial has both a prediction and a measured artifact.</p>"
+    errors = [abs(p - r) / r for p, r, _ in pairs]
+    fig = go.Figure(go.Scatter(x=[r for _, r, _ in pairs], y=[p for p, _, _ in pairs], mode="markers",
+                               text=[f"trial {t.number}: {(p - r) / r:+.2%}" for p, r, t in pairs], hovertemplate="%{text}<extra></extra>"))
+    low, high = min(min(p, r) for p, r, _ in pairs), max(max(p, r) for p, r, _ in pairs)
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="exact", line=dict(dash="dash")))
+    fig.update_layout(xaxis_title="real artifact bytes", yaxis_title="predicted before training", height=420, showlegend=False)
+    note = (f"<p>Relative error over {len(pairs)} trials: median {statistics.median(errors):.2%}, max {max(errors):.2%} "
+            "(prediction from the calibration available when the trial started, for the allocation it ended with).</p>")
+    return note, fig
+
+
+def phases_figure(trials) -> go.Figure:
+    numbers = [t.number for t in trials]
+    train = [t.user_attrs.get("train_seconds", 0.0) for t in trials]
+    alloc = [t.user_attrs.get("allocation_seconds", 0.0) for t in trials]
+    other = [max(t.user_attrs.get("trial_seconds", 0.0) - a - b, 0.0) for t, a, b in zip(trials, train, alloc)]
+    fig = go.Figure([go.Bar(x=numbers, y=train, name="training"), go.Bar(x=numbers, y=alloc, name="allocation + confirmation"),
+                     go.Bar(x=numbers, y=other, name="other (evaluation, checkpoint, start-up)")])
+    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="seconds", height=400)
+    return fig
+
+
+def report_page(name: str, results: str, out: str | None = None) -> str:
+    directory, settings = load_settings(name, results)
+    study = open_study(settings, startup_trials(settings.trials), create=False)
+    trials = scored_trials(study)
+    rows = trial_rows(study)
+    states = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    best = best_feasible(study)
+    summary = table(["trials"] + list(states), [[len(rows)] + list(states.values())])
+    if best is not None:
+        summary += f"<p>Best feasible: trial {best.number}, post-roundtrip bpb {best.values[0]:.4f}, {best.user_attrs['artifact_bytes']:,} bytes.</p>"
+    sections = [("Summary", summary), ("Optimisation history", history_figure(trials)),
+                ("Parameter importances", importance_section(study, trials)),
+                ("Validation bpb during training (pruned trials dotted)", curves_figure(study))]
+    if best is not None:
+        sections += best_trial_sections(directory, best)
+    predictor = predictor_section(trials)
+    if isinstance(predictor, tuple):
+        sections += [("Byte predictor error", predictor[0]), ("Byte predictor: predicted vs real", predictor[1])]
+    else:
+        sections.append(("Byte predictor error", predictor))
+    sections.append(("Time per trial phase", phases_figure(trials)))
+    sections.append(("All trials", table(["#", "state", "bpb", "bytes", "train s", "eval s", "feasible", "note"],
+                                         [[r["number"], r["state"], r["bpb"], r["bytes"] or "-", r["train_s"] or "-", r["eval_s"] or "-",
+                                           "-" if r["feasible"] is None else r["feasible"], ("baseline " if r["baseline"] else "") + r["reason"][:80]]
+                                          for r in rows])))
+    return write_page(out or os.path.join(directory, "report.html"), f"{name}: study report", sections)
