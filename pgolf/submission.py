@@ -10,6 +10,8 @@ share of the validation split.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 
@@ -27,6 +29,7 @@ from pgolf.train import TrainingDiverged, keep_freed_memory, train
 
 CONFIG: dict = {}  # the standalone script carries its trial's configuration here
 MODEL_FILE = "final_model.pgolf"
+RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.
 EXPECTED_ERRORS = (ArtifactError, ConfigError, ShardError, TokenizerError, TrainingDiverged, OSError)
 ENV_OVERRIDES = {
@@ -140,7 +143,8 @@ def main() -> None:
     val_pattern = os.path.join(data_path, "fineweb_val_*.bin")
     runtime = setup_runtime()
     log = print if runtime.is_main else (lambda *_: None)
-    if os.environ.get("EVAL_ONLY", "0") != "1":
+    training = os.environ.get("EVAL_ONLY", "0") != "1"
+    if training:
         code_bytes = os.path.getsize(__file__)
         model, result = train_model(config, train_pattern, runtime, log=log)
         log(f"trained steps:{result.steps} train_time:{result.train_seconds:.1f}s stopped_by:{result.stopped_by}")
@@ -159,6 +163,14 @@ def main() -> None:
     post = score(model, eval_cfg, val_pattern, tokenizer_path, runtime)
     log(f"final_roundtrip val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f} eval_time:{time.perf_counter() - started:.1f}s")
     log(f"final_roundtrip_exact val_loss:{post.loss!r} val_bpb:{post.bpb!r}")
+    if training and runtime.is_main:
+        # The score of the model file just written, tied to its bytes by their hash (what `verify` checks).
+        with open(model_path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        record = {"val_bpb": post.bpb, "val_loss": post.loss, "model_sha256": digest, "model_bytes": os.path.getsize(model_path),
+                  "code_bytes": code_bytes, "train_seconds": result.train_seconds, "steps": result.steps, "eval_seconds": post.seconds}
+        with open(model_path + RESULT_SUFFIX, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
     if runtime.world_size > 1:
         dist.destroy_process_group()
 

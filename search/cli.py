@@ -71,7 +71,8 @@ def cmd_verify(args) -> int:
 
     report = verify(args.dir, args.data, args.tolerance, args.device)
     print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
-          f"{report['val_bpb']!r} equals the recorded {report['recorded_bpb']!r} (difference {report['difference']:.1e})")
+          f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
+          f"(difference {report['difference']:.1e})")
     return 0
 
 

@@ -9,6 +9,7 @@
 The counted files are train_gpt.py and final_model.pgolf; their byte total is the trial's artifact_bytes.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,8 +82,10 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         }
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
+        with open(os.path.join(source, MODEL_FILE), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
-                      "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"],
+                      "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"], "model_sha256": digest,
                       "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)

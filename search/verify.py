@@ -1,11 +1,13 @@
 """`search verify DIR`: re-score an exported submission the way a reviewer would.
 
-Runs the folder's own train_gpt.py in eval-only mode, in a fresh Python process whose sockets cannot
-connect (the challenge allows no network during evaluation), and checks: the counted files are within
-the cap and match the recorded byte total; the model file loads (a truncated or altered one is rejected
-by the loader); the printed bpb equals the recorded one on the same data.
+Checks, in order: the counted files (train_gpt.py + final_model.pgolf) are within the cap; the model
+file is the one a score was recorded for (its SHA-256 matches the export's record, or the record a
+training run of the script wrote beside it); the folder's own train_gpt.py, run in eval-only mode in a
+fresh Python process whose sockets cannot connect (no network during evaluation), loads the model
+(a truncated or altered file is rejected by its loader) and prints exactly the recorded bpb.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -13,8 +15,8 @@ import subprocess
 import sys
 
 from pgolf.datasets import DataPaths, resolve_data
+from pgolf.submission import RESULT_SUFFIX
 from search.export import COUNTED_FILES, SOURCE_FILE
-from search.study import StudyError
 
 # Runs the script as __main__ with every socket connection refused.
 NO_NETWORK_RUNNER = (
@@ -33,26 +35,37 @@ class VerifyError(ValueError):
     """The submission does not verify; the message says which check failed."""
 
 
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def recorded_score(folder: str, source: dict) -> tuple[float, str]:
+    """(bpb recorded for the model file as it is now, where that record came from)."""
+    with open(os.path.join(folder, COUNTED_FILES[1]), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    retrained = os.path.join(folder, COUNTED_FILES[1] + RESULT_SUFFIX)
+    if os.path.exists(retrained) and _read_json(retrained).get("model_sha256") == digest:
+        return _read_json(retrained)["val_bpb"], "the training run that wrote it"
+    if source.get("model_sha256") == digest:
+        return source["val_bpb_exact"], f"trial {source['trial']} of study {source['study']}"
+    raise VerifyError(f"{COUNTED_FILES[1]} matches no recorded score: it was altered or truncated after it was written")
+
+
 def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None) -> dict:
     for name in COUNTED_FILES + ("submission.json", SOURCE_FILE):
         if not os.path.exists(os.path.join(folder, name)):
             raise VerifyError(f"{folder} is not an exported submission: {name} is missing")
-    with open(os.path.join(folder, SOURCE_FILE), encoding="utf-8") as f:
-        source = json.load(f)
-    with open(os.path.join(folder, "submission.json"), encoding="utf-8") as f:
-        submission = json.load(f)
+    source = _read_json(os.path.join(folder, SOURCE_FILE))
     counted = sum(os.path.getsize(os.path.join(folder, name)) for name in COUNTED_FILES)
-    report = {"counted_bytes": counted, "cap_bytes": source["cap_bytes"], "recorded_bpb": source["val_bpb_exact"]}
-    if counted != submission["bytes_total"]:
-        raise VerifyError(f"counted files hold {counted:,} bytes but submission.json says {submission['bytes_total']:,}")
     if counted > source["cap_bytes"]:
         raise VerifyError(f"counted files hold {counted:,} bytes, over the {source['cap_bytes']:,}-byte cap")
+    expected, origin = recorded_score(folder, source)
     data = DataPaths(**source["data"])
     if data_root:
         data = resolve_data(data_root, data.vocab_size)
     env = dict(os.environ, EVAL_ONLY="1", MODEL_PATH=os.path.abspath(os.path.join(folder, COUNTED_FILES[1])),
-               DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer,
-               HF_HUB_OFFLINE="1", PYTHONPATH="")
+               DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer, HF_HUB_OFFLINE="1", PYTHONPATH="")
     if device:
         env["DEVICE"] = device
     result = subprocess.run([sys.executable, "-c", NO_NETWORK_RUNNER, os.path.abspath(os.path.join(folder, COUNTED_FILES[0]))],
@@ -63,9 +76,10 @@ def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, de
     found = re.search(r"final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", result.stdout)
     if not found:
         raise VerifyError("train_gpt.py did not print a final_roundtrip_exact line")
-    report.update(val_loss=float(found.group(1)), val_bpb=float(found.group(2)))
-    report["difference"] = report["val_bpb"] - source["val_bpb_exact"]
+    bpb = float(found.group(2))
+    report = {"counted_bytes": counted, "cap_bytes": source["cap_bytes"], "recorded_bpb": expected, "origin": origin,
+              "val_loss": float(found.group(1)), "val_bpb": bpb, "difference": bpb - expected}
     if abs(report["difference"]) > tolerance:
-        raise VerifyError(f"bpb {report['val_bpb']!r} differs from the recorded {source['val_bpb_exact']!r} "
+        raise VerifyError(f"bpb {bpb!r} differs from the {expected!r} recorded by {origin} "
                           f"by {report['difference']:.3e} (tolerance {tolerance:g})")
     return report

@@ -42,3 +42,16 @@ def run_cli(*args, cwd=None, env=None):
     """Run a console command of this package in a fresh process; returns CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+
+
+MICRO_SPACE = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
+
+
+@pytest.fixture(scope="session")
+def micro_study(tmp_path_factory):
+    """(results folder, study name) of a finished 3-trial study on the micro space."""
+    results = tmp_path_factory.mktemp("results")
+    done = run_cli("search.cli", "run", "--space", MICRO_SPACE, "--study", "m", "--trials", "3",
+                   "--sampler-seed", "0", "--results", str(results))
+    assert done.returncode == 0, done.stderr + done.stdout
+    return results, "m"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: set up (if needed), then run the demo study on the real FineWeb sample in ../shared/data
+# (about 15 minutes on 2 CPU cores), then write its Pareto page and report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGOLF_SKIP_BROWSER=1 ./scripts/setup.sh
+study="demo-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/search run --study "$study" "$@"
+.venv/bin/search status "$study"
+.venv/bin/search pareto "$study"
+.venv/bin/search report "$study"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command: set up (if needed), then run the whole suite on the real data in ../shared/data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"

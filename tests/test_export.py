@@ -1,0 +1,92 @@
+"""Export a trial as a submission, verify it in a fresh process, retrain it from the exported script."""
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import DATA, MICRO_SPACE, TOKENIZER, run_cli
+
+SHARDS = os.path.join(DATA, "datasets", "fineweb_sample_sp1024")
+
+
+def cli(*args, results=None):
+    return run_cli("search.cli", *args, *(["--results", str(results)] if results else []))
+
+
+def one_error_line(result, pattern):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(micro_study, tmp_path_factory):
+    results, name = micro_study
+    out = tmp_path_factory.mktemp("export") / "submission"
+    done = cli("export", name, "--out", str(out), results=results)
+    assert done.returncode == 0, done.stderr
+    return results, name, out
+
+
+def test_export_writes_a_records_folder_whose_bytes_are_the_trials(exported):
+    results, name, out = exported
+    assert sorted(os.listdir(out)) == ["README.md", "final_model.pgolf", "pgolf.json", "submission.json", "train.log", "train_gpt.py"]
+    submission = json.loads((out / "submission.json").read_text())
+    source = json.loads((out / "pgolf.json").read_text())
+    metrics = json.loads((results / name / "trials" / f"{source['trial']:04d}" / "metrics.json").read_text())
+    counted = (out / "train_gpt.py").stat().st_size + (out / "final_model.pgolf").stat().st_size
+    assert counted == metrics["artifact_bytes"] == submission["bytes_total"]
+    assert (out / "train_gpt.py").stat().st_size == metrics["code_bytes"] == submission["bytes_code"]
+    script = (out / "train_gpt.py").read_text()
+    assert not re.search(r"^\s*(import|from)\s+pgolf", script, re.MULTILINE)
+    assert set(submission) >= {"author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code"}
+
+
+def test_verify_reproduces_the_score_exactly_in_a_fresh_process(exported):
+    _, _, out = exported
+    done = cli("verify", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "difference 0.0e+00" in done.stdout
+
+
+def test_altered_or_truncated_model_fails_verification(exported, tmp_path):
+    _, _, out = exported
+    for label, change in (("altered", lambda b: b[:-40] + bytes([b[-40] ^ 1]) + b[-39:]), ("truncated", lambda b: b[: len(b) // 2])):
+        copy = tmp_path / label
+        shutil.copytree(out, copy)
+        model = copy / "final_model.pgolf"
+        model.write_bytes(change(model.read_bytes()))
+        one_error_line(cli("verify", str(copy)), r"matches no recorded score: it was altered or truncated")
+
+
+def test_the_exported_script_trains_from_scratch_and_verify_accepts_its_model(exported, tmp_path):
+    results, name, _ = exported
+    # The baseline trial: its retrained bytes stay well inside the cap whatever the best trial was.
+    copy = tmp_path / "retrained"
+    assert cli("export", name, "--trial", "0", "--out", str(copy), results=results).returncode == 0
+    env = {"DATA_PATH": SHARDS, "TOKENIZER_PATH": TOKENIZER, "ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0",
+           "PYTHONPATH": "", "DEVICE": "cpu"}
+    trained = run_cli("train_gpt", cwd=copy, env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "trained steps:3" in trained.stdout and (copy / "final_model.pgolf.result.json").exists()
+    done = cli("verify", str(copy))
+    assert done.returncode == 0, done.stderr
+    assert "recorded by the training run" in done.stdout
+
+
+def test_export_refuses_unknown_trials_and_infeasible_ones_unless_forced(micro_study, tmp_path):
+    results, name = micro_study
+    one_error_line(cli("export", name, "--trial", "99", "--out", str(tmp_path / "x"), results=results), r"has no trial 99")
+    one_error_line(cli("export", "nosuch", "--out", str(tmp_path / "x"), results=results), r"no study 'nosuch'")
+    strict = tmp_path / "strict.toml"
+    strict.write_text(open(MICRO_SPACE).read().replace("eval_seconds = 60.0", "eval_seconds = 0.001"))
+    assert run_cli("search.cli", "run", "--space", str(strict), "--study", "slow", "--trials", "1", "--results", str(results)).returncode == 0
+    one_error_line(cli("export", "slow", "--out", str(tmp_path / "y"), results=results), r"no feasible complete trial")
+    one_error_line(cli("export", "slow", "--trial", "0", "--out", str(tmp_path / "y"), results=results),
+                   r"trial 0 is infeasible \(eval_seconds over by .*\); pass --force")
+    assert not (tmp_path / "y").exists()
+    forced = cli("export", "slow", "--trial", "0", "--force", "--out", str(tmp_path / "y"), results=results)
+    assert forced.returncode == 0 and json.loads((tmp_path / "y" / "pgolf.json").read_text())["forced"]
