@@ -53,13 +53,13 @@ def _decompress(blob: bytes, compressor: str, raw_len: int) -> bytes:
     return raw
 
 
-def _shuffle(arr: np.ndarray) -> bytes:
+def byte_shuffle(arr: np.ndarray) -> bytes:
     width = arr.dtype.itemsize
     raw = np.ascontiguousarray(arr).view(np.uint8)
     return raw.reshape(-1, width).T.tobytes() if width > 1 else raw.tobytes()
 
 
-def _unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
+def byte_unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
     width = dtype.itemsize
     planes = np.frombuffer(raw, dtype=np.uint8)
     if width > 1:
@@ -88,7 +88,7 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
     for entry in stored:
         arrays = []
         for role, arr, group in _stored_arrays(entry):
-            data = _shuffle(arr)
+            data = byte_shuffle(arr)
             arrays.append([role, group, len(payloads[group]), len(data), str(arr.dtype), list(arr.shape)])
             payloads[group] += data
         directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
@@ -159,7 +159,7 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
         payload = payloads[group]
         if offset < 0 or nbytes != count * np_dtype.itemsize or offset + nbytes > len(payload):
             raise ArtifactError(f"tensor {entry.name}: array {role} does not fit its frame (size mismatch)")
-        arr = _unshuffle(payload[offset : offset + nbytes], np_dtype, count).reshape(shape)
+        arr = byte_unshuffle(payload[offset : offset + nbytes], np_dtype, count).reshape(shape)
         setattr(entry, role, arr)
     expected_count = int(np.prod(entry.shape, dtype=np.int64)) if entry.shape else 1
     main = entry.q if entry.kind == "int" else entry.data

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -82,6 +83,7 @@ def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = N
             bytes_by_group=dict(sizes, code=code), int_symbol_entropy_bytes=math.ceil(symbol_entropy_bits(stored) / 8),
             train_seconds=result.train_seconds, steps=result.steps, train_tokens=result.train_tokens,
             ms_per_step=1000 * result.train_seconds / max(result.steps, 1), stopped_by=result.stopped_by,
+            median_step_ms=1000 * statistics.median(result.step_seconds[5:] or result.step_seconds or [0.0]),
             final_train_loss=result.final_train_loss, val_history=result.val_history,
             params=params,
             data=dataclasses.asdict(data), config=config_to_dict(config),

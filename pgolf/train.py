@@ -32,6 +32,7 @@ class TrainResult:
     stopped_by: str  # "iterations" | "wallclock"
     final_train_loss: float
     val_history: list = field(default_factory=list)  # (step, val bpb) reports
+    step_seconds: list = field(default_factory=list)  # duration of each training step
 
 
 def lr_scale(step: int, elapsed_s: float, cfg) -> float:
@@ -136,6 +137,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
         now = elapsed + time.perf_counter() - t0
         if cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0):
             log(f"step {step}/{cfg.iterations} train_loss {loss:.4f} train_time {now:.1f}s step_avg {1000 * now / step:.1f}ms")
+        result.step_seconds.append(now - previous)
         # Stop when the next step (allowing it to be 25% slower than this one) would cross the cap, so the
         # training time stays within it: the cap is a hard constraint.
         capped = cfg.max_wallclock_seconds > 0 and now + 1.25 * (now - previous) > cfg.max_wallclock_seconds

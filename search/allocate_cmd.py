@@ -10,16 +10,14 @@ import json
 import math
 import os
 
-from pgolf.assemble import assemble_script, code_bytes
+from pgolf.assemble import code_bytes
 from pgolf.checkpoint import load_any_checkpoint
 from pgolf.config import QuantConfig, config_to_dict
-from pgolf.configfiles import config_to_toml
 from pgolf.datasets import resolve_data
-from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
-from pgolf.submission import MODEL_FILE, export_model, load_model, score, setup_runtime
-from search.allocation import allocate
-from space.spec import AllocationSpace, Caps, SpaceError, _allocation
+from pgolf.submission import export_model, load_model, score, setup_runtime
+from search.allocation import allocate, write_candidate
+from space.spec import Caps, SpaceError, allocation_from_dict
 
 
 def _uniform_int8(model, config, data, runtime) -> dict:
@@ -60,12 +58,7 @@ def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer
                "eval_seconds": best.eval_seconds, "config": config_to_dict(best.config), "data": dataclasses.asdict(data),
                "allocation_seconds": result.seconds}
     with staged_dir(out, replace=replace) as stage:
-        with open(os.path.join(stage, MODEL_FILE), "wb") as f:
-            f.write(best.blob)
-        with open(os.path.join(stage, SCRIPT_FILE), "w", encoding="utf-8") as f:
-            f.write(assemble_script(config_to_dict(best.config)))
-        with open(os.path.join(stage, "config.toml"), "w", encoding="utf-8") as f:
-            f.write(config_to_toml(best.config))
+        write_candidate(stage, best)
         for name, content in (("allocation.json", result.record()), ("metrics.json", metrics)):
             with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=2)

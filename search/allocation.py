@@ -22,19 +22,22 @@ Every candidate is recorded.
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import zstandard
 
-from pgolf.assemble import code_bytes
+from objectives.bytes import compressed_floats, compressed_symbols
+from pgolf.assemble import assemble_script, code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
+from pgolf.configfiles import config_to_toml
 from pgolf.model import GPT, is_control_tensor
 from pgolf.quant import quantize_tensor
 from pgolf.shards import TokenStream, token_count
-from pgolf.submission import export_model, load_model, score
+from pgolf.run import SCRIPT_FILE
+from pgolf.submission import MODEL_FILE, export_model, load_model, score
 
 PERCENTILE = 99.99984
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
@@ -94,6 +97,16 @@ class AllocationResult:
                 "sensitivities": self.sensitivities, "seconds": self.seconds, "phases": self.phases}
 
 
+def write_candidate(directory: str, candidate: Candidate) -> None:
+    """A candidate's model file, its standalone script and its config, as a run folder holds them."""
+    with open(os.path.join(directory, MODEL_FILE), "wb") as f:
+        f.write(candidate.blob)
+    with open(os.path.join(directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
+        f.write(assemble_script(config_to_dict(candidate.config)))
+    with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
+        f.write(config_to_toml(candidate.config))
+
+
 def make_units(state: dict, granularity: str) -> list[Unit]:
     names = [n for n, t in state.items() if t.ndim == 2 and t.is_floating_point() and not is_control_tensor(n)]
     embedding = [n for n in names if n.startswith(("tok_emb.", "lm_head."))]
@@ -116,22 +129,14 @@ def make_units(state: dict, granularity: str) -> list[Unit]:
     return units
 
 
-def _zstd_len(raw: bytes) -> int:
-    return len(zstandard.ZstdCompressor(level=3).compress(raw))
-
-
-def _planes(arr: np.ndarray) -> bytes:
-    return np.ascontiguousarray(arr).view(np.uint8).reshape(-1, arr.dtype.itemsize).T.tobytes()
-
-
 def quantized_copy(t: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, int]:
     """(dequantized tensor as stored, estimated compressed bytes) for one tensor at one option."""
     if bits == 16:
         half = t.detach().float().to(torch.float16)
-        return half.to(t.dtype), _zstd_len(_planes(half.numpy()))
+        return half.to(t.dtype), compressed_floats(half.numpy())
     q, scale = quantize_tensor(t.detach().cpu(), bits, clip, PERCENTILE)
     restored = (q.float() * scale.float()[:, None]).to(t.dtype)
-    return restored, _zstd_len(q.numpy().tobytes()) + _zstd_len(_planes(scale.numpy()))
+    return restored, compressed_symbols(q.numpy().tobytes()) + compressed_floats(scale.numpy())
 
 
 def unit_options(state: dict, unit: Unit, bits_options, clip_options) -> list[Option]:

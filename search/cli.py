@@ -1,9 +1,7 @@
 """`search`: run, resume and inspect studies; Pareto fronts, reports, export, verify, confirm, allocate."""
 
 import argparse
-import os
 import sys
-import time
 
 from pgolf.artifact import ArtifactError
 from pgolf.bpb import TokenizerError

@@ -14,7 +14,6 @@ runs their configs again.
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import shutil
 import socket

@@ -93,7 +93,7 @@ def make_pruner(objectives: str):
     # Optuna prunes single-objective studies only; reports are compared at equal training time.
     if objectives != "bpb":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # never on the first report
 
 
 def save_settings(directory: str, settings: StudySettings) -> None:

@@ -12,17 +12,16 @@ import sys
 import time
 import traceback
 
-from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.model import count_params
-from pgolf.run import METRICS_FILE, SCRIPT_FILE, RunLog
-from pgolf.submission import MODEL_FILE, score, setup_runtime, train_model
+from pgolf.run import METRICS_FILE, RunLog
+from pgolf.submission import score, setup_runtime, train_model
 
 from objectives.bytes import measure_calibration
-from search.allocation import allocate
+from search.allocation import allocate, write_candidate
 from space.spec import AllocationSpace, Caps
 
 REQUEST_FILE = "request.json"
@@ -110,12 +109,7 @@ def run_trial(directory: str) -> dict:
         _write_json(directory, METRICS_FILE, metrics)
         _write_json(directory, RESULT_FILE, result)
         return result
-    with open(os.path.join(directory, MODEL_FILE), "wb") as f:
-        f.write(best.blob)
-    with open(os.path.join(directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
-        f.write(assemble_script(config_to_dict(best.config)))
-    with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
-        f.write(config_to_toml(best.config))
+    write_candidate(directory, best)
     metrics.update(val_bpb_post=best.val_bpb, val_loss_post=best.val_loss, artifact_bytes=best.artifact_bytes, model_bytes=len(best.blob),
                    code_bytes=best.byte_groups["code"], bytes_by_group=best.byte_groups, eval_seconds=best.eval_seconds,
                    quant_gap_bpb=best.val_bpb - pre.bpb, allocation=best.label, config=config_to_dict(best.config),

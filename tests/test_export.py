@@ -90,3 +90,21 @@ def test_export_refuses_unknown_trials_and_infeasible_ones_unless_forced(micro_s
     assert not (tmp_path / "y").exists()
     forced = cli("export", "slow", "--trial", "0", "--force", "--out", str(tmp_path / "y"), results=results)
     assert forced.returncode == 0 and json.loads((tmp_path / "y" / "pgolf.json").read_text())["forced"]
+
+
+def test_confirm_retrains_with_new_seeds_and_tests_against_the_reference(micro_study):
+    results, name = micro_study
+    done = cli("confirm", name, "--trial", "0", "--seeds", "2", "--reference", "9.0", results=results)
+    assert done.returncode == 0, done.stderr
+    assert "over seeds [1, 2]" in done.stdout and "meets the record bar" in done.stdout
+    assert len(os.listdir(results / name / "confirm")) >= 2
+
+
+def test_one_sided_t_test_matches_known_values():
+    from search.confirm import one_sided_test, student_t_cdf
+
+    assert student_t_cdf(0.0, 5) == pytest.approx(0.5)
+    assert student_t_cdf(-3.365, 5) == pytest.approx(0.01, abs=2e-4)  # t_{0.01, 5} = 3.365
+    assert student_t_cdf(2.92, 2) == pytest.approx(0.95, abs=1e-3)  # t_{0.05, 2} = 2.920
+    result = one_sided_test([1.0, 1.01, 0.99], reference_nats=1.02, margin=0.005)
+    assert result["t"] == pytest.approx((1.0 - 1.015) / (0.01 / 3 ** 0.5))

@@ -81,3 +81,21 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, compressed):
     with pytest.raises(CheckpointImportError, match="refusing to load"):
         import_official(str(path))
     assert not marker.exists()
+
+
+def test_search_allocate_on_the_official_checkpoint(tmp_path):
+    from conftest import run_cli
+    import json
+
+    cap = int(2_508_613 * 0.7)  # 30% below the official int8+zlib submission
+    out = tmp_path / "alloc"
+    done = run_cli("search.cli", "allocate", os.path.join(OFFICIAL, "final_model.pt"), "--cap", str(cap), "--seq-len", "256",
+                   "--bits", "4,5,6,8", "--embedding-bits", "6,8", "--clip", "8,12.85", "--strides", "0", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = {r["label"]: r for r in metrics["table"]}
+    assert set(rows) == {"uniform int8 (official rule)", "knapsack", "best uniform"}
+    assert rows["uniform int8 (official rule)"]["artifact_bytes"] > cap  # the official rule does not fit: that is the point
+    assert metrics["artifact_bytes"] <= cap
+    assert metrics["val_bpb_post"] <= rows["best uniform"]["val_bpb"]
+    assert (out / "final_model.pgolf").stat().st_size + (out / "train_gpt.py").stat().st_size == metrics["artifact_bytes"]

@@ -105,10 +105,15 @@ def test_two_concurrent_processes_share_one_study(tmp_path):
     assert len(owners) == 2
 
 
-def test_ray_backend_runs_a_small_study(tmp_path):
-    result = search("run", "--space", MICRO, "--study", "r", "--trials", "2", "--backend", "ray", results=tmp_path)
+def test_ray_backend_runs_a_small_pareto_study(tmp_path):
+    result = search("run", "--space", MICRO, "--study", "r", "--trials", "2", "--backend", "ray",
+                    "--objectives", "bpb,bytes", "--sampler", "nsga2", results=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert len(finished(load(tmp_path, "r"))) == 2
+    study = load(tmp_path, "r")
+    assert len(finished(study)) == 2 and len(study.directions) == 2
+    for t in finished(study):
+        if t.user_attrs.get("stage") == "complete":
+            assert t.values == [t.user_attrs["val_bpb_post"], t.user_attrs["artifact_bytes"]]
 
 
 def one_error_line(result, pattern):

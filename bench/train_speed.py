@@ -1,0 +1,148 @@
+"""Training speed and quality of the `tiny` config on ../shared/data, against the official recipe.
+
+Each variant runs in a fresh process, trains the tiny config (4 x 256, 4/2 heads, MLP 2x, sp1024,
+seq 256, 8,192 tokens/step) for --steps steps and reports the median step time (first 5 steps excluded),
+tokens/s and achieved matmul FLOP rate against this machine's measured bf16 matmul peak:
+    pgolf            the shipped tiny config (one 8,192-token pass per step, CPU fast paths)
+    pgolf-compiled   the same under torch.compile (compile time reported separately, not in step time)
+    official-recipe  pgolf's modules driven the way the official train_gpt.py runs them: 8 micro-batches
+                     of 1,024 tokens, the library SDPA and rms_norm kernels, the default allocator
+Then `--quality` runs full 200-step `pgolf run tiny` trainings for the given seeds and prints their
+pre-quantization and post-roundtrip bpb (the official recipe: 2.3867 / 2.3884 / 2.3894).
+
+    python bench/train_speed.py [--steps 60] [--variants pgolf,official-recipe] [--quality 1337,1,2]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+OFFICIAL_MEDIAN_MS = 591.0  # the official recipe's median step on the reference machines (DESIGN.md)
+
+
+def matmul_peak_gflops() -> float:
+    import torch
+
+    best = 0.0
+    for m, k, n in ((4096, 4096, 4096), (8192, 256, 1024)):
+        a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, n, dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def step_flops(config) -> float:
+    """Matmul FLOPs of one training step: 6 x (matrix params incl. the output head) x tokens, plus attention."""
+    from objectives.bytes import tensor_infos
+
+    m, t = config.model, config.train
+    virtual = m.num_layers + m.loop_len * (m.loop_repeats - 1)
+    per_layer = {}
+    for info in tensor_infos(m):
+        if info.role == "matrix":
+            layer = int(info.name.split(".")[1])
+            per_layer[layer] = per_layer.get(layer, 0) + info.numel
+    unique = sum(per_layer.values())
+    looped = sum(per_layer.get(i, 0) for i in range(m.loop_start, m.loop_start + m.loop_len)) * (m.loop_repeats - 1)
+    head = m.vocab_size * m.model_dim
+    attention = 2 * 2 * t.seq_len * m.model_dim * virtual  # QK^T and AV per token, forward
+    return t.batch_tokens * (6 * (unique + looped + head) + 3 * attention)
+
+
+def worker(variant: str, steps: int) -> dict:
+    """One variant in this process: train `steps` steps, time each."""
+    import torch
+    import torch.nn.functional as F
+
+    import pgolf.model as model_module
+    from pgolf.configfiles import resolve_config
+    from pgolf.datasets import default_data_root, resolve_data
+    from pgolf.model import GPT
+    from pgolf.shards import BatchLoader
+    from pgolf.train import keep_freed_memory, train
+
+    config = resolve_config("tiny")
+    config.train.iterations = steps
+    config.train.log_every = 0
+    if variant == "official-recipe":
+        config.train.micro_batch_tokens = 1024
+        model_module.causal_attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        model_module.rms_norm = lambda x: F.rms_norm(x, (x.size(-1),))
+    else:
+        keep_freed_memory()
+    if variant == "pgolf-compiled":
+        config.train.compile = "on"
+        config.train.warmup_steps = 2
+    data = resolve_data(default_data_root(), 1024)
+    torch.manual_seed(config.train.seed)
+    model = GPT(config.model)
+    loader = BatchLoader(data.train_pattern, 1024, 0, 1, torch.device("cpu"))
+    started = time.perf_counter()
+    result = train(model, config.train, loader, torch.device("cpu"), log=lambda m: None)
+    durations = result.step_seconds[5:] or result.step_seconds  # the first steps warm caches and allocators
+    return {"variant": variant, "steps": result.steps, "median_ms": 1000 * statistics.median(durations),
+            "mean_ms": 1000 * result.train_seconds / result.steps, "setup_s": time.perf_counter() - started - result.train_seconds,
+            "flops_per_step": step_flops(config), "tokens_per_step": config.train.batch_tokens}
+
+
+def quality(seeds: list[int]) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        out = os.path.join(ROOT, "bench", "out", f"tiny-seed{seed}")
+        subprocess.run([sys.executable, "-m", "pgolf.cli", "run", "tiny", "--set", f"train.seed={seed}", "--out", out, "--force"],
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        rows.append({"seed": seed, "pre": m["val_bpb_pre"], "post": m["val_bpb_post"], "ms_per_step": m["ms_per_step"],
+                     "bytes": m["artifact_bytes"]})
+        print(f"  seed {seed}: val_bpb pre {m['val_bpb_pre']:.4f} post {m['val_bpb_post']:.4f}, {m['ms_per_step']:.0f} ms/step "
+              f"(200 steps, incl. first steps), {m['artifact_bytes']:,} bytes", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--variants", default="pgolf,official-recipe,pgolf-compiled")
+    parser.add_argument("--quality", default="", help="comma-separated seeds for full 200-step runs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps)))
+        return
+    peak = matmul_peak_gflops()
+    print(f"bf16 matmul peak on this machine: {peak:.0f} GFLOP/s (2 threads)")
+    results = {}
+    for variant in args.variants.split(","):
+        out = subprocess.run([sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)], cwd=ROOT,
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[variant] = r
+        achieved = r["flops_per_step"] / (r["median_ms"] / 1000) / 1e9
+        print(f"{variant:16s} {r['median_ms']:6.0f} ms/step (median of {r['steps']}; mean {r['mean_ms']:.0f}), "
+              f"{r['tokens_per_step'] / (r['median_ms'] / 1000):,.0f} tokens/s, {achieved:.0f} GFLOP/s = {achieved / peak:.0%} of peak"
+              + (f", setup/compile {r['setup_s']:.0f}s" if variant == "pgolf-compiled" else ""), flush=True)
+    if "official-recipe" in results:
+        for variant, r in results.items():
+            if variant != "official-recipe":
+                print(f"{variant} is {results['official-recipe']['median_ms'] / r['median_ms']:.2f}x the official recipe's speed "
+                      f"on this machine (target 1.5x; absolute target <= {OFFICIAL_MEDIAN_MS / 1.5:.0f} ms/step)")
+    if args.quality:
+        print("quality, tiny config, 200 steps (official recipe: post 2.3867 / 2.3884 / 2.3894; target <= 2.392):")
+        rows = quality([int(s) for s in args.quality.split(",")])
+        print(f"  mean post-roundtrip {statistics.fmean(r['post'] for r in rows):.4f}")
+
+
+if __name__ == "__main__":
+    main()
