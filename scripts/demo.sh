@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGOLF_SKIP_BROWSER=1 ./scripts/setup.sh
-study="demo-$(date +%Y%m%d-%H%M%S)"
+study="${STUDY:-demo-$(date +%Y%m%d-%H%M%S)}"  # STUDY=name to choose it
 .venv/bin/search run --study "$study" "$@"
 .venv/bin/search status "$study"
 .venv/bin/search pareto "$study"

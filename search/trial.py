@@ -41,9 +41,10 @@ def _reporter(request: dict):
         return None
     import optuna
 
-    from search.study import open_storage
+    from search.study import make_pruner, open_storage
 
-    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]))
+    # The study's pruner is not stored with it: load it with the same one the coordinator uses.
+    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=make_pruner("bpb"))
     trial = optuna.trial.Trial(study, request["trial_id"])
 
     def on_val(index: int, bpb: float) -> None:
