@@ -5,8 +5,8 @@ compressor to minimise post-roundtrip bpb under the byte cap and the eval-time c
 
 1. Units: the embedding, plus attention/MLP per layer (granularity "layer"), per kind ("kind") or each
    matrix ("tensor"). Options: each allowed width x clip multiplier (16 = fp16).
-2. Bytes per (unit, option): the real symbols of the real weights, zstd-compressed (fast level; within
-   ~1% of the final level on such symbols) plus their scales.
+2. Bytes per (unit, option): the real symbols of the real weights and their scales, compressed as
+   objectives.bytes estimates them (within ~1.5% of the final compressors).
 3. Damage per (unit, option), HAWQ-style: sensitivity x quantization error. Each unit's sensitivity is
    measured once, as the loss increase on held-out *training* tokens when only that unit is quantized at
    the lowest allowed width (never validation tokens: the challenge forbids calibrating on them); its
