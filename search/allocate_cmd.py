@@ -73,20 +73,13 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_ints(text: str | None, what: str) -> list | None:
+def parse_list(text: str | None, what: str, kind=int) -> list | None:
+    """A comma-separated option value (None when the option was not given)."""
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SpaceError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def parse_floats(text: str | None, what: str) -> list | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SpaceError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise SpaceError(f"{what} must be comma-separated {noun}, got {text!r}") from None
 

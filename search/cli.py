@@ -86,12 +86,12 @@ def cmd_confirm(args) -> int:
 
 
 def cmd_allocate(args) -> int:
-    from search.allocate_cmd import allocate_checkpoint, format_table, parse_floats, parse_ints
+    from search.allocate_cmd import allocate_checkpoint, format_table, parse_list
 
     options = {key: value for key, value in (
-        ("bits", parse_ints(args.bits, "--bits")), ("embedding_bits", parse_ints(args.embedding_bits, "--embedding-bits")),
-        ("clip", parse_floats(args.clip, "--clip")), ("eval_stride", parse_ints(args.strides, "--strides")),
-        ("eval_repeats", parse_ints(args.repeats, "--repeats")), ("granularity", args.granularity)) if value is not None}
+        ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),
+        ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
+        ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity)) if value is not None}
     out = args.out or f"allocation-{args.cap}"
     metrics = allocate_checkpoint(args.checkpoint, args.cap, out, args.data, args.tokenizer, args.seq_len,
                                   args.eval_seconds, options, args.device, args.replace)
