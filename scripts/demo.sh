@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up (if needed), then run the demo study on the real FineWeb sample in ../shared/data
-# (about 15 minutes on 2 CPU cores), then write its Pareto page and report.
+# (about 10 minutes on 2 CPU cores), then write its Pareto page and report. Extra arguments go to `search run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGOLF_SKIP_BROWSER=1 ./scripts/setup.sh
