@@ -189,16 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(prog: str, args, errors: tuple = USER_ERRORS, interrupted: str = "interrupted") -> int:
+    """Run a parsed subcommand; a user error is one line on stderr and exit 1, Ctrl-C exit 130."""
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"pgolf: error: {exc}", file=sys.stderr)
+    except errors as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pgolf: interrupted", file=sys.stderr)
+        print(f"\n{prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("pgolf", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

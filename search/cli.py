@@ -3,21 +3,14 @@
 import argparse
 import sys
 
-from pgolf.artifact import ArtifactError
-from pgolf.bpb import TokenizerError
-from pgolf.config import ConfigError
-from pgolf.datasets import DataError, default_data_root
-from pgolf.official import CheckpointImportError
-from pgolf.shards import ShardError
-from pgolf.staging import OutputExists
-from pgolf.train import TrainingDiverged
+from pgolf import cli as pgolf_cli
+from pgolf.datasets import default_data_root
 
 from search.study import RESULTS_DIR, SAMPLERS, StudyError
 from search.verify import VerifyError
 from space.spec import SpaceError
 
-USER_ERRORS = (ArtifactError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
-               SpaceError, StudyError, VerifyError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = pgolf_cli.USER_ERRORS + (SpaceError, StudyError, VerifyError)
 
 
 def cmd_run(args) -> int:
@@ -193,14 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"search: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nsearch: interrupted; `search resume` continues the study", file=sys.stderr)
-        return 130
+    return pgolf_cli.dispatch("search", args, USER_ERRORS, "interrupted; `search resume` continues the study")
 
 
 if __name__ == "__main__":
