@@ -116,11 +116,11 @@ def measure_calibration(state_dict: dict, bits_options, clip_options) -> dict:
         if t.ndim != 2 or is_control_tensor(name) or t.numel() < 4096:
             continue
         role = "embedding" if name.startswith(("tok_emb.", "lm_head.")) else "matrix"
-        half = 8 * compressed_floats(t.to(torch.float16).numpy())
-        fp16_bytes += half / 8
+        half_bytes = compressed_floats(t.to(torch.float16).numpy())
+        fp16_bytes += half_bytes
         fp16_values += t.numel()
         total = sums.setdefault(_key(role, 16, 0.0), [0, 0])  # fp16 compresses differently per role
-        total[0] += half
+        total[0] += 8 * half_bytes
         total[1] += t.numel()
         for bits in bits_options:
             if bits == 16:
