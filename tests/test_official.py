@@ -25,6 +25,13 @@ REFERENCE = {  # (file, precision) -> val_bpb from the official evaluation code
 }
 
 
+# bf16 matmuls round differently on different CPU kernels: the official code's own bf16 score of one
+# checkpoint moves by up to 2.1e-5 across oneDNN's ISAs (measured: AVX512_CORE_BF16 1.0e-6, AVX512_CORE
+# 9.1e-6, AMX 2.1e-5 from these references). fp32 agrees to 1e-6 on all of them. Both bounds stay far
+# below the 8e-4 between the two precision modes, so a wrong dtype layout or byte count still fails.
+TOLERANCE = {"official": 5e-5, "fp32": 1e-6}
+
+
 @pytest.mark.parametrize("name, precision", list(REFERENCE))
 def test_imported_checkpoints_reproduce_the_official_scores(name, precision):
     model, config = load_any_checkpoint(os.path.join(OFFICIAL, name), seq_len=256)
@@ -34,7 +41,7 @@ def test_imported_checkpoints_reproduce_the_official_scores(name, precision):
         evaluation.autocast = False
     result = score(model, evaluation, VAL_PATTERN, TOKENIZER, Runtime(torch.device("cpu")))
     assert result.tokens == 108_288
-    assert abs(result.bpb - REFERENCE[(name, precision)]) < 1e-6
+    assert abs(result.bpb - REFERENCE[(name, precision)]) < TOLERANCE[precision]
 
 
 def test_shape_is_inferred_from_the_tensors():
