@@ -66,6 +66,8 @@ class TrainConfig:
     log_every: int = 50
     compile: str = "auto"  # auto (CUDA only) | on | off
     autocast: bool = True  # bf16 autocast for matmuls
+    # Training fast paths (pgolf/fused.py, CPU batched-matmul attention); false = the official composition.
+    fused_ops: bool = True
 
 
 @dataclass

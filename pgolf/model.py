@@ -12,19 +12,20 @@ baseline). With a segment, the blocks before it (prelude) feed the blocks after 
 the skip structure is independent of the unroll count.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgolf.fused import FP32_EPS, FusedReluSquare, FusedRMSNorm, FusedRotary, SoftcapCrossEntropy, fused_ops_enabled, use_fused_ops
+
 CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
-FP32_EPS = torch.finfo(torch.float32).eps
 
 
 def rms_norm(x: Tensor) -> Tensor:
     """Bitwise the result of F.rms_norm(x, (x.size(-1),)) (fp32 math, fp32 eps), but vectorized for bf16:
     on CPU the library kernel is about 6x slower on bf16 input than this composition."""
+    if use_fused_ops():
+        return FusedRMSNorm.apply(x)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + FP32_EPS)).to(x.dtype)
 
@@ -66,11 +67,11 @@ _CAUSAL_BIAS: dict = {}
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal attention with grouped KV heads: q (B, H, T, D), k and v (B, KV, T, D).
 
-    On CPU, training uses plain bf16 batched matmuls (the mask and 1/sqrt(D) folded into one baddbmm):
-    its backward is several times faster there than the fused SDPA kernel's. Everything else, and
-    all evaluation, uses SDPA, which is what the official script runs.
+    On CPU, training (with the fast paths on) uses plain bf16 batched matmuls (the mask and 1/sqrt(D)
+    folded into one baddbmm): its backward is several times faster there than the SDPA kernel's.
+    Everything else, and all evaluation, uses SDPA, which is what the official script runs.
     """
-    if q.device.type != "cpu" or not torch.is_grad_enabled() or os.environ.get("PGOLF_SDPA_TRAIN") == "1":
+    if q.device.type != "cpu" or not (fused_ops_enabled() and torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
     bsz, heads, seqlen, dim = q.shape
     kv_heads = k.size(1)
@@ -88,6 +89,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    if use_fused_ops():
+        return FusedRotary.apply(x, cos, sin)
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
@@ -132,7 +135,8 @@ class MLP(nn.Module):
         self.proj._zero_init = True
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        hidden = self.fc(x)
+        return self.proj(FusedReluSquare.apply(hidden) if use_fused_ops() else torch.relu(hidden).square())
 
 
 class Block(nn.Module):
@@ -205,6 +209,10 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, repeats: int | None = None, reduction: str = "mean") -> Tensor:
         """Cross-entropy (nats) of target_ids given input_ids; per token with reduction="none"."""
+        if reduction == "mean" and use_fused_ops():
+            x = self.projection_input(input_ids, repeats)
+            weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+            return SoftcapCrossEntropy.apply(x, weight.to(x.dtype), target_ids.reshape(-1), self.cfg.logit_softcap)
         return F.cross_entropy(self.logits(input_ids, repeats).float(), target_ids.reshape(-1), reduction=reduction)
 
     def logits(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
@@ -221,6 +229,11 @@ class GPT(nn.Module):
 
     def projection(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
         """Output-layer activations before the logit softcap, one row per token."""
+        x = self.projection_input(input_ids, repeats)
+        return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+
+    def projection_input(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
+        """The final normalized hidden state, one row per token: what the output layer multiplies."""
         cfg = self.cfg
         encoder, middle, decoder = layer_plan(
             cfg.num_layers, cfg.loop_start, cfg.loop_len, cfg.loop_repeats if repeats is None else repeats
@@ -238,8 +251,7 @@ class GPT(nn.Module):
             if skips:
                 x = x + self.skip_weights[j].to(dtype=x.dtype)[None, None, :] * skips.pop()
             x = self.blocks[i](x, x0)
-        x = rms_norm(x).reshape(-1, x.size(-1))
-        return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return rms_norm(x).reshape(-1, x.size(-1))
 
 
 def full_precision(model: "GPT") -> "GPT":

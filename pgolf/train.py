@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pgolf.evaluate import synchronize
+from pgolf.fused import fused_ops
 from pgolf.optim import build_optimizers
 
 
@@ -75,6 +76,11 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
     validate(model) -> val bpb is called every cfg.val_every steps; on_val(step, bpb) receives the
     result and may raise to stop the run (a pruner does). Raises TrainingDiverged on a NaN/inf loss.
     """
+    with fused_ops(cfg.fused_ops):
+        return _train(model, cfg, loader, device, validate, on_val, log, world_size)
+
+
+def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> TrainResult:
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)
     forward = maybe_compile(model, cfg.compile, device)

@@ -49,12 +49,13 @@ def test_cpu_training_attention_matches_sdpa():
     assert torch.allclose(grad_fast, q.grad, atol=1e-5)
 
 
-def test_rms_norm_is_bitwise_the_library_one():
+def test_rms_norm_is_bitwise_the_library_one_in_evaluation():
     from pgolf.model import rms_norm
 
     torch.manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):
         for x in (torch.randn(4, 64, 96) * 3, torch.randn(2, 64, 4, 32).transpose(1, 2)):
             x = x.to(dtype)
-            assert torch.equal(rms_norm(x), torch.nn.functional.rms_norm(x, (x.size(-1),)))
+            with torch.inference_mode():
+                assert torch.equal(rms_norm(x), torch.nn.functional.rms_norm(x, (x.size(-1),)))
 
