@@ -48,3 +48,26 @@ def test_fused_training_gradients_are_as_close_to_float64_as_the_plain_ones():
     for f, p in zip(fused, plain):
         assert f <= 2 * p + 0.005
 
+
+def test_newton_schulz_fast_path_is_closer_to_the_exact_iteration():
+    from pgolf.optim import newton_schulz5
+
+    torch.manual_seed(0)
+    grads = torch.randn(3, 64, 128)
+    exact = _newton_schulz_float64(grads, 5)
+
+    def distance(enabled: bool) -> float:
+        with fused_ops(enabled):
+            return float((newton_schulz5(grads, 5).double() - exact).norm() / exact.norm())
+
+    assert distance(True) < distance(False) < 0.05
+
+
+def _newton_schulz_float64(grads: torch.Tensor, steps: int) -> torch.Tensor:
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = grads.double()
+    x = x / x.flatten(1).norm(dim=1)[:, None, None]
+    for _ in range(steps):
+        m = x @ x.transpose(1, 2)
+        x = a * x + (b * m + c * m @ m) @ x
+    return x
