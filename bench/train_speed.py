@@ -8,9 +8,12 @@ tokens/s and achieved matmul FLOP rate against this machine's measured bf16 matm
     official-recipe  pgolf's modules driven the way the official train_gpt.py runs them: 8 micro-batches
                      of 1,024 tokens, the library SDPA and rms_norm kernels, the default allocator
 Then `--quality` runs full 200-step `pgolf run tiny` trainings for the given seeds and prints their
-pre-quantization and post-roundtrip bpb (the official recipe: 2.3867 / 2.3884 / 2.3894).
+pre-quantization and post-roundtrip bpb (the official recipe: 2.3867 / 2.3884 / 2.3894), and
+`--official-quality` the same seeds with the official composition and data slicing
+(train.fused_ops=false, eight 1,024-token micro-batches): the official recipe's own seed spread.
 
     python bench/train_speed.py [--steps 60] [--variants pgolf,official-recipe] [--quality 1337,1,2]
+                                [--official-quality 1337,1,2]
 """
 
 import argparse
@@ -96,11 +99,15 @@ def worker(variant: str, steps: int) -> dict:
             "flops_per_step": step_flops(config), "tokens_per_step": config.train.batch_tokens}
 
 
-def quality(seeds: list[int]) -> list[dict]:
+OFFICIAL_COMPOSITION = ("train.fused_ops=false", "train.micro_batch_tokens=1024")
+
+
+def quality(seeds: list[int], settings: tuple = (), name: str = "tiny") -> list[dict]:
     rows = []
     for seed in seeds:
-        out = os.path.join(ROOT, "bench", "out", f"tiny-seed{seed}")
-        subprocess.run([sys.executable, "-m", "pgolf.cli", "run", "tiny", "--set", f"train.seed={seed}", "--out", out, "--force"],
+        out = os.path.join(ROOT, "bench", "out", f"{name}-seed{seed}")
+        overrides = [arg for setting in (f"train.seed={seed}", *settings) for arg in ("--set", setting)]
+        subprocess.run([sys.executable, "-m", "pgolf.cli", "run", "tiny", *overrides, "--out", out, "--force"],
                        check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         with open(os.path.join(out, "metrics.json")) as f:
             m = json.load(f)
@@ -111,21 +118,12 @@ def quality(seeds: list[int]) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--variants", default="pgolf,official-recipe,pgolf-compiled")
-    parser.add_argument("--quality", default="", help="comma-separated seeds for full 200-step runs")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.steps)))
-        return
+def speed(variants: str, steps: int) -> None:
     peak = matmul_peak_gflops()
     print(f"bf16 matmul peak on this machine: {peak:.0f} GFLOP/s (2 threads)")
     results = {}
-    for variant in args.variants.split(","):
-        out = subprocess.run([sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)], cwd=ROOT,
+    for variant in variants.split(","):
+        out = subprocess.run([sys.executable, __file__, "--worker", variant, "--steps", str(steps)], cwd=ROOT,
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results[variant] = r
@@ -138,10 +136,30 @@ def main() -> None:
             if variant != "official-recipe":
                 print(f"{variant} is {results['official-recipe']['median_ms'] / r['median_ms']:.2f}x the official recipe's speed "
                       f"on this machine (target 1.5x; absolute target <= {OFFICIAL_MEDIAN_MS / 1.5:.0f} ms/step)")
-    if args.quality:
-        print("quality, tiny config, 200 steps (official recipe: post 2.3867 / 2.3884 / 2.3894; target <= 2.392):")
-        rows = quality([int(s) for s in args.quality.split(",")])
-        print(f"  mean post-roundtrip {statistics.fmean(r['post'] for r in rows):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--variants", default="pgolf,official-recipe,pgolf-compiled")
+    parser.add_argument("--quality", default="", help="comma-separated seeds for full 200-step runs")
+    parser.add_argument("--official-quality", default="", help="seeds for 200-step runs in the official composition")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps)))
+        return
+    if args.variants:
+        speed(args.variants, args.steps)
+    for seeds, settings, name, label in ((args.quality, (), "tiny", "pgolf"),
+                                         (args.official_quality, OFFICIAL_COMPOSITION, "tiny-official", "official composition")):
+        if seeds:
+            print(f"quality, tiny config, 200 steps, {label} (official recipe: post 2.3867 / 2.3884 / 2.3894; "
+                  "target <= 2.392):")
+            rows = quality([int(s) for s in seeds.split(",")], settings, name)
+            posts = [r["post"] for r in rows]
+            print(f"  post-roundtrip mean {statistics.fmean(posts):.4f}, min {min(posts):.4f}, max {max(posts):.4f}"
+                  + (f", std {statistics.stdev(posts):.4f}" if len(posts) > 1 else ""))
 
 
 if __name__ == "__main__":
