@@ -21,6 +21,7 @@ Every candidate is recorded.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -277,8 +278,19 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
                  ("best uniform", lambda b: best_uniform(units, options, b, space_alloc))]
     stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime, seconds_per_token)
     phase["eval settings"] = time.perf_counter() - started - sum(phase.values())
+
+    def confirm(label: str, picks: list[Option]) -> Candidate:
+        quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level)
+        candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
+                              sum(o.damage for o in picks))
+        _confirm(model, candidate, space_alloc, caps, data, runtime)
+        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
+            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
+            f"{'feasible' if candidate.feasible else 'over a cap'}")
+        return candidate
+
     for label, propose in proposals[: space_alloc.confirm_top]:
-        candidate = _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log)
+        candidate = confirm_within_cap(propose, functools.partial(confirm, label), budget, caps.artifact_bytes)
         if candidate is None:
             log(f"allocation {label}: nothing allowed fits the byte cap")
             continue
@@ -336,24 +348,23 @@ def _blocks_run(config, repeats: int) -> int:
     return m.num_layers + m.loop_len * (repeats - 1) + 1  # +1: the output layer, about one block's cost
 
 
-def _confirm_within_cap(model, config, label, propose, budget, units, repeats, stride, space_alloc, caps, data, runtime, log):
-    """Propose, pack for real and score; if the real bytes overshoot the cap, tighten the budget and retry."""
+def confirm_within_cap(propose, confirm, budget: int, cap: int, attempts: int = 3) -> Candidate | None:
+    """propose(budget) -> picks (None if nothing fits); confirm(picks) -> Candidate packed for real.
+
+    While the real bytes overshoot the cap, propose again. The new budget sits below the last picks' own
+    estimate by the measured overshoot: those picks may have been estimated well below the old budget, so
+    lowering the old budget alone can return the very same picks.
+    """
     candidate = None
-    for attempt in range(3):
+    for _ in range(attempts):
         picks = propose(budget)
         if picks is None:
             return candidate
-        quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level)
-        candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
-                              sum(o.damage for o in picks))
-        _confirm(model, candidate, space_alloc, caps, data, runtime)
-        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
-            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
-            f"{'feasible' if candidate.feasible else 'over a cap'}")
-        overshoot = candidate.artifact_bytes - caps.artifact_bytes
+        candidate = confirm(picks)
+        overshoot = candidate.artifact_bytes - cap
         if overshoot <= 0:
             return candidate
-        budget -= overshoot + DIRECTORY_SLACK
+        budget = min(budget, candidate.predicted_bytes) - overshoot - DIRECTORY_SLACK
     return candidate
 
 
