@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 OFFICIAL_MEDIAN_MS = 591.0  # the official recipe's median step on the reference machines (DESIGN.md)
+# The official recipe's way of training, on pgolf's modules: its op composition and data slicing.
+OFFICIAL_COMPOSITION = ("train.fused_ops=false", "train.micro_batch_tokens=1024")
 
 
 def matmul_peak_gflops() -> float:
@@ -69,6 +71,7 @@ def worker(variant: str, steps: int) -> dict:
     import torch.nn.functional as F
 
     import pgolf.model as model_module
+    from pgolf.cli import apply_overrides
     from pgolf.configfiles import resolve_config
     from pgolf.datasets import default_data_root, resolve_data
     from pgolf.model import GPT
@@ -79,8 +82,7 @@ def worker(variant: str, steps: int) -> dict:
     config.train.iterations = steps
     config.train.log_every = 0
     if variant == "official-recipe":
-        config.train.micro_batch_tokens = 1024
-        config.train.fused_ops = False
+        config = apply_overrides(config, list(OFFICIAL_COMPOSITION))
         model_module.rms_norm = lambda x: F.rms_norm(x, (x.size(-1),))
     else:
         keep_freed_memory()
@@ -97,9 +99,6 @@ def worker(variant: str, steps: int) -> dict:
     return {"variant": variant, "steps": result.steps, "median_ms": 1000 * statistics.median(durations),
             "mean_ms": 1000 * result.train_seconds / result.steps, "setup_s": time.perf_counter() - started - result.train_seconds,
             "flops_per_step": step_flops(config), "tokens_per_step": config.train.batch_tokens}
-
-
-OFFICIAL_COMPOSITION = ("train.fused_ops=false", "train.micro_batch_tokens=1024")
 
 
 def quality(seeds: list[int], settings: tuple = (), name: str = "tiny") -> list[dict]:
