@@ -41,6 +41,10 @@ class TrainConfig:
     seq_len: int = 1024
     batch_tokens: int = 524_288
     micro_batch_tokens: int = 0  # tokens per forward/backward pass; 0 = the whole batch at once
+    # Each step's batch is cut from the token stream as this many consecutive spans (+1 target token
+    # each), shared out in order over ranks and micro-batches: the official loader's cut into its 8
+    # ranks x accumulation steps, so the model sees the official script's sequences however it batches.
+    data_spans: int = 8
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0 = no wallclock cap
     warmup_steps: int = 0  # priming steps (compile, caches) whose updates are undone
@@ -206,6 +210,9 @@ def validate(config: RunConfig) -> None:
     micro = t.micro_batch_tokens or t.batch_tokens
     _check(micro % t.seq_len == 0 and t.batch_tokens % micro == 0,
            f"train.micro_batch_tokens {micro} must be a multiple of train.seq_len and divide train.batch_tokens")
+    _check(t.data_spans >= 1 and t.batch_tokens % (t.data_spans * t.seq_len) == 0,
+           f"train.data_spans {t.data_spans} must cut train.batch_tokens {t.batch_tokens} into spans of whole "
+           f"sequences of train.seq_len {t.seq_len}")
     _check(t.iterations >= 0, f"train.iterations must be non-negative, got {t.iterations}")
     _check(t.max_wallclock_seconds >= 0, "train.max_wallclock_seconds must be non-negative")
     _check(t.val_every >= 0 and t.val_every_seconds >= 0, "train.val_every and train.val_every_seconds must be non-negative")

@@ -125,7 +125,8 @@ class TokenStream:
 
 
 class BatchLoader:
-    """Each call takes one contiguous span per rank from the shared stream and shapes it into (x, y)."""
+    """Each call cuts consecutive spans of tokens + 1 from the shared stream, as the official loader does per
+    rank and accumulation step, and shapes this rank's share of them into (x, y)."""
 
     def __init__(self, pattern: str, vocab_size: int, rank: int, world_size: int, device: torch.device):
         self.stream = TokenStream(pattern, vocab_size)
@@ -133,10 +134,12 @@ class BatchLoader:
         self.world_size = world_size
         self.device = device
 
-    def next_batch(self, tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
-        span = tokens + 1
-        chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span : (self.rank + 1) * span]
-        x = local[:-1].reshape(-1, seq_len)
-        y = local[1:].reshape(-1, seq_len)
+    def next_batch(self, tokens: int, seq_len: int, spans: int = 1) -> tuple[Tensor, Tensor]:
+        """`tokens` inputs for this rank, from `spans` spans of tokens / spans + 1 (each span's last token is
+        only a target). Every rank's spans come from one take, so ranks read disjoint, consecutive data."""
+        span = tokens // spans + 1
+        chunk = self.stream.take(span * spans * self.world_size)
+        local = chunk[self.rank * span * spans : (self.rank + 1) * span * spans].view(spans, span)
+        x = local[:, :-1].reshape(-1, seq_len)
+        y = local[:, 1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

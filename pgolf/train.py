@@ -91,6 +91,10 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
                                           broadcast_buffers=False)
     micro_tokens = (cfg.micro_batch_tokens or cfg.batch_tokens) // world_size
     accum = max(cfg.batch_tokens // world_size // micro_tokens, 1)
+    # Each pass (rank x micro-batch) takes its share of the step's data spans; with a share that does
+    # not divide evenly, every pass takes one span of its own.
+    passes = world_size * accum
+    spans = cfg.data_spans // passes if cfg.data_spans % passes == 0 else 1
 
     def run_step(step: int, elapsed: float) -> float:
         scale = lr_scale(step, elapsed, cfg)
@@ -104,7 +108,7 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         for micro in range(accum):
             if world_size > 1:
                 forward.require_backward_grad_sync = micro == accum - 1
-            x, y = loader.next_batch(micro_tokens, cfg.seq_len)
+            x, y = loader.next_batch(micro_tokens, cfg.seq_len, spans)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.autocast):
                 loss = forward(x, y)
             (loss / accum).backward()

@@ -32,6 +32,8 @@ def test_unknown_section_and_bad_types_are_named():
         config_from_dict({"quant": {"bits": {"*": 9}}})
     with pytest.raises(ConfigError, match="exceeds model.num_layers"):
         config_from_dict({"model": {"num_layers": 4, "loop_start": 3, "loop_len": 2}})
+    with pytest.raises(ConfigError, match="train.data_spans 8 must cut train.batch_tokens 8192 into spans of whole"):
+        config_from_dict({"train": {"seq_len": 2048, "batch_tokens": 8192}})
 
 
 def test_invalid_toml_is_reported(tmp_path):

@@ -59,6 +59,23 @@ def test_batches_shift_targets_by_one():
     assert x.shape == (4, 128) and torch.equal(x.reshape(-1)[1:], y.reshape(-1)[:-1])
 
 
+def test_spans_cut_the_stream_as_the_official_loader_does(tmp_path):
+    # The official loader takes tokens + 1 per rank and accumulation step; a span's last token is only a
+    # target. One pass over 4 spans must see exactly the sequences of 4 such takes, in order.
+    write_shard(str(tmp_path / "fineweb_train_000000.bin"), np.arange(100, dtype=np.uint16))
+    pattern = str(tmp_path / "fineweb_train_*.bin")
+    whole = BatchLoader(pattern, 1024, rank=0, world_size=1, device=torch.device("cpu"))
+    x, y = whole.next_batch(16, 4, spans=4)
+    assert x.shape == (4, 4) and x[1].tolist() == [5, 6, 7, 8] and y[0].tolist() == [1, 2, 3, 4]
+    stepwise = BatchLoader(pattern, 1024, rank=0, world_size=1, device=torch.device("cpu"))
+    takes = [stepwise.next_batch(4, 4) for _ in range(4)]
+    assert torch.equal(x, torch.cat([t[0] for t in takes])) and torch.equal(y, torch.cat([t[1] for t in takes]))
+    # Two ranks split one take: rank 1's spans follow rank 0's.
+    ranks = [BatchLoader(pattern, 1024, rank=r, world_size=2, device=torch.device("cpu")) for r in (0, 1)]
+    (x0, _), (x1, _) = (loader.next_batch(8, 4, spans=2) for loader in ranks)
+    assert x0[:, 0].tolist() == [0, 5] and x1[:, 0].tolist() == [10, 15]
+
+
 def test_validation_split_is_whole_sequences():
     tokens = validation_tokens(VAL_PATTERN, 256, vocab_size=1024)
     assert (tokens.numel() - 1) % 256 == 0 and tokens.numel() - 1 == 108_288
