@@ -182,9 +182,10 @@ class GPT(nn.Module):
         dim = cfg.model_dim
         mlp_hidden = int(round(cfg.mlp_mult * dim))
         self.tok_emb = nn.Embedding(cfg.vocab_size, dim)
-        self.skip_weights = nn.Parameter(
-            torch.ones(num_skips(cfg.num_layers, cfg.loop_start, cfg.loop_len), dim, dtype=torch.float32)
-        )
+        skips = num_skips(cfg.num_layers, cfg.loop_start, cfg.loop_len)
+        # A segment covering every block leaves no skips: the empty tensor keeps the state dict's layout but
+        # needs no gradient (DDP would otherwise wait for one that never comes and stop at the second step).
+        self.skip_weights = nn.Parameter(torch.ones(skips, dim, dtype=torch.float32), requires_grad=skips > 0)
         self.blocks = nn.ModuleList(
             Block(dim, cfg.num_heads, cfg.num_kv_heads, mlp_hidden, cfg.rope_base, cfg.qk_gain_init)
             for _ in range(cfg.num_layers)

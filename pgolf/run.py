@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from pgolf.artifact import ArtifactError
 from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import RunConfig, config_to_dict
@@ -26,8 +27,9 @@ from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.model import count_params
 from pgolf.quant import symbol_entropy_bits
-from pgolf.staging import staged_dir
-from pgolf.submission import MODEL_FILE, export_model, load_model_file, score, setup_runtime, train_model
+from pgolf.staging import check_target, staged_dir
+from pgolf.submission import (MODEL_FILE, export_model, load_model, score, setup_runtime, share_from_main, teardown_runtime,
+                               train_model)
 
 METRICS_FILE = "metrics.json"
 SCRIPT_FILE = "train_gpt.py"
@@ -49,55 +51,90 @@ class RunLog:
 
 def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = None, force: bool = False,
         on_val=None, echo: bool = True) -> dict:
-    """Train, round-trip and score `config`; returns (and writes) its metrics."""
+    """Train, round-trip and score `config`; returns (and writes) its metrics.
+
+    Under torchrun every rank trains and scores its share; rank 0 alone writes OUT.
+    """
+    check_target(os.path.abspath(out_dir), force)  # on every rank, before any of them trains
     runtime = setup_runtime(device)
-    with staged_dir(out_dir, replace=force) as stage:
-        log = RunLog(os.path.join(stage, "train.log"), echo)
-        with open(os.path.join(stage, "config.toml"), "w", encoding="utf-8") as f:
-            f.write(config_to_toml(config))
-        script = assemble_script(config_to_dict(config))
-        with open(os.path.join(stage, SCRIPT_FILE), "w", encoding="utf-8") as f:
-            f.write(script)
-        log(f"pgolf run: {data.describe()} on {runtime.device}")
-
-        def validate_subset(model):
-            return score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
-
-        model, result = train_model(config, data.train_pattern, runtime, validate_fn=validate_subset, on_val=on_val, log=log)
-        log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({result.stopped_by})")
-        with open(os.path.join(stage, CHECKPOINT_FILE), "wb") as f:
-            f.write(checkpoint_bytes(model, config))
-        pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime)
-        log(f"pre-quant val_loss {pre.loss:.8f} val_bpb {pre.bpb:.8f}")
-
-        blob, sizes, stored = export_model(model, config)
-        with open(os.path.join(stage, MODEL_FILE), "wb") as f:
-            f.write(blob)
-        params = count_params(model)
-        del model
-        metrics = rescore(stage, data, runtime)
-        code = len(script.encode("utf-8"))
-        metrics.update(
-            val_bpb_pre=pre.bpb, val_loss_pre=pre.loss, quant_gap_bpb=metrics["val_bpb_post"] - pre.bpb,
-            artifact_bytes=len(blob) + code, code_bytes=code, model_bytes=len(blob),
-            bytes_by_group=dict(sizes, code=code), int_symbol_entropy_bytes=math.ceil(symbol_entropy_bits(stored) / 8),
-            train_seconds=result.train_seconds, steps=result.steps, train_tokens=result.train_tokens,
-            ms_per_step=1000 * result.train_seconds / max(result.steps, 1), stopped_by=result.stopped_by,
-            median_step_ms=1000 * statistics.median(result.step_seconds[5:] or result.step_seconds or [0.0]),
-            final_train_loss=result.final_train_loss, val_history=result.val_history,
-            params=params,
-            data=dataclasses.asdict(data), config=config_to_dict(config),
-            device=str(runtime.device), torch=torch.__version__, host=platform.node(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
-        log(summary(metrics))
-        with open(os.path.join(stage, METRICS_FILE), "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+    try:
+        if runtime.is_main:
+            with staged_dir(out_dir, replace=force) as stage:
+                metrics = _run(config, data, stage, runtime, on_val, RunLog(os.path.join(stage, "train.log"), echo))
+        else:
+            metrics = _run(config, data, None, runtime, on_val, lambda *_: None)
+    except BaseException:
+        teardown_runtime(runtime, clean=False)
+        raise
+    teardown_runtime(runtime)
     return metrics
+
+
+def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val, log) -> dict:
+    """The run itself; `stage` is the folder to write (None on ranks other than 0, which write nothing)."""
+
+    def write(name: str, content: str | bytes) -> None:
+        if stage is not None:
+            with open(os.path.join(stage, name), "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+
+    write("config.toml", config_to_toml(config))
+    script = assemble_script(config_to_dict(config))
+    write(SCRIPT_FILE, script)
+    log(f"pgolf run: {data.describe()} on {runtime.device}" + (f", {runtime.world_size} ranks" if runtime.world_size > 1 else ""))
+
+    def validate_subset(model):
+        return score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
+
+    model, result = train_model(config, data.train_pattern, runtime, validate_fn=validate_subset, on_val=on_val, log=log)
+    log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({result.stopped_by})")
+    if stage is not None:
+        write(CHECKPOINT_FILE, checkpoint_bytes(model, config))
+    pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime)
+    log(f"pre-quant val_loss {pre.loss:.8f} val_bpb {pre.bpb:.8f}")
+
+    if stage is not None:
+        blob, sizes, stored = export_model(model, config)
+        write(MODEL_FILE, blob)
+    params = count_params(model)
+    del model
+    # Every rank scores the bytes rank 0 wrote, read back from its file.
+    metrics = rescore_blob(share_from_main(runtime, read_model_file(stage) if stage is not None else None), data, runtime)
+    if stage is None:
+        return metrics
+    code = len(script.encode("utf-8"))
+    metrics.update(
+        val_bpb_pre=pre.bpb, val_loss_pre=pre.loss, quant_gap_bpb=metrics["val_bpb_post"] - pre.bpb,
+        artifact_bytes=len(blob) + code, code_bytes=code, model_bytes=len(blob),
+        bytes_by_group=dict(sizes, code=code), int_symbol_entropy_bytes=math.ceil(symbol_entropy_bits(stored) / 8),
+        train_seconds=result.train_seconds, steps=result.steps, train_tokens=result.train_tokens,
+        ms_per_step=1000 * result.train_seconds / max(result.steps, 1), stopped_by=result.stopped_by,
+        median_step_ms=1000 * statistics.median(result.step_seconds[5:] or result.step_seconds or [0.0]),
+        final_train_loss=result.final_train_loss, val_history=result.val_history,
+        params=params, world_size=runtime.world_size,
+        data=dataclasses.asdict(data), config=config_to_dict(config),
+        device=str(runtime.device), torch=torch.__version__, host=platform.node(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    log(summary(metrics))
+    write(METRICS_FILE, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def read_model_file(out_dir: str) -> bytes:
+    with open(os.path.join(out_dir, MODEL_FILE), "rb") as f:
+        return f.read()
 
 
 def rescore(out_dir: str, data: DataPaths, runtime) -> dict:
     """Score the model file in `out_dir` from its bytes alone (fresh model, no training state)."""
-    model, _, eval_cfg = load_model_file(os.path.join(out_dir, MODEL_FILE), runtime.device)
+    try:
+        return rescore_blob(read_model_file(out_dir), data, runtime)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{os.path.join(out_dir, MODEL_FILE)}: {exc}") from None
+
+
+def rescore_blob(blob: bytes, data: DataPaths, runtime) -> dict:
+    model, _, eval_cfg = load_model(blob, runtime.device)
     post = score(model, eval_cfg, data.val_pattern, data.tokenizer, runtime)
     return {"val_bpb_post": post.bpb, "val_loss_post": post.loss, "eval_seconds": post.seconds,
             "val_tokens": post.tokens, "val_bytes": post.bytes, "eval": dataclasses.asdict(eval_cfg)}

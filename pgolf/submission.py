@@ -69,6 +69,24 @@ def setup_runtime(device_name: str | None = None) -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size)
 
 
+def teardown_runtime(runtime: Runtime, clean: bool = True) -> None:
+    """Leave the process group: after a barrier on a clean exit, so no rank tears down its connections
+    while another still uses them (gloo then aborts the process at exit)."""
+    if runtime.world_size > 1 and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def share_from_main(runtime: Runtime, value):
+    """`value` as rank 0 has it, on every rank (small picklable values: a path, a model file's bytes)."""
+    if runtime.world_size == 1:
+        return value
+    box = [value if runtime.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def model_meta(config: RunConfig) -> dict:
     """What the model file must carry to be rebuilt and scored without its training config."""
     return {"model": dataclasses.asdict(config.model), "eval": dataclasses.asdict(config.resolved_eval())}
@@ -139,9 +157,18 @@ def main() -> None:
     data_path = os.environ.get("DATA_PATH", f"./data/datasets/fineweb10B_sp{config.model.vocab_size}")
     tokenizer_path = os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model")
     model_path = os.environ.get("MODEL_PATH", MODEL_FILE)
+    runtime = setup_runtime()
+    try:
+        run_script(config, data_path, tokenizer_path, model_path, runtime)
+    except BaseException:
+        teardown_runtime(runtime, clean=False)
+        raise
+    teardown_runtime(runtime)
+
+
+def run_script(config: RunConfig, data_path: str, tokenizer_path: str, model_path: str, runtime: Runtime) -> None:
     train_pattern = os.path.join(data_path, "fineweb_train_*.bin")
     val_pattern = os.path.join(data_path, "fineweb_val_*.bin")
-    runtime = setup_runtime()
     log = print if runtime.is_main else (lambda *_: None)
     training = os.environ.get("EVAL_ONLY", "0") != "1"
     if training:
@@ -171,12 +198,11 @@ def main() -> None:
                   "code_bytes": code_bytes, "train_seconds": result.train_seconds, "steps": result.steps, "eval_seconds": post.seconds}
         with open(model_path + RESULT_SUFFIX, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
-    if runtime.world_size > 1:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     try:
         main()
     except EXPECTED_ERRORS as exc:
-        raise SystemExit(f"error: {exc}") from None
+        # Under torchrun every rank meets the same error: rank 0 says it, the others only exit non-zero.
+        raise SystemExit(f"error: {exc}" if os.environ.get("RANK", "0") == "0" else 1) from None

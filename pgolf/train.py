@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pgolf.config import ConfigError
 from pgolf.evaluate import synchronize
 from pgolf.fused import fused_ops
 from pgolf.optim import build_optimizers
@@ -47,6 +48,30 @@ def lr_scale(step: int, elapsed_s: float, cfg) -> float:
         step_s = elapsed_s / step
         remaining = min(remaining, max(cfg.max_wallclock_seconds - elapsed_s, 0.0) / max(step_s, 1e-9))
     return scale * min(1.0, remaining / cfg.warmdown_iters)
+
+
+def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
+    """(tokens per pass, passes per rank, data spans per pass) of one step over `world_size` ranks.
+
+    A step's batch_tokens are shared out over the ranks; each rank runs passes of micro_batch_tokens
+    (0 = its whole share at once), as the official script runs 8 / WORLD_SIZE accumulation steps.
+    A split that would leave a rank a fraction of a sequence is refused before anything trains.
+    """
+    per_rank, left = divmod(cfg.batch_tokens, world_size)
+    if left or per_rank % cfg.seq_len:
+        raise ConfigError(f"train.batch_tokens {cfg.batch_tokens} does not split over {world_size} ranks into whole "
+                          f"sequences of train.seq_len {cfg.seq_len} ({cfg.batch_tokens / world_size:g} tokens per rank): "
+                          f"use a rank count that divides {cfg.batch_tokens // cfg.seq_len} sequences")
+    micro_tokens = min(cfg.micro_batch_tokens or per_rank, per_rank)
+    if per_rank % micro_tokens:
+        raise ConfigError(f"train.micro_batch_tokens {micro_tokens} does not divide the {per_rank} tokens per rank "
+                          f"of train.batch_tokens {cfg.batch_tokens} over {world_size} ranks")
+    accum = per_rank // micro_tokens
+    # Each pass (rank x micro-batch) takes its share of the step's data spans; with a share that does
+    # not divide evenly, every pass takes one span of its own.
+    passes = world_size * accum
+    spans = cfg.data_spans // passes if cfg.data_spans % passes == 0 else 1
+    return micro_tokens, accum, spans
 
 
 def keep_freed_memory() -> None:
@@ -81,20 +106,16 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
 
 
 def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> TrainResult:
+    micro_tokens, accum, spans = batch_plan(cfg, world_size)
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)
     forward = maybe_compile(model, cfg.compile, device)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
-    micro_tokens = (cfg.micro_batch_tokens or cfg.batch_tokens) // world_size
-    accum = max(cfg.batch_tokens // world_size // micro_tokens, 1)
-    # Each pass (rank x micro-batch) takes its share of the step's data spans; with a share that does
-    # not divide evenly, every pass takes one span of its own.
-    passes = world_size * accum
-    spans = cfg.data_spans // passes if cfg.data_spans % passes == 0 else 1
+        # The only buffers (rotary frequencies) are tiny and equal on every rank: the default buffer sync costs
+        # nothing, and naming it is deprecated under one name in newer torch and unknown under the other in older.
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
 
     def run_step(step: int, elapsed: float) -> float:
         scale = lr_scale(step, elapsed, cfg)
@@ -152,14 +173,14 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         # training time stays within it: the cap is a hard constraint.
         capped = cfg.max_wallclock_seconds > 0 and now + 1.25 * (now - previous) > cfg.max_wallclock_seconds
         previous = now
-        if world_size > 1 and cfg.max_wallclock_seconds > 0:
-            # Every rank must stop at the same step.
-            flag = torch.tensor(int(capped), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            capped = bool(flag.item())
+        due = (cfg.val_every > 0 and step % cfg.val_every == 0) or (cfg.val_every_seconds > 0 and now >= next_val)
+        if world_size > 1 and (cfg.max_wallclock_seconds > 0 or cfg.val_every_seconds > 0):
+            # Clocks differ between ranks: every rank must stop, and validate, at the same step.
+            flags = torch.tensor([int(capped), int(due)], device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            capped, due = (bool(v) for v in flags.tolist())
         if capped:
             result.stopped_by = "wallclock"
-        due = (cfg.val_every > 0 and step % cfg.val_every == 0) or (cfg.val_every_seconds > 0 and now >= next_val)
         if validate is not None and due and step < cfg.iterations and not capped:
             next_val += cfg.val_every_seconds
             synchronize(device)

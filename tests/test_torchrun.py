@@ -1,0 +1,86 @@
+"""Submissions run as the challenge runs them: `torchrun --standalone --nproc_per_node=N`, gloo on CPU."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pgolf.assemble import assemble_script
+from pgolf.config import config_to_dict
+from pgolf.configfiles import config_to_toml
+
+from conftest import DATA, SHARDS, TOKENIZER, small_config
+
+SCRIPT_ENV = {"DATA_PATH": SHARDS, "TOKENIZER_PATH": TOKENIZER, "DEVICE": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+EXACT = re.compile(r"final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)")
+
+# The shapes the spaces produce: a segment over every block (no U-Net skips left), a segment over some,
+# none; tied and untied heads; the training fast paths on and off.
+CONFIGS = {
+    "segment-covers-all": dict(model=dict(loop_start=0, loop_len=2, loop_repeats=2)),
+    "segment-covers-some-untied-official-ops": dict(model=dict(num_layers=3, loop_start=1, loop_len=1, loop_repeats=2,
+                                                               tie_embeddings=False), train=dict(fused_ops=False)),
+    "no-segment": dict(),
+}
+
+
+def torchrun(ranks: int, *args, cwd, env=None):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=dict(os.environ, **(env or {})), timeout=300)
+
+
+def write_script(folder, sections) -> str:
+    config = small_config(**sections)
+    config.train.iterations = 6
+    path = folder / "train_gpt.py"
+    path.write_text(assemble_script(config_to_dict(config)))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
+    script = write_script(tmp_path, CONFIGS[name])
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "ranks"
+    single_dir.mkdir()
+    multi_dir.mkdir()
+    single = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=single_dir,
+                            env=dict(os.environ, **SCRIPT_ENV), timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = torchrun(2, script, cwd=multi_dir, env=SCRIPT_ENV)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    scores = EXACT.findall(multi.stdout)
+    assert len(scores) == 1, multi.stdout  # rank 0 alone reports
+    assert sorted(os.listdir(multi_dir)) == ["final_model.pgolf", "final_model.pgolf.result.json"]
+    assert json.loads((multi_dir / "final_model.pgolf.result.json").read_text())["val_bpb"] == float(scores[0])
+    # Two ranks train on the same sequences as one process (half each, gradients averaged): the same
+    # model up to bf16 rounding, amplified a little by six steps of this recipe.
+    assert abs(float(scores[0]) - float(EXACT.search(single.stdout).group(1))) < 0.01
+
+
+def test_a_rank_count_that_cannot_split_the_batch_is_refused_in_one_line(tmp_path):
+    script = write_script(tmp_path, {})
+    result = torchrun(3, script, cwd=tmp_path, env=SCRIPT_ENV)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: train.batch_tokens 1024 does not split over 3 ranks into whole sequences of train.seq_len 64 "
+                    "(341.333 tokens per rank): use a rank count that divides 16 sequences"], result.stderr[-3000:]
+    # torchrun adds its own report of the failed ranks; no traceback comes from the script itself.
+    assert 'train_gpt.py", line' not in result.stderr and not (tmp_path / "final_model.pgolf").exists()
+
+
+def test_pgolf_run_under_torchrun_writes_once_from_rank_zero(tmp_path):
+    config = small_config(model=dict(loop_start=0, loop_len=2, loop_repeats=2), train=dict(val_every=2))
+    (tmp_path / "c.toml").write_text(config_to_toml(config))
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = torchrun(2, "-m", "pgolf.cli", "run", str(tmp_path / "c.toml"), "--data", DATA, "--device", "cpu",
+                      "--out", str(out), cwd=repo, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"wrote {out}") == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.toml", "out"]  # no staging folder of another rank left behind
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4 and len(metrics["val_history"]) == 1
+    assert metrics["model_bytes"] == (out / "final_model.pgolf").stat().st_size
