@@ -31,7 +31,7 @@ RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
 
 
 class ArtifactError(ValueError):
-    """A model file that is truncated, altered, or not a pgolf artifact of a known version."""
+    """A model file that is empty, truncated, altered, not a pgolf artifact of a known version, or holds NaN/inf."""
 
 
 def compress(raw: bytes, compressor: str, level: int) -> bytes:
@@ -107,7 +107,7 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
 def unpack(blob: bytes) -> tuple[dict, list[StoredTensor]]:
     """(meta, stored tensors) of a model file; raises ArtifactError naming the first problem found."""
     if len(blob) < PREFIX.size:
-        raise ArtifactError(f"model file is truncated: {len(blob)} bytes, shorter than its header")
+        raise ArtifactError(f"model file is truncated: {len(blob)} bytes, shorter than its header" if blob else "the file is empty")
     magic, version, compressor_id, count = PREFIX.unpack_from(blob, 0)
     if magic != MAGIC:
         raise ArtifactError("not a pgolf model file (wrong magic)")
@@ -160,6 +160,8 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
         if offset < 0 or nbytes != count * np_dtype.itemsize or offset + nbytes > len(payload):
             raise ArtifactError(f"tensor {entry.name}: array {role} does not fit its frame (size mismatch)")
         arr = byte_unshuffle(payload[offset : offset + nbytes], np_dtype, count).reshape(shape)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # else it would surface only as a NaN score
+            raise ArtifactError(f"tensor {entry.name} holds {'NaN' if np.isnan(arr).any() else 'inf'}")
         setattr(entry, role, arr)
     expected_count = int(np.prod(entry.shape, dtype=np.int64)) if entry.shape else 1
     main = entry.q if entry.kind == "int" else entry.data

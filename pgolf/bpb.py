@@ -6,6 +6,7 @@ control, unknown and unused pieces count 0. bpb = (mean CE in nats / ln 2) * (to
 """
 
 import math
+import os
 
 import numpy as np
 import sentencepiece as spm
@@ -20,10 +21,15 @@ class TokenizerError(ValueError):
 def load_tokenizer(path: str, vocab_size: int | None = None) -> spm.SentencePieceProcessor:
     if not str(path).endswith(".model"):
         raise TokenizerError(f"tokenizer {path} is not a SentencePiece .model file")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise TokenizerError(f"tokenizer {path} is an empty file")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as exc:
-        raise TokenizerError(f"cannot load tokenizer {path}: {str(exc).strip().splitlines()[-1]}") from None
+        reason = str(exc).strip().splitlines()[-1]
+        if "could not parse ModelProto" in reason:  # SentencePiece's words for bytes that are no model
+            reason = "not a SentencePiece model"
+        raise TokenizerError(f"cannot load tokenizer {path}: {reason}") from None
     if vocab_size is not None and int(sp.vocab_size()) != vocab_size:
         raise TokenizerError(f"tokenizer {path} has {int(sp.vocab_size())} pieces but the config's vocab_size is {vocab_size}")
     return sp

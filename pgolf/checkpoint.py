@@ -8,8 +8,9 @@ import os
 
 import torch
 
-from pgolf.artifact import ArtifactError, pack, read_artifact
+from pgolf.artifact import MAGIC, ArtifactError, pack, unpack
 from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from pgolf.files import describe
 from pgolf.model import GPT
 from pgolf.quant import StoredTensor, dequantize_state_dict
 
@@ -32,18 +33,29 @@ def checkpoint_bytes(model: GPT, config: RunConfig) -> bytes:
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[GPT, RunConfig]:
-    meta, stored = read_artifact(path)
-    if not meta.get("checkpoint"):
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    if not blob.startswith(MAGIC):
+        raise ArtifactError(f"{path} is not a pgolf checkpoint: it is {describe(blob)}")
+    try:
+        meta, stored = unpack(blob)  # checks the container, and that no tensor holds NaN or inf
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    if not isinstance(meta, dict) or not meta.get("checkpoint"):
         raise ArtifactError(f"{path} is a quantized model file, not a float checkpoint")
     try:
         config = config_from_dict(meta["config"])
-    except (KeyError, ConfigError) as exc:
+    except (KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: checkpoint config is malformed ({exc})") from None
     model = GPT(config.model)
     state = dequantize_state_dict(stored)
-    missing = set(model.state_dict()) ^ set(state)
-    if missing:
-        raise ArtifactError(f"{path}: checkpoint tensors do not match its config ({sorted(missing)[:3]})")
+    expected = model.state_dict()
+    mismatched = sorted(set(expected) ^ set(state)) or [k for k in expected if state[k].shape != expected[k].shape]
+    if mismatched:
+        raise ArtifactError(f"{path}: checkpoint tensors do not match its config ({mismatched[:3]})")
     model.load_state_dict(state, strict=True)
     return model.to(device), config
 
@@ -53,10 +65,20 @@ def load_any_checkpoint(path: str, seq_len: int = 1024, device: torch.device | s
     from pgolf.official import import_official
 
     if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, CHECKPOINT_FILE)):
+            raise ArtifactError(f"{path} is a folder without a {CHECKPOINT_FILE}")
         path = os.path.join(path, CHECKPOINT_FILE)
-    if path.endswith(".pgolf"):
+    if path.endswith(".pgolf") or _starts_with(path, MAGIC):  # by content too: a renamed checkpoint still loads
         return load_checkpoint(path, device)
     state, config, _ = import_official(path, seq_len)
     model = GPT(config.model)
     model.load_state_dict(state, strict=True)
     return model.to(device), config
+
+
+def _starts_with(path: str, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False  # the loader it goes to names the problem

@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 1337
     seq_len: int = 1024
     batch_tokens: int = 524_288
-    micro_batch_tokens: int = 0  # tokens per forward/backward pass; 0 = the whole batch at once
+    micro_batch_tokens: int = 0  # tokens per forward/backward pass of one rank; 0 = the rank's whole share at once
     # Each step's batch is cut from the token stream as this many consecutive spans (+1 target token
     # each), shared out in order over ranks and micro-batches: the official loader's cut into its 8
     # ranks x accumulation steps, so the model sees the official script's sequences however it batches.
@@ -176,6 +176,12 @@ def load_config_file(path) -> RunConfig:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML config file (binary, not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if not data:  # an emptied file must not silently mean the 9x512 baseline
+        raise ConfigError(f"{path}: config file is empty (for the defaults, name the shipped config 'baseline')")
     try:
         return config_from_dict(data)
     except ConfigError as exc:

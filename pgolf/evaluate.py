@@ -6,6 +6,7 @@ only its last `stride` targets (the first window scores all of its targets), so 
 exactly once with at least seq_len - stride tokens of context. Both report eval seconds.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pgolf.bpb import bits_per_byte
+
+
+class NonFiniteScore(ArithmeticError):
+    """An evaluation loss that is NaN or infinite: it fails the run, it is never ranked."""
 
 
 @dataclass
@@ -84,6 +89,9 @@ def evaluate_bpb(
     seconds = time.perf_counter() - t0
     model.train(was_training)
     loss_sum, tokens, byte_count = (float(v) for v in sums.tolist())
+    if not math.isfinite(loss_sum):
+        raise NonFiniteScore(f"evaluation loss is {loss_sum / tokens} over {int(tokens):,} validation tokens: "
+                             "the model's outputs are not finite")
     return EvalResult(loss=loss_sum / tokens, bpb=bits_per_byte(loss_sum, tokens, byte_count), tokens=int(tokens),
                       bytes=int(byte_count), seconds=seconds)
 

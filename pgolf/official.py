@@ -20,11 +20,14 @@ hold anything but tensors and plain containers, is refused before anything in it
 import io
 import pickle
 import re
+import warnings
 import zlib
 
 import torch
 
+from pgolf.artifact import MAGIC
 from pgolf.config import ModelConfig, RunConfig, TrainConfig
+from pgolf.files import ZLIB_HEADERS, describe
 
 BLOCK_TENSORS = {"attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight", "attn.proj.weight", "attn.q_gain",
                  "mlp.fc.weight", "mlp.proj.weight", "attn_scale", "mlp_scale", "resid_mix"}
@@ -37,13 +40,20 @@ class CheckpointImportError(ValueError):
 
 
 def _safe_load(blob: bytes, path: str):
+    if not blob.startswith(b"PK\x03\x04") and blob[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a pickle
+        raise CheckpointImportError(f"{path} is not a torch checkpoint: it is {describe(blob)}")
     try:
-        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointImportError(f"refusing to load {path}: it is not a plain tensor file ({first[:200]})") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointImportError(f"cannot read {path} as a torch checkpoint: {str(exc).strip().splitlines()[0][:200]}") from None
+        # torch's message is a paragraph about its defaults; the weights-only unpickler's reason is one sentence of it.
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+        reason = found.group(1).split(". ")[0].strip()[:160] if found else "unsupported content"
+        raise CheckpointImportError(f"refusing to load {path}: it holds more than plain tensors ({reason})") from None
+    except Exception as exc:  # torch's readers fail on damaged bytes in many ways (zip, pickle, storages): all mean this
+        first = str(exc).strip().split(". ")[0].splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointImportError(f"{path} is a damaged or truncated torch checkpoint ({first})") from None
 
 
 def dequantize_official_int8(obj: dict, path: str) -> dict:
@@ -63,8 +73,8 @@ def dequantize_official_int8(obj: dict, path: str) -> dict:
         for name, t in obj["passthrough"].items():
             original = obj.get("passthrough_orig_dtypes", {}).get(name)
             state[name] = t.to(getattr(torch, original)).contiguous() if original else t.contiguous()
-    except (KeyError, AttributeError, TypeError) as exc:
-        raise CheckpointImportError(f"{path}: malformed int8 export ({exc!r})") from None
+    except (KeyError, AttributeError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # missing keys, wrong shapes
+        raise CheckpointImportError(f"{path}: malformed int8 export ({type(exc).__name__}: {str(exc)[:160]})") from None
     return state
 
 
@@ -75,16 +85,29 @@ def read_official(path: str) -> tuple[dict, str]:
             blob = f.read()
     except OSError as exc:
         raise CheckpointImportError(f"cannot read {path}: {exc.strerror}") from None
-    if blob[:2] in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda"):  # zlib headers: the int8 export
+    if blob.startswith(MAGIC):
+        raise CheckpointImportError(f"{path} is a pgolf model file or checkpoint, not an official train_gpt.py checkpoint "
+                                    f"(pgolf score and search allocate read a checkpoint.pgolf directly)")
+    kind = "float"
+    if blob[:2] in ZLIB_HEADERS:  # the int8 export
         try:
-            raw = zlib.decompress(blob)
+            blob = zlib.decompress(blob)
         except zlib.error as exc:
-            raise CheckpointImportError(f"{path}: corrupt zlib stream ({exc})") from None
-        return dequantize_official_int8(_safe_load(raw, path), path), "int8"
-    state = _safe_load(blob, path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointImportError(f"{path}: corrupt or truncated zlib stream ({exc})") from None
+        kind = "int8"
+    obj = _safe_load(blob, path)
+    state = dequantize_official_int8(obj, path) if kind == "int8" else obj
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointImportError(f"{path}: expected a state dict of tensors")
-    return state, "float"
+    check_finite(state, path)
+    return state, kind
+
+
+def check_finite(state: dict, path: str) -> None:
+    """Refuse weights holding NaN or inf, naming the first such tensor (they would only surface as a NaN score)."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointImportError(f"{path}: tensor {name} holds {'NaN' if bool(torch.isnan(t).any()) else 'inf'}")
 
 
 def infer_model_config(state: dict, path: str = "checkpoint") -> ModelConfig:
@@ -98,6 +121,9 @@ def infer_model_config(state: dict, path: str = "checkpoint") -> ModelConfig:
             raise CheckpointImportError(f"{path}: tensor {name!r} has no place in the baseline GPT layout")
     if "tok_emb.weight" not in state or not layers:
         raise CheckpointImportError(f"{path}: no tok_emb.weight or no blocks.N.* tensors: not a baseline-family checkpoint")
+    for name in ("tok_emb.weight", "blocks.0.attn.c_k.weight", "blocks.0.mlp.fc.weight"):  # the shape is read from these
+        if state.get(name) is None or state[name].ndim != 2:
+            raise CheckpointImportError(f"{path}: tensor {name!r} is missing or not a matrix")
     num_layers = max(layers) + 1
     vocab, dim = state["tok_emb.weight"].shape
     heads = state["blocks.0.attn.q_gain"].numel() if "blocks.0.attn.q_gain" in state else 0
@@ -105,6 +131,9 @@ def infer_model_config(state: dict, path: str = "checkpoint") -> ModelConfig:
         raise CheckpointImportError(f"{path}: blocks.0.attn.q_gain gives {heads} heads, which does not divide width {dim}")
     head_dim = dim // heads
     kv_rows = state["blocks.0.attn.c_k.weight"].shape[0]
+    if not kv_rows or kv_rows % head_dim or heads % (kv_rows // head_dim):
+        raise CheckpointImportError(f"{path}: blocks.0.attn.c_k.weight has {kv_rows} rows, not a whole number of KV heads "
+                                    f"of width {head_dim} dividing {heads} heads")
     hidden = state["blocks.0.mlp.fc.weight"].shape[0]
     config = ModelConfig(vocab_size=vocab, num_layers=num_layers, model_dim=dim, num_heads=heads,
                          num_kv_heads=kv_rows // head_dim, mlp_mult=hidden / dim, tie_embeddings="lm_head.weight" not in state)

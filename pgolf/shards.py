@@ -21,24 +21,31 @@ class ShardError(ValueError):
     """A shard file that is missing, truncated or not in the challenge format."""
 
 
-def read_shard(path: str) -> np.ndarray:
-    """Tokens of one shard as uint16, after checking the header and the exact file size."""
+def shard_tokens(path: str) -> int:
+    """The token count of one shard, after checking its header and exact file size."""
     try:
         size = os.path.getsize(path)
         header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_INTS)
     except OSError as exc:
         raise ShardError(f"cannot read shard {path}: {exc.strerror}") from None
+    if not size:
+        raise ShardError(f"shard {path} is empty")
+    if header.size and int(header[0]) != SHARD_MAGIC:
+        raise ShardError(f"{path} is not a token shard (wrong magic {int(header[0])}, expected {SHARD_MAGIC})")
     if header.size != SHARD_HEADER_INTS:
         raise ShardError(f"shard {path} is truncated: {size} bytes, shorter than its {SHARD_HEADER_BYTES}-byte header")
-    if int(header[0]) != SHARD_MAGIC:
-        raise ShardError(f"shard {path} has wrong magic {int(header[0])} (expected {SHARD_MAGIC})")
     if int(header[1]) != SHARD_VERSION:
         raise ShardError(f"shard {path} has unsupported version {int(header[1])} (expected {SHARD_VERSION})")
     num_tokens = int(header[2])
     expected = SHARD_HEADER_BYTES + 2 * num_tokens
     if num_tokens < 0 or size != expected:
         raise ShardError(f"shard {path} is truncated or padded: {size} bytes, header says {num_tokens} tokens ({expected} bytes)")
-    return np.fromfile(path, dtype="<u2", count=num_tokens, offset=SHARD_HEADER_BYTES)
+    return num_tokens
+
+
+def read_shard(path: str) -> np.ndarray:
+    """Tokens of one shard as uint16, after checking the header and the exact file size."""
+    return np.fromfile(path, dtype="<u2", count=shard_tokens(path), offset=SHARD_HEADER_BYTES)
 
 
 def write_shard(path: str, tokens: np.ndarray) -> None:
@@ -63,8 +70,8 @@ def shard_files(pattern: str) -> list[str]:
 
 
 def token_count(pattern: str) -> int:
-    """Tokens in all shards matching `pattern`, from their headers alone."""
-    return sum(int(np.fromfile(f, dtype="<i4", count=3)[2]) for f in shard_files(pattern))
+    """Tokens in all shards matching `pattern`, from their (checked) headers alone."""
+    return sum(shard_tokens(f) for f in shard_files(pattern))
 
 
 def check_vocab(tokens: np.ndarray, vocab_size: int, what: str) -> None:
@@ -106,6 +113,8 @@ class TokenStream:
 
     def _load(self, index: int) -> np.ndarray:
         tokens = read_shard(self.files[index])
+        if not tokens.size:  # a stream over it would wait forever for its next token
+            raise ShardError(f"shard {self.files[index]} holds no tokens")
         check_vocab(tokens, self.vocab_size, f"shard {self.files[index]}")
         return tokens
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from pgolf.artifact import ArtifactError, pack, unpack
 from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, validate
-from pgolf.evaluate import evaluate_bpb
+from pgolf.evaluate import NonFiniteScore, evaluate_bpb
 from pgolf.model import GPT
 from pgolf.quant import dequantize_state_dict, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
@@ -31,7 +31,7 @@ CONFIG: dict = {}  # the standalone script carries its trial's configuration her
 MODEL_FILE = "final_model.pgolf"
 RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.
-EXPECTED_ERRORS = (ArtifactError, ConfigError, ShardError, TokenizerError, TrainingDiverged, OSError)
+EXPECTED_ERRORS = (ArtifactError, ConfigError, NonFiniteScore, ShardError, TokenizerError, TrainingDiverged, OSError)
 ENV_OVERRIDES = {
     "SEED": ("train", "seed", int),
     "ITERATIONS": ("train", "iterations", int),
@@ -111,6 +111,8 @@ def export_model(model: GPT, config: RunConfig) -> tuple[bytes, dict, list]:
 def load_model(blob: bytes, device: torch.device) -> tuple[GPT, ModelConfig, EvalConfig]:
     """A fresh model holding the dequantized weights of a model file, and its eval settings."""
     meta, stored = unpack(blob)
+    if meta.get("checkpoint"):
+        raise ArtifactError("this is a float checkpoint, not a quantized model file")
     try:
         model_cfg = ModelConfig(**meta["model"])
         eval_cfg = EvalConfig(**meta["eval"])

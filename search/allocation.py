@@ -34,6 +34,7 @@ from objectives.bytes import compressed_floats, compressed_symbols
 from pgolf.assemble import assemble_script, code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
+from pgolf.evaluate import NonFiniteScore
 from pgolf.model import GPT, is_control_tensor
 from pgolf.quant import quantize_tensor
 from pgolf.shards import TokenStream, token_count
@@ -173,6 +174,8 @@ def mean_loss(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, auto
             loss = model(x[start : start + 64], y[start : start + 64], repeats=repeats, reduction="sum")
         total += float(loss)
         count += y[start : start + 64].numel()
+    if not math.isfinite(total):  # sensitivities and unroll choice would silently compare NaNs
+        raise NonFiniteScore(f"allocation: held-out training loss is {total / count}: the model's outputs are not finite")
     return total / count
 
 
@@ -381,6 +384,9 @@ def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime) -> N
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
     fresh, _, eval_cfg = load_model(blob, runtime.device)
-    post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
+    try:
+        post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
+    except NonFiniteScore as exc:  # fails the trial (or `search allocate`): a candidate without a score is never ranked
+        raise NonFiniteScore(f"allocation candidate {candidate.label!r} after its round trip: {exc}") from None
     candidate.val_bpb, candidate.val_loss, candidate.eval_seconds = post.bpb, post.loss, post.seconds
     candidate.feasible = candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds
