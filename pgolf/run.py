@@ -25,6 +25,7 @@ from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
+from pgolf.files import FileFormatError, read_json
 from pgolf.model import count_params
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
@@ -150,10 +151,6 @@ def summary(m: dict) -> str:
 
 def read_metrics(out_dir: str) -> dict:
     path = os.path.join(out_dir, METRICS_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{out_dir} is not a pgolf run folder (no {METRICS_FILE})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    if not os.path.isfile(path):
+        raise FileFormatError(f"{out_dir} is not a pgolf run folder (no {METRICS_FILE})")
+    return read_json(path, "run metrics")
