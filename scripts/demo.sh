@@ -9,3 +9,6 @@ study="${STUDY:-demo-$(date +%Y%m%d-%H%M%S)}"  # STUDY=name to choose it
 .venv/bin/search status "$study"
 .venv/bin/search pareto "$study"
 .venv/bin/search report "$study"
+# The same study in Optuna's own viewer, which serves it until Ctrl-C:
+storage=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["storage"])' "${PGOLF_RESULTS:-results}/$study/study.json")
+echo "to browse it in optuna-dashboard: .venv/bin/optuna-dashboard $storage"
