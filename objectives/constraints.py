@@ -3,12 +3,16 @@
 from dataclasses import dataclass
 
 OBJECTIVE_MODES = {"bpb": ("minimize",), "bpb,bytes": ("minimize", "minimize")}
+METRIC_NAMES = {"bpb": ["val_bpb"], "bpb,bytes": ["val_bpb", "artifact_bytes"]}  # the values' names, in order
 CONSTRAINT_KEYS = ("artifact_bytes", "train_seconds", "eval_seconds")
+# The pre-Optuna-5 system attribute: one list in CONSTRAINT_KEYS order. optuna-dashboard (0.21) reads only
+# this one, to grey out infeasible trials; Optuna 5 itself keeps one "constraints:<key>" attribute per key.
+LEGACY_CONSTRAINTS_ATTR = "constraints"
 
 
 @dataclass
 class Outcome:
-    """What a finished trial measured: post-roundtrip bpb and the three capped quantities."""
+    """What a finished trial measured: post-roundtrip bpb (nan when there is none) and the three capped quantities."""
 
     val_bpb: float
     artifact_bytes: int
@@ -23,6 +27,23 @@ def constraint_values(outcome: Outcome, caps) -> dict:
         "train_seconds": outcome.train_seconds - caps.train_seconds,
         "eval_seconds": outcome.eval_seconds - caps.eval_seconds,
     }
+
+
+def record_constraints(trial, constraints: dict) -> None:
+    """Store a trial's constraints for every reader of the study's storage:
+    - Optuna 5 (samplers, best_trial): trial.set_constraint, one per key;
+    - optuna-dashboard's plots: the legacy list (Optuna 5 reads it back too, as extra keys "0".."2" of
+      trial.constraints with the same values, so feasibility is unchanged; named_constraints drops them);
+    - people, on the dashboard's trial page, which lists user attributes but not constraints."""
+    for key in CONSTRAINT_KEYS:
+        trial.set_constraint(key, constraints[key])
+    trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR, [constraints[k] for k in CONSTRAINT_KEYS])
+    trial.set_user_attr("constraints", {k: constraints[k] for k in CONSTRAINT_KEYS})
+
+
+def named_constraints(trial) -> dict:
+    """A trial's constraints by name, without the legacy list's numbered copies."""
+    return {k: v for k, v in trial.constraints.items() if k in CONSTRAINT_KEYS}
 
 
 def is_feasible(constraints: dict) -> bool:

@@ -1,8 +1,11 @@
 """`pgolf`: run one config end to end, re-score a saved artifact, get data."""
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import tomllib
 
@@ -10,15 +13,17 @@ from pgolf.artifact import ArtifactError
 from pgolf.bpb import TokenizerError
 from pgolf.config import ConfigError, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config, shipped_configs
-from pgolf.datasets import DataError, default_data_root, resolve_data
+from pgolf.datasets import DataError, DataPaths, default_data_root, resolve_data
+from pgolf.evaluate import NonFiniteScore
+from pgolf.files import FileFormatError
 from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
-from pgolf.staging import OutputExists
+from pgolf.staging import Interrupted, OutputExists
 from pgolf.train import TrainingDiverged
 
 # Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
 USER_ERRORS = (ArtifactError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
-               FileNotFoundError, NotADirectoryError, PermissionError)
+               FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore)
 
 
 def apply_overrides(config, overrides: list[str]):
@@ -47,22 +52,35 @@ def cmd_run(args) -> int:
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run(config, data, out, device=args.device, force=args.force)
-    print(f"wrote {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote it
+        print(f"wrote {out}")
     return 0
 
 
+def recorded_run(out: str) -> tuple[dict, DataPaths]:
+    """(metrics, data paths) a run folder recorded, refusing a folder or metrics.json that is not a run's."""
+    from pgolf.run import METRICS_FILE, read_metrics
+
+    path = os.path.join(out, METRICS_FILE)
+    recorded = read_metrics(out)
+    try:
+        int(recorded["config"]["model"]["vocab_size"])
+        data = DataPaths(**recorded["data"])
+        bpb = float(recorded["val_bpb_post"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path} is not the metrics of a pgolf run ({type(exc).__name__}: {exc})") from None
+    if not math.isfinite(bpb):
+        raise FileFormatError(f"{path} records val_bpb_post {bpb}: not a score to reproduce")
+    return recorded, data
+
+
 def cmd_eval(args) -> int:
-    from pgolf.run import read_metrics, rescore
+    from pgolf.run import rescore
     from pgolf.submission import setup_runtime
 
-    recorded = read_metrics(args.out)
-    vocab = recorded["config"]["model"]["vocab_size"]
+    recorded, data = recorded_run(args.out)
     if args.data or args.tokenizer:
-        data = resolve_data(args.data or default_data_root(), vocab, args.tokenizer)
-    else:
-        from pgolf.datasets import DataPaths
-
-        data = DataPaths(**recorded["data"])
+        data = resolve_data(args.data or default_data_root(), recorded["config"]["model"]["vocab_size"], args.tokenizer)
     result = rescore(args.out, data, setup_runtime(args.device))
     same = result["val_bpb_post"] == recorded["val_bpb_post"]
     print(f"val_bpb {result['val_bpb_post']:.8f} (recorded {recorded['val_bpb_post']:.8f}: "
@@ -189,16 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dispatch(prog: str, args, errors: tuple = USER_ERRORS, interrupted: str = "interrupted") -> int:
-    """Run a parsed subcommand; a user error is one line on stderr and exit 1, Ctrl-C exit 130."""
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
+    """Run a parsed subcommand; a user error is one line on stderr and exit 1; Ctrl-C exits 130, SIGTERM 143."""
+    # SIGTERM (`kill`, a scheduler stopping a job) would end Python on the spot, leaving staging folders behind;
+    # as an exception it unwinds like Ctrl-C, so nothing half-written stays.
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     try:
         return args.func(args)
     except errors as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\n{prog}: {interrupted}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"\n{prog}: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,11 @@ class DataError(ValueError):
     """Data that cannot be found or built; the message names the path."""
 
 
+class ShardsWithoutTokenizer(DataError):
+    """A folder of shards given without their tokenizer. The remedy named (--tokenizer) is for the commands that
+    have that flag; a caller without it catches this and names its own."""
+
+
 @dataclass
 class DataPaths:
     train_pattern: str
@@ -72,7 +77,7 @@ def _official_layout(root: str, vocab_size: int) -> DataPaths | None:
 def _shard_dir_layout(root: str, tokenizer: str | None, vocab_size: int) -> DataPaths | None:
     if glob.glob(os.path.join(root, "fineweb_train_*.bin")) and glob.glob(os.path.join(root, "fineweb_val_*.bin")):
         if tokenizer is None:
-            raise DataError(f"{root} holds shards but no tokenizer: pass --tokenizer FILE")
+            raise ShardsWithoutTokenizer(f"{root} holds shards but no tokenizer: pass --tokenizer FILE")
         return DataPaths(os.path.join(root, "fineweb_train_*.bin"), os.path.join(root, "fineweb_val_*.bin"), tokenizer, vocab_size)
     return None
 

@@ -37,7 +37,7 @@ def fetch_official(target: str, variant: str, train_shards: int, repo: str) -> N
         socket.create_connection(("huggingface.co", 443), timeout=10).close()
     except OSError as exc:
         raise DataError(f"cannot reach huggingface.co ({exc.strerror or exc}): fetching needs internet; "
-                        "point --data at local shards instead") from None
+                        "put the shards and tokenizer under --dir in the challenge layout yourself, or pass the other commands --data") from None
     vocab = variant[2:]
     dataset = f"fineweb10B_{variant}"
     files = [(f"datasets/{dataset}/fineweb_val_000000.bin", f"datasets/{dataset}/fineweb_val_000000.bin")]

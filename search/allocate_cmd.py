@@ -57,7 +57,7 @@ def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer
                "model_bytes": len(best.blob), "code_bytes": best.byte_groups["code"], "bytes_by_group": best.byte_groups,
                "eval_seconds": best.eval_seconds, "config": config_to_dict(best.config), "data": dataclasses.asdict(data),
                "allocation_seconds": result.seconds}
-    with staged_dir(out, replace=replace) as stage:
+    with staged_dir(out, replace=replace, flag="--replace") as stage:
         write_candidate(stage, best)
         for name, content in (("allocation.json", result.record()), ("metrics.json", metrics)):
             with open(os.path.join(stage, name), "w", encoding="utf-8") as f:

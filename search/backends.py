@@ -19,7 +19,10 @@ class Job:
     handle: object = None
 
 
-def _die_with_parent() -> None:
+def _trial_process_setup() -> None:
+    # A process group of its own: Ctrl-C in a terminal sends SIGINT to the whole foreground group, and the
+    # trial must not die of its own KeyboardInterrupt; the coordinator stops it and decides what it becomes.
+    os.setpgid(0, 0)
     # Linux: if the coordinator is killed (even with -9), its trial processes get SIGKILL too,
     # instead of training on as orphans that nobody will record.
     try:
@@ -51,7 +54,7 @@ class LocalBackend:
     def launch(self, job: Job) -> None:
         log = open(os.path.join(job.directory, "worker.log"), "wb")
         job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
-                                      env=worker_env(self.threads), preexec_fn=_die_with_parent,
+                                      env=worker_env(self.threads), preexec_fn=_trial_process_setup,
                                       cwd=os.getcwd())
         log.close()
 

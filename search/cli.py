@@ -1,10 +1,12 @@
 """`search`: run, resume and inspect studies; Pareto fronts, reports, export, verify, confirm, allocate."""
 
 import argparse
+import os
 import sys
 
 from pgolf import cli as pgolf_cli
 from pgolf.datasets import default_data_root
+from pgolf.staging import check_target
 
 from search.study import RESULTS_DIR, SAMPLERS, StudyError
 from search.verify import VerifyError
@@ -60,7 +62,7 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from search.verify import verify
 
-    report = verify(args.dir, args.data, args.tolerance, args.device)
+    report = verify(args.dir, args.data, args.tolerance, args.device, args.tokenizer)
     print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
           f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
           f"(difference {report['difference']:.1e})")
@@ -86,6 +88,8 @@ def cmd_allocate(args) -> int:
         ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
         ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity)) if value is not None}
     out = args.out or f"allocation-{args.cap}"
+    # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
+    check_target(os.path.abspath(out), args.replace, "--replace")
     metrics = allocate_checkpoint(args.checkpoint, args.cap, out, args.data, args.tokenizer, args.seq_len,
                                   args.eval_seconds, options, args.device, args.replace)
     print(format_table(metrics))
@@ -100,7 +104,8 @@ def add_run_options(p, resume: bool) -> None:
     p.add_argument("--backend", choices=("local", "ray"), help="where trials run (default: local processes)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--device", help="device for trials: cpu, cuda (default: the space's run.device)")
-    p.add_argument("--data", help="data root (default: the space's run.data, else PGOLF_DATA or ../shared/data)")
+    p.add_argument("--data", help="data root (default: " + ("the one the study started with" if resume else
+                   "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
     p.add_argument("--results", default=RESULTS_DIR, help="folder holding studies (default: %(default)s)")
 
 
@@ -147,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="re-score an exported submission in a fresh process without network")
     p.add_argument("dir")
-    p.add_argument("--data", help="data root (default: the data the trial was scored on)")
+    p.add_argument("--data", help="data root or shard folder (default: the data the trial was scored on)")
+    p.add_argument("--tokenizer", help="SentencePiece .model for the shards (default: found under --data; without --data, the recorded one)")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed bpb difference (default: exact)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_verify)
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return pgolf_cli.dispatch("search", args, USER_ERRORS, "interrupted; `search resume` continues the study")
+    return pgolf_cli.dispatch("search", args, USER_ERRORS)  # a study's coordinator names its own resume command
 
 
 if __name__ == "__main__":

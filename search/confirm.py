@@ -98,9 +98,9 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             command = [sys.executable, "-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
                        "--tokenizer", data["tokenizer"], "--out", out, "--force"] + (["--device", device] if device else [])
             log(f"seed {seed}: training ({out})")
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise StudyError(f"seed {seed} failed: {(result.stderr.strip() or 'no output').splitlines()[-1]}")
+            code, stderr = run_child(command)
+            if code != 0:
+                raise StudyError(f"seed {seed} failed: {(stderr.strip() or 'no output').splitlines()[-1]}")
         metrics = read_metrics(out)
         runs.append(metrics)
         log(f"seed {seed}: val_bpb {metrics['val_bpb_post']:.6f} val_loss {metrics['val_loss_post']:.6f} nats, "
@@ -117,6 +117,22 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
                "record": bool(test["p"] < RECORD_P_VALUE) if not math.isnan(test["p"]) else False,
                "max_bytes": max(m["artifact_bytes"] for m in runs)}
     return summary
+
+
+def run_child(command: list[str]) -> tuple[int, str]:
+    """(exit code, stderr) of a child process. If this one is interrupted, the child is sent SIGTERM and waited
+    for, so that it removes its own staging folder (subprocess.run would SIGKILL it and leave the folder)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            _, stderr = child.communicate()
+        except BaseException:
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+    return child.returncode, stderr
 
 
 def _study_trials(settings):

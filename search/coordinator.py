@@ -2,23 +2,27 @@
 
 Ask/tell stays here (not in Ray Tune), so constraints and pruning work with every backend:
 - ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
-  config whose cheapest allowed allocation is over the byte cap (told as an infeasible trial, with the
-  reason, so the sampler learns the boundary);
+  config whose cheapest allowed allocation is over the byte cap (told PRUNED, with its constraints and
+  the reason, so the sampler learns the boundary: see tell_unscored);
 - run: the trial process trains (reporting val bpb to the pruner), allocates and writes its folder;
 - tell: values (post-roundtrip bpb; and bytes in Pareto mode) with constraints bytes/train/eval - cap.
 A trial's folder is staged and renamed into trials/NNNN only when its process ended, so a killed
 study leaves no half-written trial; `search resume` fails trials left RUNNING by dead owners and
-runs their configs again.
+runs their configs again. SIGINT (Ctrl-C) and SIGTERM stop the study in order: finished trials are
+kept, running ones are stopped, failed and queued to run again, and the resume command is printed.
 """
 
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 
@@ -26,15 +30,15 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
-from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values
+from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values, record_constraints
 from pgolf.config import QuantConfig, config_to_dict
+from pgolf.staging import Interrupted
 from search.backends import Job, make_backend
-from search.study import TRIALS_DIR, StudyError, trial_dir
+from search.study import TRIALS_DIR, StudyError, study_command, trial_dir
 from search.trial import REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
 
-REJECTED_BPB = 99.0  # value of a trial rejected before training (it is infeasible, so never "best")
 MAX_CONSECUTIVE_FAILURES = 5
 
 
@@ -67,9 +71,10 @@ def file_lock(path: str):
 
 
 def study_calibration(study: optuna.Study, before: float | None = None) -> Calibration:
-    """Byte-predictor calibration from this study's trained checkpoints (finished before `before`)."""
+    """Byte-predictor calibration from this study's trained checkpoints (finished before `before`); trials
+    trained but over the byte cap are PRUNED (see tell_unscored) and count too."""
     observations = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if "calibration" in t.user_attrs and (before is None or t.datetime_complete.timestamp() < before):
             observations.append(t.user_attrs["calibration"])
     return Calibration.from_observations(observations) if observations else load_calibration()
@@ -105,6 +110,8 @@ class Coordinator:
         self.backend = make_backend(settings.backend, settings.workers, settings.address)
         self.jobs: dict[int, tuple[Job, optuna.trial.Trial]] = {}
         self.started = time.time()
+        self.stop_signal = None  # set by SIGINT / SIGTERM while run() is looping
+        self.stopped: list[int] = []  # trials it stopped, failed and queued again
         self.failures_in_row = 0
         self.done_at_start = self.finished()
         self.last_line, self.last_print = None, 0.0
@@ -112,8 +119,14 @@ class Coordinator:
 
     # -- counting -------------------------------------------------------------------------------
     def counts(self) -> dict:
-        states = [t.state for t in self.study.get_trials(deepcopy=False)]
-        return {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+        trials = self.study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+        # Rejected before training, or trained with no allocation under the cap: PRUNED in the storage
+        # (tell_unscored), but not what a user means by pruned.
+        counts["over cap"] = sum(t.state == TrialState.PRUNED and t.user_attrs.get("stage") in ("rejected", "infeasible")
+                                 for t in trials)
+        return counts
 
     def finished(self) -> int:
         c = self.counts()
@@ -149,10 +162,7 @@ class Coordinator:
         trial.set_user_attr("stage", "rejected")
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("config", config_to_dict(config))
-        outcome = Outcome(val_bpb=REJECTED_BPB, artifact_bytes=minimum, train_seconds=0.0, eval_seconds=0.0)
-        for key, value in constraint_values(outcome, self.space.caps).items():
-            trial.set_constraint(key, value)
-        self.study.tell(trial, objective_values(outcome, self.settings.objectives))
+        tell_unscored(self.study, trial, constraint_values(Outcome(math.nan, minimum, 0.0, 0.0), self.space.caps))
         self.say(f"trial {trial.number}: rejected before training: {reason}")
 
     def start(self, trial, config) -> None:
@@ -218,53 +228,101 @@ class Coordinator:
             if key in m:
                 trial.set_user_attr(key, m[key])
         if result["status"] == "infeasible":
+            # Trained, but no allowed allocation fits the byte cap: nothing was packed, so there is no
+            # post-roundtrip bpb, and the excess is unknown (one byte over stands for "over the cap").
             trial.set_user_attr("stage", "infeasible")
             trial.set_user_attr("reason", result["reason"])
-            outcome = Outcome(REJECTED_BPB, self.space.caps.artifact_bytes + 1, m["train_seconds"], 0.0)
-        else:
-            trial.set_user_attr("stage", "complete")
-            for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
-                        "quant_gap_bpb", "allocation", "config"):
-                trial.set_user_attr(key, m[key])
-            calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
-            from pgolf.config import config_from_dict
+            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m["train_seconds"], 0.0)
+            tell_unscored(self.study, trial, constraint_values(outcome, self.space.caps))
+            self.say(f"trial {trial.number}: infeasible after {m['train_seconds']:.0f}s of training: {result['reason']}")
+            return
+        trial.set_user_attr("stage", "complete")
+        for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
+                    "quant_gap_bpb", "allocation", "config"):
+            trial.set_user_attr(key, m[key])
+        calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
+        from pgolf.config import config_from_dict
 
-            predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
-            trial.set_user_attr("predicted_bytes", predicted)
-            trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
-            outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
+        predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
+        trial.set_user_attr("predicted_bytes", predicted)
+        trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
+        outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
         constraints = constraint_values(outcome, self.space.caps)
-        for key, value in constraints.items():
-            trial.set_constraint(key, value)
+        record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))
         self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
                  f"eval {outcome.eval_seconds:.1f}s, {'feasible' if is_feasible(constraints) else 'infeasible'}")
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self) -> None:
-        stop_asking = False
+        previous = self._catch_stop_signals()
         try:
-            while True:
-                timed_out = self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
-                if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES and not stop_asking:
-                    self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row")
-                    stop_asking = True
-                while not (stop_asking or timed_out) and len(self.jobs) < self.settings.workers:
-                    if not self.launch_next():
-                        stop_asking = True
-                if not self.jobs and (stop_asking or timed_out):
-                    break
-                self.collect()
-                self.progress()
-                time.sleep(0.5)
+            self._loop()
+            if self.stop_signal is not None:
+                self.stop_running()
         finally:
-            for job, trial in self.jobs.values():
+            for job, trial in self.jobs.values():  # only after an unexpected error: no trial outlives the study
                 self.backend.cancel(job)
             self.backend.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self.progress(final=True)
+        resume = study_command("resume", self.settings.name, os.path.dirname(self.directory))
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal, f"interrupted by {signal.Signals(self.stop_signal).name}: {self.finished()} finished "
+                                                f"trial(s) kept, {len(self.stopped)} stopped and queued to run again; {resume} continues the study")
         if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
             raise StudyError(f"study {self.settings.name} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row: "
-                             f"see {self.directory}/trials/*/error.txt; `search resume {self.settings.name}` continues it")
+                             f"see {self.directory}/trials/*/error.txt; {resume} continues it")
+
+    def _loop(self) -> None:
+        stop_asking = False
+        while self.stop_signal is None:
+            timed_out = self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
+            if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES and not stop_asking:
+                self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row")
+                stop_asking = True
+            while not (stop_asking or timed_out or self.stop_signal) and len(self.jobs) < self.settings.workers:
+                if not self.launch_next():
+                    stop_asking = True
+            if not self.jobs and (stop_asking or timed_out):
+                break
+            self.collect()
+            self.progress()
+            time.sleep(0.5)
+
+    def _catch_stop_signals(self) -> dict:
+        """SIGINT and SIGTERM only set stop_signal, which the loop reads between steps: an exception raised
+        mid-step could cut a storage write or a folder rename in half. Returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def stop(signum, frame):
+            self.stop_signal = self.stop_signal or signum
+
+        return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop_running(self) -> None:
+        """Stop every running trial: one that had already ended is told as usual; the others are failed,
+        their folders removed (nothing half-written) and their configs queued to run again."""
+        name = signal.Signals(self.stop_signal).name
+        self.say(f"{name}: stopping {len(self.jobs)} running trial(s)")
+        for number, (job, trial) in sorted(self.jobs.items()):
+            self.backend.cancel(job)
+            code = self.backend.poll(job)
+            del self.jobs[number]
+            if code == 0:  # it finished before it could be stopped: its result stands
+                self.finish(trial, job, code)
+                continue
+            # Queued before it is failed: if this process dies in between, recover_stale finds the retry and
+            # does not queue a second one.
+            requeue(self.study, number, trial.params, trial.user_attrs)
+            trial.set_user_attr("stage", "failed")
+            trial.set_user_attr("reason", f"stopped by {name}; queued to run again as a new trial")
+            self.study.tell(trial, state=TrialState.FAIL)
+            shutil.rmtree(job.directory, ignore_errors=True)
+            self.stopped.append(number)
+            self.say(f"trial {number}: stopped by {name}; marked failed and queued to run again")
 
     # -- reporting ------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -283,7 +341,7 @@ class Coordinator:
         if new_done > 0 and done < self.settings.trials:
             eta = _duration(elapsed / new_done * (self.settings.trials - done))
         line = (f"[{self.settings.name}] {done}/{self.settings.trials} done, {c[TrialState.RUNNING]} running, "
-                f"{c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed | best feasible bpb "
+                f"{c[TrialState.PRUNED] - c['over cap']} pruned, {c['over cap']} over the cap, {c[TrialState.FAIL]} failed | best feasible bpb "
                 f"{'%.4f (#%d)' % (best.values[0], best.number) if best else '-'} | elapsed {_duration(elapsed)} ETA {eta}")
         if self.out.isatty() and not final:
             self.out.write("\r\033[K" + line)
@@ -296,8 +354,25 @@ class Coordinator:
             self.last_line, self.last_print = state, time.time()
 
 
+def tell_unscored(study: optuna.Study, trial, constraints: dict) -> None:
+    """Tell a trial that has no post-roundtrip bpb (rejected before training, or trained but no allocation
+    fits) as PRUNED with its constraints, not as COMPLETE with a placeholder value.
+
+    TPE (Optuna 5) learns from COMPLETE and PRUNED trials alike and files any trial with a positive
+    constraint among the "bad" ones before it looks at state or value, so it avoids over-cap regions exactly
+    as it did when these were COMPLETE with a placeholder (FAIL would hide them from it). A placeholder
+    value, though, flattens every history plot and feeds parameter importances (Optuna's and the
+    dashboard's read COMPLETE trials only) with trials that never trained. NSGA-II breeds from COMPLETE
+    trials only, so it no longer sees these; it bred from infeasible ones only when too few were feasible.
+    A trained one that reported to the pruner keeps its last report as its value (Optuna's rule for pruned
+    trials); being infeasible, that value is never ranked."""
+    record_constraints(trial, constraints)
+    study.tell(trial, state=TrialState.PRUNED)
+
+
 def best_feasible(study: optuna.Study):
-    """The feasible complete trial with the lowest bpb (rejected trials never qualify)."""
+    """The feasible complete trial with the lowest bpb. Rejected and infeasible trials are PRUNED; the stage
+    check also skips those of studies written when they were told COMPLETE with a placeholder value."""
     best = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.user_attrs.get("stage") != "complete" or not is_feasible(t.constraints):
@@ -323,6 +398,15 @@ def _failure_reason(directory: str, code: int) -> str:
     return f"exit code {code} (killed?)"
 
 
+def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) -> bool:
+    """Queue a stopped trial's config to run again as a new trial, exactly once: False if a retry is queued already."""
+    if any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False)):
+        return False
+    attrs = {"retry_of": number, **({"baseline": True} if user_attrs.get("baseline") else {})}
+    study.enqueue_trial(params, user_attrs=attrs)
+    return True
+
+
 def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again."""
     recovered = 0
@@ -330,10 +414,10 @@ def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
         owner = t.user_attrs.get("owner", "")
         if owner_alive(owner) is not False:
             continue
+        requeue(study, t.number, t.params, t.user_attrs)
         study._storage.set_trial_user_attr(t._trial_id, "reason", "its study process died mid-trial; re-run as a new trial")
         study._storage.set_trial_user_attr(t._trial_id, "stage", "failed")
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
         print(f"trial {t.number}: left running by a dead process; marked failed and queued again", file=out)
     trials = os.path.join(directory, TRIALS_DIR)

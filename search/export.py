@@ -17,7 +17,8 @@ import time
 
 from optuna.trial import TrialState
 
-from objectives.constraints import is_feasible
+from objectives.constraints import is_feasible, named_constraints
+from pgolf.files import read_json
 from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
 from pgolf.submission import MODEL_FILE
@@ -26,6 +27,9 @@ from search.study import StudyError, load_settings, open_study, trial_data, tria
 from search.runner import startup_trials
 
 COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
+# What the submission files and README are written from.
+METRICS_KEYS = ("config", "val_bpb_post", "val_bpb_pre", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
+                "train_seconds", "steps", "train_tokens", "eval_seconds")
 SOURCE_FILE = "pgolf.json"
 
 
@@ -49,7 +53,7 @@ def _refusal(trial) -> str | None:
     if trial.state != TrialState.COMPLETE or stage != "complete":
         return f"trial {trial.number} is {stage}: it has no artifact ({trial.user_attrs.get('reason', 'no result')})"
     if not is_feasible(trial.constraints):
-        over = ", ".join(f"{k} over by {v:g}" for k, v in trial.constraints.items() if v > 0)
+        over = ", ".join(f"{k} over by {v:g}" for k, v in named_constraints(trial).items() if v > 0)
         return f"trial {trial.number} is infeasible ({over})"
     return None
 
@@ -60,14 +64,16 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
     source = trial_dir(directory, trial.number)
-    with open(os.path.join(source, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
+    metrics = read_json(os.path.join(source, "metrics.json"), f"trial {trial.number}'s metrics")
+    missing = [key for key in METRICS_KEYS if key not in metrics]
+    if missing:
+        raise StudyError(f"trial {trial.number}'s metrics.json lacks {missing[0]!r}: the trial folder was changed")
     sizes = {f: os.path.getsize(os.path.join(source, f)) for f in COUNTED_FILES}
     if sum(sizes.values()) != metrics["artifact_bytes"]:
         raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
                          f"artifact_bytes {metrics['artifact_bytes']:,}: the trial folder was changed")
     caps = settings.space.get("caps", {})
-    with staged_dir(out, replace=replace) as stage:
+    with staged_dir(out, replace=replace, flag="--replace") as stage:  # export's --force means "even if infeasible"
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
         config = metrics["config"]

@@ -1,7 +1,6 @@
 """`search report NAME`: one offline page about a study: history, importances, learning curves with
 pruned trials, the best trial's bytes and allocation, the byte predictor's error, time per phase."""
 
-import json
 import os
 import statistics
 
@@ -10,10 +9,11 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
+from pgolf.files import FileFormatError, read_json
 from search.coordinator import best_feasible
 from search.pages import hover_text, scored_trials, table, write_page
 from search.runner import startup_trials
-from search.status import trial_rows
+from search.status import trial_rows, trial_stage
 from search.study import load_settings, open_study, trial_dir
 
 
@@ -37,7 +37,8 @@ def history_figure(trials) -> go.Figure:
 
 
 def importance_section(study, trials):
-    """Parameter importances (Optuna's default evaluator) over the trials that produced an artifact."""
+    """Parameter importances (Optuna's default evaluator) over the trained trials with a post-roundtrip bpb
+    (feasible or not): rejected, pruned and failed trials, and those no allocation fitted, have none."""
     if len(trials) < 3:
         return f"<p>Needs at least 3 scored trials (has {len(trials)}).</p>"
     copy = optuna.create_study(directions=study.directions)
@@ -60,10 +61,10 @@ def curves_figure(study) -> go.Figure:
         reports = t.intermediate_values or {int(i): v for i, v in (t.user_attrs.get("reports") or [])}
         if not reports:
             continue
-        pruned = t.state == TrialState.PRUNED
+        pruned = t.state == TrialState.PRUNED  # by the pruner, or trained but no allocation fitted the cap
         steps = sorted(reports)
         fig.add_trace(go.Scatter(x=steps, y=[reports[s] for s in steps], mode="lines+markers",
-                                 name=f"#{t.number}" + (" pruned" if pruned else ""),
+                                 name=f"#{t.number}" + (f" {trial_stage(t)}" if pruned else ""),
                                  line=dict(dash="dot" if pruned else "solid", color="#d62728" if pruned else None)))
     fig.update_layout(xaxis_title="validation report (equal training time between reports)",
                       yaxis_title="val bpb during training (subset)", height=420)
@@ -77,8 +78,9 @@ def best_trial_sections(directory, trial) -> list:
     sections = [(f"Best feasible trial {trial.number}: bytes by group", bytes_fig)]
     path = os.path.join(trial_dir(directory, trial.number), "allocation.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            allocation = json.load(f)
+        allocation = read_json(path, f"trial {trial.number}'s allocation record")
+        if not isinstance(allocation.get("candidates"), list) or "best" not in allocation:
+            raise FileFormatError(f"{path} is not an allocation record (no candidates and best): the trial folder was changed")
         chosen = next((c for c in allocation["candidates"] if c["label"] == allocation["best"]), None)
         if chosen:
             rows = [[pattern, bits, chosen["clip"].get(pattern, 0.0), allocation["sensitivities"].get(pattern, float("nan"))]
@@ -130,8 +132,9 @@ def report_page(name: str, results: str, out: str | None = None) -> str:
     if best is not None:
         summary += f"<p>Best feasible: trial {best.number}, post-roundtrip bpb {best.values[0]:.4f}, {best.user_attrs['artifact_bytes']:,} bytes.</p>"
     sections = [("Summary", summary), ("Optimisation history", history_figure(trials)),
-                ("Parameter importances", importance_section(study, trials)),
-                ("Validation bpb during training (pruned trials dotted)", curves_figure(study))]
+                (f"Parameter importances (over the {len(trials)} trained trials with a post-roundtrip bpb, of {len(rows)})",
+                 importance_section(study, trials)),
+                ("Validation bpb during training (pruned and infeasible trials dotted)", curves_figure(study))]
     if best is not None:
         sections += best_trial_sections(directory, best)
     predictor = predictor_section(trials)

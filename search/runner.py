@@ -6,10 +6,10 @@ import shutil
 import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
-from pgolf.datasets import default_data_root, resolve_data
+from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
-                          study_dir, check_space_snapshot, STUDY_FILE)
+                          study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, suggest_config
 from space.spec import SpaceError, load_space
 
@@ -23,7 +23,12 @@ class DataResolver:
 
     def __call__(self, vocab_size: int):
         if vocab_size not in self.cache:
-            self.cache[vocab_size] = resolve_data(self.root, vocab_size)
+            try:
+                self.cache[vocab_size] = resolve_data(self.root, vocab_size)
+            except ShardsWithoutTokenizer:
+                # A study may sample several vocab sizes, so it takes a data root, not one shard folder + tokenizer.
+                raise DataError(f"{self.root} is a folder of shards: a study's --data is a data root holding "
+                                f"tokenizers/ and datasets/<name>_sp<vocab>/ (the layout `pgolf data fetch` writes)") from None
         return self.cache[vocab_size]
 
 
@@ -47,12 +52,10 @@ def check_caps_reachable(space) -> None:
                          f"the smallest one needs about {smallest:,} bytes at the cheapest allowed allocation")
 
 
-def _data_root(args, space) -> str:
-    if args.data:
-        return args.data
-    if space.data:
-        return space.data if os.path.isabs(space.data) else os.path.join(os.path.dirname(space.source), space.data)
-    return default_data_root()
+def _data_root(args, space, started_with: str | None = None) -> str:
+    """--data, else the root the study started with, else the space's run.data, else the default; absolute,
+    so that a resume from another working directory reads the same data."""
+    return os.path.abspath(args.data or started_with or space.data or default_data_root())
 
 
 def _device(args, space) -> str | None:
@@ -62,19 +65,25 @@ def _device(args, space) -> str | None:
 
 def start_study(args) -> None:
     space = load_space(args.space)
+    name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        directory = study_dir(name, args.results)
+    except StudyError as exc:
+        if args.study:
+            raise
+        raise StudyError(f"{exc} (the default name starts with the space's name {space.name!r}): pass --study NAME") from None
+    if os.path.exists(os.path.join(directory, STUDY_FILE)):
+        raise StudyError(f"study {name!r} already exists in {directory}: use {study_command('resume', name, args.results)}")
     check_caps_reachable(space)
     data = DataResolver(_data_root(args, space))
     for vocab in sorted({smallest_config(space).model.vocab_size, space.base.model.vocab_size}):
         data(vocab)  # bad data fails here, before anything is stored
-    name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    directory = study_dir(name, args.results)
-    if os.path.exists(os.path.join(directory, STUDY_FILE)):
-        raise StudyError(f"study {name!r} already exists in {directory}: use `search resume {name}`")
     workers = args.workers or 1
     settings = StudySettings(name=name, space=_raw_space(space), space_source=space.source,
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,
                              sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or space.trials,
-                             timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address)
+                             timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address,
+                             data=data.root)
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     created = not os.path.exists(directory)
@@ -92,7 +101,7 @@ def start_study(args) -> None:
           f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}, caps "
           f"{space.caps.artifact_bytes:,} bytes / train {space.caps.train_seconds:g}s / eval {space.caps.eval_seconds:g}s")
     Coordinator(directory, settings, space, study, data, _device(args, space)).run()
-    print(f"results in {directory}; `search status {name}` for the table")
+    print(f"results in {directory}; {study_command('status', name, args.results)} for the table")
 
 
 def resume_study(args) -> None:
@@ -103,12 +112,13 @@ def resume_study(args) -> None:
             setattr(settings, key, getattr(args, key))
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
+    settings.data = _data_root(args, space, settings.data)  # kept, like the other overrides
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)
     save_settings(directory, settings)
-    data = DataResolver(_data_root(args, space))
+    data = DataResolver(settings.data)
     Coordinator(directory, settings, space, study, data, _device(args, space)).run()
-    print(f"results in {directory}; `search status {settings.name}` for the table")
+    print(f"results in {directory}; {study_command('status', settings.name, args.results)} for the table")
 
 
 def _raw_space(space) -> dict:

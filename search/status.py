@@ -15,7 +15,8 @@ def trial_stage(t) -> str:
     if t.state == TrialState.FAIL:
         return "failed"
     if t.state == TrialState.PRUNED:
-        return "pruned"
+        # Trials with no bpb, rejected before training or with no allocation under the cap, are PRUNED too.
+        return t.user_attrs["stage"] if t.user_attrs.get("stage") in ("rejected", "infeasible") else "pruned"
     return t.user_attrs.get("stage", t.state.name.lower())
 
 
@@ -29,8 +30,9 @@ def trial_rows(study) -> list[dict]:
             "number": t.number, "state": stage, "bpb": bpb,
             "bytes": t.user_attrs.get("artifact_bytes", t.user_attrs.get("predicted_min_bytes") if stage == "rejected" else None),
             "train_s": t.user_attrs.get("train_seconds"), "eval_s": t.user_attrs.get("eval_seconds"),
-            "feasible": is_feasible(t.constraints) if t.state == TrialState.COMPLETE and t.constraints else None,
+            "feasible": is_feasible(t.constraints) if t.constraints else None,  # a pruned or running trial has none
             "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
+            "retry_of": t.user_attrs.get("retry_of"),
         })
     return rows
 
@@ -48,6 +50,8 @@ def print_status(name: str, results: str) -> None:
     print(f"{'#':>4} {'state':<10} {'bpb':>8} {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}  note")
     for row in trial_rows(study):
         note = "baseline" if row["baseline"] else ""
+        if row["retry_of"] is not None:
+            note = (note + f" re-run of trial {row['retry_of']}").strip()
         if row["reason"] and row["state"] in ("rejected", "failed", "pruned", "infeasible"):
             note = (note + " " + row["reason"]).strip()
         feasible = "-" if row["feasible"] is None else "yes" if row["feasible"] else "no"

@@ -10,17 +10,28 @@ Storage choice (what is safe for how many writers):
 
 import json
 import os
+import re
+import shlex
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import optuna
 
+from objectives.constraints import METRIC_NAMES
+from pgolf.files import read_json
 from space.spec import SpaceError
 
 RESULTS_DIR = os.environ.get("PGOLF_RESULTS", "results")
 STUDY_FILE = "study.json"
 TRIALS_DIR = "trials"
 SAMPLERS = ("tpe", "nsga2", "random")
+
+# A study name is one folder under the results folder, never a path: letters, digits, '.', '_' and '-',
+# starting with a letter or digit, at most 100 characters. With no '/' and no leading '.', the name can be
+# neither absolute nor '.' or '..', so results/<name> is always a child of results/ (and 'a..b' is harmless).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+STUDY_NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class StudyError(ValueError):
@@ -41,6 +52,7 @@ class StudySettings:
     workers: int = 1
     backend: str = "local"
     address: str | None = None
+    data: str | None = None  # the data root, made absolute when the study starts: a resume reads the same data
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     @property
@@ -48,8 +60,23 @@ class StudySettings:
         return ["minimize"] if self.objectives == "bpb" else ["minimize", "minimize"]
 
 
+def check_study_name(name: str) -> str:
+    """`name` if it follows STUDY_NAME_RULE, else a StudyError that states the rule."""
+    if not STUDY_NAME.fullmatch(name):
+        shown = repr(name[:100]) + ("..." if len(name) > 100 else "")
+        raise StudyError(f"study name {shown} is not allowed: a name is {STUDY_NAME_RULE}")
+    return name
+
+
 def study_dir(name: str, root: str | None = None) -> str:
-    return os.path.join(root or RESULTS_DIR, name)
+    """results/<name>: every command that takes a study name comes through here, so the name is checked here."""
+    return os.path.join(root or RESULTS_DIR, check_study_name(name))
+
+
+def study_command(command: str, name: str, root: str | None = None) -> str:
+    """`search COMMAND NAME`, with --results when the study is not under the default results folder."""
+    results = "" if os.path.normpath(root or RESULTS_DIR) == os.path.normpath(RESULTS_DIR) else f" --results {shlex.quote(root)}"
+    return f"`search {command} {name}{results}`"
 
 
 def default_storage(directory: str, workers: int) -> str:
@@ -110,10 +137,10 @@ def load_settings(name: str, root: str | None = None) -> tuple[str, StudySetting
         known = sorted(d for d in os.listdir(root or RESULTS_DIR) if os.path.exists(os.path.join(root or RESULTS_DIR, d, STUDY_FILE))) \
             if os.path.isdir(root or RESULTS_DIR) else []
         raise StudyError(f"no study {name!r} under {root or RESULTS_DIR}/" + (f" (studies: {', '.join(known)})" if known else ""))
+    settings = read_json(path, "study settings")  # names the file and what is wrong with it
     try:
-        with open(path, encoding="utf-8") as f:
-            return directory, StudySettings(**json.load(f))
-    except (json.JSONDecodeError, TypeError) as exc:
+        return directory, StudySettings(**settings)
+    except TypeError as exc:
         raise StudyError(f"{path} is damaged ({exc})") from None
 
 
@@ -122,11 +149,19 @@ def open_study(settings: StudySettings, startup_trials: int, create: bool) -> op
     sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials)
     try:
         if create:
-            return optuna.create_study(study_name=settings.name, storage=storage, directions=settings.directions,
-                                       sampler=sampler, pruner=make_pruner(settings.objectives))
+            study = optuna.create_study(study_name=settings.name, storage=storage, directions=settings.directions,
+                                        sampler=sampler, pruner=make_pruner(settings.objectives))
+            # Named values: optuna-dashboard and Optuna's plots then say "val_bpb", not "Objective 0".
+            # set_metric_names is still marked experimental: no warning line for each new study.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(METRIC_NAMES[settings.objectives])
+            return study
         return optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=make_pruner(settings.objectives))
     except optuna.exceptions.DuplicatedStudyError:
-        raise StudyError(f"study {settings.name!r} already exists in {settings.storage}: use `search resume {settings.name}`") from None
+        # A study.json beside it is caught before this, so there is no folder here that `search resume` could use.
+        raise StudyError(f"study {settings.name!r} already exists in storage {settings.storage} but has no study.json "
+                         f"here: choose another --study name") from None
     except KeyError:
         raise StudyError(f"study {settings.name!r} is not in storage {settings.storage}") from None
 
@@ -137,8 +172,10 @@ def trial_dir(directory: str, number: int) -> str:
 
 def trial_data(directory: str, number: int) -> dict:
     """The data paths (train/val shards, tokenizer) a trial trained and was scored on."""
-    with open(os.path.join(trial_dir(directory, number), "request.json"), encoding="utf-8") as f:
-        return json.load(f)["data"]
+    request = read_json(os.path.join(trial_dir(directory, number), "request.json"), f"trial {number}'s request")
+    if not isinstance(request.get("data"), dict):
+        raise StudyError(f"trial {number}'s request.json names no data: the trial folder was changed")
+    return request["data"]
 
 
 def check_space_snapshot(settings: StudySettings):

@@ -8,13 +8,14 @@ fresh Python process whose sockets cannot connect (no network during evaluation)
 """
 
 import hashlib
-import json
+import math
 import os
 import re
 import subprocess
 import sys
 
 from pgolf.datasets import DataPaths, resolve_data
+from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
 from search.export import COUNTED_FILES, SOURCE_FILE
 
@@ -35,9 +36,10 @@ class VerifyError(ValueError):
     """The submission does not verify; the message says which check failed."""
 
 
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _recorded_bpb(value, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise VerifyError(f"{path} records val_bpb {value!r}: not a score to verify against")
+    return float(value)
 
 
 def recorded_score(folder: str, source: dict) -> tuple[float, str]:
@@ -45,25 +47,34 @@ def recorded_score(folder: str, source: dict) -> tuple[float, str]:
     with open(os.path.join(folder, COUNTED_FILES[1]), "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     retrained = os.path.join(folder, COUNTED_FILES[1] + RESULT_SUFFIX)
-    if os.path.exists(retrained) and _read_json(retrained).get("model_sha256") == digest:
-        return _read_json(retrained)["val_bpb"], "the training run that wrote it"
+    if os.path.exists(retrained):
+        record = read_json(retrained, "training result")
+        if record.get("model_sha256") == digest:
+            return _recorded_bpb(record.get("val_bpb"), retrained), "the training run that wrote it"
     if source.get("model_sha256") == digest:
-        return source["val_bpb_exact"], f"trial {source['trial']} of study {source['study']}"
+        return (_recorded_bpb(source.get("val_bpb_exact"), os.path.join(folder, SOURCE_FILE)),
+                f"trial {source.get('trial')} of study {source.get('study')}")
     raise VerifyError(f"{COUNTED_FILES[1]} matches no recorded score: it was altered or truncated after it was written")
 
 
-def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None) -> dict:
+def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
+           tokenizer: str | None = None) -> dict:
+    """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
     for name in COUNTED_FILES + ("submission.json", SOURCE_FILE):
         if not os.path.exists(os.path.join(folder, name)):
             raise VerifyError(f"{folder} is not an exported submission: {name} is missing")
-    source = _read_json(os.path.join(folder, SOURCE_FILE))
+    source_path = os.path.join(folder, SOURCE_FILE)
+    source = read_json(source_path, "export record")
+    try:
+        cap, data = int(source["cap_bytes"]), DataPaths(**source["data"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerifyError(f"{source_path} is not the record of a pgolf export ({type(exc).__name__}: {exc})") from None
     counted = sum(os.path.getsize(os.path.join(folder, name)) for name in COUNTED_FILES)
-    if counted > source["cap_bytes"]:
-        raise VerifyError(f"counted files hold {counted:,} bytes, over the {source['cap_bytes']:,}-byte cap")
+    if counted > cap:
+        raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
     expected, origin = recorded_score(folder, source)
-    data = DataPaths(**source["data"])
-    if data_root:
-        data = resolve_data(data_root, data.vocab_size)
+    if data_root or tokenizer:
+        data = resolve_data(data_root or os.path.dirname(data.val_pattern), data.vocab_size, tokenizer)
     env = dict(os.environ, EVAL_ONLY="1", MODEL_PATH=os.path.abspath(os.path.join(folder, COUNTED_FILES[1])),
                DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer, HF_HUB_OFFLINE="1", PYTHONPATH="")
     if device:
@@ -77,7 +88,9 @@ def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, de
     if not found:
         raise VerifyError("train_gpt.py did not print a final_roundtrip_exact line")
     bpb = float(found.group(2))
-    report = {"counted_bytes": counted, "cap_bytes": source["cap_bytes"], "recorded_bpb": expected, "origin": origin,
+    if not math.isfinite(bpb):  # a script exported before evaluation refused non-finite scores prints them
+        raise VerifyError(f"train_gpt.py scored val_bpb {bpb}: the model's outputs are not finite")
+    report = {"counted_bytes": counted, "cap_bytes": cap, "recorded_bpb": expected, "origin": origin,
               "val_loss": float(found.group(1)), "val_bpb": bpb, "difference": bpb - expected}
     if abs(report["difference"]) > tolerance:
         raise VerifyError(f"bpb {bpb!r} differs from the {expected!r} recorded by {origin} "

@@ -4,7 +4,8 @@ A space file (TOML) has these tables:
     name, description     strings
     trials, timeout       defaults for `search run` (finished trials; seconds after which no trial starts)
     [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints
-    [run]                 base (a shipped config name or a TOML path), data (a data root; "" = default),
+    [run]                 base (a shipped config name, or a TOML path relative to the space file),
+                          data (a data root; "" = PGOLF_DATA, else ../shared/data beside the checkout),
                           device ("auto" | "cpu" | "cuda")
     [base.<section>]      values set on top of the base config for every trial
     [dims."section.key"]  one search dimension per config key: {choices = [...]} or
@@ -14,6 +15,10 @@ A space file (TOML) has these tables:
 Rules that keep sampled configs valid (see space/sample.py): a shared segment's length and start exist
 only when loop_repeats > 1; num_kv_heads is lowered to a divisor of num_heads; model_dim is rounded to
 a multiple of 2 x num_heads (even head dim for RoPE).
+A relative run.data is relative to the working directory, like every --data flag, in every space file: the
+shipped presets live inside the package, where no data is, and a preset copied elsewhere to be edited keeps
+meaning the same data (./data, where `pgolf data fetch` writes by default). A study makes it absolute when
+it starts and keeps it, so `search resume` reads the same data from any folder.
 """
 
 import dataclasses
@@ -258,8 +263,12 @@ def load_space(name_or_path: str) -> Space:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"{path}: not a TOML space file (binary, not UTF-8 text)") from None
     except OSError as exc:
         raise SpaceError(f"cannot read space file {path}: {exc.strerror}") from None
+    if not data:  # all defaults would be a study of the baseline at the challenge caps: not what an empty file means
+        raise SpaceError(f"{path}: space file is empty")
     try:
         return space_from_dict(data, source=os.path.abspath(path))
     except SpaceError as exc:

@@ -273,8 +273,7 @@ STUDY_FOLDER = {
 REPORT = {"search report": lambda p, f, out: ("search", ["report", STUDY, "--out", os.path.join(out, "report.html"), "--results", p])}
 
 PROCESS = "process"  # a row run as a real process
-NEEDS_STUDY_PY = "search/study.py load_settings must also catch UnicodeDecodeError (a study.json that is not text)"
-# (file, commands, pattern of the one error line[, PROCESS | the reason it fails today: xfail until that is done])
+# (file, commands, pattern of the one error line[, PROCESS])
 TABLE = [
     ("empty.pt", CHECKPOINT, r"empty\.pt is not a torch checkpoint: it is an empty file"),
     ("random.pt", CHECKPOINT, r"random\.pt is not a torch checkpoint: it is binary data"),
@@ -354,10 +353,10 @@ TABLE = [
     ("export: model file holding NaN", EXPORT_FOLDER,
      r"train_gpt\.py failed to score the model: error: .*final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight holds NaN"),
 
-    ("study: empty study.json", STUDY_FOLDER, r"study\.json is damaged \(Expecting value"),
-    ("study: random study.json", STUDY_FOLDER, r"study\.json is (damaged|not JSON)", NEEDS_STUDY_PY),
-    ("study: text study.json", STUDY_FOLDER, r"study\.json is damaged \(Expecting value"),
-    ("study: study.json holding a list", STUDY_FOLDER, r"study\.json is damaged \(.*argument after \*\* must be a mapping"),
+    ("study: empty study.json", STUDY_FOLDER, r"study settings .*study\.json is empty"),
+    ("study: random study.json", STUDY_FOLDER, r"study settings .*study\.json is not JSON: it is binary data"),
+    ("study: text study.json", STUDY_FOLDER, r"study settings .*study\.json is not valid JSON \(Expecting value"),
+    ("study: study.json holding a list", STUDY_FOLDER, r"study settings .*study\.json holds a JSON list, not an object"),
     ("study: metrics.json as study.json", STUDY_FOLDER, r"study\.json is damaged \(.*unexpected keyword argument 'config'\)"),
     ("trial: empty metrics.json", {"search export": STUDY_FOLDER["search export"]}, r"trial 0's metrics .*metrics\.json is empty"),
     ("trial: random metrics.json", {"search export": STUDY_FOLDER["search export"]}, r"trial 0's metrics .*metrics\.json is not JSON: it is binary data"),
@@ -372,10 +371,8 @@ TABLE = [
 def cases():
     for file, commands, pattern, *note in TABLE:
         process = note == [PROCESS]
-        marks = [pytest.mark.xfail(strict=True, reason=note[0])] if note and not process else []
         for command, build in commands.items():
-            yield pytest.param(file, command, build, pattern, process, marks=marks,
-                               id=f"{file} x {command}" + (" (process)" if process else ""))
+            yield pytest.param(file, command, build, pattern, process, id=f"{file} x {command}" + (" (process)" if process else ""))
 
 
 MESSAGES = []  # (file, command, the one line), for the printed table
