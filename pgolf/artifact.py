@@ -168,15 +168,3 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
     if main is None or main.size != expected_count or (entry.kind == "int" and entry.scale is None):
         raise ArtifactError(f"tensor {entry.name}: stored arrays do not match its shape {list(entry.shape)}")
     return entry
-
-
-def read_artifact(path) -> tuple[dict, list[StoredTensor]]:
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read model file {path}: {exc.strerror}") from None
-    try:
-        return unpack(blob)
-    except ArtifactError as exc:
-        raise ArtifactError(f"{path}: {exc}") from None
