@@ -18,11 +18,12 @@ SCRIPT_ENV = {"DATA_PATH": SHARDS, "TOKENIZER_PATH": TOKENIZER, "DEVICE": "cpu",
 EXACT = re.compile(r"final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)")
 
 # The shapes the spaces produce: a segment over every block (no U-Net skips left), a segment over some,
-# none; tied and untied heads; the training fast paths on and off.
+# none; tied and untied heads; the training fast paths on and off; chunked and sliding-window scoring.
 CONFIGS = {
     "segment-covers-all": dict(model=dict(loop_start=0, loop_len=2, loop_repeats=2)),
-    "segment-covers-some-untied-official-ops": dict(model=dict(num_layers=3, loop_start=1, loop_len=1, loop_repeats=2,
-                                                               tie_embeddings=False), train=dict(fused_ops=False)),
+    "segment-covers-some-untied-official-ops-windows": dict(model=dict(num_layers=3, loop_start=1, loop_len=1, loop_repeats=2,
+                                                                       tie_embeddings=False), train=dict(fused_ops=False),
+                                                            eval=dict(stride=32, repeats=3)),
     "no-segment": dict(),
 }
 
