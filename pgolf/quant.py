@@ -59,19 +59,29 @@ def tensor_plan(name: str, t: Tensor, quant) -> tuple[str, int, float]:
     return "int", bits, float(pattern_value(quant.clip, name, 0.0))
 
 
+def _clip_and_scale(rows: Tensor, qmax: float, clip_k: float, clip_percentile: float) -> tuple[Tensor, Tensor]:
+    """Per-row clip values and quantization steps of a 2-D fp32 tensor under the clip rule."""
+    if clip_k > 0:
+        # As in the records: the step is k * std / qmax, so k trades resolution for bytes like bits do
+        # (a k beyond the row's max leaves outer levels unused, which the entropy coder makes cheap).
+        clip = clip_k * rows.std(dim=1, correction=0)
+        return clip, (clip / qmax).clamp_min(1e-12)
+    clip = torch.quantile(rows.abs(), clip_percentile / 100.0, dim=1)
+    return clip, (clip / qmax).clamp_min(1.0 / qmax)
+
+
+def row_scales(w: Tensor, bits: int, clip_k: float, clip_percentile: float) -> Tensor:
+    """The fp32 values of the fp16 per-row scales a matrix is stored with (what any quantizer of it must use)."""
+    _, scale = _clip_and_scale(w.float(), float(2 ** (bits - 1) - 1), clip_k, clip_percentile)
+    return scale.to(torch.float16).float().clamp_min(6e-8)
+
+
 def quantize_tensor(t: Tensor, bits: int, clip_k: float, clip_percentile: float) -> tuple[Tensor, Tensor]:
     """Integer symbols (int8) and scales such that t ~= q * scale (per row for matrices)."""
     qmax = float(2 ** (bits - 1) - 1)
     t32 = t.float()
     rows = t32 if t32.ndim == 2 else t32.reshape(1, -1)
-    if clip_k > 0:
-        # As in the records: the step is k * std / qmax, so k trades resolution for bytes like bits do
-        # (a k beyond the row's max leaves outer levels unused, which the entropy coder makes cheap).
-        clip = clip_k * rows.std(dim=1, correction=0)
-        scale = (clip / qmax).clamp_min(1e-12)
-    else:
-        clip = torch.quantile(rows.abs(), clip_percentile / 100.0, dim=1)
-        scale = (clip / qmax).clamp_min(1.0 / qmax)
+    clip, scale = _clip_and_scale(rows, qmax, clip_k, clip_percentile)
     if t32.ndim == 2:
         # Quantize against the scale as stored (fp16), so dequantization reproduces q * scale exactly.
         scale = scale.to(torch.float16).float().clamp_min(6e-8)

@@ -1,0 +1,113 @@
+"""GPTQ: quantize a matrix column by column, feeding each column's rounding error forward through the
+inverse Hessian of the layer's inputs, so the columns not yet quantized absorb it.
+
+The output is the same format as round-to-nearest (`pgolf.quant.quantize_tensor`): int8 symbols and one
+fp16 scale per row, fixed up front by the same clip rule. So a GPTQ-stored tensor loads exactly like an RTN
+one; only the choice of symbols differs, and it minimises ||X W^T - X Q^T|| instead of ||W - Q||.
+
+Calibration: H = X^T X over the inputs of each linear layer, collected with forward hooks from training
+tokens only (the challenge forbids calibrating on validation). A block of a shared segment runs once per
+repeat, and its hook fires each time, so its H covers every repeat.
+"""
+
+import fnmatch
+import os
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.quant import row_scales
+from pgolf.shards import TokenStream, shard_files, token_count
+
+# 64 sequences of 1,024 tokens: for inputs up to 2,048 wide, 32+ samples per dimension, which with the
+# dampening below gives a well-conditioned H; the records use 32 batches of the same order.
+CALIBRATION_TOKENS = 65_536
+
+
+class CalibrationError(ValueError):
+    """A calibration request that cannot be met (wrong split, too few tokens); the message says which."""
+
+
+def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_percentile: float = 99.99984,
+                  damp: float = 0.01, block: int = 128, act_order: bool = True) -> tuple[Tensor, Tensor]:
+    """(int8 symbols, fp16 per-row scales) of matrix `w` (out x in) given H = X^T X (in x in) of its inputs.
+
+    damp: fraction of the mean diagonal added to H (keeps the Cholesky factor finite for rarely used inputs);
+    block: columns updated together (lazy batch updates); act_order: quantize the columns with the largest
+    input energy first, while the most columns remain to absorb their error.
+    """
+    qmax = float(2 ** (bits - 1) - 1)
+    W = w.detach().float().clone()
+    scale = row_scales(W, bits, clip_k, clip_percentile)  # the stored scale: quantize against it exactly
+    H = hessian.detach().double().clone()
+    dead = torch.diag(H) == 0  # inputs that were never non-zero: their weights cannot matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(H.shape[0])
+    W, H = W[:, perm], H[perm][:, perm]
+    # Upper Cholesky factor of H^-1: row i holds the error-propagation weights of column i onto the later ones.
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    Q = torch.zeros_like(W)
+    s = scale[:, None].float()
+    for i1 in range(0, W.shape[1], block):
+        i2 = min(i1 + block, W.shape[1])
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        errors = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            column = W1[:, i : i + 1]
+            q = torch.clamp(torch.round(column / s), -qmax, qmax)
+            Q[:, i1 + i : i1 + i + 1] = q
+            error = (column - q * s) / Hinv1[i, i]
+            W1[:, i:] -= error @ Hinv1[i : i + 1, i:]
+            errors[:, i : i + 1] = error
+        W[:, i2:] -= errors @ Hinv[i1:i2, i2:]
+    Q = Q[:, torch.argsort(perm)]
+    return Q.to(torch.int8).contiguous(), scale.to(torch.float16)
+
+
+def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, tokens: int = CALIBRATION_TOKENS, batch_seqs: int = 16):
+    """(x, y) batches of the first `tokens` training tokens, in stream order (deterministic: no seed needed)."""
+    files = shard_files(train_pattern)
+    if any("_val_" in os.path.basename(f) for f in files):
+        raise CalibrationError(f"calibration reads training shards only, not {train_pattern}")
+    sequences = tokens // seq_len
+    if sequences < 1:
+        raise CalibrationError(f"calibration needs at least one sequence of {seq_len} tokens, asked for {tokens:,}")
+    available = token_count(train_pattern)
+    if sequences * seq_len + 1 > available:
+        raise CalibrationError(f"calibration asks for {tokens:,} tokens but the training shards {train_pattern} hold {available:,}")
+    stream = TokenStream(train_pattern, vocab_size).take(sequences * seq_len + 1)
+    x, y = stream[:-1].view(sequences, seq_len), stream[1:].view(sequences, seq_len)
+    for first in range(0, sequences, batch_seqs):
+        yield x[first : first + batch_seqs], y[first : first + batch_seqs]
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*",), device=None) -> tuple[dict, dict]:
+    """({weight name: H = X^T X in fp64}, {weight name: input rows summed into it}) for every nn.Linear whose
+    weight name matches `patterns`, over `batches` of (x, y)."""
+    device = device or next(model.parameters()).device
+    hessians, rows, hooks = {}, {}, []
+    for name, module in model.named_modules():
+        weight = f"{name}.weight"
+        if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(weight, p) for p in patterns):
+            hessians[weight] = torch.zeros(module.in_features, module.in_features, dtype=torch.float64, device=device)
+            rows[weight] = 0
+
+            def accumulate(mod, args, key=weight):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                hessians[key].addmm_(x.T, x)
+                rows[key] += x.shape[0]
+
+            hooks.append(module.register_forward_pre_hook(accumulate))
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            model(x.to(device), y.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return hessians, rows
