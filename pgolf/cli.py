@@ -232,7 +232,12 @@ def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("pgolf", build_parser().parse_args(argv))
+    code = dispatch("pgolf", build_parser().parse_args(argv))
+    if "RANK" in os.environ and argv is None:  # a rank of `torchrun -m pgolf.cli run ...`
+        from pgolf.submission import exit_process
+
+        exit_process(code)
+    return code
 
 
 if __name__ == "__main__":
