@@ -224,7 +224,8 @@ def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
         return 1
     except KeyboardInterrupt as exc:
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-        print(f"\n{prog}: {stopped}", file=sys.stderr)
+        # On a terminal, start a fresh line after the echoed ^C; in a log, just the one line.
+        print(("\n" if sys.stderr.isatty() else "") + f"{prog}: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
     finally:
         if main_thread:
