@@ -29,8 +29,8 @@ from pgolf.files import FileFormatError, read_json
 from pgolf.model import count_params
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
-from pgolf.submission import (MODEL_FILE, export_model, load_model, score, setup_runtime, share_from_main, teardown_runtime,
-                               train_model)
+from pgolf.submission import (MODEL_FILE, export_model, load_model, process_group_scope, score, setup_runtime,
+                               share_from_main, train_model)
 
 METRICS_FILE = "metrics.json"
 SCRIPT_FILE = "train_gpt.py"
@@ -58,17 +58,11 @@ def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = N
     """
     check_target(os.path.abspath(out_dir), force)  # on every rank, before any of them trains
     runtime = setup_runtime(device)
-    try:
-        if runtime.is_main:
-            with staged_dir(out_dir, replace=force) as stage:
-                metrics = _run(config, data, stage, runtime, on_val, RunLog(os.path.join(stage, "train.log"), echo))
-        else:
-            metrics = _run(config, data, None, runtime, on_val, lambda *_: None)
-    except BaseException:
-        teardown_runtime(runtime, clean=False)
-        raise
-    teardown_runtime(runtime)
-    return metrics
+    with process_group_scope(runtime):
+        if not runtime.is_main:
+            return _run(config, data, None, runtime, on_val, lambda *_: None)
+        with staged_dir(out_dir, replace=force) as stage:
+            return _run(config, data, stage, runtime, on_val, RunLog(os.path.join(stage, "train.log"), echo))
 
 
 def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val, log) -> dict:

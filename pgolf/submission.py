@@ -9,6 +9,7 @@ Under torchrun (RANK/WORLD_SIZE set) each rank trains on its share of every batc
 share of the validation split.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -70,12 +71,19 @@ def setup_runtime(device_name: str | None = None) -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size)
 
 
-def teardown_runtime(runtime: Runtime, clean: bool = True) -> None:
-    """Leave the process group: after a barrier on a clean exit, so no rank tears down its connections
-    while another still uses them (gloo then aborts the process at exit)."""
+@contextlib.contextmanager
+def process_group_scope(runtime: Runtime):
+    """Run the body, then leave the process group (under torchrun): after a barrier when the body succeeded,
+    so no rank tears down its connections while another still uses them; at once when it failed, since the
+    other ranks may never reach a barrier."""
+    try:
+        yield
+    except BaseException:
+        if runtime.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
     if runtime.world_size > 1 and dist.is_initialized():
-        if clean:
-            dist.barrier()
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -170,12 +178,8 @@ def main() -> None:
     tokenizer_path = os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model")
     model_path = os.environ.get("MODEL_PATH", MODEL_FILE)
     runtime = setup_runtime()
-    try:
+    with process_group_scope(runtime):
         run_script(config, data_path, tokenizer_path, model_path, runtime)
-    except BaseException:
-        teardown_runtime(runtime, clean=False)
-        raise
-    teardown_runtime(runtime)
 
 
 def run_script(config: RunConfig, data_path: str, tokenizer_path: str, model_path: str, runtime: Runtime) -> None:
