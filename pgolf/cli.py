@@ -211,12 +211,23 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+def _redeliver_swallowed(unraisable) -> None:
+    """sys.unraisablehook: Python prints and drops an exception raised inside a callback (a weakref's, an
+    import lock's, a __del__), so a signal handled there would be lost and the command would run on. Send
+    the signal again: its handler then raises in ordinary code."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        os.kill(os.getpid(), unraisable.exc_value.signum)
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
     """Run a parsed subcommand; a user error is one line on stderr and exit 1; Ctrl-C exits 130, SIGTERM 143."""
     # SIGTERM (`kill`, a scheduler stopping a job) would end Python on the spot, leaving staging folders behind;
     # as an exception it unwinds like Ctrl-C, so nothing half-written stays.
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_swallowed
     try:
         return args.func(args)
     except errors as exc:
@@ -228,8 +239,9 @@ def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
         print(("\n" if sys.stderr.isatty() else "") + f"{prog}: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        sys.unraisablehook = previous_hook
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def main(argv: list[str] | None = None) -> int:
