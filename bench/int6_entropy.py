@@ -24,7 +24,8 @@ from pgolf.artifact import pack  # noqa: E402
 from pgolf.checkpoint import load_checkpoint  # noqa: E402
 from pgolf.config import QuantConfig  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
-from pgolf.quant import quantize_state_dict, tensor_group  # noqa: E402
+from pgolf.quant import tensor_group  # noqa: E402
+from pgolf.storage import quantize_state_dict  # noqa: E402
 from pgolf.submission import Runtime, load_model, model_meta, score  # noqa: E402
 
 

@@ -26,7 +26,11 @@ COMPRESSOR_IDS = {"zstd": 1, "lzma": 2}
 PREFIX = struct.Struct("<8sHBB")
 FRAME = struct.Struct("<III")
 MAX_RAW_BYTES = 1 << 31
-ARRAY_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "float16", "float32", "bool"}
+ARRAY_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "bool"}
+# Arrays of the matrix formats in pgolf/storage.py, beside the symbols "q" and row scales "scale".
+EXTRA_ROLES = ("col_scale", "outlier_gaps", "outlier_values", "lr_a", "lr_b", "lr_a_scale", "lr_b_scale")
+SCALE_ROLES = ("col_scale", "lr_a_scale", "lr_b_scale")
+PLAIN_FORMAT = {"quantizer": "rtn", "awq": 0.0, "outliers": 0.0, "rank": 0}
 RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
 
 
@@ -71,8 +75,18 @@ def _stored_arrays(entry: StoredTensor) -> list[tuple[str, np.ndarray, str]]:
     """(role, array, group) for each array a tensor stores; scales go to the "other" group."""
     group = tensor_group(entry.name)
     if entry.kind == "int":
-        return [("q", entry.q, group), ("scale", entry.scale, "other")]
+        arrays = [("q", entry.q, group), ("scale", entry.scale, "other")]
+        for role in EXTRA_ROLES:
+            if getattr(entry, role) is not None:
+                arrays.append((role, getattr(entry, role), "other" if role in SCALE_ROLES else group))
+        return arrays
     return [("data", entry.data, group)]
+
+
+def _format_fields(entry: StoredTensor) -> dict:
+    """The matrix-format fields of a directory entry; none for a plain one, so such files are unchanged."""
+    fields = {"quantizer": entry.quantizer, "awq": entry.awq, "outliers": entry.outliers, "rank": entry.rank}
+    return {"format": fields} if fields != PLAIN_FORMAT else {}
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -92,7 +106,7 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
             arrays.append([role, group, len(payloads[group]), len(data), str(arr.dtype), list(arr.shape)])
             payloads[group] += data
         directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
-                          "bits": entry.bits, "clip": entry.clip, "arrays": arrays})
+                          "bits": entry.bits, "clip": entry.clip, "arrays": arrays, **_format_fields(entry)})
     header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
     raws = [header] + [bytes(payloads[g]) for g in TENSOR_GROUPS]
     frames = [compress(raw, compressor, level) for raw in raws]
@@ -151,8 +165,11 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
                          dtype=str(item["dtype"]), bits=int(item["bits"]), clip=float(item["clip"]))
     if entry.kind not in ("int", "float16", "float32", "raw") or entry.dtype not in RESTORE_DTYPES:
         raise ArtifactError(f"tensor {entry.name}: unknown kind {entry.kind!r} or dtype {entry.dtype!r}")
+    fmt = item.get("format", PLAIN_FORMAT)
+    entry.quantizer, entry.awq = str(fmt["quantizer"]), float(fmt["awq"])
+    entry.outliers, entry.rank = float(fmt["outliers"]), int(fmt["rank"])
     for role, group, offset, nbytes, dtype, shape in item["arrays"]:
-        if group not in payloads or dtype not in ARRAY_DTYPES or role not in ("q", "scale", "data"):
+        if group not in payloads or dtype not in ARRAY_DTYPES or role not in ("q", "scale", "data", *EXTRA_ROLES):
             raise ArtifactError(f"tensor {entry.name}: bad array descriptor")
         np_dtype = _np_dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -167,4 +184,38 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
     main = entry.q if entry.kind == "int" else entry.data
     if main is None or main.size != expected_count or (entry.kind == "int" and entry.scale is None):
         raise ArtifactError(f"tensor {entry.name}: stored arrays do not match its shape {list(entry.shape)}")
+    if any(getattr(entry, role) is not None for role in EXTRA_ROLES):
+        _check_format_arrays(entry)
     return entry
+
+
+def _check_format_arrays(entry: StoredTensor) -> None:
+    """The arrays beside a matrix's symbols fit it: else restoring it would index out of range or mis-shape."""
+    where = f"tensor {entry.name}"
+    if entry.kind != "int" or len(entry.shape) != 2:
+        raise ArtifactError(f"{where}: only integer matrices carry format arrays")
+    out, inp = entry.shape
+    if entry.col_scale is not None and (entry.col_scale.shape != (inp,) or entry.col_scale.dtype != np.float16 or (entry.col_scale <= 0).any()):
+        raise ArtifactError(f"{where}: its channel scales do not match {inp} positive input channels")
+    if (entry.outlier_gaps is None) != (entry.outlier_values is None):
+        raise ArtifactError(f"{where}: outlier positions and values must come together")
+    if entry.outlier_gaps is not None:
+        gaps = entry.outlier_gaps
+        if gaps.ndim != 1 or gaps.dtype.kind != "u" or entry.outlier_values.shape != gaps.shape or entry.outlier_values.dtype != np.float16:
+            raise ArtifactError(f"{where}: outlier positions and values do not match")
+        last = int(gaps.astype(np.int64).sum())
+        if (gaps[1:] == 0).any():
+            raise ArtifactError(f"{where}: outlier positions repeat")
+        if gaps.size and last >= out * inp:
+            raise ArtifactError(f"{where}: outlier position {last:,} is out of range for a {out} x {inp} matrix")
+    if (entry.lr_a is None) != (entry.lr_b is None):
+        raise ArtifactError(f"{where}: low-rank correction needs both factors")
+    if entry.lr_a is not None:
+        a, b = entry.lr_a, entry.lr_b
+        int8 = a.dtype == np.int8
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != out or b.shape[1] != inp or a.shape[1] != b.shape[0] \
+                or a.dtype != b.dtype or a.dtype not in (np.int8, np.float16):
+            raise ArtifactError(f"{where}: low-rank factors {list(a.shape)} x {list(b.shape)} do not fit {out} x {inp}")
+        scales = (entry.lr_a_scale, entry.lr_b_scale)
+        if int8 != all(x is not None for x in scales) or (int8 and (scales[0].shape != (out,) or scales[1].shape != (b.shape[0],))):
+            raise ArtifactError(f"{where}: int8 low-rank factors need one scale per row (and fp16 ones none)")

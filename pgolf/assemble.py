@@ -11,7 +11,7 @@ import os
 import pprint
 
 # Dependency order: every module only uses names defined by the ones before it.
-SCRIPT_MODULES = ("config", "shards", "bpb", "fused", "model", "optim", "quant", "artifact", "evaluate", "train", "submission")
+SCRIPT_MODULES = ("config", "shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "artifact", "evaluate", "qat", "train", "submission")
 CONFIG_LINE = "CONFIG: dict = {}"
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the

@@ -12,7 +12,8 @@ from pgolf.artifact import MAGIC, ArtifactError, pack, unpack
 from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.files import describe
 from pgolf.model import GPT
-from pgolf.quant import StoredTensor, dequantize_state_dict
+from pgolf.quant import StoredTensor
+from pgolf.storage import dequantize_state_dict
 
 CHECKPOINT_FILE = "checkpoint.pgolf"
 

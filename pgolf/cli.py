@@ -16,13 +16,14 @@ from pgolf.configfiles import resolve_config, shipped_configs
 from pgolf.datasets import DataError, DataPaths, default_data_root, resolve_data
 from pgolf.evaluate import NonFiniteScore
 from pgolf.files import FileFormatError
+from pgolf.gptq import CalibrationError
 from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
 from pgolf.staging import Interrupted, OutputExists
 from pgolf.train import TrainingDiverged
 
 # Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ArtifactError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
+USER_ERRORS = (ArtifactError, CalibrationError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
                FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore)
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
     data_spans: int = 8
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0 = no wallclock cap
+    # Seconds of that cap kept free after the last step for the post-training steps that count as training
+    # (calibration activations and GPTQ, when a quant format needs them).
+    reserve_seconds: float = 0.0
     warmup_steps: int = 0  # priming steps (compile, caches) whose updates are undone
     lr_warmup_steps: int = 0  # linear learning-rate ramp at the start
     warmdown_iters: int = 1200
@@ -72,6 +75,15 @@ class TrainConfig:
     autocast: bool = True  # bf16 autocast for matmuls
     # Training fast paths (pgolf/fused.py, CPU batched-matmul attention); false = the official composition.
     fused_ops: bool = True
+    # QAT: over the last qat_fraction of training (by steps, or by the wallclock cap if that ends it
+    # first) the forward pass sees the block matrices fake-quantized at qat_bits with clip multiplier
+    # qat_clip (as in quant.clip; 0 = row max), gradients passed straight through. 0 = off.
+    qat_fraction: float = 0.0
+    qat_bits: int = 6
+    qat_clip: float = 0.0
+    # Rate term, with QAT only: rate_lambda x the estimated coded bits per weight of the fake-quantized
+    # matrices is added to the loss, trading a little loss for bytes. 0 = off.
+    rate_lambda: float = 0.0
 
 
 @dataclass
@@ -83,6 +95,22 @@ class QuantConfig:
     clip: dict = field(default_factory=lambda: {"*": 0.0})
     clip_percentile: float = 99.99984
     keep_float_max_numel: int = 65_536
+    # Tensor-name glob -> how integer symbols are chosen: "rtn" (round to nearest) or "gptq" (error
+    # feedback through the inverse Hessian of the layer's inputs; calibrates after training).
+    quantizer: dict = field(default_factory=lambda: {"*": "rtn"})
+    # Tensor-name glob -> AWQ-lite exponent a: input channel j is scaled by (rms activation of j)^a before
+    # quantizing and unscaled at load (0 = off; calibrates after training).
+    awq: dict = field(default_factory=lambda: {"*": 0.0})
+    # Tensor-name glob -> fraction of a matrix's weights, the largest in magnitude, stored exactly in fp16.
+    outliers: dict = field(default_factory=lambda: {"*": 0.0})
+    # Tensor-name glob -> rank of a stored low-rank correction of the quantization error (0 = none).
+    rank: dict = field(default_factory=lambda: {"*": 0})
+    rank_bits: int = 16  # low-rank factors: 16 = fp16, 8 = int8 with one fp16 scale per row
+    # Calibration for gptq / awq: activations of this many training tokens (never validation).
+    calib_tokens: int = 65_536
+    gptq_damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
+    gptq_block: int = 128  # columns updated together
+    gptq_act_order: bool = True  # quantize the columns with the largest input energy first
     compressor: str = "zstd"  # zstd | lzma
     level: int = 22
 
@@ -116,6 +144,9 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
+QUANTIZERS = ("rtn", "gptq")
+MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
+MAX_CORRECTION_RANK = 64
 COMPRESSORS = ("zstd", "lzma")
 
 
@@ -188,6 +219,10 @@ def load_config_file(path) -> RunConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -221,10 +256,17 @@ def validate(config: RunConfig) -> None:
            f"sequences of train.seq_len {t.seq_len}")
     _check(t.iterations >= 0, f"train.iterations must be non-negative, got {t.iterations}")
     _check(t.max_wallclock_seconds >= 0, "train.max_wallclock_seconds must be non-negative")
+    _check(t.reserve_seconds >= 0 and (t.max_wallclock_seconds == 0 or t.reserve_seconds < t.max_wallclock_seconds),
+           f"train.reserve_seconds {t.reserve_seconds} must be non-negative and below train.max_wallclock_seconds")
     _check(t.val_every >= 0 and t.val_every_seconds >= 0, "train.val_every and train.val_every_seconds must be non-negative")
     _check(t.compile in ("auto", "on", "off"), f"train.compile must be auto, on or off, got {t.compile!r}")
     for key in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "weight_decay", "grad_clip_norm"):
         _check(getattr(t, key) >= 0, f"train.{key} must be non-negative")
+    _check(0 <= t.qat_fraction <= 1, f"train.qat_fraction must be in [0, 1], got {t.qat_fraction}")
+    _check(2 <= t.qat_bits <= 8, f"train.qat_bits must be 2..8, got {t.qat_bits}")
+    _check(t.qat_clip >= 0, f"train.qat_clip must be non-negative, got {t.qat_clip}")
+    _check(t.rate_lambda >= 0, f"train.rate_lambda must be non-negative, got {t.rate_lambda}")
+    _check(t.rate_lambda == 0 or t.qat_fraction > 0, "train.rate_lambda needs QAT (train.qat_fraction > 0)")
     for pattern, bits in q.bits.items():
         _check(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANT_BITS_ALLOWED,
                f"quant.bits[{pattern!r}] = {bits!r}: allowed are {', '.join(map(str, QUANT_BITS_ALLOWED))}")
@@ -232,6 +274,20 @@ def validate(config: RunConfig) -> None:
         _check(isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 0,
                f"quant.clip[{pattern!r}] = {k!r}: must be a non-negative number (0 = percentile clip)")
     _check(0 < q.clip_percentile <= 100, "quant.clip_percentile must be in (0, 100]")
+    for pattern, name in q.quantizer.items():
+        _check(name in QUANTIZERS, f"quant.quantizer[{pattern!r}] = {name!r}: allowed are {', '.join(QUANTIZERS)}")
+    for pattern, a in q.awq.items():
+        _check(_is_number(a) and 0 <= a <= 1, f"quant.awq[{pattern!r}] = {a!r}: must be an exponent in [0, 1] (0 = off)")
+    for pattern, fraction in q.outliers.items():
+        _check(_is_number(fraction) and 0 <= fraction <= MAX_OUTLIER_FRACTION,
+               f"quant.outliers[{pattern!r}] = {fraction!r}: must be a fraction in [0, {MAX_OUTLIER_FRACTION}]")
+    for pattern, rank in q.rank.items():
+        _check(isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank <= MAX_CORRECTION_RANK,
+               f"quant.rank[{pattern!r}] = {rank!r}: must be an integer in [0, {MAX_CORRECTION_RANK}]")
+    _check(q.rank_bits in (8, 16), f"quant.rank_bits must be 8 or 16, got {q.rank_bits}")
+    _check(q.calib_tokens >= 1, f"quant.calib_tokens must be positive, got {q.calib_tokens}")
+    _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
+    _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
     level_range = range(1, 23) if q.compressor == "zstd" else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")

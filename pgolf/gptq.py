@@ -29,16 +29,22 @@ class CalibrationError(ValueError):
 
 
 def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_percentile: float = 99.99984,
-                  damp: float = 0.01, block: int = 128, act_order: bool = True) -> tuple[Tensor, Tensor]:
-    """(int8 symbols, fp16 per-row scales) of matrix `w` (out x in) given H = X^T X (in x in) of its inputs.
+                  damp: float = 0.01, block: int = 128, act_order: bool = True, scale: Tensor | None = None,
+                  keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(int8 symbols, fp16 per-row scales, fp32 values kept exact) of matrix `w` (out x in) given H = X^T X
+    (in x in) of its inputs.
 
     damp: fraction of the mean diagonal added to H (keeps the Cholesky factor finite for rarely used inputs);
     block: columns updated together (lazy batch updates); act_order: quantize the columns with the largest
-    input energy first, while the most columns remain to absorb their error.
+    input energy first, while the most columns remain to absorb their error. scale: the stored per-row
+    scales, if the caller fixed them (else the clip rule's). keep: a bool mask of weights stored exactly in
+    fp16 (protected outliers): their symbol is 0, their stored value is the weight as updated by the error
+    feedback so far, and they pass no error on. The third result holds those values (0 elsewhere).
     """
     qmax = float(2 ** (bits - 1) - 1)
     W = w.detach().float().clone()
-    scale = row_scales(W, bits, clip_k, clip_percentile)  # the stored scale: quantize against it exactly
+    if scale is None:
+        scale = row_scales(W, bits, clip_k, clip_percentile)  # the stored scale: quantize against it exactly
     H = hessian.detach().double().clone()
     dead = torch.diag(H) == 0  # inputs that were never non-zero: their weights cannot matter
     H[dead, dead] = 1.0
@@ -46,9 +52,10 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_per
     H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(H.shape[0])
     W, H = W[:, perm], H[perm][:, perm]
+    K = keep[:, perm] if keep is not None else None
     # Upper Cholesky factor of H^-1: row i holds the error-propagation weights of column i onto the later ones.
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
-    Q = torch.zeros_like(W)
+    Q, kept = torch.zeros_like(W), torch.zeros_like(W)
     s = scale[:, None].float()
     for i1 in range(0, W.shape[1], block):
         i2 = min(i1 + block, W.shape[1])
@@ -57,13 +64,19 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_per
         for i in range(i2 - i1):
             column = W1[:, i : i + 1]
             q = torch.clamp(torch.round(column / s), -qmax, qmax)
+            restored = q * s
+            if K is not None:
+                exact = K[:, i1 + i : i1 + i + 1]
+                stored = column.half().float()
+                restored, q = torch.where(exact, stored, restored), torch.where(exact, 0.0, q)
+                kept[:, i1 + i : i1 + i + 1] = torch.where(exact, stored, 0.0)
             Q[:, i1 + i : i1 + i + 1] = q
-            error = (column - q * s) / Hinv1[i, i]
+            error = (column - restored) / Hinv1[i, i]
             W1[:, i:] -= error @ Hinv1[i : i + 1, i:]
             errors[:, i : i + 1] = error
         W[:, i2:] -= errors @ Hinv[i1:i2, i2:]
-    Q = Q[:, torch.argsort(perm)]
-    return Q.to(torch.int8).contiguous(), scale.to(torch.float16)
+    inverse = torch.argsort(perm)
+    return Q[:, inverse].to(torch.int8).contiguous(), scale.to(torch.float16), kept[:, inverse].contiguous()
 
 
 def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, tokens: int = CALIBRATION_TOKENS, batch_seqs: int = 16):
@@ -86,9 +99,15 @@ def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, token
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*",), device=None) -> tuple[dict, dict]:
     """({weight name: H = X^T X in fp64}, {weight name: input rows summed into it}) for every nn.Linear whose
-    weight name matches `patterns`, over `batches` of (x, y)."""
+    weight name matches `patterns`, and for a tied embedding (as the output layer it also is: its error
+    reaches the logits through the final hidden state), over `batches` of (x, y)."""
     device = device or next(model.parameters()).device
     hessians, rows, hooks = {}, {}, []
+    tied = getattr(model, "lm_head", 1) is None and any(fnmatch.fnmatch("tok_emb.weight", p) for p in patterns)
+    if tied:
+        dim = model.tok_emb.weight.shape[1]
+        hessians["tok_emb.weight"] = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        rows["tok_emb.weight"] = 0
     for name, module in model.named_modules():
         weight = f"{name}.weight"
         if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(weight, p) for p in patterns):
@@ -104,8 +123,14 @@ def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*"
     was_training = model.training
     model.eval()
     try:
-        for x, y in batches:
-            model(x.to(device), y.to(device))
+        for x, _ in batches:
+            hidden = model.projection_input(x.to(device))  # runs every block (their hooks fire)
+            if tied:
+                h = hidden.reshape(-1, hidden.shape[-1]).double()
+                hessians["tok_emb.weight"].addmm_(h.T, h)
+                rows["tok_emb.weight"] += h.shape[0]
+            elif model.lm_head is not None:
+                model.lm_head(hidden)
     finally:
         for hook in hooks:
             hook.remove()

@@ -1,6 +1,7 @@
 """Post-training quantization: per-tensor bit-widths, per-row scales, and the clip rule.
 
-Where a tensor's bit-width is decided: `tensor_plan` (from QuantConfig.bits / .clip patterns).
+Where a tensor's bit-width is decided: `tensor_plan` (from QuantConfig.bits / .clip patterns); how a
+matrix's symbols are chosen and what is stored beside them: pgolf/storage.py.
 - 2..8 bits: symmetric signed integers in [-(2^(b-1) - 1), 2^(b-1) - 1], one fp16 scale per row for
   matrices (one fp32 scale for other shapes).
 - 16 bits: fp16.
@@ -33,6 +34,18 @@ class StoredTensor:
     q: np.ndarray | None = None  # int8 symbols (kind "int")
     scale: np.ndarray | None = None  # fp16 per row, or one fp32 value
     data: np.ndarray | None = None  # the stored values (kinds "float16", "float32", "raw")
+    # Matrix formats beyond plain symbols x row scales (pgolf/storage.py); None / defaults when unused.
+    quantizer: str = "rtn"
+    awq: float = 0.0
+    outliers: float = 0.0
+    rank: int = 0
+    col_scale: np.ndarray | None = None  # fp16 per input channel (AWQ)
+    outlier_gaps: np.ndarray | None = None  # uint16/uint32 gaps between sorted flat positions
+    outlier_values: np.ndarray | None = None  # fp16
+    lr_a: np.ndarray | None = None  # low-rank factors, fp16 or int8
+    lr_b: np.ndarray | None = None
+    lr_a_scale: np.ndarray | None = None  # fp16 per row, for int8 factors
+    lr_b_scale: np.ndarray | None = None
 
 
 def tensor_group(name: str) -> str:
@@ -96,41 +109,6 @@ def dequantize_tensor(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     if scale.ndim > 0:
         return (q.float() * scale.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
     return (q.float() * float(scale)).to(dtype).contiguous()
-
-
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-def quantize_state_dict(state_dict: dict[str, Tensor], quant) -> list[StoredTensor]:
-    stored = []
-    for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
-        kind, bits, clip = tensor_plan(name, t, quant)
-        entry = StoredTensor(name=name, kind=kind, shape=tuple(t.shape), dtype=_dtype_name(t), bits=bits, clip=clip)
-        if kind == "int":
-            q, scale = quantize_tensor(t, bits, clip, quant.clip_percentile)
-            entry.q = q.numpy()
-            entry.scale = scale.numpy()
-        elif kind == "float16":
-            entry.data = t.to(torch.float16).numpy()
-        elif kind == "float32":
-            entry.data = t.float().numpy()
-        else:
-            entry.data = t.numpy()
-        stored.append(entry)
-    return stored
-
-
-def dequantize_state_dict(stored: list[StoredTensor]) -> dict[str, Tensor]:
-    out = {}
-    for entry in stored:
-        dtype = getattr(torch, entry.dtype)
-        if entry.kind == "int":
-            out[entry.name] = dequantize_tensor(torch.from_numpy(entry.q), torch.from_numpy(entry.scale), dtype)
-        else:
-            out[entry.name] = torch.from_numpy(np.array(entry.data)).to(dtype).contiguous()
-    return out
 
 
 def symbol_entropy_bits(stored: list[StoredTensor]) -> float:

@@ -29,7 +29,7 @@ from pgolf.files import FileFormatError, read_json
 from pgolf.model import count_params
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
-from pgolf.submission import (MODEL_FILE, export_model, load_model, process_group_scope, score, setup_runtime,
+from pgolf.submission import (MODEL_FILE, export_trained, load_model, process_group_scope, score, setup_runtime,
                                share_from_main, train_model)
 
 METRICS_FILE = "metrics.json"
@@ -89,7 +89,10 @@ def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val,
     log(f"pre-quant val_loss {pre.loss:.8f} val_bpb {pre.bpb:.8f}")
 
     if stage is not None:
-        blob, sizes, stored = export_model(model, config)
+        blob, sizes, stored, calibration_seconds = export_trained(model, config, data.train_pattern, runtime.device)
+        if calibration_seconds:
+            result.train_seconds += calibration_seconds
+            log(f"calibration and quantization {calibration_seconds:.1f}s, counted as training: {result.train_seconds:.1f}s")
         write(MODEL_FILE, blob)
     params = count_params(model)
     del model

@@ -25,7 +25,8 @@ from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, validate
 from pgolf.evaluate import NonFiniteScore, evaluate_bpb
 from pgolf.model import GPT
-from pgolf.quant import dequantize_state_dict, quantize_state_dict
+from pgolf.gptq import CalibrationError, calibration_batches, collect_hessians
+from pgolf.storage import dequantize_state_dict, needs_calibration, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
 from pgolf.train import TrainingDiverged, keep_freed_memory, train
 
@@ -33,7 +34,7 @@ CONFIG: dict = {}  # the standalone script carries its trial's configuration her
 MODEL_FILE = "final_model.pgolf"
 RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.
-EXPECTED_ERRORS = (ArtifactError, ConfigError, NonFiniteScore, ShardError, TokenizerError, TrainingDiverged, OSError)
+EXPECTED_ERRORS = (ArtifactError, CalibrationError, ConfigError, NonFiniteScore, ShardError, TokenizerError, TrainingDiverged, OSError)
 ENV_OVERRIDES = {
     "SEED": ("train", "seed", int),
     "ITERATIONS": ("train", "iterations", int),
@@ -114,16 +115,42 @@ def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validat
     torch.manual_seed(config.train.seed)
     model = GPT(config.model).to(runtime.device)
     loader = BatchLoader(train_pattern, config.model.vocab_size, runtime.rank, runtime.world_size, runtime.device)
-    result = train(model, config.train, loader, runtime.device, validate=validate_fn, on_val=on_val,
+    train_cfg = config.train
+    if train_cfg.reserve_seconds > 0 and train_cfg.max_wallclock_seconds > 0:
+        train_cfg = dataclasses.replace(train_cfg, max_wallclock_seconds=train_cfg.max_wallclock_seconds - train_cfg.reserve_seconds)
+    result = train(model, train_cfg, loader, runtime.device, validate=validate_fn, on_val=on_val,
                    log=log, world_size=runtime.world_size)
     return model, result
 
 
-def export_model(model: GPT, config: RunConfig) -> tuple[bytes, dict, list]:
+def calibrate(model: GPT, config: RunConfig, train_pattern: str, device: torch.device, names=None) -> tuple[dict, dict] | None:
+    """H = X^T X of the inputs of every matrix whose format needs it (GPTQ, AWQ), or of the matrices
+    matching the globs `names`, over the first quant.calib_tokens training tokens; None when none needs it."""
+    names = names or needs_calibration(model.state_dict(), config.quant)
+    if not names:
+        return None
+    seq_len = config.train.seq_len
+    batches = calibration_batches(train_pattern, config.model.vocab_size, seq_len, config.quant.calib_tokens,
+                                  max(1, config.eval.batch_tokens // seq_len))
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.eval.autocast):
+        return collect_hessians(model, batches, tuple(names), device)
+
+
+def export_model(model: GPT, config: RunConfig, calibration: tuple[dict, dict] | None = None) -> tuple[bytes, dict, list]:
     """The compressed model file's bytes, its compressed bytes per tensor group, and the stored tensors."""
-    stored = quantize_state_dict(model.state_dict(), config.quant)
+    stored = quantize_state_dict(model.state_dict(), config.quant, *(calibration or (None, None)))
     blob, sizes = pack(stored, model_meta(config), config.quant.compressor, config.quant.level)
     return blob, sizes, stored
+
+
+def export_trained(model: GPT, config: RunConfig, train_pattern: str, device: torch.device) -> tuple[bytes, dict, list, float]:
+    """export_model after training, calibrating first where a format needs it; the last value is the
+    seconds calibration and quantization took then, which count as training (they read training data),
+    or 0.0 when nothing needed calibration (a plain export is not training)."""
+    started = time.perf_counter()
+    calibration = calibrate(model, config, train_pattern, device)
+    blob, sizes, stored = export_model(model, config, calibration)
+    return blob, sizes, stored, time.perf_counter() - started if calibration is not None else 0.0
 
 
 def load_model(blob: bytes, device: torch.device) -> tuple[GPT, ModelConfig, EvalConfig]:
@@ -194,7 +221,11 @@ def run_script(config: RunConfig, data_path: str, tokenizer_path: str, model_pat
         pre = score(model, config.resolved_eval(), val_pattern, tokenizer_path, runtime)
         log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}")
         if runtime.is_main:
-            blob, sizes, _ = export_model(model, config)
+            blob, sizes, _, calibration_seconds = export_trained(model, config, train_pattern, runtime.device)
+            if calibration_seconds:
+                result.train_seconds += calibration_seconds
+                log(f"calibration and quantization: {calibration_seconds:.1f}s (counted as training) "
+                    f"train_time:{result.train_seconds:.1f}s")
             with open(model_path + ".tmp", "wb") as f:
                 f.write(blob)
             os.replace(model_path + ".tmp", model_path)

@@ -22,6 +22,7 @@ Every candidate is recorded.
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import time
@@ -36,14 +37,19 @@ from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore
 from pgolf.model import GPT, is_control_tensor
-from pgolf.quant import quantize_tensor
+from pgolf.artifact import EXTRA_ROLES, byte_shuffle
+from pgolf.quant import StoredTensor, quantize_tensor
+from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, needs_calibration,
+                           restore_matrix, store_matrix)
 from pgolf.shards import TokenStream, token_count
 from pgolf.run import SCRIPT_FILE
-from pgolf.submission import MODEL_FILE, export_model, load_model, score
+from pgolf.submission import MODEL_FILE, calibrate, export_model, load_model, score
 
 PERCENTILE = 99.99984
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
 EVAL_TIME_MARGIN = 0.7  # predicted eval time must fit in this fraction of the cap (timing noise)
+FORMAT_ENTRY_BYTES = 30  # compressed directory bytes of a matrix's format fields, measured on real files
+ARRAY_ENTRY_BYTES = 12  # and of each extra array's descriptor
 
 
 @dataclass
@@ -58,8 +64,21 @@ class Option:
     bits: int
     clip: float
     bytes: int
-    mse: float
+    mse: float  # the unit's error at this option: weight MSE, or with calibration the output error
     damage: float = 0.0
+    quantizer: str = "rtn"
+    awq: float = 0.0
+    outliers: float = 0.0
+    rank: int = 0
+
+    @property
+    def plain(self) -> bool:
+        return self.quantizer == "rtn" and self.awq == 0 and self.outliers == 0 and self.rank == 0
+
+    def label(self) -> str:
+        extras = [self.quantizer] if self.quantizer != "rtn" else []
+        extras += [f"awq{self.awq:g}"] * (self.awq > 0) + [f"out{self.outliers:g}"] * (self.outliers > 0) + [f"r{self.rank}"] * (self.rank > 0)
+        return f"{self.bits}b/{self.clip:g}" + "".join("+" + e for e in extras)
 
 
 @dataclass
@@ -73,11 +92,14 @@ class Candidate:
     val_loss: float = math.nan
     eval_seconds: float = math.nan
     feasible: bool = False
+    post_training_seconds: float = 0.0  # calibration + quantization a submission runs after training (0 for RTN)
     blob: bytes = field(default=b"", repr=False)
     byte_groups: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"label": self.label, "bits": self.config.quant.bits, "clip": self.config.quant.clip,
+        q = self.config.quant
+        formats = {k: getattr(q, k) for k in ("quantizer", "awq", "outliers", "rank") if getattr(q, k) != getattr(QuantConfig(), k)}
+        return {"label": self.label, "bits": q.bits, "clip": q.clip, **formats, "post_training_seconds": self.post_training_seconds,
                 "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
                 "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
                 "predicted_damage": self.predicted_damage, "artifact_bytes": self.artifact_bytes,
@@ -155,6 +177,98 @@ def unit_options(state: dict, unit: Unit, bits_options, clip_options) -> list[Op
     return options
 
 
+@dataclass
+class FormatChoices:
+    """The matrix formats a study may use beyond plain RTN (the space's [allocation] table)."""
+    quantizers: tuple = ("rtn",)
+    awq: tuple = (0.0,)
+    outliers: tuple = (0.0,)
+    ranks: tuple = (0,)
+    rank_bits: int = 16
+
+    @classmethod
+    def of(cls, space_alloc) -> "FormatChoices":
+        return cls(tuple(space_alloc.quantizers), tuple(space_alloc.awq), tuple(space_alloc.outliers), tuple(space_alloc.ranks),
+                   space_alloc.rank_bits)
+
+    @property
+    def extended(self) -> bool:
+        return self != FormatChoices(rank_bits=self.rank_bits)
+
+    @property
+    def calibrated(self) -> bool:
+        return "gptq" in self.quantizers or any(a > 0 for a in self.awq)
+
+
+def stored_bytes(entry: StoredTensor) -> int:
+    """Estimated compressed bytes of one stored matrix, every array it holds (as objectives.bytes does)."""
+    total = compressed_symbols(entry.q.tobytes()) + compressed_floats(entry.scale)
+    for arr in (entry.col_scale, entry.outlier_values, entry.lr_a_scale, entry.lr_b_scale):
+        total += compressed_floats(arr) if arr is not None else 0
+    if entry.outlier_gaps is not None:
+        total += compressed_symbols(byte_shuffle(entry.outlier_gaps))
+    for arr in (entry.lr_a, entry.lr_b):
+        if arr is not None:
+            total += compressed_symbols(arr.tobytes()) if arr.dtype == np.int8 else compressed_floats(arr)
+    extra_arrays = sum(getattr(entry, r) is not None for r in EXTRA_ROLES)
+    return total + FORMAT_ENTRY_BYTES * (extra_arrays > 0) + ARRAY_ENTRY_BYTES * extra_arrays
+
+
+def output_error(delta: torch.Tensor, hessian: torch.Tensor, rows: int) -> float:
+    """Mean squared output error ||X delta^T||^2 / rows, with H = X^T X over `rows` input rows."""
+    d = delta.double()
+    return float(torch.einsum("ij,jk,ik->", d, hessian.to(d.device), d)) / max(rows, 1)
+
+
+def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choices: FormatChoices, quant,
+                      hessians: dict, rows: dict) -> list[Option]:
+    """Every allowed (bits, clip, quantizer, awq, outliers, rank) of a unit, its bytes and its error:
+    output error on the calibration activations where every tensor of the unit has them, else weight MSE.
+    Ranks reuse one SVD of each base format's residual."""
+    calibrated = all(n in hessians for n in unit.tensors)
+    options: dict = {}
+    for name in unit.tensors:
+        w = state[name].detach().float().cpu()
+        H, n = hessians.get(name), rows.get(name, 0)
+        weight = input_rms(H, n) if H is not None else None
+
+        def error(delta):
+            return output_error(delta, H, n) if calibrated else float(delta.pow(2).sum())
+
+        for bits in bits_options:
+            if bits == 16:
+                half = w.to(torch.float16)
+                _add(options, (16, 0.0, "rtn", 0.0, 0.0, 0), compressed_floats(half.numpy()), error(w - half.float()))
+                continue
+            for clip, quantizer, awq, outliers in itertools.product(clip_options, choices.quantizers, choices.awq, choices.outliers):
+                fmt = MatrixFormat(bits, clip, quantizer, awq, outliers)
+                if fmt.needs_calibration() and not calibrated:
+                    continue
+                entry = StoredTensor(name=name, kind="int", shape=tuple(w.shape), dtype="float32", bits=bits, clip=clip)
+                if fmt.is_plain():
+                    q, scale = quantize_tensor(w, bits, clip, PERCENTILE)
+                    entry.q, entry.scale = q.numpy(), scale.numpy()
+                else:
+                    store_matrix(entry, w, fmt, PERCENTILE, H, n, (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
+                residual = w - restore_matrix(entry, torch.float32)
+                base_bytes = stored_bytes(entry)
+                _add(options, (bits, clip, quantizer, awq, outliers, 0), base_bytes, error(residual))
+                ranks = [r for r in choices.ranks if r > 0]
+                if ranks:
+                    basis = low_rank_basis(residual, weight)
+                    for rank in ranks:
+                        attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
+                        corrected = w - restore_matrix(entry, torch.float32)
+                        _add(options, (bits, clip, quantizer, awq, outliers, rank), stored_bytes(entry), error(corrected))
+    return [Option(b, c, size, err, quantizer=qz, awq=a, outliers=o, rank=r) for (b, c, qz, a, o, r), (size, err, count) in options.items()
+            if count == len(unit.tensors)]
+
+
+def _add(options: dict, key: tuple, nbytes: int, err: float) -> None:
+    size, total, count = options.get(key, (0, 0.0, 0))
+    options[key] = (size + nbytes, total + err, count + 1)
+
+
 def calibration_tokens(train_pattern: str, vocab_size: int, count: int, seq_len: int) -> torch.Tensor:
     """The last `count` tokens (whole sequences) of the training split: held out from the start of it."""
     stream = TokenStream(train_pattern, vocab_size)
@@ -212,13 +326,20 @@ def solve_knapsack(units: list[Unit], options: dict, budget: int, buckets: int =
     return list(reversed(chosen))
 
 
-def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, level: int) -> QuantConfig:
-    bits = {"*": 8}
-    clip = {"*": 0.0}
+def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, level: int, base: QuantConfig | None = None,
+                     rank_bits: int = 16) -> QuantConfig:
+    """The QuantConfig of one pick per unit; the format tables list only units that leave the default, so
+    an RTN-only allocation is the same config as before those tables existed."""
+    base = base or QuantConfig()
+    tables = {"bits": {"*": 8}, "clip": {"*": 0.0}, "quantizer": {"*": "rtn"}, "awq": {"*": 0.0}, "outliers": {"*": 0.0}, "rank": {"*": 0}}
     for unit, opt in zip(units, chosen):
-        bits[unit.name] = opt.bits
-        clip[unit.name] = opt.clip
-    return QuantConfig(bits=bits, clip=clip, keep_float_max_numel=0, compressor=compressor, level=level)
+        tables["bits"][unit.name], tables["clip"][unit.name] = opt.bits, opt.clip
+        for key, value in (("quantizer", opt.quantizer), ("awq", opt.awq), ("outliers", opt.outliers), ("rank", opt.rank)):
+            if value != tables[key]["*"]:
+                tables[key][unit.name] = value
+    calibration = {k: getattr(base, k) for k in ("calib_tokens", "gptq_damp", "gptq_block", "gptq_act_order")}
+    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, **calibration,
+                       rank_bits=rank_bits if any(o.rank for o in chosen) else QuantConfig.rank_bits)
 
 
 def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -> RunConfig:
@@ -226,19 +347,30 @@ def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -
 
 
 def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, log=print,
-             seconds_per_token: float | None = None) -> AllocationResult:
+             seconds_per_token: float | None = None, train_seconds: float = 0.0) -> AllocationResult:
     """Choose storage and eval settings for a trained model; see the module docstring.
 
     seconds_per_token: measured chunked-eval speed of this model, if the caller has one (else measured).
+    train_seconds: the model's training time, to which a format's calibration and quantization are added
+    (a submission runs them after training) before checking the training cap.
     """
     started = time.perf_counter()
     device = runtime.device
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     units = make_units(state, space_alloc.granularity)
-    options = {u.name: unit_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
-                                    space_alloc.clip) for u in units}
-    phase = {"options": time.perf_counter() - started}
+    choices = FormatChoices.of(space_alloc)
+    phase, calibration, calibration_seconds = {}, None, 0.0
+    if choices.extended:
+        # The same activations a submission collects after training: its GPTQ/AWQ then reproduce these bytes.
+        calibration = calibrate(model, config, data.train_pattern, device, names=("*",))
+        calibration_seconds = phase["calibration"] = time.perf_counter() - started
+        options = {u.name: formatted_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
+                                             space_alloc.clip, choices, config.quant, *calibration) for u in units}
+    else:
+        options = {u.name: unit_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
+                                        space_alloc.clip) for u in units}
+    phase["options"] = time.perf_counter() - started - sum(phase.values())
     seq_len = config.eval_seq_len()
     calib = calibration_tokens(data.train_pattern, config.model.vocab_size, space_alloc.calib_tokens, seq_len)
     repeats_train = config.model.loop_repeats
@@ -249,7 +381,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     params = dict(model.named_parameters())
     sensitivities = {}
     for unit in units:
-        reference = min((o for o in options[unit.name] if o.bits != 16), key=lambda o: (o.bits, o.mse), default=None)
+        reference = min((o for o in options[unit.name] if o.bits != 16 and o.plain), key=lambda o: (o.bits, o.mse), default=None)
         if reference is None or reference.mse == 0:
             sensitivities[unit.name] = 0.0
             continue
@@ -273,23 +405,31 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     compressor = space_alloc.compressors[0]
     result = AllocationResult(best=None, sensitivities=sensitivities)
     # Code bytes depend (by a few digits) on the allocation written into the script: budget with the longest.
-    widest = Option(16, max(space_alloc.clip, key=lambda c: len(repr(float(c)))), 0, 0.0)
-    longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level),
+    widest = Option(16, max(space_alloc.clip, key=lambda c: len(repr(float(c)))), 0, 0.0, quantizer=max(choices.quantizers, key=len),
+                    awq=max(choices.awq, key=lambda a: len(repr(float(a)))), outliers=max(choices.outliers, key=lambda o: len(repr(float(o)))),
+                    rank=max(choices.ranks))
+    longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level, config.quant, choices.rank_bits),
                     repeats=repeats, stride=max(space_alloc.eval_stride))
     budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK
+    plain = {name: [o for o in opts if o.plain] for name, opts in options.items()}
     proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
-                 ("best uniform", lambda b: best_uniform(units, options, b, space_alloc))]
+                 ("best uniform", lambda b: best_uniform(units, plain, b, space_alloc))]
+    if choices.calibrated:  # the fallback when calibrating after training would break the training cap
+        proposals.append(("knapsack rtn", lambda b: solve_knapsack(units, plain, b)))
     stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime, seconds_per_token)
     phase["eval settings"] = time.perf_counter() - started - sum(phase.values())
 
     def confirm(label: str, picks: list[Option]) -> Candidate:
-        quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level)
+        quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level, config.quant, choices.rank_bits)
         candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
                               sum(o.damage for o in picks))
-        _confirm(model, candidate, space_alloc, caps, data, runtime)
+        _confirm(model, candidate, space_alloc, caps, data, runtime, calibration, calibration_seconds, train_seconds)
+        formats = sorted({o.label().split("+", 1)[1] for o in picks if not o.plain and "+" in o.label()})
         log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
             f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
-            f"{'feasible' if candidate.feasible else 'over a cap'}")
+            + (f"formats {', '.join(formats)}, " if formats else "")
+            + (f"{candidate.post_training_seconds:.1f}s after training, " if candidate.post_training_seconds else "")
+            + f"{'feasible' if candidate.feasible else 'over a cap'}")
         return candidate
 
     for label, propose in proposals[: space_alloc.confirm_top]:
@@ -371,15 +511,21 @@ def confirm_within_cap(propose, confirm, budget: int, cap: int, attempts: int = 
     return candidate
 
 
-def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime) -> None:
-    """Pack with each allowed compressor, keep the smallest, reload into a fresh model, score on val."""
+def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime, calibration=None, calibration_seconds: float = 0.0,
+             train_seconds: float = 0.0) -> None:
+    """Pack with each allowed compressor, keep the smallest, reload into a fresh model, score on val.
+    A candidate whose formats need calibration costs a submission that calibration and its quantization
+    after training: timed here, it counts against the training cap."""
     packed = []
+    calibrated = bool(needs_calibration(model.state_dict(), candidate.config.quant))
     for compressor in space_alloc.compressors:
         level = space_alloc.level if compressor == "zstd" else 9
         trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
-        blob, groups, _ = export_model(model, trial)
-        packed.append((len(blob), blob, groups, trial))
-    _, blob, groups, candidate.config = min(packed, key=lambda p: p[0])
+        started = time.perf_counter()
+        blob, groups, _ = export_model(model, trial, calibration if calibrated else None)
+        packed.append((len(blob), blob, groups, trial, time.perf_counter() - started))
+    _, blob, groups, candidate.config, export_seconds = min(packed, key=lambda p: p[0])
+    candidate.post_training_seconds = calibration_seconds + export_seconds if calibrated else 0.0
     code = code_bytes(config_to_dict(candidate.config))
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
@@ -389,4 +535,5 @@ def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime) -> N
     except NonFiniteScore as exc:  # fails the trial (or `search allocate`): a candidate without a score is never ranked
         raise NonFiniteScore(f"allocation candidate {candidate.label!r} after its round trip: {exc}") from None
     candidate.val_bpb, candidate.val_loss, candidate.eval_seconds = post.bpb, post.loss, post.seconds
-    candidate.feasible = candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds
+    candidate.feasible = (candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds
+                          and train_seconds + candidate.post_training_seconds <= caps.train_seconds)

@@ -86,7 +86,10 @@ def cmd_allocate(args) -> int:
     options = {key: value for key, value in (
         ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),
         ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
-        ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity)) if value is not None}
+        ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity),
+        ("quantizers", args.quantizers.split(",") if args.quantizers else None), ("awq", parse_list(args.awq, "--awq", float)),
+        ("outliers", parse_list(args.outliers, "--outliers", float)), ("ranks", parse_list(args.ranks, "--ranks")),
+        ("rank_bits", args.rank_bits)) if value is not None}
     out = args.out or f"allocation-{args.cap}"
     # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
     check_target(os.path.abspath(out), args.replace, "--replace")
@@ -180,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
     p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
     p.add_argument("--granularity", choices=("kind", "layer", "tensor"))
+    p.add_argument("--quantizers", help="how symbols are chosen: rtn, gptq or rtn,gptq (GPTQ/AWQ calibrate on training tokens)")
+    p.add_argument("--awq", help="AWQ-lite exponents to try, e.g. 0,0.5 (0 = off)")
+    p.add_argument("--outliers", help="fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005")
+    p.add_argument("--ranks", help="ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)")
+    p.add_argument("--rank-bits", type=int, help="correction factors in 16 (fp16) or 8 (int8) bits")
     p.add_argument("--eval-seconds", type=float, default=600.0, help="eval-time cap (default: %(default)s)")
     p.add_argument("--device")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")

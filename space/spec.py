@@ -26,7 +26,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from pgolf.config import QUANT_BITS_ALLOWED, COMPRESSORS, ConfigError, RunConfig, config_from_dict, config_to_dict
+from pgolf.config import (COMPRESSORS, MAX_CORRECTION_RANK, MAX_OUTLIER_FRACTION, QUANT_BITS_ALLOWED, QUANTIZERS, ConfigError,
+                          RunConfig, config_from_dict, config_to_dict)
 from pgolf.configfiles import resolve_config
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -77,6 +78,12 @@ class AllocationSpace:
     level: int = 22
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
     confirm_top: int = 2  # allocations confirmed on the full validation split
+    # Matrix formats beyond RTN a unit may take (pgolf/storage.py); every combination is an option.
+    quantizers: list = field(default_factory=lambda: ["rtn"])  # rtn | gptq
+    awq: list = field(default_factory=lambda: [0.0])  # AWQ-lite exponents (0 = off)
+    outliers: list = field(default_factory=lambda: [0.0])  # fractions of weights kept exact in fp16
+    ranks: list = field(default_factory=lambda: [0])  # ranks of the low-rank error correction (0 = none)
+    rank_bits: int = 16  # the correction's factors: 16 = fp16, 8 = int8
 
 
 @dataclass
@@ -172,6 +179,22 @@ def _dimension(key: str, spec) -> Dimension:
     return dim
 
 
+def _check_formats(alloc: AllocationSpace) -> None:
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not alloc.quantizers or any(q not in QUANTIZERS for q in alloc.quantizers):
+        raise SpaceError(f"allocation.quantizers must list {' / '.join(QUANTIZERS)}, got {alloc.quantizers}")
+    if not alloc.awq or any(not number(a) or not 0 <= a <= 1 for a in alloc.awq):
+        raise SpaceError(f"allocation.awq must list exponents in [0, 1] (0 = off), got {alloc.awq}")
+    if not alloc.outliers or any(not number(o) or not 0 <= o <= MAX_OUTLIER_FRACTION for o in alloc.outliers):
+        raise SpaceError(f"allocation.outliers must list fractions in [0, {MAX_OUTLIER_FRACTION}] of a matrix's weights, got {alloc.outliers}")
+    if not alloc.ranks or any(not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= MAX_CORRECTION_RANK for r in alloc.ranks):
+        raise SpaceError(f"allocation.ranks must list integers in [0, {MAX_CORRECTION_RANK}], got {alloc.ranks}")
+    if alloc.rank_bits not in (8, 16):
+        raise SpaceError(f"allocation.rank_bits must be 8 or 16, got {alloc.rank_bits}")
+
+
 def allocation_from_dict(values: dict) -> AllocationSpace:
     alloc = _dataclass_from("allocation", AllocationSpace, values)
     for key in ("bits", "embedding_bits"):
@@ -188,6 +211,7 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
         raise SpaceError(f"allocation.eval_stride must list non-negative integers, got {alloc.eval_stride}")
     if not alloc.compressors or any(c not in COMPRESSORS for c in alloc.compressors):
         raise SpaceError(f"allocation.compressors must list {' / '.join(COMPRESSORS)}, got {alloc.compressors}")
+    _check_formats(alloc)
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
         raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
     return alloc

@@ -5,7 +5,8 @@ import torch
 
 from pgolf.artifact import ArtifactError, pack, unpack
 from pgolf.config import QuantConfig
-from pgolf.quant import dequantize_state_dict, quantize_state_dict, quantize_tensor, symbol_entropy_bits, tensor_group
+from pgolf.quant import quantize_tensor, symbol_entropy_bits, tensor_group
+from pgolf.storage import dequantize_state_dict, quantize_state_dict
 
 from conftest import DATA
 

@@ -43,7 +43,7 @@ def test_gptq_output_error_is_below_rtn_at_every_width(official_layers, clip_k):
         ratios = []
         for bits in range(3, 9):
             q, scale = quantize_tensor(w, bits, clip_k, 99.99984)
-            gq, gscale = gptq_quantize(w, calibration[name], bits, clip_k)
+            gq, gscale, _ = gptq_quantize(w, calibration[name], bits, clip_k)
             assert torch.equal(gscale, scale) and int(gq.abs().max()) <= 2 ** (bits - 1) - 1  # the RTN storage format
             rtn_error = output_error(w - dequantize_tensor(q, scale, torch.float32), held_out[name])
             gptq_error = output_error(w - dequantize_tensor(gq, gscale, torch.float32), held_out[name])

@@ -1,0 +1,217 @@
+"""How each tensor is stored: the one place a matrix's storage format is decided and undone.
+
+A block or embedding matrix is stored as a `MatrixFormat` (from the QuantConfig's glob tables, see
+`matrix_format`):
+- integer symbols with one fp16 scale per row, chosen by round-to-nearest ("rtn") or by GPTQ ("gptq",
+  pgolf/gptq.py), at `bits` with the clip multiplier `clip` (pgolf/quant.py);
+- optionally AWQ-lite: input channel j is multiplied by s_j = (rms activation of j)^awq before
+  quantizing (s normalised to geometric mean 1, stored in fp16) and divided by it at load, so the
+  channels the model reads most get the finest steps;
+- optionally protected outliers: the `outliers` fraction of weights largest in magnitude stored exactly
+  in fp16 beside the low-bit rest, their positions as gaps between sorted flat indices (uint16 when every
+  gap fits, else uint32), which compress to about a byte each;
+- optionally a low-rank correction: rank-`rank` factors A (out x r), B (r x in) of the remaining error
+  W - W_hat, fp16 or int8 with per-row fp16 scales, added back at load (the records' LQER). With
+  calibration, the SVD weights input channels by their rms activation (the output error is what matters).
+GPTQ and AWQ need H = X^T X of the layer's inputs over training tokens (`needs_calibration`).
+Other tensors follow `pgolf.quant.tensor_plan` unchanged.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pgolf.config import pattern_value
+from pgolf.gptq import gptq_quantize
+from pgolf.quant import StoredTensor, dequantize_tensor, quantize_tensor, row_scales, tensor_plan
+
+
+@dataclass(frozen=True)
+class MatrixFormat:
+    bits: int
+    clip: float
+    quantizer: str = "rtn"  # rtn | gptq
+    awq: float = 0.0  # exponent of the per-input-channel scaling (0 = off)
+    outliers: float = 0.0  # fraction of weights kept exact in fp16
+    rank: int = 0  # rank of the error correction (0 = none)
+    rank_bits: int = 16  # 16 = fp16 factors, 8 = int8 factors with per-row scales
+
+    def needs_calibration(self) -> bool:
+        return self.quantizer == "gptq" or self.awq > 0
+
+    def is_plain(self) -> bool:
+        """Stored exactly as before these options existed (RTN symbols and row scales only)."""
+        return not self.needs_calibration() and self.outliers == 0 and self.rank == 0
+
+
+def matrix_format(name: str, bits: int, clip: float, quant) -> MatrixFormat:
+    return MatrixFormat(bits, clip, str(pattern_value(quant.quantizer, name, "rtn")), float(pattern_value(quant.awq, name, 0.0)),
+                        float(pattern_value(quant.outliers, name, 0.0)), int(pattern_value(quant.rank, name, 0)), quant.rank_bits)
+
+
+def needs_calibration(state_dict: dict, quant) -> list[str]:
+    """Names of the tensors whose format needs calibration activations (GPTQ or AWQ)."""
+    names = []
+    for name, t in state_dict.items():
+        kind, bits, clip = tensor_plan(name, t, quant)
+        if kind == "int" and t.ndim == 2 and matrix_format(name, bits, clip, quant).needs_calibration():
+            names.append(name)
+    return names
+
+
+def outlier_count(numel: int, fraction: float) -> int:
+    return int(round(numel * fraction))
+
+
+def _awq_scales(hessian: Tensor, rows: int, exponent: float) -> Tensor:
+    rms = (torch.diag(hessian).double() / max(rows, 1)).clamp_min(1e-12).sqrt()
+    s = rms ** exponent
+    s = s / torch.exp(torch.log(s).mean())  # geometric mean 1: the row scales stay comparable
+    return s.to(torch.float16).float().clamp_min(6e-8)
+
+
+def _int8_rows(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per row at the row's max (factors have no outliers worth clipping)."""
+    scale = (t.abs().amax(dim=1) / 127.0).to(torch.float16).float().clamp_min(6e-8)
+    return torch.clamp(torch.round(t / scale[:, None]), -127, 127).to(torch.int8), scale.to(torch.float16)
+
+
+def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percentile: float,
+                 hessian: Tensor | None = None, rows: int = 0, gptq=(0.01, 128, True)) -> StoredTensor:
+    """Fill `entry` (kind "int") with the arrays of matrix `w` in format `fmt`. gptq: (damp, block, act_order)."""
+    if fmt.needs_calibration() and hessian is None:
+        raise ValueError(f"{entry.name}: {fmt.quantizer}/awq storage needs calibration activations")
+    W = w.detach().float().cpu()
+    H = hessian.detach().double().cpu() if hessian is not None else None
+    entry.quantizer, entry.awq, entry.outliers, entry.rank = fmt.quantizer, fmt.awq, fmt.outliers, fmt.rank
+    col = None
+    if fmt.awq > 0:
+        col = _awq_scales(H, rows, fmt.awq)
+        W = W * col[None, :]
+        H = H / (col.double()[:, None] * col.double()[None, :])  # the inputs the scaled matrix sees
+        entry.col_scale = col.to(torch.float16).numpy()
+    keep = None
+    count = outlier_count(W.numel(), fmt.outliers)
+    if count > 0:
+        flat = torch.topk(W.abs().reshape(-1), count).indices.sort().values
+        keep = torch.zeros(W.numel(), dtype=torch.bool)
+        keep[flat] = True
+        keep = keep.view_as(W)
+    rest = W.masked_fill(keep, 0.0) if keep is not None else W  # outliers must not stretch the row scales
+    if fmt.quantizer == "gptq":
+        damp, block, act_order = gptq
+        scale = row_scales(rest, fmt.bits, fmt.clip, clip_percentile)
+        q, scale16, kept = gptq_quantize(W, H, fmt.bits, fmt.clip, clip_percentile, damp, block, act_order, scale, keep)
+    else:
+        q, scale16 = quantize_tensor(rest, fmt.bits, fmt.clip, clip_percentile)
+        kept = W.half().float() * keep if keep is not None else None
+    entry.q, entry.scale = q.numpy(), scale16.numpy()
+    if keep is not None:
+        positions = keep.reshape(-1).nonzero().squeeze(1)
+        values = kept.reshape(-1)[positions]
+        if col is not None:
+            values = values / col.repeat(W.shape[0])[positions]  # stored in the matrix's own space
+        gaps = torch.diff(positions, prepend=torch.zeros(1, dtype=positions.dtype)).numpy()
+        entry.outlier_gaps = gaps.astype(np.uint16 if gaps.max(initial=0) < 65_536 else np.uint32)
+        entry.outlier_values = values.to(torch.float16).numpy()
+    if fmt.rank > 0:
+        weight = input_rms(hessian, rows) if hessian is not None else None
+        residual = w.detach().float().cpu() - restore_matrix(entry, torch.float32)
+        attach_correction(entry, *factors_from_basis(low_rank_basis(residual, weight), fmt.rank, weight), fmt.rank_bits)
+    return entry
+
+
+def input_rms(hessian: Tensor, rows: int) -> Tensor:
+    """Root-mean-square activation of each input channel, from H = X^T X over `rows` rows."""
+    return (torch.diag(hessian).double().cpu() / max(rows, 1)).clamp_min(1e-12).sqrt().float()
+
+
+def low_rank_basis(residual: Tensor, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD of the residual W - W_hat, with input column j weighted by column_weight[j] (the rms activation
+    it multiplies) when given, so a truncation minimises the output error rather than the weight error."""
+    scaled = residual * column_weight[None, :] if column_weight is not None else residual
+    return torch.linalg.svd(scaled, full_matrices=False)
+
+
+def factors_from_basis(basis, rank: int, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A (out x r), B (r x in): the best rank-r fit of the residual in that norm."""
+    u, s, vh = basis
+    rank = min(rank, s.numel())
+    root = s[:rank].sqrt()
+    a, b = u[:, :rank] * root[None, :], root[:, None] * vh[:rank]
+    if column_weight is not None:
+        b = b / column_weight[None, :]
+    return a.contiguous(), b.contiguous()
+
+
+def attach_correction(entry: StoredTensor, a: Tensor, b: Tensor, rank_bits: int) -> None:
+    """Store the factors of a low-rank correction in `entry` (replacing any), fp16 or int8 per row."""
+    entry.rank = a.shape[1]
+    if rank_bits == 8:
+        (qa, sa), (qb, sb) = _int8_rows(a), _int8_rows(b)
+        entry.lr_a, entry.lr_a_scale, entry.lr_b, entry.lr_b_scale = qa.numpy(), sa.numpy(), qb.numpy(), sb.numpy()
+    else:
+        entry.lr_a, entry.lr_b = a.to(torch.float16).numpy(), b.to(torch.float16).numpy()
+        entry.lr_a_scale = entry.lr_b_scale = None
+
+
+def restore_matrix(entry: StoredTensor, dtype: torch.dtype) -> Tensor:
+    """The matrix a stored int entry stands for: symbols x row scales, AWQ undone, outliers put back, the
+    low-rank correction added."""
+    w = dequantize_tensor(torch.from_numpy(entry.q), torch.from_numpy(entry.scale), torch.float32)
+    if entry.col_scale is not None:
+        w = w / torch.from_numpy(entry.col_scale).float()[None, :]
+    if entry.outlier_gaps is not None:
+        positions = torch.from_numpy(entry.outlier_gaps.astype(np.int64)).cumsum(0)
+        w.view(-1)[positions] = torch.from_numpy(entry.outlier_values).float()
+    if entry.lr_a is not None:
+        a, b = torch.from_numpy(entry.lr_a).float(), torch.from_numpy(entry.lr_b).float()
+        if entry.lr_a_scale is not None:
+            a, b = a * torch.from_numpy(entry.lr_a_scale).float()[:, None], b * torch.from_numpy(entry.lr_b_scale).float()[:, None]
+        w = w + a @ b
+    return w.to(dtype).contiguous()
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def quantize_state_dict(state_dict: dict[str, Tensor], quant, hessians: dict | None = None, rows: dict | None = None) -> list[StoredTensor]:
+    """Every tensor in its stored form. hessians/rows: calibration (pgolf.gptq.collect_hessians) for the
+    tensors whose format needs it."""
+    stored = []
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        kind, bits, clip = tensor_plan(name, t, quant)
+        entry = StoredTensor(name=name, kind=kind, shape=tuple(t.shape), dtype=_dtype_name(t), bits=bits, clip=clip)
+        if kind == "int":
+            fmt = matrix_format(name, bits, clip, quant) if t.ndim == 2 else MatrixFormat(bits, clip)
+            if fmt.is_plain():
+                q, scale = quantize_tensor(t, bits, clip, quant.clip_percentile)
+                entry.q, entry.scale = q.numpy(), scale.numpy()
+            else:
+                hessian = (hessians or {}).get(name)
+                store_matrix(entry, t, fmt, quant.clip_percentile, hessian, (rows or {}).get(name, 0),
+                             (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
+        elif kind == "float16":
+            entry.data = t.to(torch.float16).numpy()
+        elif kind == "float32":
+            entry.data = t.float().numpy()
+        else:
+            entry.data = t.numpy()
+        stored.append(entry)
+    return stored
+
+
+def dequantize_state_dict(stored: list[StoredTensor]) -> dict[str, Tensor]:
+    out = {}
+    for entry in stored:
+        dtype = getattr(torch, entry.dtype)
+        if entry.kind == "int":
+            out[entry.name] = restore_matrix(entry, dtype) if entry.q.ndim == 2 else \
+                dequantize_tensor(torch.from_numpy(entry.q), torch.from_numpy(entry.scale), dtype)
+        else:
+            out[entry.name] = torch.from_numpy(np.array(entry.data)).to(dtype).contiguous()
+    return out
