@@ -22,10 +22,12 @@ from pgolf.assemble import code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.model import GPT, is_control_tensor
 from pgolf.quant import quantize_tensor
+from pgolf.storage import MatrixFormat, matrix_format, outlier_count
 
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
 HEADER_BYTES_PER_TENSOR = 24  # compressed JSON directory entry, measured on real artifacts
 FIXED_OVERHEAD = 120  # prefix + frame table + empty-frame overheads
+FORMAT_HEADER_BYTES = 40  # compressed directory bytes of a matrix's format fields and extra array entries
 
 
 @dataclass
@@ -58,6 +60,13 @@ class Calibration:
     fp16_bytes_per_value: float = 1.85
     scale_bytes_per_row: float = 1.9
     observations: int = 0
+    # The formats of pgolf/storage.py, measured on official_tiny (bench/predictor_error.py --formats):
+    gptq_bits_ratio: float = 1.055  # GPTQ's error feedback spreads symbols: more bits than RTN's
+    # Per kept weight: its fp16 value, its gap-coded position, and the finer steps of the rest of its row
+    # (the row's std, hence a k x std clip, shrinks without it).
+    outlier_bytes: float = 6.7
+    factor_bytes_per_value: float = 2.09  # fp16 low-rank factor values
+    int8_factor_bytes_per_value: float = 1.16  # int8 ones, row scales included
 
     def fp16_bytes(self, role: str) -> float:
         """Compressed bytes per fp16 value for tensors of this role."""
@@ -153,8 +162,27 @@ def predict_model_bytes(model_cfg, quant: QuantConfig, calibration: Calibration)
             total += calibration.fp16_bytes(info.role) * info.numel
             continue
         clip = float(pattern_value(quant.clip, info.name, 0.0))
-        total += calibration.int_bits(info.role, bits, clip) * info.numel / 8 + calibration.scale_bytes_per_row * info.rows
+        fmt = matrix_format(info.name, bits, clip, quant) if len(info.shape) == 2 else MatrixFormat(bits, clip)
+        symbol_bits = calibration.int_bits(info.role, bits, clip) * (calibration.gptq_bits_ratio if fmt.quantizer == "gptq" else 1.0)
+        total += symbol_bits * info.numel / 8 + calibration.scale_bytes_per_row * info.rows
+        total += _format_bytes(fmt, info, calibration)
     return int(round(total))
+
+
+def _format_bytes(fmt: MatrixFormat, info: TensorInfo, calibration: Calibration) -> float:
+    """Bytes a matrix's format adds beside its symbols and row scales: channel scales, outliers, factors."""
+    if fmt.is_plain():
+        return 0.0
+    rows, cols = info.shape
+    extra = FORMAT_HEADER_BYTES
+    if fmt.awq > 0:
+        extra += calibration.fp16_bytes_per_value * cols
+    extra += calibration.outlier_bytes * outlier_count(info.numel, fmt.outliers)
+    rank = min(fmt.rank, rows, cols)
+    if rank:
+        per_value = calibration.factor_bytes_per_value if fmt.rank_bits == 16 else calibration.int8_factor_bytes_per_value
+        extra += per_value * rank * (rows + cols)
+    return extra
 
 
 def predict_artifact_bytes(config: RunConfig, calibration: Calibration) -> int:

@@ -79,8 +79,9 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_per
     return Q[:, inverse].to(torch.int8).contiguous(), scale.to(torch.float16), kept[:, inverse].contiguous()
 
 
-def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, tokens: int = CALIBRATION_TOKENS, batch_seqs: int = 16):
-    """(x, y) batches of the first `tokens` training tokens, in stream order (deterministic: no seed needed)."""
+def check_calibration(train_pattern: str, seq_len: int, tokens: int) -> int:
+    """The number of calibration sequences, or CalibrationError if the request cannot be met: checked
+    before training too, so a run does not fail only after its training time is spent."""
     files = shard_files(train_pattern)
     if any("_val_" in os.path.basename(f) for f in files):
         raise CalibrationError(f"calibration reads training shards only, not {train_pattern}")
@@ -90,6 +91,12 @@ def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, token
     available = token_count(train_pattern)
     if sequences * seq_len + 1 > available:
         raise CalibrationError(f"calibration asks for {tokens:,} tokens but the training shards {train_pattern} hold {available:,}")
+    return sequences
+
+
+def calibration_batches(train_pattern: str, vocab_size: int, seq_len: int, tokens: int = CALIBRATION_TOKENS, batch_seqs: int = 16):
+    """(x, y) batches of the first `tokens` training tokens, in stream order (deterministic: no seed needed)."""
+    sequences = check_calibration(train_pattern, seq_len, tokens)
     stream = TokenStream(train_pattern, vocab_size).take(sequences * seq_len + 1)
     x, y = stream[:-1].view(sequences, seq_len), stream[1:].view(sequences, seq_len)
     for first in range(0, sequences, batch_seqs):

@@ -51,6 +51,11 @@ def matrix_format(name: str, bits: int, clip: float, quant) -> MatrixFormat:
                         float(pattern_value(quant.outliers, name, 0.0)), int(pattern_value(quant.rank, name, 0)), quant.rank_bits)
 
 
+def calibrates(quant) -> bool:
+    """Whether any pattern of the config names a format that calibrates (GPTQ or AWQ)."""
+    return any(v == "gptq" for v in quant.quantizer.values()) or any(a > 0 for a in quant.awq.values())
+
+
 def needs_calibration(state_dict: dict, quant) -> list[str]:
     """Names of the tensors whose format needs calibration activations (GPTQ or AWQ)."""
     names = []

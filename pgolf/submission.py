@@ -25,8 +25,8 @@ from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, validate
 from pgolf.evaluate import NonFiniteScore, evaluate_bpb
 from pgolf.model import GPT
-from pgolf.gptq import CalibrationError, calibration_batches, collect_hessians
-from pgolf.storage import dequantize_state_dict, needs_calibration, quantize_state_dict
+from pgolf.gptq import CalibrationError, calibration_batches, check_calibration, collect_hessians
+from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
 from pgolf.train import TrainingDiverged, keep_freed_memory, train
 
@@ -112,6 +112,8 @@ def model_meta(config: RunConfig) -> dict:
 
 
 def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validate_fn=None, on_val=None, log=print):
+    if calibrates(config.quant):
+        check_calibration(train_pattern, config.train.seq_len, config.quant.calib_tokens)
     torch.manual_seed(config.train.seed)
     model = GPT(config.model).to(runtime.device)
     loader = BatchLoader(train_pattern, config.model.vocab_size, runtime.rank, runtime.world_size, runtime.device)

@@ -18,10 +18,11 @@ from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.model import count_params
 from pgolf.run import METRICS_FILE, RunLog
+from pgolf.gptq import check_calibration
 from pgolf.submission import score, setup_runtime, train_model
 
 from objectives.bytes import measure_calibration
-from search.allocation import allocate, write_candidate
+from search.allocation import FormatChoices, allocate, write_candidate
 from space.spec import AllocationSpace, Caps
 
 REQUEST_FILE = "request.json"
@@ -83,6 +84,8 @@ def run_trial(directory: str) -> dict:
     import optuna
 
     started = time.perf_counter()
+    if FormatChoices.of(alloc_space).extended:  # the allocation calibrates after training: fail now, not then
+        check_calibration(data.train_pattern, config.train.seq_len, config.quant.calib_tokens)
     try:
         model, trained = train_model(config, data.train_pattern, runtime, validate_fn=validate, on_val=report, log=log)
     except optuna.TrialPruned as exc:

@@ -1,6 +1,17 @@
-"""The allocation's retry loop: when the real packed bytes overshoot the cap, the next proposal fits."""
+"""The allocation: its retry loop when real bytes overshoot, the configs it writes, the options it measures."""
 
-from search.allocation import Candidate, Option, Unit, confirm_within_cap, solve_knapsack
+import os
+
+import pytest
+
+from conftest import DATA, TRAIN_PATTERN
+from pgolf.checkpoint import load_any_checkpoint
+from pgolf.config import QuantConfig
+from pgolf.gptq import calibration_batches, collect_hessians
+from search.allocation import (Candidate, FormatChoices, Option, Unit, allocation_quant, confirm_within_cap, formatted_options,
+                               solve_knapsack)
+
+OFFICIAL = os.path.join(DATA, "official_tiny", "final_model.pt")
 
 
 def test_overshooting_picks_are_replaced_even_when_they_sit_below_the_budget():
@@ -28,3 +39,39 @@ def test_overshooting_picks_are_replaced_even_when_they_sit_below_the_budget():
     best = confirm_within_cap(propose, confirm, cap - code_bytes, cap)
     assert proposals == [[8, 8], [8, 4]]
     assert best.feasible and best.artifact_bytes == int(78_800 * 1.03) + code_bytes
+
+
+def test_an_rtn_only_allocation_writes_the_config_it_wrote_before_the_format_tables():
+    units = [Unit("tok_emb.weight", ["tok_emb.weight"], embedding=True), Unit("blocks.0.attn.*", ["blocks.0.attn.c_q.weight"])]
+    picks = [Option(8, 0.0, 1, 0.0), Option(5, 12.85, 1, 0.0)]
+    quant = allocation_quant(units, picks, "zstd", 22)
+    assert quant == QuantConfig(bits={"*": 8, "tok_emb.weight": 8, "blocks.0.attn.*": 5}, clip={"*": 0.0, "tok_emb.weight": 0.0, "blocks.0.attn.*": 12.85},
+                                keep_float_max_numel=0, compressor="zstd", level=22)
+    formatted = allocation_quant(units, [picks[0], Option(5, 12.85, 1, 0.0, quantizer="gptq", rank=4)], "zstd", 22, rank_bits=8)
+    assert formatted.quantizer == {"*": "rtn", "blocks.0.attn.*": "gptq"} and formatted.rank == {"*": 0, "blocks.0.attn.*": 4}
+    assert formatted.rank_bits == 8 and formatted.outliers == {"*": 0.0}
+
+
+@pytest.fixture(scope="module")
+def official_block():
+    """Block 1 of the official checkpoint with H of its inputs over 16k training tokens."""
+    model, _ = load_any_checkpoint(OFFICIAL, seq_len=256)
+    model = model.float()
+    names = ("blocks.1.attn.c_q.weight", "blocks.1.attn.proj.weight")
+    hessians, rows = collect_hessians(model, calibration_batches(TRAIN_PATTERN, 1024, 256, 16_384), names)
+    return {n: model.state_dict()[n] for n in names}, hessians, rows
+
+
+def test_every_allowed_format_is_an_option_with_measured_bytes_and_error(official_block):
+    state, hessians, rows = official_block
+    unit = Unit("blocks.1.attn.*", list(state))
+    choices = FormatChoices(quantizers=("rtn", "gptq"), outliers=(0.0, 0.005), ranks=(0, 8))
+    options = formatted_options(state, unit, [4, 16], [12.85], choices, QuantConfig(), hessians, rows)
+    assert len(options) == 1 + 2 * 2 * 2  # fp16, and every (quantizer, outliers, rank) at 4 bits
+    by = {(o.quantizer, o.outliers, o.rank): o for o in options if o.bits == 4}
+    plain = by[("rtn", 0.0, 0)]
+    # Measured, not assumed: each addition lowers the output error and costs bytes.
+    assert by[("gptq", 0.0, 0)].mse < 0.8 * plain.mse
+    assert by[("rtn", 0.005, 0)].mse < plain.mse and by[("rtn", 0.005, 0)].bytes > plain.bytes
+    assert by[("rtn", 0.0, 8)].mse < plain.mse and by[("rtn", 0.0, 8)].bytes > plain.bytes
+    assert by[("gptq", 0.005, 8)].mse < by[("gptq", 0.0, 0)].mse
