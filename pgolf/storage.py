@@ -11,9 +11,9 @@ A block or embedding matrix is stored as a `MatrixFormat` (from the QuantConfig'
   in fp16 beside the low-bit rest, their positions as gaps between sorted flat indices (uint16 when every
   gap fits, else uint32), which compress to about a byte each;
 - optionally a low-rank correction: rank-`rank` factors A (out x r), B (r x in) of the remaining error
-  W - W_hat, fp16 or int8 with per-row fp16 scales, added back at load (the records' LQER). With
-  calibration, the SVD weights input channels by their rms activation (the output error is what matters).
-GPTQ and AWQ need H = X^T X of the layer's inputs over training tokens (`needs_calibration`).
+  W - W_hat, fp16 or int8 with per-row fp16 scales, added back at load (the records' LQER). The SVD
+  weights input channels by their rms activation (the output error is what matters).
+GPTQ, AWQ and the correction need H = X^T X of the layer's inputs over training tokens (`needs_calibration`).
 Other tensors follow `pgolf.quant.tensor_plan` unchanged.
 """
 
@@ -39,7 +39,8 @@ class MatrixFormat:
     rank_bits: int = 16  # 16 = fp16 factors, 8 = int8 factors with per-row scales
 
     def needs_calibration(self) -> bool:
-        return self.quantizer == "gptq" or self.awq > 0
+        # The correction's SVD weights input channels by their activations: it calibrates too.
+        return self.quantizer == "gptq" or self.awq > 0 or self.rank > 0
 
     def is_plain(self) -> bool:
         """Stored exactly as before these options existed (RTN symbols and row scales only)."""
@@ -52,12 +53,13 @@ def matrix_format(name: str, bits: int, clip: float, quant) -> MatrixFormat:
 
 
 def calibrates(quant) -> bool:
-    """Whether any pattern of the config names a format that calibrates (GPTQ or AWQ)."""
-    return any(v == "gptq" for v in quant.quantizer.values()) or any(a > 0 for a in quant.awq.values())
+    """Whether any pattern of the config names a format that calibrates (GPTQ, AWQ, a correction)."""
+    return (any(v == "gptq" for v in quant.quantizer.values()) or any(a > 0 for a in quant.awq.values())
+            or any(r > 0 for r in quant.rank.values()))
 
 
 def needs_calibration(state_dict: dict, quant) -> list[str]:
-    """Names of the tensors whose format needs calibration activations (GPTQ or AWQ)."""
+    """Names of the tensors whose format needs calibration activations (GPTQ, AWQ, a correction)."""
     names = []
     for name, t in state_dict.items():
         kind, bits, clip = tensor_plan(name, t, quant)
@@ -87,7 +89,7 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
                  hessian: Tensor | None = None, rows: int = 0, gptq=(0.01, 128, True)) -> StoredTensor:
     """Fill `entry` (kind "int") with the arrays of matrix `w` in format `fmt`. gptq: (damp, block, act_order)."""
     if fmt.needs_calibration() and hessian is None:
-        raise ValueError(f"{entry.name}: {fmt.quantizer}/awq storage needs calibration activations")
+        raise ValueError(f"{entry.name}: its format ({fmt}) needs calibration activations")
     W = w.detach().float().cpu()
     H = hessian.detach().double().cpu() if hessian is not None else None
     entry.quantizer, entry.awq, entry.outliers, entry.rank = fmt.quantizer, fmt.awq, fmt.outliers, fmt.rank
@@ -122,7 +124,7 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
         entry.outlier_gaps = gaps.astype(np.uint16 if gaps.max(initial=0) < 65_536 else np.uint32)
         entry.outlier_values = values.to(torch.float16).numpy()
     if fmt.rank > 0:
-        weight = input_rms(hessian, rows) if hessian is not None else None
+        weight = input_rms(hessian, rows)
         residual = w.detach().float().cpu() - restore_matrix(entry, torch.float32)
         attach_correction(entry, *factors_from_basis(low_rank_basis(residual, weight), fmt.rank, weight), fmt.rank_bits)
     return entry

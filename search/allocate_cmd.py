@@ -38,7 +38,7 @@ def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer
     model, config = load_any_checkpoint(path, seq_len, runtime.device)
     data = resolve_data(data_root, config.model.vocab_size, tokenizer)
     try:
-        alloc_space = allocation_from_dict(dict(options or {}, confirm_top=3))
+        alloc_space = allocation_from_dict(dict(options or {}, confirm_top=2))
     except SpaceError as exc:
         raise SpaceError(f"allocation options: {exc}") from None
     caps = Caps(artifact_bytes=cap, train_seconds=math.inf, eval_seconds=eval_seconds)

@@ -197,7 +197,7 @@ class FormatChoices:
 
     @property
     def calibrated(self) -> bool:
-        return "gptq" in self.quantizers or any(a > 0 for a in self.awq)
+        return "gptq" in self.quantizers or any(a > 0 for a in self.awq) or any(r > 0 for r in self.ranks)
 
 
 def stored_bytes(entry: StoredTensor) -> int:
@@ -254,7 +254,7 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
                 base_bytes = stored_bytes(entry)
                 _add(options, (bits, clip, quantizer, awq, outliers, 0), base_bytes, error(residual))
                 ranks = [r for r in choices.ranks if r > 0]
-                if ranks:
+                if ranks and calibrated:
                     basis = low_rank_basis(residual, weight)
                     for rank in ranks:
                         attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
@@ -414,8 +414,9 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     plain = {name: [o for o in opts if o.plain] for name, opts in options.items()}
     proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
                  ("best uniform", lambda b: best_uniform(units, plain, b, space_alloc))]
-    if choices.calibrated:  # the fallback when calibrating after training would break the training cap
-        proposals.append(("knapsack rtn", lambda b: solve_knapsack(units, plain, b)))
+    # The fallback when no confirmed candidate is feasible, e.g. when calibrating after training would
+    # break the training cap: the knapsack over the formats that need no calibration.
+    fallback = ("knapsack rtn", lambda b: solve_knapsack(units, plain, b)) if choices.calibrated else None
     stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime, seconds_per_token)
     phase["eval settings"] = time.perf_counter() - started - sum(phase.values())
 
@@ -432,7 +433,9 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
             + f"{'feasible' if candidate.feasible else 'over a cap'}")
         return candidate
 
-    for label, propose in proposals[: space_alloc.confirm_top]:
+    for label, propose in proposals[: space_alloc.confirm_top] + ([fallback] if fallback else []):
+        if label == "knapsack rtn" and result.best is not None:
+            continue
         candidate = confirm_within_cap(propose, functools.partial(confirm, label), budget, caps.artifact_bytes)
         if candidate is None:
             log(f"allocation {label}: nothing allowed fits the byte cap")
