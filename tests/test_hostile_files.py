@@ -20,10 +20,12 @@ import re
 import types
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
 from pgolf import cli as pgolf_cli
+from pgolf.artifact import pack
 from pgolf.assemble import assemble_script
 from pgolf.checkpoint import checkpoint_bytes
 from pgolf.config import config_to_dict
@@ -31,7 +33,8 @@ from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.evaluate import NonFiniteScore, evaluate_bpb
 from pgolf.model import GPT
-from pgolf.submission import export_model
+from pgolf.storage import quantize_state_dict
+from pgolf.submission import calibrate, export_model, model_meta
 from search import cli as search_cli
 
 from conftest import DATA, SHARDS, TOKENIZER, run_cli, small_config
@@ -220,6 +223,40 @@ def files(tmp_path_factory):
         fake_study(root / name, good_blob, script)
         put(f"{name}/{STUDY}/trials/0000/allocation.json", content)
         paths[name] = str(root / name)
+    # Matrix storage formats (pgolf/storage.py): impossible settings in config and space files, and model files
+    # whose format arrays do not fit their matrix (built as pack() writes them: it does not validate).
+    good_toml = config_to_toml(config)
+    for name, old, new in (("config with outliers 0.5.toml", 'outliers = { "*" = 0.0 }', 'outliers = { "*" = 0.5 }'),
+                           ("config with rank -1.toml", 'rank = { "*" = 0 }', 'rank = { "*" = -1 }'),
+                           ("config with rank 1000.toml", 'rank = { "*" = 0 }', 'rank = { "*" = 1000 }'),
+                           ("config with quantizer foo.toml", 'quantizer = { "*" = "rtn" }', 'quantizer = { "*" = "foo" }')):
+        assert old in good_toml
+        put(name, good_toml.replace(old, new))
+    space_text = read(SPACE).decode()
+    assert space_text.rstrip().splitlines()[-1].startswith("calib_tokens")  # [allocation] is its last table
+    for name, line in (("space with outliers 0.9.toml", "outliers = [0.0, 0.9]"), ("space with ranks -2.toml", "ranks = [0, -2]"),
+                       ("space with quantizer foo.toml", 'quantizers = ["rtn", "foo"]')):
+        put(name, space_text + line + "\n")
+    formatted = small_config(quant=dict(outliers={"*": 0.01}, rank={"*": 4}, calib_tokens=1024))
+    calibration = calibrate(good_model, formatted, os.path.join(SHARDS, "fineweb_train_*.bin"), torch.device("cpu"))
+    entries = quantize_state_dict(good_model.state_dict(), formatted.quant, *calibration)
+    target = next(e for e in entries if e.name == "blocks.0.attn.c_q.weight")  # 64 x 64
+
+    def broken(**changes) -> bytes:
+        return pack([dataclasses.replace(e, **changes) if e is target else e for e in entries], model_meta(formatted), "zstd", 3)[0]
+
+    past_the_end = target.outlier_gaps.astype(np.uint32)
+    past_the_end[-1] += 64 * 64  # the gaps now sum past the matrix
+    repeated = target.outlier_gaps.copy()
+    repeated[5] = 0
+    for name, model_file in (("run: model file with outlier positions out of range", broken(outlier_gaps=past_the_end)),
+                             ("run: model file with repeated outlier positions", broken(outlier_gaps=repeated)),
+                             ("run: model file with a low-rank factor of the wrong shape", broken(lr_b=target.lr_b[:, :-1]))):
+        put(f"{name}/final_model.pgolf", model_file)
+        put(f"{name}/metrics.json", json.dumps(metrics))
+        paths[name] = str(root / name)
+    out_of_range = broken(outlier_gaps=past_the_end)
+    export("export: model file with outlier positions out of range", out_of_range, record(out_of_range))
     return paths
 
 
@@ -365,6 +402,40 @@ TABLE = [
      r"trial 0's metrics\.json lacks 'val_bpb_post': the trial folder was changed"),
     ("trial: random allocation.json", REPORT, r"trial 0's allocation record .*allocation\.json is not JSON: it is binary data"),
     ("trial: metrics.json as allocation.json", REPORT, r"allocation\.json is not an allocation record \(no candidates and best\)"),
+]
+
+
+def _allocate_with(*flags):
+    return lambda p, f, out: ("search", ["allocate", p, "--cap", "200000", "--out", out, *flags])
+
+
+# Matrix storage formats: settings no matrix can be stored with, and model files whose format arrays do not fit.
+TABLE += [
+    ("config with outliers 0.5.toml", CONFIG_FILE, r"quant\.outliers\['\*'\] = 0\.5: must be a fraction in \[0, 0\.05\]"),
+    ("config with rank -1.toml", CONFIG_FILE, r"quant\.rank\['\*'\] = -1: must be an integer in \[0, 64\]"),
+    ("config with rank 1000.toml", CONFIG_FILE, r"quant\.rank\['\*'\] = 1000: must be an integer in \[0, 64\]"),
+    ("config with quantizer foo.toml", CONFIG_FILE, r"quant\.quantizer\['\*'\] = 'foo': allowed are rtn, gptq"),
+    ("space with outliers 0.9.toml", SPACE_FILE,
+     r"allocation\.outliers must list fractions in \[0, 0\.05\] of a matrix's weights, got \[0\.0, 0\.9\]"),
+    ("space with ranks -2.toml", SPACE_FILE, r"allocation\.ranks must list integers in \[0, 64\], got \[0, -2\]"),
+    ("space with quantizer foo.toml", SPACE_FILE, r"allocation\.quantizers must list rtn / gptq, got \['rtn', 'foo'\]"),
+    ("good checkpoint", {"search allocate --outliers 0.9": _allocate_with("--outliers", "0.9")},
+     r"allocation options: allocation\.outliers must list fractions in \[0, 0\.05\] .*, got \[0\.9\]"),
+    ("good checkpoint", {"search allocate --ranks -2": _allocate_with("--ranks", "-2")},
+     r"allocation options: allocation\.ranks must list integers in \[0, 64\], got \[-2\]"),
+    ("good checkpoint", {"search allocate --quantizers foo": _allocate_with("--quantizers", "foo")},
+     r"allocation options: allocation\.quantizers must list rtn / gptq, got \['foo'\]"),
+    ("good checkpoint", {"search allocate --rank-bits 4": _allocate_with("--rank-bits", "4")},
+     r"allocation options: allocation\.rank_bits must be 8 or 16, got 4"),
+    ("run: model file with outlier positions out of range", RUN_FOLDER,
+     r"final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight: outlier position [\d,]+ is out of range for a 64 x 64 matrix$"),
+    ("run: model file with repeated outlier positions", RUN_FOLDER,
+     r"final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight: outlier positions repeat$"),
+    ("run: model file with a low-rank factor of the wrong shape", RUN_FOLDER,
+     r"final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight: low-rank factors \[64, 4\] x \[4, 63\] do not fit 64 x 64$"),
+    ("export: model file with outlier positions out of range", EXPORT_FOLDER,
+     r"train_gpt\.py failed to score the model: error: .*final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight: "
+     r"outlier position [\d,]+ is out of range for a 64 x 64 matrix$"),
 ]
 
 
