@@ -29,7 +29,6 @@ MAX_RAW_BYTES = 1 << 31
 ARRAY_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "bool"}
 # Arrays of the matrix formats in pgolf/storage.py, beside the symbols "q" and row scales "scale".
 EXTRA_ROLES = ("col_scale", "outlier_gaps", "outlier_values", "lr_a", "lr_b", "lr_a_scale", "lr_b_scale")
-SCALE_ROLES = ("col_scale", "lr_a_scale", "lr_b_scale")
 PLAIN_FORMAT = {"quantizer": "rtn", "awq": 0.0, "outliers": 0.0, "rank": 0}
 RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
 
@@ -72,13 +71,13 @@ def byte_unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
 
 
 def _stored_arrays(entry: StoredTensor) -> list[tuple[str, np.ndarray, str]]:
-    """(role, array, group) for each array a tensor stores; scales go to the "other" group."""
+    """(role, array, group) for each array a tensor stores. Scales and a format's arrays go to the "other"
+    group: mixed into a block of integer symbols, fp16 values and gaps spoil the entropy coder's statistics
+    for the whole block (measured: +6% on a 128 x 256 int5 matrix with 0.5% outliers)."""
     group = tensor_group(entry.name)
     if entry.kind == "int":
         arrays = [("q", entry.q, group), ("scale", entry.scale, "other")]
-        for role in EXTRA_ROLES:
-            if getattr(entry, role) is not None:
-                arrays.append((role, getattr(entry, role), "other" if role in SCALE_ROLES else group))
+        arrays += [(role, getattr(entry, role), "other") for role in EXTRA_ROLES if getattr(entry, role) is not None]
         return arrays
     return [("data", entry.data, group)]
 

@@ -40,7 +40,7 @@ from pgolf.model import GPT, is_control_tensor
 from pgolf.artifact import EXTRA_ROLES, byte_shuffle
 from pgolf.quant import StoredTensor, quantize_tensor
 from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, needs_calibration,
-                           restore_matrix, store_matrix)
+                           quantize_state_dict, restore_matrix, store_matrix)
 from pgolf.shards import TokenStream, token_count
 from pgolf.run import SCRIPT_FILE
 from pgolf.submission import MODEL_FILE, calibrate, export_model, load_model, score
@@ -410,7 +410,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
                     rank=max(choices.ranks))
     longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level, config.quant, choices.rank_bits),
                     repeats=repeats, stride=max(space_alloc.eval_stride))
-    budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK
+    budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK - fixed_bytes(state, units, longest.quant)
     plain = {name: [o for o in opts if o.plain] for name, opts in options.items()}
     proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
                  ("best uniform", lambda b: best_uniform(units, plain, b, space_alloc))]
@@ -450,6 +450,14 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     result.phases = phase
     log("allocation took " + ", ".join(f"{k} {v:.1f}s" for k, v in phase.items()))
     return result
+
+
+def fixed_bytes(state: dict, units: list[Unit], quant: QuantConfig) -> int:
+    """Estimated bytes of the tensors no unit holds (control tensors, vectors): the same whatever the picks,
+    so the knapsack's budget leaves room for them (else its first picks overshoot the cap by that much)."""
+    held = {n for u in units for n in u.tensors}
+    rest = quantize_state_dict({k: v for k, v in state.items() if k not in held}, quant)
+    return sum(stored_bytes(e) if e.kind == "int" else compressed_floats(e.data) for e in rest)
 
 
 def best_uniform(units, options, budget, space_alloc) -> list[Option] | None:
