@@ -4,6 +4,8 @@ Learning-rate schedule: optional linear warmup, then constant, then a linear war
 `warmdown_iters` steps. Where the run ends first (the step cap, or the wallclock cap at the measured
 step time) decides when the warmdown starts, so a time-capped run still anneals to zero.
 Time spent in periodic validation is not training time (as in the official script).
+QAT (pgolf/qat.py): over the last qat_fraction of training, timed the same way, the forward pass sees the
+block matrices fake-quantized, and the loss may carry a rate term on their estimated coded size.
 """
 
 import copy
@@ -20,6 +22,9 @@ from pgolf.config import ConfigError
 from pgolf.evaluate import synchronize
 from pgolf.fused import fused_ops
 from pgolf.optim import build_optimizers
+from pgolf.qat import QATForward, qat_due
+
+STEP_HISTORY = 8  # steps whose slowest one budgets the next step against the wallclock cap
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,7 +114,9 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
     micro_tokens, accum, spans = batch_plan(cfg, world_size)
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)
-    forward = maybe_compile(model, cfg.compile, device)
+    # QAT wraps the model (no wrapper at all when off, so existing runs are unchanged bit for bit).
+    qat = QATForward(model, cfg.qat_bits, cfg.qat_clip) if cfg.qat_fraction > 0 else None
+    forward = maybe_compile(model if qat is None else qat, cfg.compile, device)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -126,13 +133,19 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
         total = torch.zeros((), device=device)
+        # The rate term depends on the weights only: added once per step, to the first pass's loss (computed in
+        # eager fp32, outside the compiled graph; equal on every rank, so DDP's averaging leaves it as is).
+        rate = qat.rate_bits() if qat is not None and qat.active and cfg.rate_lambda > 0 else None
         for micro in range(accum):
             if world_size > 1:
                 forward.require_backward_grad_sync = micro == accum - 1
             x, y = loader.next_batch(micro_tokens, cfg.seq_len, spans)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.autocast):
                 loss = forward(x, y)
-            (loss / accum).backward()
+            objective = loss / accum
+            if rate is not None and micro == 0:
+                objective = objective + cfg.rate_lambda * rate
+            objective.backward()
             total += loss.detach()
         if cfg.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
@@ -148,18 +161,26 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         opt_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
         stream_state = (loader.stream.file_index, loader.stream.pos, loader.stream.tokens)
         for i in range(cfg.warmup_steps):
+            if qat is not None:
+                qat.active = i == cfg.warmup_steps - 1  # the last one primes the QAT graph: switching compiles nothing
             run_step(i, 0.0)
         model.load_state_dict(model_state)
         for opt, state in zip(optimizers, opt_states):
             opt.load_state_dict(state)
         loader.stream.file_index, loader.stream.pos, loader.stream.tokens = stream_state
+        if qat is not None:
+            qat.active = False
 
     result = TrainResult(steps=0, train_tokens=0, train_seconds=0.0, stopped_by="iterations", final_train_loss=float("nan"))
     model.train()
     synchronize(device)
     elapsed, t0 = 0.0, time.perf_counter()
     step, next_val, previous = 0, cfg.val_every_seconds, 0.0
+    qat_next = qat_due(0, 0.0, cfg)
     while step < cfg.iterations:
+        if qat is not None and qat_next and not qat.active:
+            qat.active = True
+            log(f"step {step}/{cfg.iterations} qat on: int{cfg.qat_bits} clip {cfg.qat_clip:g} rate_lambda {cfg.rate_lambda:g}")
         loss = run_step(step, elapsed + time.perf_counter() - t0)
         step += 1
         if not math.isfinite(loss):
@@ -169,16 +190,19 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         if cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0):
             log(f"step {step}/{cfg.iterations} train_loss {loss:.4f} train_time {now:.1f}s step_avg {1000 * now / step:.1f}ms")
         result.step_seconds.append(now - previous)
-        # Stop when the next step (allowing it to be 25% slower than this one) would cross the cap, so the
-        # training time stays within it: the cap is a hard constraint.
-        capped = cfg.max_wallclock_seconds > 0 and now + 1.25 * (now - previous) > cfg.max_wallclock_seconds
+        # Stop when the next step would cross the cap, so the training time stays within it: the cap is a
+        # hard constraint. The next step is budgeted at 1.5x the slowest of the last few, because on a busy
+        # machine one step can take several times its neighbours (a trial 9 ms over a 3 s cap was seen).
+        slowest = max(result.step_seconds[-STEP_HISTORY:])
+        capped = cfg.max_wallclock_seconds > 0 and now + 1.5 * slowest > cfg.max_wallclock_seconds
         previous = now
         due = (cfg.val_every > 0 and step % cfg.val_every == 0) or (cfg.val_every_seconds > 0 and now >= next_val)
+        qat_next = qat_due(step, now, cfg)
         if world_size > 1 and (cfg.max_wallclock_seconds > 0 or cfg.val_every_seconds > 0):
-            # Clocks differ between ranks: every rank must stop, and validate, at the same step.
-            flags = torch.tensor([int(capped), int(due)], device=device)
+            # Clocks differ between ranks: every rank must stop, validate, and start QAT at the same step.
+            flags = torch.tensor([int(capped), int(due), int(qat_next)], device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            capped, due = (bool(v) for v in flags.tolist())
+            capped, due, qat_next = (bool(v) for v in flags.tolist())
         if capped:
             result.stopped_by = "wallclock"
         if validate is not None and due and step < cfg.iterations and not capped:
