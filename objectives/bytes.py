@@ -64,9 +64,9 @@ class Calibration:
     gptq_bits_ratio: float = 1.055  # GPTQ's error feedback spreads symbols: more bits than RTN's
     # Per kept weight: its fp16 value, its gap-coded position, and the finer steps of the rest of its row
     # (the row's std, hence a k x std clip, shrinks without it).
-    outlier_bytes: float = 6.7
-    factor_bytes_per_value: float = 2.09  # fp16 low-rank factor values
-    int8_factor_bytes_per_value: float = 1.16  # int8 ones, row scales included
+    outlier_bytes: float = 2.9
+    factor_bytes_per_value: float = 1.88  # fp16 low-rank factor values
+    int8_factor_bytes_per_value: float = 0.98  # int8 ones, row scales included
 
     def fp16_bytes(self, role: str) -> float:
         """Compressed bytes per fp16 value for tensors of this role."""
