@@ -1,7 +1,7 @@
 """GPTQ: quantize a matrix column by column, feeding each column's rounding error forward through the
 inverse Hessian of the layer's inputs, so the columns not yet quantized absorb it.
 
-The output is the same format as round-to-nearest (`pgolf.quant.quantize_tensor`): int8 symbols and one
+The output is the same format as round-to-nearest (`quantize_tensor` in pgolf/quant.py): int8 symbols and one
 fp16 scale per row, fixed up front by the same clip rule. So a GPTQ-stored tensor loads exactly like an RTN
 one; only the choice of symbols differs, and it minimises ||X W^T - X Q^T|| instead of ||W - Q||.
 

@@ -14,7 +14,7 @@ A block or embedding matrix is stored as a `MatrixFormat` (from the QuantConfig'
   W - W_hat, fp16 or int8 with per-row fp16 scales, added back at load (the records' LQER). The SVD
   weights input channels by their rms activation (the output error is what matters).
 GPTQ, AWQ and the correction need H = X^T X of the layer's inputs over training tokens (`needs_calibration`).
-Other tensors follow `pgolf.quant.tensor_plan` unchanged.
+Other tensors follow `tensor_plan` (pgolf/quant.py) unchanged.
 """
 
 from dataclasses import dataclass
@@ -186,7 +186,7 @@ def _dtype_name(t: Tensor) -> str:
 
 
 def quantize_state_dict(state_dict: dict[str, Tensor], quant, hessians: dict | None = None, rows: dict | None = None) -> list[StoredTensor]:
-    """Every tensor in its stored form. hessians/rows: calibration (pgolf.gptq.collect_hessians) for the
+    """Every tensor in its stored form. hessians/rows: calibration (collect_hessians, pgolf/gptq.py) for the
     tensors whose format needs it."""
     stored = []
     for name, tensor in state_dict.items():
