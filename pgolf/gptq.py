@@ -42,15 +42,15 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_per
     feedback so far, and they pass no error on. The third result holds those values (0 elsewhere).
     """
     qmax = float(2 ** (bits - 1) - 1)
-    W = w.detach().float().clone()
+    W = w.detach().float().to(hessian.device).clone()  # on the Hessian's device: a GPU's, in a CUDA run
     if scale is None:
         scale = row_scales(W, bits, clip_k, clip_percentile)  # the stored scale: quantize against it exactly
     H = hessian.detach().double().clone()
     dead = torch.diag(H) == 0  # inputs that were never non-zero: their weights cannot matter
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(H.shape[0])
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(H.shape[0], device=H.device)
     W, H = W[:, perm], H[perm][:, perm]
     K = keep[:, perm] if keep is not None else None
     # Upper Cholesky factor of H^-1: row i holds the error-propagation weights of column i onto the later ones.

@@ -90,20 +90,21 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
     """Fill `entry` (kind "int") with the arrays of matrix `w` in format `fmt`. gptq: (damp, block, act_order)."""
     if fmt.needs_calibration() and hessian is None:
         raise ValueError(f"{entry.name}: its format ({fmt}) needs calibration activations")
-    W = w.detach().float().cpu()
-    H = hessian.detach().double().cpu() if hessian is not None else None
+    device = hessian.device if hessian is not None else torch.device("cpu")  # GPTQ and the SVD run where H is
+    W = w.detach().float().to(device)
+    H = hessian.detach().double() if hessian is not None else None
     entry.quantizer, entry.awq, entry.outliers, entry.rank = fmt.quantizer, fmt.awq, fmt.outliers, fmt.rank
     col = None
     if fmt.awq > 0:
         col = _awq_scales(H, rows, fmt.awq)
         W = W * col[None, :]
         H = H / (col.double()[:, None] * col.double()[None, :])  # the inputs the scaled matrix sees
-        entry.col_scale = col.to(torch.float16).numpy()
+        entry.col_scale = col.to(torch.float16).cpu().numpy()
     keep = None
     count = outlier_count(W.numel(), fmt.outliers)
     if count > 0:
         flat = torch.topk(W.abs().reshape(-1), count).indices.sort().values
-        keep = torch.zeros(W.numel(), dtype=torch.bool)
+        keep = torch.zeros(W.numel(), dtype=torch.bool, device=device)
         keep[flat] = True
         keep = keep.view_as(W)
     rest = W.masked_fill(keep, 0.0) if keep is not None else W  # outliers must not stretch the row scales
@@ -114,25 +115,25 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
     else:
         q, scale16 = quantize_tensor(rest, fmt.bits, fmt.clip, clip_percentile)
         kept = W.half().float() * keep if keep is not None else None
-    entry.q, entry.scale = q.numpy(), scale16.numpy()
+    entry.q, entry.scale = q.cpu().numpy(), scale16.cpu().numpy()
     if keep is not None:
         positions = keep.reshape(-1).nonzero().squeeze(1)
         values = kept.reshape(-1)[positions]
         if col is not None:
             values = values / col.repeat(W.shape[0])[positions]  # stored in the matrix's own space
-        gaps = torch.diff(positions, prepend=torch.zeros(1, dtype=positions.dtype)).numpy()
+        gaps = torch.diff(positions, prepend=torch.zeros(1, dtype=positions.dtype, device=device)).cpu().numpy()
         entry.outlier_gaps = gaps.astype(np.uint16 if gaps.max(initial=0) < 65_536 else np.uint32)
-        entry.outlier_values = values.to(torch.float16).numpy()
+        entry.outlier_values = values.to(torch.float16).cpu().numpy()
     if fmt.rank > 0:
         weight = input_rms(hessian, rows)
-        residual = w.detach().float().cpu() - restore_matrix(entry, torch.float32)
+        residual = (w.detach().float().cpu() - restore_matrix(entry, torch.float32)).to(device)
         attach_correction(entry, *factors_from_basis(low_rank_basis(residual, weight), fmt.rank, weight), fmt.rank_bits)
     return entry
 
 
 def input_rms(hessian: Tensor, rows: int) -> Tensor:
     """Root-mean-square activation of each input channel, from H = X^T X over `rows` rows."""
-    return (torch.diag(hessian).double().cpu() / max(rows, 1)).clamp_min(1e-12).sqrt().float()
+    return (torch.diag(hessian).double() / max(rows, 1)).clamp_min(1e-12).sqrt().float()
 
 
 def low_rank_basis(residual: Tensor, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,6 +157,7 @@ def factors_from_basis(basis, rank: int, column_weight: Tensor | None = None) ->
 def attach_correction(entry: StoredTensor, a: Tensor, b: Tensor, rank_bits: int) -> None:
     """Store the factors of a low-rank correction in `entry` (replacing any), fp16 or int8 per row."""
     entry.rank = a.shape[1]
+    a, b = a.cpu(), b.cpu()
     if rank_bits == 8:
         (qa, sa), (qb, sb) = _int8_rows(a), _int8_rows(b)
         entry.lr_a, entry.lr_a_scale, entry.lr_b, entry.lr_b_scale = qa.numpy(), sa.numpy(), qb.numpy(), sb.numpy()
@@ -190,7 +192,7 @@ def quantize_state_dict(state_dict: dict[str, Tensor], quant, hessians: dict | N
     tensors whose format needs it."""
     stored = []
     for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu").contiguous()  # (a format's own work runs on its Hessian's device)
         kind, bits, clip = tensor_plan(name, t, quant)
         entry = StoredTensor(name=name, kind=kind, shape=tuple(t.shape), dtype=_dtype_name(t), bits=bits, clip=clip)
         if kind == "int":

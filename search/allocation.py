@@ -216,8 +216,8 @@ def stored_bytes(entry: StoredTensor) -> int:
 
 def output_error(delta: torch.Tensor, hessian: torch.Tensor, rows: int) -> float:
     """Mean squared output error ||X delta^T||^2 / rows, with H = X^T X over `rows` input rows."""
-    d = delta.double()
-    return float(torch.einsum("ij,jk,ik->", d, hessian.to(d.device), d)) / max(rows, 1)
+    d = delta.double().to(hessian.device)
+    return float(torch.einsum("ij,jk,ik->", d, hessian, d)) / max(rows, 1)
 
 
 def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choices: FormatChoices, quant,
@@ -255,7 +255,7 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
                 _add(options, (bits, clip, quantizer, awq, outliers, 0), base_bytes, error(residual))
                 ranks = [r for r in choices.ranks if r > 0]
                 if ranks and calibrated:
-                    basis = low_rank_basis(residual, weight)
+                    basis = low_rank_basis(residual.to(weight.device), weight)
                     for rank in ranks:
                         attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
                         corrected = w - restore_matrix(entry, torch.float32)

@@ -71,6 +71,8 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
     unit = 2 * model["num_heads"]
     model["model_dim"] = max(unit, int(round(model["model_dim"] / unit)) * unit)
     train = data["train"]
+    if train["qat_fraction"] == 0:
+        train["rate_lambda"] = 0.0  # the rate term acts on the fake-quantized matrices: none without QAT
     if train["max_wallclock_seconds"] <= 0 or train["max_wallclock_seconds"] > space.caps.train_seconds:
         train["max_wallclock_seconds"] = space.caps.train_seconds
     try:
