@@ -94,9 +94,11 @@ def test_export_refuses_unknown_trials_and_infeasible_ones_unless_forced(micro_s
 
 def test_confirm_retrains_with_new_seeds_and_tests_against_the_reference(micro_study):
     results, name = micro_study
-    done = cli("confirm", name, "--trial", "0", "--seeds", "2", "--reference", "9.0", results=results)
+    # Three seeds: with two (one degree of freedom) p < 0.01 needs t < -31.8, which a busy machine's
+    # seed-to-seed spread in steps under the 3 s cap can miss (seen: t = -20.4) though 9.0 is far off.
+    done = cli("confirm", name, "--trial", "0", "--seeds", "3", "--reference", "9.0", results=results)
     assert done.returncode == 0, done.stderr
-    assert "over seeds [1, 2]" in done.stdout and "meets the record bar" in done.stdout
+    assert "over seeds [1, 2, 3]" in done.stdout and "meets the record bar" in done.stdout
     assert len(os.listdir(results / name / "confirm")) >= 2
 
 
