@@ -44,7 +44,7 @@ class MatrixFormat:
 
     def is_plain(self) -> bool:
         """Stored exactly as before these options existed (RTN symbols and row scales only)."""
-        return not self.needs_calibration() and self.outliers == 0 and self.rank == 0
+        return not self.needs_calibration() and self.outliers == 0
 
 
 def matrix_format(name: str, bits: int, clip: float, quant) -> MatrixFormat:
@@ -73,8 +73,7 @@ def outlier_count(numel: int, fraction: float) -> int:
 
 
 def _awq_scales(hessian: Tensor, rows: int, exponent: float) -> Tensor:
-    rms = (torch.diag(hessian).double() / max(rows, 1)).clamp_min(1e-12).sqrt()
-    s = rms ** exponent
+    s = _rms64(hessian, rows) ** exponent
     s = s / torch.exp(torch.log(s).mean())  # geometric mean 1: the row scales stay comparable
     return s.to(torch.float16).float().clamp_min(6e-8)
 
@@ -131,9 +130,13 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
     return entry
 
 
+def _rms64(hessian: Tensor, rows: int) -> Tensor:
+    return (torch.diag(hessian).double() / max(rows, 1)).clamp_min(1e-12).sqrt()
+
+
 def input_rms(hessian: Tensor, rows: int) -> Tensor:
     """Root-mean-square activation of each input channel, from H = X^T X over `rows` rows."""
-    return (torch.diag(hessian).double() / max(rows, 1)).clamp_min(1e-12).sqrt().float()
+    return _rms64(hessian, rows).float()
 
 
 def low_rank_basis(residual: Tensor, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -126,7 +126,7 @@ def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validat
 
 
 def calibrate(model: GPT, config: RunConfig, train_pattern: str, device: torch.device, names=None) -> tuple[dict, dict] | None:
-    """H = X^T X of the inputs of every matrix whose format needs it (GPTQ, AWQ), or of the matrices
+    """H = X^T X of the inputs of every matrix whose format needs it (GPTQ, AWQ, a correction), or of the matrices
     matching the globs `names`, over the first quant.calib_tokens training tokens; None when none needs it."""
     names = names or needs_calibration(model.state_dict(), config.quant)
     if not names:

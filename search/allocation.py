@@ -37,13 +37,13 @@ from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore
 from pgolf.model import GPT, is_control_tensor
-from pgolf.artifact import EXTRA_ROLES, byte_shuffle
+from pgolf.artifact import EXTRA_ROLES, byte_shuffle, pack
 from pgolf.quant import StoredTensor, quantize_tensor
 from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, needs_calibration,
                            quantize_state_dict, restore_matrix, store_matrix)
 from pgolf.shards import TokenStream, token_count
 from pgolf.run import SCRIPT_FILE
-from pgolf.submission import MODEL_FILE, calibrate, export_model, load_model, score
+from pgolf.submission import MODEL_FILE, calibrate, load_model, model_meta, score
 
 PERCENTILE = 99.99984
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
@@ -75,10 +75,11 @@ class Option:
     def plain(self) -> bool:
         return self.quantizer == "rtn" and self.awq == 0 and self.outliers == 0 and self.rank == 0
 
-    def label(self) -> str:
+    def format_label(self) -> str:
+        """The formats beyond plain RTN, e.g. "gptq+out0.005+r4" ("" when plain)."""
         extras = [self.quantizer] if self.quantizer != "rtn" else []
         extras += [f"awq{self.awq:g}"] * (self.awq > 0) + [f"out{self.outliers:g}"] * (self.outliers > 0) + [f"r{self.rank}"] * (self.rank > 0)
-        return f"{self.bits}b/{self.clip:g}" + "".join("+" + e for e in extras)
+        return "+".join(extras)
 
 
 @dataclass
@@ -425,7 +426,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
         candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
                               sum(o.damage for o in picks))
         _confirm(model, candidate, space_alloc, caps, data, runtime, calibration, calibration_seconds, train_seconds)
-        formats = sorted({o.label().split("+", 1)[1] for o in picks if not o.plain and "+" in o.label()})
+        formats = sorted({o.format_label() for o in picks if not o.plain})
         log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
             f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
             + (f"formats {', '.join(formats)}, " if formats else "")
@@ -528,13 +529,18 @@ def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime, cali
     A candidate whose formats need calibration costs a submission that calibration and its quantization
     after training: timed here, it counts against the training cap."""
     packed = []
-    calibrated = bool(needs_calibration(model.state_dict(), candidate.config.quant))
+    state = model.state_dict()
+    calibrated = bool(needs_calibration(state, candidate.config.quant))
+    # Quantize once (GPTQ is the costly part); only the packing differs between compressors.
+    started = time.perf_counter()
+    stored = quantize_state_dict(state, candidate.config.quant, *(calibration if calibrated else (None, None)))
+    quantize_seconds = time.perf_counter() - started
     for compressor in space_alloc.compressors:
         level = space_alloc.level if compressor == "zstd" else 9
         trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
         started = time.perf_counter()
-        blob, groups, _ = export_model(model, trial, calibration if calibrated else None)
-        packed.append((len(blob), blob, groups, trial, time.perf_counter() - started))
+        blob, groups = pack(stored, model_meta(trial), compressor, level)
+        packed.append((len(blob), blob, groups, trial, quantize_seconds + time.perf_counter() - started))
     _, blob, groups, candidate.config, export_seconds = min(packed, key=lambda p: p[0])
     candidate.post_training_seconds = calibration_seconds + export_seconds if calibrated else 0.0
     code = code_bytes(config_to_dict(candidate.config))
