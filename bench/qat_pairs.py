@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.stats import paired_difference  # noqa: E402
 from pgolf.cli import apply_overrides  # noqa: E402
 from pgolf.config import config_to_dict  # noqa: E402
 from pgolf.configfiles import resolve_config  # noqa: E402
@@ -58,9 +59,8 @@ def run_arm(arm: str, seed: int, clip: float, lambdas: dict, runs: str, data_roo
 
 
 def paired(label: str, base: list[float], other: list[float], scale: float = 1.0, unit: str = "") -> str:
-    diffs = [(o - b) * scale for b, o in zip(base, other)]
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    return f"{label}: {statistics.mean(diffs):+.4f} +- {se:.4f}{unit} (n={len(diffs)}; per seed {', '.join(f'{d:+.4f}' for d in diffs)})"
+    mean, se, diffs = paired_difference(base, other, scale)
+    return f"{label}: {mean:+.4f} +- {se:.4f}{unit} (n={len(diffs)}; per seed {', '.join(f'{d:+.4f}' for d in diffs)})"
 
 
 def main() -> None:

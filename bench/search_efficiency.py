@@ -24,14 +24,14 @@ from search.study import load_settings, open_study  # noqa: E402
 RESULTS = os.path.join(ROOT, "bench", "out", "results")
 
 
-def run_arm(name: str, extra: list[str]) -> dict:
+def run_arm(name: str, extra: list[str], space: str = "demo") -> dict:
     started = time.time()
-    subprocess.run([sys.executable, "-m", "search.cli", "run", "--space", "demo", "--study", name, "--results", RESULTS] + extra,
+    subprocess.run([sys.executable, "-m", "search.cli", "run", "--space", space, "--study", name, "--results", RESULTS] + extra,
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     _, settings = load_settings(name, RESULTS)
     study = open_study(settings, startup_trials(settings.trials), create=False)
     best = best_feasible(study)
-    return {"arm": name, "best_bpb": best.values[0] if best else None, "best_trial": best.number if best else None,
+    return {"arm": name, "space": space, "best_bpb": best.values[0] if best else None, "best_trial": best.number if best else None,
             "trials": len(study.trials), "seconds": time.time() - started}
 
 

@@ -20,7 +20,7 @@ import zstandard
 from pgolf.artifact import byte_shuffle
 from pgolf.assemble import code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
-from pgolf.model import GPT, is_control_tensor
+from pgolf.model import EMBEDDING_PREFIXES, GPT, is_control_tensor
 from pgolf.quant import quantize_tensor
 from pgolf.storage import MatrixFormat, matrix_format, outlier_count
 
@@ -45,7 +45,7 @@ def tensor_infos(model_cfg) -> list[TensorInfo]:
         model = GPT(model_cfg)
     infos = []
     for name, t in model.state_dict().items():
-        role = "control" if is_control_tensor(name) else "embedding" if name.startswith(("tok_emb.", "lm_head.")) else "matrix" if t.ndim == 2 else "other"
+        role = "control" if is_control_tensor(name) else "embedding" if name.startswith(EMBEDDING_PREFIXES) else "matrix" if t.ndim == 2 else "other"
         infos.append(TensorInfo(name, tuple(t.shape), t.numel(), t.shape[0] if t.ndim == 2 else 1, role))
     return infos
 
@@ -124,7 +124,7 @@ def measure_calibration(state_dict: dict, bits_options, clip_options) -> dict:
     for name, t in state_dict.items():
         if t.ndim != 2 or is_control_tensor(name) or t.numel() < 4096:
             continue
-        role = "embedding" if name.startswith(("tok_emb.", "lm_head.")) else "matrix"
+        role = "embedding" if name.startswith(EMBEDDING_PREFIXES) else "matrix"
         half_bytes = compressed_floats(t.to(torch.float16).numpy())
         fp16_bytes += half_bytes
         fp16_values += t.numel()

@@ -11,7 +11,9 @@ import os
 import pprint
 
 # Dependency order: every module only uses names defined by the ones before it.
-SCRIPT_MODULES = ("config", "shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "artifact", "evaluate", "qat", "train", "submission")
+SCRIPT_MODULES = ("config", "shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "artifact", "ttt", "evaluate", "qat", "train", "submission")
+# Modules only some configs call: a script leaves them out (and does not pay their bytes) when its config does not.
+OPTIONAL_MODULES = {"ttt": lambda config: config.get("eval", {}).get("ttt", "off") != "off"}
 CONFIG_LINE = "CONFIG: dict = {}"
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the
@@ -69,6 +71,8 @@ def assemble_script(config_dict: dict) -> str:
     imports: list[str] = []
     bodies, owners = [], {}
     for name in SCRIPT_MODULES:
+        if name in OPTIONAL_MODULES and not OPTIONAL_MODULES[name](config_dict):
+            continue
         with open(_module_path(name), encoding="utf-8") as f:
             source = f.read()
         for defined in _top_level_names(source):

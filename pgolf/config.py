@@ -8,6 +8,7 @@ library and carries no package-relative imports.
 
 import dataclasses
 import fnmatch
+import math
 import tomllib
 from dataclasses import dataclass, field
 
@@ -33,6 +34,34 @@ class ModelConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     tied_embed_init_std: float = 0.005
+    # Record modules (pgolf/model.py), each off by default; "last k" counts stored blocks.
+    parallel_last: int = 0  # last k blocks: attention and MLP read the same normalised input
+    xsa_last: int = 0  # last k blocks: exclusive self-attention (drop each output's part along its own value)
+    smear_gate: bool = False  # mix the previous token's embedding in, never across a document start
+    bos_id: int = 1  # the token that starts a document
+    mlp_leaky_slope: float = 0.0  # MLP activation leaky_relu(x, slope)^2 (0 = relu^2)
+    rotary_fraction: float = 1.0  # fraction of each head's dims rotated by RoPE
+    ln_scale: bool = False  # block i scales its normalised inputs by 1/sqrt(i+1)
+    attn_gate: str = "off"  # off | full | sparse: per-head output gate from the block's input (sparse: its first channels)
+    attn_gate_window: int = 12
+    logit_rescale: bool = False  # learned scales of the positive and negative logits before the softcap
+    loop_lora_rank: int = 0  # per-repeat low-rank deltas of the shared blocks' matrices
+    loop_boundary_norm: bool = False  # RMSNorm of the residual between repeats of the shared segment
+    embed_rank: int = 0  # factored tied embedding: [vocab, r] and a projection to the model width
+
+    def rotary_dims(self) -> int:
+        return int(round(self.rotary_fraction * (self.model_dim // self.num_heads)))
+
+
+MODULE_KEYS = ("parallel_last", "xsa_last", "smear_gate", "bos_id", "mlp_leaky_slope", "rotary_fraction", "ln_scale", "attn_gate",
+               "attn_gate_window", "logit_rescale", "loop_lora_rank", "loop_boundary_norm", "embed_rank")
+
+
+def model_settings(model: ModelConfig) -> dict:
+    """The model keys a model file records: the record-module ones only where they differ from their defaults, so
+    the file of a model without them stays byte for byte what it was before they existed."""
+    default = ModelConfig()
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODULE_KEYS or v != getattr(default, k)}
 
 
 @dataclass
@@ -84,6 +113,15 @@ class TrainConfig:
     # Rate term, with QAT only: rate_lambda x the estimated coded bits per weight of the fake-quantized
     # matrices is added to the loss, trading a little loss for bytes. 0 = off.
     rate_lambda: float = 0.0
+    # EMA of the weights: an fp32 shadow of every parameter, shadow = d x shadow + (1 - d) x weights after each
+    # optimizer step, from the starting weights (the records use ~0.997). At the end it replaces the weights, so
+    # it is what is calibrated, quantized and stored; validation during training sees the live weights. 0 = off.
+    ema_decay: float = 0.0
+    # Context schedule at fixed batch_tokens: equal shares of training progress (timed as QAT is) at each of
+    # these (at most 3) lengths, then at seq_len, e.g. [1024, 2048] with seq_len 3072. Eval keeps eval.seq_len. [] = off.
+    seq_len_stages: list = field(default_factory=list)
+    lr_floor: float = 0.0  # the warmdown stops at this fraction of each lr (the records' MIN_LR); not the warmup
+    muon_ns: str = "quintic"  # Muon's Newton-Schulz coefficients: quintic (fixed) | polar_express (per iteration)
 
 
 @dataclass
@@ -122,6 +160,25 @@ class EvalConfig:
     batch_tokens: int = 65_536  # per process; the official 524,288 over 8 ranks (or 8 accumulation steps)
     repeats: int = 0  # eval unroll count of the shared segment; 0 = as in training
     autocast: bool = True
+    # Score-first test-time training (pgolf/ttt.py): each chunk of validation targets is scored, then adapted on.
+    ttt: str = "off"  # off | lora (rank-r adapters on ttt_targets) | full (the ttt_targets tensors themselves)
+    ttt_targets: list = field(default_factory=lambda: ["*.c_q", "*.c_v", "head"])  # module (lora) or tensor (full) globs
+    ttt_rank: int = 8
+    ttt_optimizer: str = "adam"  # adam | sgd
+    ttt_lr: float = 0.01
+    ttt_steps: int = 1  # gradient steps on each chunk after it is scored
+    ttt_chunk: int = 256  # targets per chunk; at most the eval sequence length
+    ttt_reset: str = "document"  # document: fresh adapters at every BOS | never: one stream carries them on
+    ttt_phase_tokens: int = 0  # with ttt_reset = never: adapt on the first this many targets only (0 = all)
+
+
+TTT_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name.startswith("ttt"))
+
+
+def eval_settings(evaluation: "EvalConfig") -> dict:
+    """The eval keys a model file records: the TTT ones only when TTT is on, so the file of a model scored without
+    it stays byte for byte what it was before TTT existed."""
+    return {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in TTT_KEYS or evaluation.ttt != "off"}
 
 
 @dataclass
@@ -148,6 +205,12 @@ QUANTIZERS = ("rtn", "gptq")
 MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
 MAX_CORRECTION_RANK = 64
 COMPRESSORS = ("zstd", "lzma")
+MUON_NS = ("quintic", "polar_express")
+TTT_MODES = ("off", "lora", "full")
+TTT_OPTIMIZERS = ("adam", "sgd")
+TTT_RESETS = ("document", "never")
+MAX_TTT_RANK = 256
+MAX_SEQ_STAGES = 3  # with the final length, each with and without QAT: within torch.compile's 8 graphs per function
 
 
 def _coerce(section: str, key: str, value, annotation):
@@ -156,6 +219,10 @@ def _coerce(section: str, key: str, value, annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {where} must be a table of pattern = value")
         return dict(value)
+    if annotation in ("list", list):
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {where} must be an array, got {value!r}")
+        return list(value)
     kind = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
     if kind is bool:
         if not isinstance(value, bool):
@@ -245,6 +312,21 @@ def validate(config: RunConfig) -> None:
            f"shared segment [{m.loop_start}, {m.loop_start + m.loop_len}) exceeds model.num_layers {m.num_layers}")
     _check(m.loop_repeats >= 1, f"model.loop_repeats must be at least 1, got {m.loop_repeats}")
     _check(m.loop_len > 0 or m.loop_repeats == 1, "model.loop_repeats > 1 needs a shared segment (model.loop_len > 0)")
+    for key in ("parallel_last", "xsa_last"):
+        _check(0 <= getattr(m, key) <= m.num_layers, f"model.{key} must be in [0, model.num_layers {m.num_layers}], got {getattr(m, key)}")
+    _check(0 <= m.bos_id < m.vocab_size, f"model.bos_id must be a token id below model.vocab_size, got {m.bos_id}")
+    _check(0 <= m.mlp_leaky_slope <= 1, f"model.mlp_leaky_slope must be in [0, 1], got {m.mlp_leaky_slope}")
+    rotary = m.rotary_dims()
+    _check(0 < m.rotary_fraction <= 1 and rotary >= 2 and rotary % 2 == 0,
+           f"model.rotary_fraction {m.rotary_fraction} must rotate an even number (>= 2) of the head's dims, got {rotary}")
+    _check(m.attn_gate in ("off", "full", "sparse"), f"model.attn_gate must be off, full or sparse, got {m.attn_gate!r}")
+    _check(m.attn_gate != "sparse" or 1 <= m.attn_gate_window <= m.model_dim,
+           f"model.attn_gate_window must be in [1, model.model_dim], got {m.attn_gate_window}")
+    _check(m.loop_lora_rank >= 0, f"model.loop_lora_rank must be non-negative, got {m.loop_lora_rank}")
+    for key in ("loop_lora_rank", "loop_boundary_norm"):
+        _check(m.loop_len > 0 or not getattr(m, key), f"model.{key} = {getattr(m, key)} needs a shared segment (model.loop_len > 0)")
+    _check(0 <= m.embed_rank < m.model_dim, f"model.embed_rank must be in [0, model.model_dim), got {m.embed_rank}")
+    _check(m.tie_embeddings or m.embed_rank == 0, f"model.embed_rank = {m.embed_rank} needs model.tie_embeddings = true")
     _check(t.seq_len >= 2, f"train.seq_len must be at least 2, got {t.seq_len}")
     _check(t.batch_tokens > 0 and t.batch_tokens % t.seq_len == 0,
            f"train.batch_tokens {t.batch_tokens} must be a positive multiple of train.seq_len {t.seq_len}")
@@ -267,6 +349,15 @@ def validate(config: RunConfig) -> None:
     _check(t.qat_clip >= 0, f"train.qat_clip must be non-negative, got {t.qat_clip}")
     _check(t.rate_lambda >= 0, f"train.rate_lambda must be non-negative, got {t.rate_lambda}")
     _check(t.rate_lambda == 0 or t.qat_fraction > 0, "train.rate_lambda needs QAT (train.qat_fraction > 0)")
+    _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _check(0 <= t.lr_floor <= 1, f"train.lr_floor must be in [0, 1], got {t.lr_floor}")
+    _check(t.muon_ns in MUON_NS, f"train.muon_ns must be one of {', '.join(MUON_NS)}, got {t.muon_ns!r}")
+    _check(len(t.seq_len_stages) <= MAX_SEQ_STAGES,
+           f"train.seq_len_stages {t.seq_len_stages} has more than {MAX_SEQ_STAGES} lengths before train.seq_len")
+    for n in t.seq_len_stages:
+        _check(isinstance(n, int) and not isinstance(n, bool) and n >= 2 and t.batch_tokens % (t.data_spans * n) == 0
+               and micro % n == 0, f"train.seq_len_stages length {n!r} must be an integer >= 2 that cuts each of the "
+               f"train.data_spans {t.data_spans} spans of train.batch_tokens {t.batch_tokens} (and each micro-batch) into whole sequences")
     for pattern, bits in q.bits.items():
         _check(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANT_BITS_ALLOWED,
                f"quant.bits[{pattern!r}] = {bits!r}: allowed are {', '.join(map(str, QUANT_BITS_ALLOWED))}")
@@ -297,6 +388,20 @@ def validate(config: RunConfig) -> None:
     _check(e.batch_tokens >= seq, f"eval.batch_tokens {e.batch_tokens} must hold at least one sequence of {seq}")
     _check(e.repeats >= 0, "eval.repeats must be non-negative")
     _check(m.loop_len > 0 or config.eval_repeats() == 1, "eval.repeats > 1 needs a shared segment (model.loop_len > 0)")
+    _check(e.ttt in TTT_MODES, f"eval.ttt must be one of {', '.join(TTT_MODES)}, got {e.ttt!r}")
+    if e.ttt != "off":
+        _check(bool(e.ttt_targets) and all(isinstance(p, str) and p for p in e.ttt_targets),
+               f"eval.ttt_targets must be a non-empty list of name patterns, got {e.ttt_targets!r}")
+        _check(e.ttt != "lora" or 1 <= e.ttt_rank <= MAX_TTT_RANK, f"eval.ttt_rank must be in [1, {MAX_TTT_RANK}] with eval.ttt = lora, got {e.ttt_rank}")
+        _check(e.ttt_optimizer in TTT_OPTIMIZERS, f"eval.ttt_optimizer must be one of {', '.join(TTT_OPTIMIZERS)}, got {e.ttt_optimizer!r}")
+        _check(math.isfinite(e.ttt_lr) and e.ttt_lr >= 0, f"eval.ttt_lr must be a non-negative learning rate, got {e.ttt_lr}")
+        _check(e.ttt_steps >= 0, f"eval.ttt_steps must be non-negative, got {e.ttt_steps}")
+        _check(1 <= e.ttt_chunk <= seq, f"eval.ttt_chunk {e.ttt_chunk} must be between 1 and the eval sequence length {seq} "
+               "(a chunk is scored by windows of that length)")
+        _check(e.ttt_reset in TTT_RESETS, f"eval.ttt_reset must be one of {', '.join(TTT_RESETS)}, got {e.ttt_reset!r}")
+        _check(e.ttt_phase_tokens >= 0, f"eval.ttt_phase_tokens must be non-negative, got {e.ttt_phase_tokens}")
+        _check(e.ttt_phase_tokens == 0 or e.ttt_reset == "never",
+               "eval.ttt_phase_tokens needs eval.ttt_reset = never (adapters reset at each document have no later phase)")
 
 
 def pattern_value(patterns: dict, name: str, default):

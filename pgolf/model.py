@@ -10,6 +10,12 @@ different number of times (the eval unroll count) because no parameter depends o
 U-Net skips: without a segment, the first half of the blocks feed the second half in reverse (as in the
 baseline). With a segment, the blocks before it (prelude) feed the blocks after it (coda) in reverse, so
 the skip structure is independent of the unroll count.
+
+Record modules, each a [model] key that is off by default (off: parameters, state dict and outputs are
+the baseline's): parallel residuals, XSA, SmearGate, leaky-ReLU^2, partial RoPE, layer-wise norm
+scaling, attention output gates, asymmetric logit rescale, per-repeat low-rank deltas of the shared
+blocks, a norm between repeats, and a factored tied embedding. Their gains and gates are control
+tensors (Adam, stored in fp32); their matrices are stored and allocated like the others.
 """
 
 import torch
@@ -18,7 +24,8 @@ from torch import Tensor, nn
 
 from pgolf.fused import FP32_EPS, FusedReluSquare, FusedRMSNorm, FusedRotary, SoftcapCrossEntropy, fused_ops_enabled, use_fused_ops
 
-CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "attn_gate", "smear_gate", "logit_rescale")
+EMBEDDING_PREFIXES = ("tok_emb.", "lm_head.", "embed_proj.")  # the token-side matrices (their own storage widths)
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -33,8 +40,25 @@ def rms_norm(x: Tensor) -> Tensor:
 
 class CastedLinear(nn.Linear):
     # fp32 master weights for the optimizer; cast to the activation dtype for bf16 matmuls.
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, repeat: int = 0) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
+
+
+class LoopLinear(CastedLinear):
+    """A matrix of a shared block with a low-rank delta per repeat: W_r = W + B_r A_r, A random (nn.Linear's init),
+    B zero, so training starts as without deltas. An eval unroll beyond the training count reuses the last
+    repeat's delta. A and B are linear layers of their own, so GPTQ's hooks see their inputs."""
+
+    def __init__(self, in_features: int, out_features: int, repeats: int, rank: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.lora_a = nn.ModuleList(CastedLinear(in_features, rank, bias=False) for _ in range(repeats))
+        self.lora_b = nn.ModuleList(CastedLinear(rank, out_features, bias=False) for _ in range(repeats))
+        for b in self.lora_b:
+            b._zero_init = True
+
+    def forward(self, x: Tensor, repeat: int = 0) -> Tensor:
+        r = min(repeat, len(self.lora_a) - 1)
+        return super().forward(x) + self.lora_b[r](self.lora_a[r](x))
 
 
 class Rotary(nn.Module):
@@ -89,7 +113,19 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(probs, v.reshape(bsz * kv_heads, seqlen, dim)).view(bsz, heads, seqlen, dim)
 
 
+def exclude_self_value(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: each head's output y (B, H, T, D) minus its projection on the token's own value vector (of the head's
+    KV group, v is (B, KV, T, D)), so attention carries only what the token does not hold already."""
+    bsz, heads, seqlen, dim = y.shape
+    grouped = y.reshape(bsz, v.size(1), heads // v.size(1), seqlen, dim)
+    unit = F.normalize(v, dim=-1).unsqueeze(2)
+    return (grouped - (grouped * unit).sum(-1, keepdim=True) * unit).reshape(bsz, heads, seqlen, dim)
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    rotated = 2 * cos.size(-1)
+    if rotated < x.size(-1):  # partial RoPE: the remaining dims pass unrotated (position-free)
+        return torch.cat((apply_rotary(x[..., :rotated], cos, sin), x[..., rotated:]), dim=-1)
     if use_fused_ops():
         return FusedRotary.apply(x, cos, sin)
     half = x.size(-1) // 2
@@ -98,25 +134,32 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float):
+    def __init__(self, cfg, linear, xsa: bool = False):
         super().__init__()
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = dim // num_heads
-        kv_dim = num_kv_heads * self.head_dim
-        self.c_q = CastedLinear(dim, dim, bias=False)
-        self.c_k = CastedLinear(dim, kv_dim, bias=False)
-        self.c_v = CastedLinear(dim, kv_dim, bias=False)
-        self.proj = CastedLinear(dim, dim, bias=False)
+        dim = cfg.model_dim
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = dim // cfg.num_heads
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.c_q = linear(dim, dim)
+        self.c_k = linear(dim, kv_dim)
+        self.c_v = linear(dim, kv_dim)
+        self.proj = linear(dim, dim)
         self.proj._zero_init = True
-        self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(self.head_dim, rope_base)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
+        self.rotary = Rotary(cfg.rotary_dims(), cfg.rope_base)
+        self.xsa = xsa
+        # Output gate: head h's output times 2 sigmoid(w_h . u), u = the input's first `gate_width` channels; w = 0 is
+        # the identity at the start.
+        self.gate_width = {"full": dim, "sparse": cfg.attn_gate_window}.get(cfg.attn_gate, 0)
+        if self.gate_width:
+            self.attn_gate = nn.Parameter(torch.zeros(cfg.num_heads, self.gate_width))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, repeat: int = 0) -> Tensor:
         bsz, seqlen, dim = x.shape
-        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.c_q(x, repeat).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x, repeat).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x, repeat).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = rms_norm(q)
         k = rms_norm(k)
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
@@ -124,38 +167,59 @@ class CausalSelfAttention(nn.Module):
         k = apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         y = causal_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).contiguous().reshape(bsz, seqlen, dim))
+        if self.xsa:
+            y = exclude_self_value(y, v)
+        if self.gate_width:
+            gate = 2 * torch.sigmoid(F.linear(x[..., : self.gate_width], self.attn_gate.to(x.dtype)))
+            y = y * gate.transpose(1, 2)[..., None]
+        return self.proj(y.transpose(1, 2).contiguous().reshape(bsz, seqlen, dim), repeat)
 
 
 class MLP(nn.Module):
-    # relu^2 MLP of the modded-nanogpt lineage.
-    def __init__(self, dim: int, hidden: int):
+    # relu^2 MLP of the modded-nanogpt lineage; with a slope, leaky_relu(x, slope)^2 (negative inputs keep a gradient).
+    def __init__(self, cfg, linear):
         super().__init__()
-        self.fc = CastedLinear(dim, hidden, bias=False)
-        self.proj = CastedLinear(hidden, dim, bias=False)
+        hidden = int(round(cfg.mlp_mult * cfg.model_dim))
+        self.fc = linear(cfg.model_dim, hidden)
+        self.proj = linear(hidden, cfg.model_dim)
         self.proj._zero_init = True
+        self.slope = cfg.mlp_leaky_slope
 
-    def forward(self, x: Tensor) -> Tensor:
-        hidden = self.fc(x)
-        return self.proj(FusedReluSquare.apply(hidden) if use_fused_ops() else torch.relu(hidden).square())
+    def forward(self, x: Tensor, repeat: int = 0) -> Tensor:
+        hidden = self.fc(x, repeat)
+        if self.slope:
+            return self.proj(F.leaky_relu(hidden, self.slope).square(), repeat)
+        return self.proj(FusedReluSquare.apply(hidden) if use_fused_ops() else torch.relu(hidden).square(), repeat)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_hidden: int, rope_base: float, qk_gain_init: float):
+    def __init__(self, cfg, index: int):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init)
-        self.mlp = MLP(dim, mlp_hidden)
+        dim, from_end = cfg.model_dim, cfg.num_layers - index  # from_end: 1 for the last block
+        looped = cfg.loop_lora_rank > 0 and cfg.loop_start <= index < cfg.loop_start + cfg.loop_len
+
+        def linear(i: int, o: int) -> CastedLinear:
+            return LoopLinear(i, o, cfg.loop_repeats, cfg.loop_lora_rank) if looped else CastedLinear(i, o, bias=False)
+
+        self.attn = CausalSelfAttention(cfg, linear, xsa=from_end <= cfg.xsa_last)
+        self.mlp = MLP(cfg, linear)
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         # Mixes the running residual with the embedding output x0 before each block.
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        self.parallel = from_end <= cfg.parallel_last
+        self.ln_factor = (index + 1) ** -0.5 if cfg.ln_scale else 1.0  # layer-wise norm scaling
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def norm(self, x: Tensor) -> Tensor:
+        return rms_norm(x) if self.ln_factor == 1.0 else rms_norm(x) * self.ln_factor
+
+    def forward(self, x: Tensor, x0: Tensor, repeat: int = 0) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(rms_norm(x))
-        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(rms_norm(x))
-        return x
+        normed = self.norm(x)
+        out = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(normed, repeat)
+        # Parallel residual: the MLP reads the attention's input, not the residual the attention updated.
+        return out + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(normed if self.parallel else self.norm(out), repeat)
 
 
 def layer_plan(num_layers: int, loop_start: int, loop_len: int, repeats: int) -> tuple[list, list, list]:
@@ -180,19 +244,21 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.model_dim
-        mlp_hidden = int(round(cfg.mlp_mult * dim))
-        self.tok_emb = nn.Embedding(cfg.vocab_size, dim)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_rank or dim)
         skips = num_skips(cfg.num_layers, cfg.loop_start, cfg.loop_len)
         # A segment covering every block leaves no skips: the empty tensor keeps the state dict's layout but
         # needs no gradient (DDP would otherwise wait for one that never comes and stop at the second step).
         self.skip_weights = nn.Parameter(torch.ones(skips, dim, dtype=torch.float32), requires_grad=skips > 0)
-        self.blocks = nn.ModuleList(
-            Block(dim, cfg.num_heads, cfg.num_kv_heads, mlp_hidden, cfg.rope_base, cfg.qk_gain_init)
-            for _ in range(cfg.num_layers)
-        )
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(dim, cfg.vocab_size, bias=False)
         if self.lm_head is not None:
             self.lm_head._zero_init = True
+        # Factored tied embedding: token rows of width r, mapped up to the model width on the way in; the final
+        # hidden state is mapped down by the transpose of the same matrix on the way out.
+        self.embed_proj = CastedLinear(cfg.embed_rank, dim, bias=False) if cfg.embed_rank else None
+        self.smear_gate = nn.Parameter(torch.zeros(dim)) if cfg.smear_gate else None  # sigmoid(0) = 0.5, as the records
+        self.logit_rescale = nn.Parameter(torch.ones(2)) if cfg.logit_rescale else None  # positive, negative logits
+        self.head_adapter = None  # test-time training's delta on the output layer (pgolf/ttt.py); not a weight
         self._init_weights()
         self._set_official_dtypes()
 
@@ -211,7 +277,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, repeats: int | None = None, reduction: str = "mean") -> Tensor:
         """Cross-entropy (nats) of target_ids given input_ids; per token with reduction="none"."""
-        if reduction == "mean" and use_fused_ops():
+        if reduction == "mean" and use_fused_ops() and self.logit_rescale is None:
             x = self.projection_input(input_ids, repeats)
             weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
             return SoftcapCrossEntropy.apply(x, weight.to(x.dtype), target_ids.reshape(-1), self.cfg.logit_softcap)
@@ -219,7 +285,11 @@ class GPT(nn.Module):
 
     def logits(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
         softcap = self.cfg.logit_softcap
-        return softcap * torch.tanh(self.projection(input_ids, repeats) / softcap)
+        z = self.projection(input_ids, repeats)
+        if self.logit_rescale is not None:  # asymmetric: the positive and the negative logits get scales of their own
+            scale = self.logit_rescale.to(z.dtype)
+            z = z * torch.where(z > 0, scale[0], scale[1])
+        return softcap * torch.tanh(z / softcap)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         weight = self.tok_emb.weight
@@ -229,31 +299,54 @@ class GPT(nn.Module):
         # the many small contributions to frequent tokens are lost, and more so the larger the batch.
         return F.embedding(input_ids, weight.float()).to(weight.dtype)
 
+    def embed_input(self, input_ids: Tensor) -> Tensor:
+        """x0, where the residual stream starts: the token embedding (mapped up if factored), normalized, smeared."""
+        x = self.embed(input_ids)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
+        x = rms_norm(x)
+        if self.smear_gate is None:
+            return x
+        # SmearGate, x_t <- lerp(x_t, x_{t-1}, sigmoid(g)), after the norm (two unit-rms rows mixed, and x0 carries it
+        # to every block); none at position 0 or at BOS, so no document sees the previous one through it.
+        weight = torch.sigmoid(self.smear_gate.to(x.dtype)) * (input_ids[:, 1:, None] != self.cfg.bos_id).to(x.dtype)
+        return torch.cat((x[:, :1], torch.lerp(x[:, 1:], x[:, :-1], weight)), dim=1)
+
     def projection(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
         """Output-layer activations before the logit softcap, one row per token."""
         x = self.projection_input(input_ids, repeats)
-        return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        z = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return z if self.head_adapter is None else z + self.head_adapter(x)
 
     def projection_input(self, input_ids: Tensor, repeats: int | None = None) -> Tensor:
-        """The final normalized hidden state, one row per token: what the output layer multiplies."""
+        """The final normalized hidden state, one row per token: what the output layer multiplies (with a factored
+        embedding, mapped down to the embedding's width)."""
         cfg = self.cfg
         encoder, middle, decoder = layer_plan(
             cfg.num_layers, cfg.loop_start, cfg.loop_len, cfg.loop_repeats if repeats is None else repeats
         )
-        x = self.embed(input_ids)
-        x = rms_norm(x)
-        x0 = x
+        x = x0 = self.embed_input(input_ids)
         skips: list[Tensor] = []
         for i in encoder:
             x = self.blocks[i](x, x0)
             skips.append(x)
-        for i in middle:
-            x = self.blocks[i](x, x0)
+        for j, i in enumerate(middle):
+            repeat = j // cfg.loop_len
+            if cfg.loop_boundary_norm and repeat and j % cfg.loop_len == 0:
+                x = rms_norm(x)  # the residual renormalized between two repeats of the segment
+            x = self.blocks[i](x, x0, repeat)
         for j, i in enumerate(decoder):
             if skips:
                 x = x + self.skip_weights[j].to(dtype=x.dtype)[None, None, :] * skips.pop()
             x = self.blocks[i](x, x0)
-        return rms_norm(x).reshape(-1, x.size(-1))
+        x = rms_norm(x).reshape(-1, x.size(-1))
+        return x if self.embed_proj is None else F.linear(x, self.embed_proj.weight.t().to(x.dtype))
+
+
+def token_losses(model: "GPT", x: Tensor, y: Tensor, repeats: int | None = None) -> tuple[Tensor, Tensor]:
+    """(per-token cross-entropy [rows, T], logits [rows * T, vocab]): model(x, y, reduction="none") with its logits."""
+    logits = model.logits(x, repeats)
+    return F.cross_entropy(logits.float(), y.reshape(-1), reduction="none").reshape(x.shape), logits
 
 
 def full_precision(model: "GPT") -> "GPT":

@@ -13,15 +13,30 @@ from pgolf.fused import fused_ops_enabled
 from pgolf.model import is_control_tensor
 
 
-def newton_schulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+# Newton-Schulz schedules: the input is divided by (norm_scale x its Frobenius norm + eps), then each iteration
+# applies its (a, b, c); iterations beyond a table reuse its last row.
+NS_SCHEDULES = {
+    "quintic": (1.0, 1e-7, ((3.4445, -4.7750, 2.0315),)),
+    # Polar Express (arXiv 2505.16932), the 5-iteration schedule of modded-nanogpt and nanochat. Its first steps are
+    # tuned for singular values up to 1: as nanochat does, 1.02 x the norm keeps bf16 rounding from pushing one past it.
+    "polar_express": (1.02, 1e-6, ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                                   (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                                   (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                                   (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                                   (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))),
+}
+
+
+def newton_schulz5(G: Tensor, steps: int, ns: str = "quintic") -> Tensor:
     """Approximately orthogonalize each matrix of a (batch, rows, cols) stack, in bf16."""
-    a, b, c = (3.4445, -4.7750, 2.0315)
+    norm_scale, eps, coefficients = NS_SCHEDULES[ns]
     X = G.bfloat16()
-    X = X / (X.flatten(1).norm(dim=1)[:, None, None] + eps)
+    X = X / (X.flatten(1).norm(dim=1)[:, None, None] * norm_scale + eps)
     transposed = G.size(1) > G.size(2)
     if transposed:
         X = X.transpose(1, 2)
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coefficients[min(i, len(coefficients) - 1)]
         A = X @ X.transpose(1, 2)
         if fused_ops_enabled():
             # The same polynomial with each line one batched matmul-add: fewer bf16 roundings (about
@@ -35,9 +50,10 @@ def newton_schulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float = 0.0, nesterov: bool = True):
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float = 0.0, nesterov: bool = True,
+                 ns: str = "quintic"):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+                                      weight_decay=weight_decay, nesterov=nesterov, ns=ns))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,11 +78,12 @@ class Muon(torch.optim.Optimizer):
                 lo, hi = len(params) * rank // world_size, len(params) * (rank + 1) // world_size
                 update = torch.zeros((len(params), *shape), device=params[0].device, dtype=torch.bfloat16)
                 if hi > lo:
-                    update[lo:hi] = newton_schulz5(torch.stack(grads[lo:hi]), group["backend_steps"])
+                    update[lo:hi] = newton_schulz5(torch.stack(grads[lo:hi]), group["backend_steps"], ns=group["ns"])
                 if distributed:
                     dist.all_reduce(update, op=dist.ReduceOp.SUM)
                 update *= max(1.0, shape[0] / shape[1]) ** 0.5
                 for p, u in zip(params, update):
+                    # Decoupled and scaled by the scheduled lr, before the update: the records' MUON_WD form.
                     if group["weight_decay"] > 0:
                         p.mul_(1.0 - group["lr"] * group["weight_decay"])
                     p.add_(u.to(p.dtype), alpha=-group["lr"])
@@ -79,6 +96,8 @@ def build_optimizers(model, cfg) -> tuple[list[torch.optim.Optimizer], Muon]:
     scalars = [p for name, p in block_params if p.ndim < 2 or is_control_tensor(name)]
     if model.skip_weights.numel() > 0:
         scalars.append(model.skip_weights)
+    # The model-level gains of the record modules (SmearGate, logit rescale) are scalars too.
+    scalars += [p for name, p in model.named_parameters() if "." not in name and p is not model.skip_weights and is_control_tensor(name)]
     # Fused Adam does its arithmetic in fp32 even for the bf16 embedding, as the official run does.
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
 
@@ -87,11 +106,12 @@ def build_optimizers(model, cfg) -> tuple[list[torch.optim.Optimizer], Muon]:
                                 eps=cfg.adam_eps, fused=fused)
 
     token_lr = cfg.tied_embed_lr if model.lm_head is None else cfg.embed_lr
-    optimizers = [adam([model.tok_emb.weight], token_lr)]
+    # A factored embedding's up-projection is token-side: it learns with the embedding.
+    optimizers = [adam([model.tok_emb.weight] + ([model.embed_proj.weight] if model.embed_proj is not None else []), token_lr)]
     if model.lm_head is not None:
         optimizers.append(adam([model.lm_head.weight], cfg.head_lr))
     muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
-                weight_decay=cfg.weight_decay)
+                weight_decay=cfg.weight_decay, ns=cfg.muon_ns)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
     optimizers.append(muon)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from pgolf.config import pattern_value
-from pgolf.model import is_control_tensor
+from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
 
 TENSOR_GROUPS = ("embedding", "attention", "mlp", "other")
 
@@ -49,9 +49,9 @@ class StoredTensor:
 
 
 def tensor_group(name: str) -> str:
-    if name.startswith(("tok_emb.", "lm_head.")):
+    if name.startswith(EMBEDDING_PREFIXES):
         return "embedding"
-    if ".attn." in name and name.endswith(("c_q.weight", "c_k.weight", "c_v.weight", "proj.weight")):
+    if ".attn." in name and name.endswith(".weight"):  # its matrices (and their per-repeat deltas)
         return "attention"
     if ".mlp." in name:
         return "mlp"

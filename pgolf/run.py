@@ -123,16 +123,18 @@ def read_model_file(out_dir: str) -> bytes:
         return f.read()
 
 
-def rescore(out_dir: str, data: DataPaths, runtime) -> dict:
-    """Score the model file in `out_dir` from its bytes alone (fresh model, no training state)."""
+def rescore(out_dir: str, data: DataPaths, runtime, change_eval=None) -> dict:
+    """Score the model file in `out_dir` from its bytes alone (fresh model, no training state); change_eval maps
+    (model settings, the file's eval settings) to the ones to score with."""
     try:
-        return rescore_blob(read_model_file(out_dir), data, runtime)
+        return rescore_blob(read_model_file(out_dir), data, runtime, change_eval)
     except ArtifactError as exc:
         raise ArtifactError(f"{os.path.join(out_dir, MODEL_FILE)}: {exc}") from None
 
 
-def rescore_blob(blob: bytes, data: DataPaths, runtime) -> dict:
-    model, _, eval_cfg = load_model(blob, runtime.device)
+def rescore_blob(blob: bytes, data: DataPaths, runtime, change_eval=None) -> dict:
+    model, model_cfg, eval_cfg = load_model(blob, runtime.device)
+    eval_cfg = change_eval(model_cfg, eval_cfg) if change_eval else eval_cfg
     post = score(model, eval_cfg, data.val_pattern, data.tokenizer, runtime)
     return {"val_bpb_post": post.bpb, "val_loss_post": post.loss, "eval_seconds": post.seconds,
             "val_tokens": post.tokens, "val_bytes": post.bytes, "eval": dataclasses.asdict(eval_cfg)}

@@ -6,6 +6,8 @@ step time) decides when the warmdown starts, so a time-capped run still anneals 
 Time spent in periodic validation is not training time (as in the official script).
 QAT (pgolf/qat.py): over the last qat_fraction of training, timed the same way, the forward pass sees the
 block matrices fake-quantized, and the loss may carry a rate term on their estimated coded size.
+The context schedule (seq_len_stages) is timed the same way; an EMA of the weights (ema_decay) replaces
+them at the end, so the EMA is what is calibrated, quantized and stored.
 """
 
 import copy
@@ -21,6 +23,7 @@ from torch import nn
 from pgolf.config import ConfigError
 from pgolf.evaluate import synchronize
 from pgolf.fused import fused_ops
+from pgolf.model import Rotary
 from pgolf.optim import build_optimizers
 from pgolf.qat import QATForward, qat_due
 
@@ -52,7 +55,18 @@ def lr_scale(step: int, elapsed_s: float, cfg) -> float:
     if cfg.max_wallclock_seconds > 0 and step > 0:
         step_s = elapsed_s / step
         remaining = min(remaining, max(cfg.max_wallclock_seconds - elapsed_s, 0.0) / max(step_s, 1e-9))
-    return scale * min(1.0, remaining / cfg.warmdown_iters)
+    # The floor holds the warmdown only; the warmup ramp still starts from near zero.
+    return scale * max(min(1.0, remaining / cfg.warmdown_iters), cfg.lr_floor)
+
+
+def seq_stage(step: int, elapsed_s: float, cfg) -> int:
+    """Index into [*seq_len_stages, seq_len] at this point: equal shares of training progress, by steps or by
+    the wallclock cap when one is set and it ends the run first (as QAT is timed)."""
+    progress = step / max(cfg.iterations, 1)
+    if cfg.max_wallclock_seconds > 0:
+        progress = max(progress, elapsed_s / cfg.max_wallclock_seconds)
+    n = len(cfg.seq_len_stages) + 1
+    return min(int(progress * n + 1e-9), n - 1)  # the tolerance: step 2 of 6 is a third exactly
 
 
 def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
@@ -67,6 +81,10 @@ def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
         raise ConfigError(f"train.batch_tokens {cfg.batch_tokens} does not split over {world_size} ranks into whole "
                           f"sequences of train.seq_len {cfg.seq_len} ({cfg.batch_tokens / world_size:g} tokens per rank): "
                           f"use a rank count that divides {cfg.batch_tokens // cfg.seq_len} sequences")
+    for n in cfg.seq_len_stages:
+        if per_rank % n:
+            raise ConfigError(f"train.seq_len_stages length {n} does not divide the {per_rank} tokens per rank of "
+                              f"train.batch_tokens {cfg.batch_tokens} over {world_size} ranks")
     micro_tokens = min(cfg.micro_batch_tokens or per_rank, per_rank)
     if per_rank % micro_tokens:
         raise ConfigError(f"train.micro_batch_tokens {micro_tokens} does not divide the {per_rank} tokens per rank "
@@ -112,6 +130,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
 
 def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> TrainResult:
     micro_tokens, accum, spans = batch_plan(cfg, world_size)
+    lengths = [*cfg.seq_len_stages, cfg.seq_len]  # training context per stage, at the same tokens per step
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)
     # QAT wraps the model (no wrapper at all when off, so existing runs are unchanged bit for bit).
@@ -123,8 +142,11 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         # The only buffers (rotary frequencies) are tiny and equal on every rank: the default buffer sync costs
         # nothing, and naming it is deprecated under one name in newer torch and unknown under the other in older.
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    # A compiled graph guards on the length cached in each Rotary: filled for the step's length before the forward,
+    # each stage is one graph (else one per pair of lengths in and out, soon past dynamo's recompile limit).
+    rotaries = [m for m in model.modules() if isinstance(m, Rotary)] if cfg.seq_len_stages else []
 
-    def run_step(step: int, elapsed: float) -> float:
+    def run_step(step: int, elapsed: float, seq_len: int) -> float:
         scale = lr_scale(step, elapsed, cfg)
         frac = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:
@@ -139,7 +161,9 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         for micro in range(accum):
             if world_size > 1:
                 forward.require_backward_grad_sync = micro == accum - 1
-            x, y = loader.next_batch(micro_tokens, cfg.seq_len, spans)
+            x, y = loader.next_batch(micro_tokens, seq_len, spans)
+            for rotary in rotaries:
+                rotary(seq_len, x.device, rotary.table_dtype)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.autocast):
                 loss = forward(x, y)
             objective = loss / accum
@@ -163,7 +187,8 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         for i in range(cfg.warmup_steps):
             if qat is not None:
                 qat.active = i == cfg.warmup_steps - 1  # the last one primes the QAT graph: switching compiles nothing
-            run_step(i, 0.0)
+            # The last steps prime one context stage each, the final one last (with QAT, as it runs).
+            run_step(i, 0.0, lengths[max(0, len(lengths) - cfg.warmup_steps + i)])
         model.load_state_dict(model_state)
         for opt, state in zip(optimizers, opt_states):
             opt.load_state_dict(state)
@@ -173,15 +198,24 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
 
     result = TrainResult(steps=0, train_tokens=0, train_seconds=0.0, stopped_by="iterations", final_train_loss=float("nan"))
     model.train()
+    # EMA: an fp32 shadow of every parameter, from the weights training starts with (none at all when off).
+    params = list(model.parameters())
+    ema = [p.detach().float().clone() for p in params] if cfg.ema_decay > 0 else None
     synchronize(device)
     elapsed, t0 = 0.0, time.perf_counter()
     step, next_val, previous = 0, cfg.val_every_seconds, 0.0
-    qat_next = qat_due(0, 0.0, cfg)
+    qat_next, stage, stage_next = qat_due(0, 0.0, cfg), -1, seq_stage(0, 0.0, cfg)
     while step < cfg.iterations:
         if qat is not None and qat_next and not qat.active:
             qat.active = True
             log(f"step {step}/{cfg.iterations} qat on: int{cfg.qat_bits} clip {cfg.qat_clip:g} rate_lambda {cfg.rate_lambda:g}")
-        loss = run_step(step, elapsed + time.perf_counter() - t0)
+        if stage_next > stage:
+            stage = stage_next
+            if cfg.seq_len_stages:
+                log(f"step {step}/{cfg.iterations} seq_len {lengths[stage]} (stage {stage + 1}/{len(lengths)})")
+        loss = run_step(step, elapsed + time.perf_counter() - t0, lengths[stage])
+        if ema is not None:  # every rank holds the same weights after a step, so the shadows stay equal too
+            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - cfg.ema_decay)
         step += 1
         if not math.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss} at step {step}")
@@ -197,12 +231,12 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         capped = cfg.max_wallclock_seconds > 0 and now + 1.5 * slowest > cfg.max_wallclock_seconds
         previous = now
         due = (cfg.val_every > 0 and step % cfg.val_every == 0) or (cfg.val_every_seconds > 0 and now >= next_val)
-        qat_next = qat_due(step, now, cfg)
+        qat_next, stage_next = qat_due(step, now, cfg), seq_stage(step, now, cfg)
         if world_size > 1 and (cfg.max_wallclock_seconds > 0 or cfg.val_every_seconds > 0):
-            # Clocks differ between ranks: every rank must stop, validate, and start QAT at the same step.
-            flags = torch.tensor([int(capped), int(due), int(qat_next)], device=device)
+            # Clocks differ between ranks: every rank must stop, validate, start QAT and switch stage at the same step.
+            flags = torch.tensor([int(capped), int(due), int(qat_next), stage_next], device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            capped, due, qat_next = (bool(v) for v in flags.tolist())
+            capped, due, qat_next, stage_next = flags.tolist()
         if capped:
             result.stopped_by = "wallclock"
         if validate is not None and due and step < cfg.iterations and not capped:
@@ -217,6 +251,10 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             t0 = time.perf_counter()
         if capped:
             break
+    if ema is not None:  # the EMA becomes the model: what is calibrated, quantized and stored
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     synchronize(device)
     result.steps = step
     result.train_seconds = previous  # training time at the end of the last step (validation excluded)

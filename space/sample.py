@@ -6,6 +6,10 @@ sampling (an Optuna trial), replaying stored params, and enqueued points. Struct
   inside the sampled depth; without a loop_start dimension the segment sits in the middle;
 - model.num_kv_heads becomes the largest divisor of model.num_heads not above the sampled value;
 - model.model_dim is rounded to the nearest multiple of 2 x num_heads (an even head dim for RoPE);
+- the record modules follow the sampled shape: parallel_last and xsa_last count at most num_layers blocks,
+  the shared segment's deltas and boundary norm exist only with a segment, rotary_fraction is rounded to an
+  even number (at least 2) of head dims, the attention gate's window to at most model_dim, and an
+  embed_rank of model_dim or more means the full embedding;
 - training stops at the space's train-seconds cap.
 """
 
@@ -47,6 +51,20 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
 
 
+def _fit_modules(model: dict) -> None:
+    """The record-module keys made valid for the sampled shape (the rules in the module docstring)."""
+    for key in ("parallel_last", "xsa_last"):
+        model[key] = min(model[key], model["num_layers"])
+    if model["loop_len"] == 0:
+        model["loop_lora_rank"], model["loop_boundary_norm"] = 0, False
+    head_dim = model["model_dim"] // model["num_heads"]
+    rotated = max(2, 2 * round(model["rotary_fraction"] * head_dim / 2))
+    model["rotary_fraction"] = min(rotated, head_dim) / head_dim
+    model["attn_gate_window"] = min(model["attn_gate_window"], model["model_dim"])
+    if model["embed_rank"] >= model["model_dim"]:
+        model["embed_rank"] = 0
+
+
 def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
     """(config, sampled values) for one trial; `trial` is an optuna Trial or a ParamSource."""
     values = {}
@@ -70,6 +88,7 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
     model["num_kv_heads"] = _largest_divisor_at_most(model["num_heads"], model["num_kv_heads"])
     unit = 2 * model["num_heads"]
     model["model_dim"] = max(unit, int(round(model["model_dim"] / unit)) * unit)
+    _fit_modules(model)
     train = data["train"]
     if train["qat_fraction"] == 0:
         train["rate_lambda"] = 0.0  # the rate term acts on the fake-quantized matrices: none without QAT

@@ -26,7 +26,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from pgolf.config import (COMPRESSORS, MAX_CORRECTION_RANK, MAX_OUTLIER_FRACTION, QUANT_BITS_ALLOWED, QUANTIZERS, ConfigError,
+from pgolf.config import (COMPRESSORS, MAX_CORRECTION_RANK, MAX_TTT_RANK, MAX_OUTLIER_FRACTION, QUANT_BITS_ALLOWED, QUANTIZERS, ConfigError,
                           RunConfig, config_from_dict, config_to_dict)
 from pgolf.configfiles import resolve_config
 
@@ -84,6 +84,10 @@ class AllocationSpace:
     outliers: list = field(default_factory=lambda: [0.0])  # fractions of weights kept exact in fp16
     ranks: list = field(default_factory=lambda: [0])  # ranks of the low-rank error correction (0 = none)
     rank_bits: int = 16  # the correction's factors: 16 = fp16, 8 = int8
+    # Score-first test-time training (pgolf/ttt.py) the allocation may turn on; [] = none. The other eval.ttt_*
+    # keys (mode, targets, optimizer, lr, steps, reset) come from the base config.
+    ttt_chunk: list = field(default_factory=list)  # chunk lengths tried
+    ttt_rank: list = field(default_factory=lambda: [8])  # LoRA ranks tried
 
 
 @dataclass
@@ -212,6 +216,10 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
     if not alloc.compressors or any(c not in COMPRESSORS for c in alloc.compressors):
         raise SpaceError(f"allocation.compressors must list {' / '.join(COMPRESSORS)}, got {alloc.compressors}")
     _check_formats(alloc)
+    if any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in alloc.ttt_chunk):
+        raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")
+    if not alloc.ttt_rank or any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_TTT_RANK for r in alloc.ttt_rank):
+        raise SpaceError(f"allocation.ttt_rank must list LoRA ranks in [1, {MAX_TTT_RANK}], got {alloc.ttt_rank}")
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
         raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
     return alloc
@@ -257,6 +265,11 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     if space.trials < 1 or (space.timeout is not None and space.timeout <= 0):
         raise SpaceError("trials must be at least 1 and timeout positive")
     _check_baseline(space)
+    if not space.dim("eval.seq_len") and not space.dim("train.seq_len"):
+        longer = [c for c in space.allocation.ttt_chunk if c > base.eval_seq_len()]
+        if longer:
+            raise SpaceError(f"allocation.ttt_chunk {longer} longer than the eval sequence length {base.eval_seq_len()}: "
+                             "a chunk is scored by windows of that length")
     return space
 
 

@@ -465,7 +465,8 @@ def test_exported_script_with_gptq_outliers_and_rank_trains_standalone_and_verif
     counted = re.search(r"calibration and quantization: ([\d.]+)s \(counted as training\) train_time:([\d.]+)s", trained.stdout)
     assert first and counted, trained.stdout
     record = json.loads((folder / "final_model.pgolf.result.json").read_text())
-    assert record["train_seconds"] >= float(first.group(1)) and abs(record["train_seconds"] - float(counted.group(2))) < 0.051
+    # both lines print one decimal, so compare within its rounding
+    assert record["train_seconds"] >= float(first.group(1)) - 0.051 and abs(record["train_seconds"] - float(counted.group(2))) < 0.051
     blob = (folder / "final_model.pgolf").read_bytes()
     assert record["model_sha256"] == hashlib.sha256(blob).hexdigest()
     formats = {item["name"]: item.get("format") for item in directory(blob)["tensors"] if item["kind"] == "int"}

@@ -25,6 +25,9 @@ CONFIGS = {
                                                                        tie_embeddings=False), train=dict(fused_ops=False),
                                                             eval=dict(stride=32, repeats=3)),
     "no-segment": dict(),
+    # EMA and the context schedule stay in lockstep across ranks (a cap, so the ranks' flags are all-reduced).
+    "ema-seq-stages-polar-floor": dict(train=dict(ema_decay=0.9, seq_len_stages=[32], lr_floor=0.1, muon_ns="polar_express",
+                                                  max_wallclock_seconds=600.0)),
 }
 
 
@@ -59,6 +62,8 @@ def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
     # Two ranks train on the same sequences as one process (half each, gradients averaged): the same
     # model up to bf16 rounding, amplified a little by six steps of this recipe.
     assert abs(float(scores[0]) - float(EXACT.search(single.stdout).group(1))) < 0.01
+    if "seq_len_stages" in CONFIGS[name].get("train", {}):
+        assert "step 3/6 seq_len 64 (stage 2/2)" in single.stdout and "step 3/6 seq_len 64 (stage 2/2)" in multi.stdout
 
 
 def test_a_rank_count_that_cannot_split_the_batch_is_refused_in_one_line(tmp_path):
