@@ -11,11 +11,11 @@ import tomllib
 
 from pgolf.artifact import ArtifactError
 from pgolf.bpb import TokenizerError
-from pgolf.config import ConfigError, config_from_dict, config_to_dict
+from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config, shipped_configs
 from pgolf.datasets import DataError, DataPaths, default_data_root, resolve_data
 from pgolf.evaluate import NonFiniteScore
-from pgolf.files import FileFormatError
+from pgolf.files import FileFormatError, read_json
 from pgolf.gptq import CalibrationError
 from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
@@ -45,6 +45,14 @@ def apply_overrides(config, overrides: list[str]):
     return config_from_dict(data)
 
 
+def eval_overrides(model_cfg, evaluation, overrides: list[str]):
+    """`eval.key=value` overrides on a model's eval settings (re-scoring an artifact with or without TTT, say)."""
+    for item in overrides:
+        if not item.strip().startswith("eval."):
+            raise ConfigError(f"override {item!r}: only eval.* keys change how a stored model is scored")
+    return apply_overrides(RunConfig(model=model_cfg, eval=evaluation), overrides).eval if overrides else evaluation
+
+
 def cmd_run(args) -> int:
     from pgolf.run import run
 
@@ -58,15 +66,23 @@ def cmd_run(args) -> int:
     return 0
 
 
+TRIAL_REQUEST = "request.json"  # what search's coordinator hands a trial's worker (search/backends.py)
+
+
 def recorded_run(out: str) -> tuple[dict, DataPaths]:
-    """(metrics, data paths) a run folder recorded, refusing a folder or metrics.json that is not a run's."""
+    """(metrics, data paths) a run folder recorded, refusing a folder or metrics.json that is not a run's. A
+    search trial's folder qualifies too: its data paths are in the request the worker was given."""
     from pgolf.run import METRICS_FILE, read_metrics
 
     path = os.path.join(out, METRICS_FILE)
     recorded = read_metrics(out)
+    request = os.path.join(out, TRIAL_REQUEST)
     try:
         int(recorded["config"]["model"]["vocab_size"])
-        data = DataPaths(**recorded["data"])
+        if "data" not in recorded and os.path.isfile(request):
+            data = DataPaths(**read_json(request, "trial request")["data"])
+        else:
+            data = DataPaths(**recorded["data"])
         bpb = float(recorded["val_bpb_post"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FileFormatError(f"{path} is not the metrics of a pgolf run ({type(exc).__name__}: {exc})") from None
@@ -82,10 +98,11 @@ def cmd_eval(args) -> int:
     recorded, data = recorded_run(args.out)
     if args.data or args.tokenizer:
         data = resolve_data(args.data or default_data_root(), recorded["config"]["model"]["vocab_size"], args.tokenizer)
-    result = rescore(args.out, data, setup_runtime(args.device))
+    result = rescore(args.out, data, setup_runtime(args.device), lambda model_cfg, evaluation: eval_overrides(model_cfg, evaluation, args.set))
     same = result["val_bpb_post"] == recorded["val_bpb_post"]
-    print(f"val_bpb {result['val_bpb_post']:.8f} (recorded {recorded['val_bpb_post']:.8f}: "
-          f"{'identical' if same else 'differs by %.2e' % (result['val_bpb_post'] - recorded['val_bpb_post'])}) "
+    against = ("with " + ", ".join(args.set) + ": " if args.set else "") + (
+        "identical" if same else "differs by %.2e" % (result["val_bpb_post"] - recorded["val_bpb_post"]))
+    print(f"val_bpb {result['val_bpb_post']:.8f} (recorded {recorded['val_bpb_post']:.8f}; {against}) "
           f"val_loss {result['val_loss_post']:.8f} eval {result['eval_seconds']:.1f}s")
     return 0
 
@@ -137,6 +154,7 @@ def cmd_score(args) -> int:
         evaluation.autocast = False
     if args.stride is not None:
         evaluation.stride = args.stride
+    evaluation = eval_overrides(config.model, evaluation, args.set)
     data = resolve_data(args.data, config.model.vocab_size, args.tokenizer)
     result = score(model.to(runtime.device), evaluation, data.val_pattern, data.tokenizer, runtime)
     print(f"val_loss {result.loss:.8f} val_bpb {result.bpb:.8f} ({result.tokens:,} tokens, {result.bytes:,} bytes, "
@@ -170,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root (default: the paths recorded in metrics.json)")
     p.add_argument("--tokenizer")
     p.add_argument("--device")
+    p.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="score with other eval settings, e.g. eval.ttt=lora (default: the model file's)")
     p.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="get or build token shards").add_subparsers(dest="data_command", required=True)
@@ -198,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official: bf16 embedding, fp32 weights, bf16 autocast; fp32: all fp32, no autocast")
     p.add_argument("--seq-len", type=int, default=1024, help="sequence length for official files (default: %(default)s)")
     p.add_argument("--stride", type=int, help="sliding-window stride (default: the checkpoint's eval setting)")
+    p.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="another eval setting, e.g. eval.ttt=lora eval.ttt_chunk=64 (test-time training)")
     p.add_argument("--data", default=default_data_root())
     p.add_argument("--tokenizer")
     p.add_argument("--device")

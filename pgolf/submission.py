@@ -17,13 +17,14 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from pgolf.artifact import ArtifactError, pack, unpack
 from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
-from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, validate
-from pgolf.evaluate import NonFiniteScore, evaluate_bpb
+from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, eval_settings, model_settings, validate
+from pgolf.evaluate import NonFiniteScore, Trace, evaluate_bpb
 from pgolf.model import GPT
 from pgolf.gptq import CalibrationError, calibration_batches, check_calibration, collect_hessians
 from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, quantize_state_dict
@@ -108,7 +109,7 @@ def share_from_main(runtime: Runtime, value):
 
 def model_meta(config: RunConfig) -> dict:
     """What the model file must carry to be rebuilt and scored without its training config."""
-    return {"model": dataclasses.asdict(config.model), "eval": dataclasses.asdict(config.resolved_eval())}
+    return {"model": model_settings(config.model), "eval": eval_settings(config.resolved_eval())}
 
 
 def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validate_fn=None, on_val=None, log=print):
@@ -187,9 +188,38 @@ def score(model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: st
     vocab_size = model.cfg.vocab_size
     luts = ByteLuts(load_tokenizer(tokenizer_path, vocab_size), vocab_size)
     tokens = validation_tokens(val_pattern, eval_cfg.seq_len, vocab_size, limit)
+    return score_tokens(model, eval_cfg, tokens, luts, runtime)
+
+
+def score_tokens(model: GPT, eval_cfg: EvalConfig, tokens, luts, runtime: Runtime, trace=None):
+    """The submission's evaluation of a token stream: every score, and the legality probe, goes through here."""
     return evaluate_bpb(model, tokens, luts, eval_cfg.seq_len, stride=eval_cfg.stride, batch_tokens=eval_cfg.batch_tokens,
                         repeats=eval_cfg.repeats, autocast=eval_cfg.autocast, device=runtime.device,
-                        rank=runtime.rank, world_size=runtime.world_size)
+                        rank=runtime.rank, world_size=runtime.world_size, ttt=eval_cfg if eval_cfg.ttt != "off" else None,
+                        trace=trace)
+
+
+def run_probe(probe_dir: str, model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: str, runtime: Runtime) -> None:
+    """The legality probe (`search verify --legality`): token streams from PROBE_DIR/streams.npz, each scored from the
+    model file afresh by this script's own evaluation; writes each target's loss, the whole distribution at the
+    chosen targets of the first stream, and how often each target of the validation split was scored."""
+    with np.load(os.path.join(probe_dir, "streams.npz"), allow_pickle=False) as f:
+        tokens, lengths, positions = f["tokens"].astype(np.int64), f["lengths"], f["positions"]
+    vocab_size = model.cfg.vocab_size
+    luts = ByteLuts(load_tokenizer(tokenizer_path, vocab_size), vocab_size)
+    losses, dist_rows, offset = [], [], 0
+    for i, length in enumerate(lengths.tolist()):
+        trace = Trace(length - 1, positions.tolist() if i == 0 else ())
+        score_tokens(model, eval_cfg, torch.from_numpy(tokens[offset : offset + length]), luts, runtime, trace)
+        losses.append(trace.nll.numpy())
+        dist_rows += [trace.dist[p].numpy() if p in trace.dist else np.full(vocab_size, np.nan) for p in positions.tolist()] if i == 0 else []
+        offset += length
+    split = validation_tokens(val_pattern, eval_cfg.seq_len, vocab_size)
+    trace = Trace(split.numel() - 1)
+    score_tokens(model, eval_cfg, split, luts, runtime, trace)
+    np.save(os.path.join(probe_dir, "nll.npy"), np.concatenate(losses))
+    np.save(os.path.join(probe_dir, "dist.npy"), np.stack(dist_rows) if dist_rows else np.zeros((0, vocab_size)))
+    np.save(os.path.join(probe_dir, "counts.npy"), trace.count.clamp(max=255).numpy().astype(np.uint8))
 
 
 def config_with_env(data: dict) -> RunConfig:
@@ -235,6 +265,9 @@ def run_script(config: RunConfig, data_path: str, tokenizer_path: str, model_pat
         if runtime.world_size > 1:
             dist.barrier()
     model, _, eval_cfg = load_model_file(model_path, runtime.device)
+    if os.environ.get("PROBE_DIR"):
+        run_probe(os.environ["PROBE_DIR"], model, eval_cfg, val_pattern, tokenizer_path, runtime)
+        return
     started = time.perf_counter()
     post = score(model, eval_cfg, val_pattern, tokenizer_path, runtime)
     log(f"final_roundtrip val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f} eval_time:{time.perf_counter() - started:.1f}s")

@@ -14,7 +14,9 @@ compressor to minimise post-roundtrip bpb under the byte cap and the eval-time c
 4. A multiple-choice knapsack (exact DP over byte buckets) picks one option per unit, minimising the
    summed damage within the byte budget (cap minus exact code bytes).
 5. Eval unroll count: the one with the lowest held-out loss; eval stride: the smallest whose predicted
-   eval time fits the cap. Compressor: whichever packs the chosen allocation smaller (exact).
+   eval time fits the cap; test-time training: the allowed setting with the lowest held-out loss whose
+   predicted eval time fits (search/ttt_choice.py). Compressor: whichever packs the chosen allocation
+   smaller (exact).
 6. Confirmation: the knapsack choice and the best uniform width that fits are packed for real, reloaded
    into a fresh model and scored on the full validation split; the best feasible one is the result.
 Every candidate is recorded.
@@ -33,10 +35,10 @@ import torch
 
 from objectives.bytes import compressed_floats, compressed_symbols
 from pgolf.assemble import assemble_script, code_bytes
-from pgolf.config import QuantConfig, RunConfig, config_to_dict
+from pgolf.config import TTT_KEYS, QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore
-from pgolf.model import GPT, is_control_tensor
+from pgolf.model import EMBEDDING_PREFIXES, GPT, is_control_tensor
 from pgolf.artifact import EXTRA_ROLES, byte_shuffle, pack
 from pgolf.quant import StoredTensor, quantize_tensor
 from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, needs_calibration,
@@ -44,6 +46,7 @@ from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, 
 from pgolf.shards import TokenStream, token_count
 from pgolf.run import SCRIPT_FILE
 from pgolf.submission import MODEL_FILE, calibrate, load_model, model_meta, score
+from search.ttt_choice import choose_ttt
 
 PERCENTILE = 99.99984
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
@@ -116,10 +119,13 @@ class AllocationResult:
     byte_groups: dict = field(default_factory=dict)
     seconds: float = 0.0
     phases: dict = field(default_factory=dict)
+    ttt: list = field(default_factory=list)  # every test-time training setting measured (search/ttt_choice.py)
 
     def record(self) -> dict:
         return {"best": self.best.label if self.best else None, "candidates": [c.summary() for c in self.candidates],
-                "sensitivities": self.sensitivities, "seconds": self.seconds, "phases": self.phases}
+                "sensitivities": self.sensitivities, "seconds": self.seconds, "phases": self.phases,
+                "ttt": [{"setting": m.label(), "held_out_loss": m.loss, "seconds": m.seconds,
+                         "predicted_eval_seconds": m.predicted_seconds} for m in self.ttt]}
 
 
 def write_candidate(directory: str, candidate: Candidate) -> None:
@@ -134,7 +140,7 @@ def write_candidate(directory: str, candidate: Candidate) -> None:
 
 def make_units(state: dict, granularity: str) -> list[Unit]:
     names = [n for n, t in state.items() if t.ndim == 2 and t.is_floating_point() and not is_control_tensor(n)]
-    embedding = [n for n in names if n.startswith(("tok_emb.", "lm_head."))]
+    embedding = [n for n in names if n.startswith(EMBEDDING_PREFIXES)]
     blocks = [n for n in names if n not in embedding]
     units = [Unit(name, [name], embedding=True) for name in embedding]
     if granularity == "tensor":
@@ -410,7 +416,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
                     awq=max(choices.awq, key=lambda a: len(repr(float(a)))), outliers=max(choices.outliers, key=lambda o: len(repr(float(o)))),
                     rank=max(choices.ranks))
     longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level, config.quant, choices.rank_bits),
-                    repeats=repeats, stride=max(space_alloc.eval_stride))
+                    repeats=repeats, stride=max(space_alloc.eval_stride), **_longest_ttt(config, space_alloc))
     budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK - fixed_bytes(state, units, longest.quant)
     plain = {name: [o for o in opts if o.plain] for name, opts in options.items()}
     proposals = [("knapsack", lambda b: solve_knapsack(units, options, b)),
@@ -420,15 +426,21 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     fallback = ("knapsack rtn", lambda b: solve_knapsack(units, plain, b)) if choices.calibrated else None
     stride = _choose_stride(model, _with(config, repeats=repeats, stride=0), space_alloc, caps, data, runtime, seconds_per_token)
     phase["eval settings"] = time.perf_counter() - started - sum(phase.values())
+    evaluation, result.ttt = choose_ttt(model, _with(config, repeats=repeats, stride=stride), space_alloc, caps, data, runtime,
+                                        calib, EVAL_TIME_MARGIN, log)
+    ttt = {k: getattr(evaluation, k) for k in TTT_KEYS}
+    if result.ttt:
+        phase["ttt"] = time.perf_counter() - started - sum(phase.values())
 
     def confirm(label: str, picks: list[Option]) -> Candidate:
         quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level, config.quant, choices.rank_bits)
-        candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride), sum(o.bytes for o in picks),
+        candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride, **ttt), sum(o.bytes for o in picks),
                               sum(o.damage for o in picks))
         _confirm(model, candidate, space_alloc, caps, data, runtime, calibration, calibration_seconds, train_seconds)
         formats = sorted({o.format_label() for o in picks if not o.plain})
         log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
-            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}), "
+            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}"
+            + (f", TTT chunk {evaluation.ttt_chunk} rank {evaluation.ttt_rank}" if evaluation.ttt != "off" else "") + "), "
             + (f"formats {', '.join(formats)}, " if formats else "")
             + (f"{candidate.post_training_seconds:.1f}s after training, " if candidate.post_training_seconds else "")
             + f"{'feasible' if candidate.feasible else 'over a cap'}")
@@ -496,6 +508,14 @@ def _choose_stride(model, config, space_alloc, caps, data, runtime, seconds_per_
         if seconds_per_token * full_tokens * windows <= EVAL_TIME_MARGIN * caps.eval_seconds:
             return stride
     return 0
+
+
+def _longest_ttt(config, space_alloc) -> dict:
+    """The TTT setting whose script is longest (the module is in, the widest numbers written), for the code budget."""
+    if not space_alloc.ttt_chunk:
+        return {}
+    return {"ttt": config.eval.ttt if config.eval.ttt != "off" else "lora", "ttt_chunk": max(space_alloc.ttt_chunk),
+            "ttt_rank": max(space_alloc.ttt_rank)}
 
 
 def _blocks_run(config, repeats: int) -> int:

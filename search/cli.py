@@ -53,7 +53,8 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from search.export import export_trial
 
-    submission = export_trial(args.name, args.results, args.trial, args.out, force=args.force, replace=args.replace)
+    submission = export_trial(args.name, args.results, args.trial, args.out, force=args.force, replace=args.replace,
+                              legality=not args.skip_legality, log=print)
     print(f"wrote {args.out}: val_bpb {submission['val_bpb']:.6f}, {submission['bytes_total']:,} bytes "
           f"(code {submission['bytes_code']:,}); `search verify {args.out}` checks it")
     return 0
@@ -62,6 +63,15 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from search.verify import verify
 
+    if args.legality:
+        from search.legality import check_legality
+
+        conditions = check_legality(args.dir, args.data, args.device)
+        for condition in conditions:
+            print(condition.line())
+        failed = [c.name for c in conditions if not c.passed]
+        print(f"{args.dir}: " + (f"fails {', '.join(failed)}" if failed else "passes all four legality conditions"))
+        return 1 if failed else 0
     report = verify(args.dir, args.data, args.tolerance, args.device, args.tokenizer)
     print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
           f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
@@ -150,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="submission folder to write")
     p.add_argument("--force", action="store_true", help="export an infeasible trial anyway")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")
+    p.add_argument("--skip-legality", action="store_true", help="do not run the legality check (search verify --legality) first")
     p.add_argument("--results", default=RESULTS_DIR)
     p.set_defaults(func=cmd_export)
 
@@ -158,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root or shard folder (default: the data the trial was scored on)")
     p.add_argument("--tokenizer", help="SentencePiece .model for the shards (default: found under --data; without --data, the recorded one)")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed bpb difference (default: exact)")
+    p.add_argument("--legality", action="store_true",
+                   help="instead, measure the four legality conditions on the export's own evaluation (exit 1 on a failure)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_verify)
 

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
 from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values, record_constraints
 from pgolf.config import QuantConfig, config_to_dict
+from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import Job, make_backend
 from search.study import TRIALS_DIR, StudyError, study_command, trial_dir
@@ -90,9 +91,10 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
 
     block_bits, block_clip = cheapest("matrix", space.allocation.bits)
     emb_bits, emb_clip = cheapest("embedding", space.allocation.embedding_bits)
-    return QuantConfig(bits={"*": block_bits, "tok_emb.weight": emb_bits, "lm_head.weight": emb_bits},
-                       clip={"*": block_clip, "tok_emb.weight": emb_clip, "lm_head.weight": emb_clip},
-                       keep_float_max_numel=0)
+    # Token-side matrices (the embedding, an untied head, a factored embedding's projection) at the embedding widths.
+    token_side = [prefix + "weight" for prefix in EMBEDDING_PREFIXES]
+    return QuantConfig(bits={"*": block_bits, **dict.fromkeys(token_side, emb_bits)},
+                       clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0)
 
 
 class Coordinator:

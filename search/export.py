@@ -58,7 +58,9 @@ def _refusal(trial) -> str | None:
     return None
 
 
-def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False) -> dict:
+def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False,
+                 legality: bool = True, log=lambda line: None) -> dict:
+    """legality: measure the four legality conditions on the staged folder first; a failure writes nothing."""
     directory, settings, trial = find_trial(name, results, number)
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
@@ -95,6 +97,18 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
                       "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
+        if legality:
+            from search.legality import check_legality  # imports this module
+
+            conditions = check_legality(stage)
+            for condition in conditions:
+                log(condition.line())
+            failed = [c.name for c in conditions if not c.passed]
+            if failed:
+                raise StudyError(f"trial {trial.number}'s evaluation fails the legality check ({', '.join(failed)}); nothing written")
+            provenance["legality"] = {c.name: c.detail for c in conditions}
+            with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
+                json.dump(provenance, f, indent=2)
         with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
             f.write(readme(name, trial.number, metrics, provenance))
     return submission
@@ -153,5 +167,13 @@ Score the shipped model only (no training):
 ## Verify
 `search verify .` re-scores final_model.pgolf with this folder's train_gpt.py in a fresh process with the network
 blocked, checks that train_gpt.py + final_model.pgolf are within the {provenance['cap_bytes']:,}-byte cap and that the
-bpb equals the recorded {provenance['val_bpb_exact']!r} on the same data.
+bpb equals the recorded {provenance['val_bpb_exact']!r} on the same data. `search verify --legality .` measures the
+four conditions reviewers check (causal, normalised, score before update, every token scored once){_legality(provenance)}
 """
+
+
+def _legality(provenance: dict) -> str:
+    found = provenance.get("legality")
+    if not found:
+        return "; it was not run at export."
+    return "; at export:\n\n" + "\n".join(f"- {name}: pass ({detail})" for name, detail in found.items())

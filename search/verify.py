@@ -57,33 +57,52 @@ def recorded_score(folder: str, source: dict) -> tuple[float, str]:
     raise VerifyError(f"{COUNTED_FILES[1]} matches no recorded score: it was altered or truncated after it was written")
 
 
-def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
-           tokenizer: str | None = None) -> dict:
-    """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
+def export_data(folder: str, data_root: str | None = None, tokenizer: str | None = None) -> DataPaths:
+    """The data an export was scored on, or the given data root / tokenizer instead."""
     for name in COUNTED_FILES + ("submission.json", SOURCE_FILE):
         if not os.path.exists(os.path.join(folder, name)):
             raise VerifyError(f"{folder} is not an exported submission: {name} is missing")
     source_path = os.path.join(folder, SOURCE_FILE)
-    source = read_json(source_path, "export record")
     try:
-        cap, data = int(source["cap_bytes"]), DataPaths(**source["data"])
+        data = DataPaths(**read_json(source_path, "export record")["data"])
     except (KeyError, TypeError, ValueError) as exc:
         raise VerifyError(f"{source_path} is not the record of a pgolf export ({type(exc).__name__}: {exc})") from None
-    counted = sum(os.path.getsize(os.path.join(folder, name)) for name in COUNTED_FILES)
-    if counted > cap:
-        raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
-    expected, origin = recorded_score(folder, source)
     if data_root or tokenizer:
         data = resolve_data(data_root or os.path.dirname(data.val_pattern), data.vocab_size, tokenizer)
+    return data
+
+
+def run_eval_only(folder: str, data: DataPaths, device: str | None = None, env: dict | None = None,
+                  task: str = "score the model") -> subprocess.CompletedProcess:
+    """The folder's own train_gpt.py in eval-only mode, in a fresh process whose sockets cannot connect."""
     env = dict(os.environ, EVAL_ONLY="1", MODEL_PATH=os.path.abspath(os.path.join(folder, COUNTED_FILES[1])),
-               DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer, HF_HUB_OFFLINE="1", PYTHONPATH="")
+               DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer, HF_HUB_OFFLINE="1", PYTHONPATH="",
+               **(env or {}))
     if device:
         env["DEVICE"] = device
     result = subprocess.run([sys.executable, "-c", NO_NETWORK_RUNNER, os.path.abspath(os.path.join(folder, COUNTED_FILES[0]))],
                             cwd=folder, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()[-1]
-        raise VerifyError(f"train_gpt.py failed to score the model: {last}")
+        raise VerifyError(f"train_gpt.py failed to {task}: {last}")
+    return result
+
+
+def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
+           tokenizer: str | None = None) -> dict:
+    """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
+    data = export_data(folder, data_root, tokenizer)
+    source_path = os.path.join(folder, SOURCE_FILE)
+    source = read_json(source_path, "export record")
+    try:
+        cap = int(source["cap_bytes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerifyError(f"{source_path} is not the record of a pgolf export ({type(exc).__name__}: {exc})") from None
+    counted = sum(os.path.getsize(os.path.join(folder, name)) for name in COUNTED_FILES)
+    if counted > cap:
+        raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
+    expected, origin = recorded_score(folder, source)
+    result = run_eval_only(folder, data, device)
     found = re.search(r"final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", result.stdout)
     if not found:
         raise VerifyError("train_gpt.py did not print a final_roundtrip_exact line")

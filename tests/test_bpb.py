@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from pgolf.bpb import ByteLuts, bits_per_byte, load_tokenizer
@@ -40,6 +41,15 @@ def test_trained_tokenizer_byte_total_is_exact():
     # A second build with the same inputs reuses the cached files.
     again = build_dataset(TRAIN_DOCS, VAL_DOCS, 512)
     assert again == paths and os.path.getmtime(again.tokenizer) == os.path.getmtime(paths.tokenizer)
+
+
+@pytest.mark.parametrize("vocab", [4096, 8192])
+def test_larger_vocabularies_build_with_exact_byte_totals(vocab):
+    # The spaces' larger vocab choices are built from the shared documents (about 3 s each on 2 cores).
+    paths = build_dataset(TRAIN_DOCS, VAL_DOCS, vocab)
+    sp = load_tokenizer(paths.tokenizer, vocab)
+    assert sp.vocab_size() == vocab
+    assert lookup_bytes(sp, vocab, paths.val_pattern) == round_trip_bytes(sp, VAL_DOCS)
 
 
 def test_bpb_formula():

@@ -385,7 +385,7 @@ TABLE = [
     ("export: random pgolf.json", EXPORT_FOLDER, r"export record .*pgolf\.json is not JSON: it is binary data"),
     ("export: text pgolf.json", EXPORT_FOLDER, r"export record .*pgolf\.json is not valid JSON"),
     ("export: pgolf.json holding a list", EXPORT_FOLDER, r"pgolf\.json holds a JSON list, not an object"),
-    ("export: submission.json as pgolf.json", EXPORT_FOLDER, r"pgolf\.json is not the record of a pgolf export \(KeyError: 'cap_bytes'\)"),
+    ("export: submission.json as pgolf.json", EXPORT_FOLDER, r"pgolf\.json is not the record of a pgolf export \(KeyError: 'data'\)"),
     ("export: pgolf.json recording NaN", EXPORT_FOLDER, r"pgolf\.json records val_bpb nan: not a score to verify against"),
     ("export: model file holding NaN", EXPORT_FOLDER,
      r"train_gpt\.py failed to score the model: error: .*final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight holds NaN"),

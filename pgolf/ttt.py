@@ -1,0 +1,241 @@
+"""Score-first test-time training (TTT): the model adapts on validation text it has already scored.
+
+The targets are cut into chunks of eval.ttt_chunk. Each chunk is scored with the current weights, and only
+then does the model take eval.ttt_steps gradient steps on that chunk, so no target is scored by weights that
+have seen it. Inside a chunk, targets are scored by windows of eval.seq_len tokens, one per eval.stride
+targets (one per chunk when the stride is 0 or not below the chunk), so the stride keeps its meaning.
+
+What adapts (eval.ttt): `lora` gives the matrices named by eval.ttt_targets (module globs; "head" is the output
+layer) rank-r adapters B A, A random and B zero, so adaptation starts from the stored model; `full` adapts the
+tensors named by the globs themselves. eval.ttt_reset = "document" starts fresh at every BOS: documents are
+independent, each window reads only its own document, and a batch of documents adapts side by side, each
+with LoRA adapters of its own (full tensors: one document at a time). "never" carries adaptation along one
+stream per rank; eval.ttt_phase_tokens > 0 stops adapting after that many targets and scores the rest with
+the adapted weights, batched (the records' phased variant).
+"""
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.config import ConfigError
+from pgolf.model import token_losses
+
+HEAD_TARGET = "head"
+
+
+@dataclass
+class Segment:
+    start: int  # first target
+    end: int  # one past the last target
+    floor: int  # earliest token a window may read
+
+
+def ttt_segments(val_tokens: Tensor, num_targets: int, cfg, bos_id: int, rank: int, world_size: int) -> list[Segment]:
+    """Per document (target t, which reads token t, belongs to the document holding token t), or one stream per rank."""
+    if cfg.ttt_reset == "never":
+        return [Segment(num_targets * rank // world_size, num_targets * (rank + 1) // world_size, 0)]
+    starts = (val_tokens[:num_targets] == bos_id).nonzero().flatten().tolist()
+    bounds = sorted(set([0] + starts)) + [num_targets]
+    docs = [Segment(a, b, a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return docs[len(docs) * rank // world_size : len(docs) * (rank + 1) // world_size]
+
+
+class LoraAdapters:
+    """Rank-r deltas x -> (x A^T) B^T on the chosen matrices, one pair per row of the batch (one per document)."""
+
+    def __init__(self, model: nn.Module, patterns: list, rank: int, seeds: list[int], device: torch.device):
+        from_linear = [(name, m) for name, m in model.named_modules()
+                       if isinstance(m, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+        shapes = [(m.in_features, m.out_features) for _, m in from_linear]
+        head = HEAD_TARGET in patterns
+        if head:
+            width = model.tok_emb.weight.shape[1] if model.lm_head is None else model.lm_head.in_features
+            shapes.append((width, model.cfg.vocab_size))
+        if not shapes:
+            raise ConfigError(f"eval.ttt_targets {patterns} match no matrix of this model")
+        # Each row's A comes from a generator of its own, seeded by its document's first target: a row's start
+        # must not depend on how many documents share its batch, for that is decided by later BOS tokens.
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.a, self.b = [], []
+        for fan_in, fan_out in shapes:  # A as nn.Linear's default init, B zero
+            bound = 1.0 / math.sqrt(fan_in)
+            a = torch.stack([torch.rand(rank, fan_in, generator=g) * 2 - 1 for g in generators]).mul_(bound)
+            self.a.append(a.to(device).requires_grad_())
+            self.b.append(torch.zeros(len(seeds), fan_out, rank, device=device, requires_grad=True))
+        self.rows = torch.arange(len(seeds), device=device)
+        self.hooks = [m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(from_linear)]
+        self.model = model
+        if head:
+            model.head_adapter = self._head(len(shapes) - 1)
+
+    def parameters(self) -> list[Tensor]:
+        return self.a + self.b
+
+    def select(self, rows: Tensor) -> None:
+        """The adapter rows the next forward pass uses, one per batch row."""
+        self.rows = rows
+
+    def _delta(self, i: int, x: Tensor) -> Tensor:
+        """x: [rows, T, in] or, as the output layer sees it, [rows * T, in]."""
+        a, b = self.a[i][self.rows].to(x.dtype), self.b[i][self.rows].to(x.dtype)
+        h = x.reshape(len(self.rows), -1, x.size(-1))
+        return torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2)).reshape(*x.shape[:-1], -1)
+
+    def _hook(self, i: int):
+        return lambda module, args, out: out + self._delta(i, args[0])
+
+    def _head(self, i: int):
+        return lambda x: self._delta(i, x)
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.model.head_adapter = None
+
+
+class TensorAdapters:
+    """The chosen tensors themselves adapt (one row: one document or stream at a time); close() restores them."""
+
+    def __init__(self, model: nn.Module, patterns: list):
+        self.tensors = [p for name, p in model.named_parameters() if any(fnmatch.fnmatchcase(name, q) for q in patterns)]
+        if not self.tensors:
+            raise ConfigError(f"eval.ttt_targets {patterns} match no tensor of this model")
+        self.saved = [(p.detach().clone(), p.requires_grad) for p in self.tensors]
+        for p in self.tensors:
+            p.requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return self.tensors
+
+    def select(self, rows: Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        with torch.no_grad():
+            for p, (saved, grad) in zip(self.tensors, self.saved):
+                p.copy_(saved)
+                p.requires_grad_(grad)
+
+
+def _optimizer(cfg, params: list[Tensor]) -> torch.optim.Optimizer:
+    if cfg.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.ttt_lr)
+    return torch.optim.Adam(params, lr=cfg.ttt_lr, betas=(0.9, 0.95))
+
+
+class _Scorer:
+    """Window scoring shared by the adapting and the frozen passes; adds to the (loss, tokens, bytes) sums."""
+
+    def __init__(self, model, tokens, luts, cfg, seq_len, repeats, autocast, device, sums, trace):
+        self.model, self.tokens, self.luts, self.cfg = model, tokens, luts, cfg
+        self.seq_len, self.repeats, self.autocast, self.device = seq_len, repeats, autocast, device
+        self.sums, self.trace = sums, trace
+
+    def nll(self, windows: list[tuple[int, int, int]]) -> tuple[Tensor, ...]:
+        """Per-token losses of windows (u, v, floor): tokens [max(floor, v - seq_len), v) read, targets u..v-1
+        marked. Returns (nll [rows, T], scored mask, inputs, targets, logits); rows are right-padded (causal:
+        harmless)."""
+        starts = [max(floor, v - self.seq_len) for _, v, floor in windows]
+        width = max(v - s for (_, v, _), s in zip(windows, starts))
+        x = torch.zeros(len(windows), width, dtype=torch.int64)
+        y = torch.zeros_like(x)
+        mask = torch.zeros(len(windows), width, dtype=torch.bool)
+        for row, ((u, v, _), s) in enumerate(zip(windows, starts)):
+            x[row, : v - s] = self.tokens[s:v]
+            y[row, : v - s] = self.tokens[s + 1 : v + 1]
+            mask[row, u - s : v - s] = True
+        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            nll, logits = token_losses(self.model, x, y, self.repeats)
+        return nll, mask, x, y, logits
+
+    def record(self, windows, nll: Tensor, mask: Tensor, x: Tensor, y: Tensor, logits: Tensor) -> None:
+        nll = nll.detach()
+        self.sums[0] += nll[mask].to(torch.float64).sum()
+        self.sums[1] += mask.sum().to(torch.float64)
+        self.sums[2] += self.luts.target_bytes(x[mask], y[mask]).to(torch.float64).sum()
+        if self.trace is not None:
+            targets = torch.cat([torch.arange(u, v) for u, v, _ in windows])
+            self.trace.add(targets, nll[mask], logits[mask.reshape(-1)])
+
+    def score(self, windows, rows: Tensor | None, adapters) -> None:
+        with torch.no_grad():
+            if adapters is not None and rows is not None:
+                adapters.select(rows)
+            self.record(windows, *self.nll(windows))
+
+
+def _step_windows(chunk: tuple[int, int, int], step: int) -> list[tuple[int, int, int]]:
+    a, b, floor = chunk
+    return [(u, min(u + step, b), floor) for u in range(a, b, step)]
+
+
+def eval_ttt(model, val_tokens, luts, cfg, seq_len, repeats, autocast, device, rank, world_size, sums, trace=None) -> None:
+    """Score-first TTT over the split (cfg: the eval settings); adds to sums like the plain passes."""
+    num_targets = val_tokens.numel() - 1
+    segments = ttt_segments(val_tokens, num_targets, cfg, model.cfg.bos_id, rank, world_size)
+    scorer = _Scorer(model, val_tokens, luts, cfg, seq_len, repeats, autocast, device, sums, trace)
+    step = cfg.stride if 0 < cfg.stride < cfg.ttt_chunk else cfg.ttt_chunk
+    # Documents side by side with LoRA (each row its own adapters); full tensors are shared: one at a time.
+    rows_per_batch = max(cfg.batch_tokens // seq_len, 1) if cfg.ttt == "lora" else 1
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for first in range(0, len(segments), rows_per_batch):
+            _adapt_batch(model, segments[first : first + rows_per_batch], scorer, cfg, step, rows_per_batch, device)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _adapt_batch(model, segments: list[Segment], scorer: _Scorer, cfg, step: int, batch_rows: int, device) -> None:
+    chunk = cfg.ttt_chunk
+    if cfg.ttt == "lora":
+        adapters = LoraAdapters(model, cfg.ttt_targets, cfg.ttt_rank, [s.start for s in segments], device)
+    else:
+        adapters = TensorAdapters(model, cfg.ttt_targets)
+    optimizer = _optimizer(cfg, adapters.parameters())
+    try:
+        for c in range(max(math.ceil((s.end - s.start) / chunk) for s in segments)):
+            live = [(i, s) for i, s in enumerate(segments) if s.start + c * chunk < s.end]
+            chunks = [(s.start + c * chunk, min(s.start + (c + 1) * chunk, s.end), s.floor) for _, s in live]
+            rows = torch.tensor([i for i, _ in live], device=device)
+            if cfg.ttt_phase_tokens and c * chunk >= cfg.ttt_phase_tokens:
+                # Phase two: adaptation is over; the rest of the stream is scored with the adapted weights, batched.
+                rest = [w for s in segments for w in _step_windows((s.start + c * chunk, s.end, s.floor), step)]
+                for b in range(0, len(rest), batch_rows):
+                    scorer.score(rest[b : b + batch_rows], rows[:1].expand(len(rest[b : b + batch_rows])), adapters)
+                return
+            # One window per chunk: the first step's forward pass is also the chunk's score (taken before its update).
+            single = step >= chunk and cfg.ttt_steps > 0
+            if not single:
+                _score_chunks(scorer, adapters, live, chunks, step, device)
+            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
+    finally:
+        adapters.close()
+
+
+def _score_chunks(scorer: _Scorer, adapters, live: list, chunks: list, step: int, device) -> None:
+    """Every window of each row's chunk, scored with the weights as they are."""
+    for k in range(math.ceil(max(b - a for a, b, _ in chunks) / step)):
+        windows = [w for ch in chunks for w in _step_windows(ch, step)[k : k + 1]]
+        owners = torch.tensor([i for (i, _), ch in zip(live, chunks) if len(_step_windows(ch, step)) > k], device=device)
+        if windows:
+            scorer.score(windows, owners, adapters)
+
+
+def _train_chunks(scorer: _Scorer, adapters, optimizer, rows: Tensor, chunks: list, steps: int, score_first_step: bool) -> None:
+    for k in range(steps):
+        adapters.select(rows)
+        nll, mask, x, y, logits = scorer.nll(chunks)
+        if score_first_step and k == 0:
+            scorer.record(chunks, nll, mask, x, y, logits)
+        per_row = (nll * mask).sum(1) / mask.sum(1)
+        optimizer.zero_grad(set_to_none=True)
+        per_row.sum().backward()  # a sum: each row's adapters get exactly its own chunk's gradient
+        optimizer.step()

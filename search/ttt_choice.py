@@ -1,0 +1,73 @@
+"""Which test-time training setting a trained model evaluates with: the allocation's TTT step.
+
+Each setting the space's [allocation] table allows (ttt_chunk x ttt_rank, and no TTT) is scored on the held-out
+*training* tokens the sensitivities use (never validation: choosing on it would tune on the test set). The
+lowest held-out loss wins among the settings whose eval time on the full validation split fits the eval cap
+with margin. That time is predicted from a timed run on the first TIME_SAMPLE validation tokens (its score is
+discarded, as the stride choice does): documents adapt side by side, so the split's own document layout sets
+the pace, and a prefix with fewer documents side by side over-predicts, on the safe side. The confirmation
+then measures the real time.
+The other TTT keys (mode, targets, optimizer, learning rate, steps, reset, phase) come from the base config.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from pgolf.bpb import ByteLuts, load_tokenizer
+from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
+from pgolf.shards import token_count, validation_tokens
+from pgolf.submission import score_tokens
+
+TIME_SAMPLE = 16_384  # validation tokens timed per setting
+
+
+@dataclass
+class TTTMeasure:
+    eval: EvalConfig
+    loss: float  # held-out training loss, nats per token
+    seconds: float  # measured on the held-out tokens
+    predicted_seconds: float  # on the full validation split
+
+    def label(self) -> str:
+        e = self.eval
+        return "no TTT" if e.ttt == "off" else f"TTT {e.ttt} chunk {e.ttt_chunk}" + (f" rank {e.ttt_rank}" if e.ttt == "lora" else "")
+
+
+def ttt_settings(config: RunConfig, space_alloc) -> list[EvalConfig]:
+    """No TTT, then every allowed (chunk, rank): eval settings, each valid for this config."""
+    base = config.resolved_eval()
+    mode = base.ttt if base.ttt != "off" else "lora"
+    settings = [dataclasses.replace(base, ttt="off")]
+    for chunk in space_alloc.ttt_chunk:
+        for rank in space_alloc.ttt_rank if mode == "lora" else [base.ttt_rank]:
+            candidate = dataclasses.replace(base, ttt=mode, ttt_chunk=chunk, ttt_rank=rank)
+            try:
+                validate(dataclasses.replace(config, eval=candidate))
+            except ConfigError:  # e.g. a chunk longer than this trial's eval sequence
+                continue
+            settings.append(candidate)
+    return settings
+
+
+def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, margin: float,
+               log=print) -> tuple[EvalConfig, list[TTTMeasure]]:
+    """(the chosen eval settings, every setting measured); a config's own setting when the space allows no TTT."""
+    settings = ttt_settings(config, space_alloc)
+    if len(settings) == 1:
+        return config.resolved_eval(), []
+    luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
+    seq_len = config.eval_seq_len()
+    sample = validation_tokens(data.val_pattern, seq_len, config.model.vocab_size, TIME_SAMPLE)
+    val_targets = (token_count(data.val_pattern) - 1) // seq_len * seq_len
+    measures = []
+    for setting in settings:
+        result = score_tokens(model, setting, held_out, luts, runtime)
+        timed = score_tokens(model, setting, sample, luts, runtime)  # for its seconds only
+        predicted = timed.seconds / max(timed.tokens, 1) * val_targets
+        measures.append(TTTMeasure(setting, result.loss, result.seconds, predicted))
+        log(f"allocation: {measures[-1].label()}: held-out loss {result.loss:.4f} in {result.seconds:.1f}s, "
+            f"predicted eval {predicted:.1f}s")
+    fitting = [m for m in measures if m.predicted_seconds <= margin * caps.eval_seconds] or measures[:1]
+    return min(fitting, key=lambda m: m.loss).eval, measures

@@ -1,0 +1,22 @@
+"""Deliberately illegal evaluations, as text patches of the code an exported train_gpt.py is assembled from:
+the negative controls of the legality check (tests and bench/legality_exports.py)."""
+
+# Test-time training that adapts on each chunk before scoring it.
+ADAPT_THEN_SCORE = (
+    """            if not single:
+                _score_chunks(scorer, adapters, live, chunks, step, device)
+            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
+""",
+    """            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=False)
+            _score_chunks(scorer, adapters, live, chunks, step, device)
+""")
+
+# Chunked evaluation that leaves the last sequence of the split unscored.
+SKIPPED_TAIL = ("    total_seqs = (val_tokens.numel() - 1) // seq_len\n", "    total_seqs = (val_tokens.numel() - 1) // seq_len - 1\n")
+
+
+def patched(source: str, patch: tuple[str, str]) -> str:
+    old, new = patch
+    if source.count(old) != 1:
+        raise AssertionError(f"the code to break has changed: {old.strip()[:60]!r} not found once")
+    return source.replace(old, new)
