@@ -122,7 +122,10 @@ def test_adapt_then_score_is_caught_by_the_same_measurement(official, monkeypatc
     base = validation_tokens(VAL_PATTERN, 256, 1024, 512)
     changed = base.clone()
     changed[100:] = 7  # inside the second chunk: its first targets were adapted on with the new tokens
-    assert not torch.equal(losses(model, evaluation, changed)[:99], losses(model, evaluation, base)[:99])
+    # The criterion the legal evaluations pass above, failed by far more than its tolerance.
+    after, before = losses(model, evaluation, changed)[:99], losses(model, evaluation, base)[:99]
+    assert not torch.allclose(after, before, rtol=0, atol=1e-4)
+    assert float((after - before).abs().max()) > 1e-2
 
 
 def test_the_trace_holds_a_normalised_distribution_that_gives_the_scored_loss(official):
