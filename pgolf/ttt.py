@@ -169,9 +169,16 @@ class _Scorer:
             self.record(windows, *self.nll(windows))
 
 
-def _step_windows(chunk: tuple[int, int, int], step: int) -> list[tuple[int, int, int]]:
+def _window(u: int, length: int, end: int, floor: int, seq_len: int) -> tuple[int, int, int]:
+    """Targets u..min(u + length, end) - 1, read from where a window of the full length would start. Reading
+    from the clipped end instead would give a document's last targets more context the sooner the document
+    ends, and where it ends is decided by a later BOS token: the future."""
+    return u, min(u + length, end), max(floor, u + length - seq_len)
+
+
+def _step_windows(chunk: tuple[int, int, int], step: int, seq_len: int) -> list[tuple[int, int, int]]:
     a, b, floor = chunk
-    return [(u, min(u + step, b), floor) for u in range(a, b, step)]
+    return [_window(u, step, b, floor, seq_len) for u in range(a, b, step)]
 
 
 def eval_ttt(model, val_tokens, luts, cfg, seq_len, repeats, autocast, device, rank, world_size, sums, trace=None) -> None:
@@ -203,28 +210,30 @@ def _adapt_batch(model, segments: list[Segment], scorer: _Scorer, cfg, step: int
     try:
         for c in range(max(math.ceil((s.end - s.start) / chunk) for s in segments)):
             live = [(i, s) for i, s in enumerate(segments) if s.start + c * chunk < s.end]
-            chunks = [(s.start + c * chunk, min(s.start + (c + 1) * chunk, s.end), s.floor) for _, s in live]
+            spans = [(s.start + c * chunk, min(s.start + (c + 1) * chunk, s.end), s.floor) for _, s in live]
+            chunks = [_window(a, chunk, b, floor, scorer.seq_len) for a, b, floor in spans]
             rows = torch.tensor([i for i, _ in live], device=device)
             if cfg.ttt_phase_tokens and c * chunk >= cfg.ttt_phase_tokens:
                 # Phase two: adaptation is over; the rest of the stream is scored with the adapted weights, batched.
-                rest = [w for s in segments for w in _step_windows((s.start + c * chunk, s.end, s.floor), step)]
+                rest = [w for s in segments for w in _step_windows((s.start + c * chunk, s.end, s.floor), step, scorer.seq_len)]
                 for b in range(0, len(rest), batch_rows):
                     scorer.score(rest[b : b + batch_rows], rows[:1].expand(len(rest[b : b + batch_rows])), adapters)
                 return
             # One window per chunk: the first step's forward pass is also the chunk's score (taken before its update).
             single = step >= chunk and cfg.ttt_steps > 0
             if not single:
-                _score_chunks(scorer, adapters, live, chunks, step, device)
+                _score_chunks(scorer, adapters, live, spans, step, device)
             _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
     finally:
         adapters.close()
 
 
-def _score_chunks(scorer: _Scorer, adapters, live: list, chunks: list, step: int, device) -> None:
-    """Every window of each row's chunk, scored with the weights as they are."""
-    for k in range(math.ceil(max(b - a for a, b, _ in chunks) / step)):
-        windows = [w for ch in chunks for w in _step_windows(ch, step)[k : k + 1]]
-        owners = torch.tensor([i for (i, _), ch in zip(live, chunks) if len(_step_windows(ch, step)) > k], device=device)
+def _score_chunks(scorer: _Scorer, adapters, live: list, spans: list, step: int, device) -> None:
+    """Every window of each row's chunk (spans: first target, end, floor), scored with the weights as they are."""
+    per_row = [_step_windows(span, step, scorer.seq_len) for span in spans]
+    for k in range(max(len(w) for w in per_row)):
+        windows = [w[k] for w in per_row if len(w) > k]
+        owners = torch.tensor([i for (i, _), w in zip(live, per_row) if len(w) > k], device=device)
         if windows:
             scorer.score(windows, owners, adapters)
 

@@ -4,11 +4,11 @@ the negative controls of the legality check (tests and bench/legality_exports.py
 # Test-time training that adapts on each chunk before scoring it.
 ADAPT_THEN_SCORE = (
     """            if not single:
-                _score_chunks(scorer, adapters, live, chunks, step, device)
+                _score_chunks(scorer, adapters, live, spans, step, device)
             _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
 """,
     """            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=False)
-            _score_chunks(scorer, adapters, live, chunks, step, device)
+            _score_chunks(scorer, adapters, live, spans, step, device)
 """)
 
 # Chunked evaluation that leaves the last sequence of the split unscored.
