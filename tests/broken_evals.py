@@ -14,6 +14,10 @@ ADAPT_THEN_SCORE = (
 # Chunked evaluation that leaves the last sequence of the split unscored.
 SKIPPED_TAIL = ("    total_seqs = (val_tokens.numel() - 1) // seq_len\n", "    total_seqs = (val_tokens.numel() - 1) // seq_len - 1\n")
 
+# Sliding-window evaluation (a stride below the sequence) that drops its last window.
+SKIPPED_LAST_WINDOW = ("    windows = window_starts(num_targets, seq_len, stride)\n",
+                       "    windows = window_starts(num_targets, seq_len, stride)[:-1]\n")
+
 
 def patched(source: str, patch: tuple[str, str]) -> str:
     old, new = patch
