@@ -24,6 +24,7 @@ from pgolf.model import EMBEDDING_PREFIXES, GPT, is_control_tensor
 from pgolf.quant import quantize_tensor
 from pgolf.storage import MatrixFormat, matrix_format, outlier_count
 
+RTN_PERCENTILE = QuantConfig().clip_percentile  # the allocation's RTN options clip as the model file does
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
 HEADER_BYTES_PER_TENSOR = 24  # compressed JSON directory entry, measured on real artifacts
 FIXED_OVERHEAD = 120  # prefix + frame table + empty-frame overheads
@@ -117,15 +118,44 @@ def compressed_floats(arr: np.ndarray) -> int:
     return len(zstandard.ZstdCompressor(level=19).compress(byte_shuffle(arr)))
 
 
-def measure_calibration(state_dict: dict, bits_options, clip_options) -> dict:
-    """Compressed bits per weight of each (role, bits, clip) on real weights, plus fp16 and scale costs."""
+def rtn_sizes(state_dict: dict, bits_options, clip_options, names=None) -> dict:
+    """(name, bits, clip) -> (compressed symbol bytes, compressed scale bytes, squared error) of each 2-D
+    tensor (default: every non-control matrix) stored by round-to-nearest at each width and clip; bits 16
+    is fp16 (clip 0). The allocation's options and the study's byte calibration read the same table, so
+    each tensor is quantized and compressed once per option; zstd releases the GIL, so the compressions
+    run on every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = names if names is not None else [n for n, t in state_dict.items() if t.ndim == 2 and t.is_floating_point()
+                                             and not is_control_tensor(n)]
+    jobs = [(n, b, c) for n in names for b in bits_options for c in ([0.0] if b == 16 else clip_options)]
+
+    def size(job):
+        name, bits, clip = job
+        t = state_dict[name].detach().float().cpu()
+        if bits == 16:
+            half = t.to(torch.float16)
+            return compressed_floats(half.numpy()), 0, float((half.float() - t).pow(2).sum())
+        q, scale = quantize_tensor(t, bits, clip, RTN_PERCENTILE)
+        restored = q.float() * scale.float()[:, None]
+        return compressed_symbols(q.numpy().tobytes()), compressed_floats(scale.numpy()), float((restored - t).pow(2).sum())
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(jobs, pool.map(size, jobs)))
+
+
+def measure_calibration(state_dict: dict, bits_options, clip_options, sizes: dict | None = None) -> dict:
+    """Compressed bits per weight of each (role, bits, clip) on real weights, plus fp16 and scale costs.
+    `sizes`: a rtn_sizes table already measured for these weights (else measured here)."""
+    names = [n for n, t in state_dict.items() if t.ndim == 2 and not is_control_tensor(n) and t.numel() >= 4096]
+    widths = sorted(set(bits_options) | {16})
+    sizes = sizes if sizes is not None else rtn_sizes(state_dict, widths, clip_options, names)
     sums: dict = {}
     fp16_bytes = fp16_values = scale_bytes = scale_rows = 0
-    for name, t in state_dict.items():
-        if t.ndim != 2 or is_control_tensor(name) or t.numel() < 4096:
-            continue
+    for name in names:
+        t = state_dict[name]
         role = "embedding" if name.startswith(EMBEDDING_PREFIXES) else "matrix"
-        half_bytes = compressed_floats(t.to(torch.float16).numpy())
+        half_bytes = sizes[(name, 16, 0.0)][0]
         fp16_bytes += half_bytes
         fp16_values += t.numel()
         total = sums.setdefault(_key(role, 16, 0.0), [0, 0])  # fp16 compresses differently per role
@@ -135,12 +165,12 @@ def measure_calibration(state_dict: dict, bits_options, clip_options) -> dict:
             if bits == 16:
                 continue
             for clip in clip_options:
-                q, scale = quantize_tensor(t, bits, clip, 99.99984)
+                symbols, scales, _ = sizes[(name, bits, clip)]
                 total = sums.setdefault(_key(role, bits, clip), [0, 0])
-                total[0] += 8 * compressed_symbols(q.numpy().tobytes())
+                total[0] += 8 * symbols
                 total[1] += t.numel()
                 if bits == bits_options[0] and clip == clip_options[0]:
-                    scale_bytes += compressed_floats(scale.numpy())
+                    scale_bytes += scales
                     scale_rows += t.shape[0]
     return {"bits_per_weight": {k: v[0] / v[1] for k, v in sums.items()},
             "fp16_bytes_per_value": fp16_bytes / max(fp16_values, 1),

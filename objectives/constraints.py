@@ -10,6 +10,17 @@ CONSTRAINT_KEYS = ("artifact_bytes", "train_seconds", "eval_seconds")
 LEGACY_CONSTRAINTS_ATTR = "constraints"
 
 
+def pre_quant_text(metrics: dict) -> str:
+    """The float model's score as a trial recorded it: the whole split (older trials, or val_tokens 0), else
+    the validation subset its reports and quantization gap use, named as such."""
+    if "val_bpb_pre" in metrics:
+        return f"pre-quantization {metrics['val_bpb_pre']:.4f}"
+    if "val_bpb_pre_subset" in metrics:
+        return (f"pre-quantization {metrics['val_bpb_pre_subset']:.4f} on the first {metrics.get('subset_tokens', 0):,} validation "
+                f"tokens, gap {metrics.get('quant_gap_bpb', float('nan')):+.4f}")
+    return "pre-quantization -"
+
+
 @dataclass
 class Outcome:
     """What a finished trial measured: post-roundtrip bpb (nan when there is none) and the three capped quantities."""

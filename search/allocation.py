@@ -17,8 +17,9 @@ compressor to minimise post-roundtrip bpb under the byte cap and the eval-time c
    eval time fits the cap; test-time training: the allowed setting with the lowest held-out loss whose
    predicted eval time fits (search/ttt_choice.py). Compressor: whichever packs the chosen allocation
    smaller (exact).
-6. Confirmation: the knapsack choice and the best uniform width that fits are packed for real, reloaded
-   into a fresh model and scored on the full validation split; the best feasible one is the result.
+6. Confirmation: the knapsack choice (and, with confirm_top 2, the best uniform width) is packed for real
+   until its bytes fit the cap; only then is it reloaded into a fresh model and scored on the full
+   validation split (a candidate over the cap is never scored); the best feasible one is the result.
 Every candidate is recorded.
 """
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from objectives.bytes import compressed_floats, compressed_symbols
+from objectives.bytes import RTN_PERCENTILE, compressed_floats, compressed_symbols, rtn_sizes
 from pgolf.assemble import assemble_script, code_bytes
 from pgolf.config import TTT_KEYS, QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
@@ -48,7 +49,7 @@ from pgolf.run import SCRIPT_FILE
 from pgolf.submission import MODEL_FILE, calibrate, load_model, model_meta, score
 from search.ttt_choice import choose_ttt
 
-PERCENTILE = 99.99984
+PERCENTILE = RTN_PERCENTILE
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
 EVAL_TIME_MARGIN = 0.7  # predicted eval time must fit in this fraction of the cap (timing noise)
 FORMAT_ENTRY_BYTES = 30  # compressed directory bytes of a matrix's format fields, measured on real files
@@ -97,6 +98,7 @@ class Candidate:
     eval_seconds: float = math.nan
     feasible: bool = False
     post_training_seconds: float = 0.0  # calibration + quantization a submission runs after training (0 for RTN)
+    formats: list = field(default_factory=list)  # the formats beyond plain RTN among its picks
     blob: bytes = field(default=b"", repr=False)
     byte_groups: dict = field(default_factory=dict)
 
@@ -160,27 +162,22 @@ def make_units(state: dict, granularity: str) -> list[Unit]:
     return units
 
 
-def quantized_copy(t: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, int]:
-    """(dequantized tensor as stored, estimated compressed bytes) for one tensor at one option."""
+def rtn_restored(t: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
+    """One tensor as an option stores it (bits 16: fp16), back in its own dtype."""
     if bits == 16:
-        half = t.detach().float().to(torch.float16)
-        return half.to(t.dtype), compressed_floats(half.numpy())
+        return t.detach().to(torch.float16).to(t.dtype)
     q, scale = quantize_tensor(t.detach().cpu(), bits, clip, PERCENTILE)
-    restored = (q.float() * scale.float()[:, None]).to(t.dtype)
-    return restored, compressed_symbols(q.numpy().tobytes()) + compressed_floats(scale.numpy())
+    return (q.float() * scale.float()[:, None]).to(t.dtype)
 
 
-def unit_options(state: dict, unit: Unit, bits_options, clip_options) -> list[Option]:
+def unit_options(state: dict, unit: Unit, bits_options, clip_options, sizes: dict | None = None) -> list[Option]:
+    """A unit's RTN options from a rtn_sizes table (measured here for its tensors when not given)."""
+    sizes = sizes if sizes is not None else rtn_sizes(state, bits_options, clip_options, unit.tensors)
     options = []
     for bits in bits_options:
         for clip in ([0.0] if bits == 16 else clip_options):
-            size, mse = 0, 0.0
-            for name in unit.tensors:
-                w = state[name]
-                restored, nbytes = quantized_copy(w, bits, clip)
-                size += nbytes
-                mse += float((restored.float() - w.float()).pow(2).sum())
-            options.append(Option(bits, clip, size, mse))
+            entries = [sizes[(name, bits, clip)] for name in unit.tensors]
+            options.append(Option(bits, clip, sum(s + c for s, c, _ in entries), sum(e for _, _, e in entries)))
     return options
 
 
@@ -300,6 +297,36 @@ def mean_loss(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, auto
     return total / count
 
 
+SENSITIVITY_BATCH = 8  # held-out sequences per step of a variance-sized sensitivity measurement
+
+
+@torch.no_grad()
+def sequence_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, repeats: int, autocast: bool) -> torch.Tensor:
+    """Mean loss (nats) of each sequence (row) of x -> y."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(x, y, repeats=repeats, reduction="none")
+    return loss.float().view(x.size(0), -1).mean(1).cpu()
+
+
+def sized_damage(model: GPT, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor, repeats: int, autocast: bool,
+                 rel_se: float) -> tuple[float, int]:
+    """(loss increase of the model over `base`, its per-sequence loss unmodified; sequences used).
+
+    Paired per sequence, in steps of SENSITIVITY_BATCH sequences, stopping once the standard error of the mean
+    increase is within rel_se of it (at least two steps): a unit whose damage is clear from a few thousand
+    tokens is not measured on all of them, and one whose damage is small or noisy uses every sequence."""
+    diffs = []
+    for start in range(0, x.size(0), SENSITIVITY_BATCH):
+        rows = slice(start, start + SENSITIVITY_BATCH)
+        diffs.append(sequence_losses(model, x[rows], y[rows], repeats, autocast) - base[rows])
+        d = torch.cat(diffs).double()
+        if d.numel() >= 2 * SENSITIVITY_BATCH and float(d.std()) / math.sqrt(d.numel()) <= rel_se * abs(float(d.mean())):
+            break
+    if not torch.isfinite(d).all():
+        raise NonFiniteScore("allocation: held-out training loss is not finite: the model's outputs are not finite")
+    return float(d.mean()), d.numel()
+
+
 def solve_knapsack(units: list[Unit], options: dict, budget: int, buckets: int = 4000) -> list[Option] | None:
     """One option per unit minimising summed damage with summed bytes <= budget (None if nothing fits)."""
     if budget <= 0:
@@ -354,12 +381,13 @@ def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -
 
 
 def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, log=print,
-             seconds_per_token: float | None = None, train_seconds: float = 0.0) -> AllocationResult:
+             seconds_per_token: float | None = None, train_seconds: float = 0.0, sizes: dict | None = None) -> AllocationResult:
     """Choose storage and eval settings for a trained model; see the module docstring.
 
     seconds_per_token: measured chunked-eval speed of this model, if the caller has one (else measured).
     train_seconds: the model's training time, to which a format's calibration and quantization are added
     (a submission runs them after training) before checking the training cap.
+    sizes: a rtn_sizes table of these weights over the space's widths and clips, if the caller measured one.
     """
     started = time.perf_counter()
     device = runtime.device
@@ -375,8 +403,10 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
         options = {u.name: formatted_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
                                              space_alloc.clip, choices, config.quant, *calibration) for u in units}
     else:
+        sizes = sizes if sizes is not None else rtn_sizes(state, sorted(set(space_alloc.bits) | set(space_alloc.embedding_bits)),
+                                                          space_alloc.clip, [n for u in units for n in u.tensors])
         options = {u.name: unit_options(state, u, space_alloc.embedding_bits if u.embedding else space_alloc.bits,
-                                        space_alloc.clip) for u in units}
+                                        space_alloc.clip, sizes) for u in units}
     phase["options"] = time.perf_counter() - started - sum(phase.values())
     seq_len = config.eval_seq_len()
     calib = calibration_tokens(data.train_pattern, config.model.vocab_size, space_alloc.calib_tokens, seq_len)
@@ -386,7 +416,12 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
 
     # Sensitivity: damage of each unit alone at its cheapest option, per unit of weight MSE.
     params = dict(model.named_parameters())
-    sensitivities = {}
+    sensitivities, sequences = {}, []
+    rel_se = space_alloc.sensitivity_rel_se
+    if rel_se > 0:
+        x, y = calib[:-1].reshape(-1, seq_len).to(device), calib[1:].reshape(-1, seq_len).to(device)
+        base_rows = torch.cat([sequence_losses(model, x[i : i + SENSITIVITY_BATCH], y[i : i + SENSITIVITY_BATCH], repeats_train, autocast)
+                               for i in range(0, x.size(0), SENSITIVITY_BATCH)])
     for unit in units:
         reference = min((o for o in options[unit.name] if o.bits != 16 and o.plain), key=lambda o: (o.bits, o.mse), default=None)
         if reference is None or reference.mse == 0:
@@ -394,15 +429,23 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
             continue
         with torch.no_grad():
             for name in unit.tensors:
-                params[name].copy_(quantized_copy(state[name], reference.bits, reference.clip)[0])
-            damage = mean_loss(model, calib, seq_len, repeats_train, autocast, device) - base_loss
+                params[name].copy_(rtn_restored(state[name], reference.bits, reference.clip))
+            if rel_se > 0:
+                damage, used = sized_damage(model, x, y, base_rows, repeats_train, autocast, rel_se)
+                sequences.append(used)
+            else:
+                damage = mean_loss(model, calib, seq_len, repeats_train, autocast, device) - base_loss
             for name in unit.tensors:
                 params[name].copy_(state[name])
         sensitivities[unit.name] = max(damage, 0.0) / reference.mse
         for opt in options[unit.name]:
             opt.damage = sensitivities[unit.name] * opt.mse
     phase["sensitivity"] = time.perf_counter() - started - sum(phase.values())
-    log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
+    if sequences:
+        log(f"allocation: {len(units)} units, sensitivities measured on {min(sequences) * seq_len:,}-{max(sequences) * seq_len:,} of "
+            f"{calib.numel() - 1:,} held-out training tokens (until the standard error is within {rel_se:g} of the damage)")
+    else:
+        log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
 
     # Eval unroll count: lowest held-out loss of the float model (cheap; quantization shifts all alike).
     repeat_options = space_alloc.eval_repeats if config.model.loop_len > 0 and space_alloc.eval_repeats else [config.eval_repeats()]
@@ -432,27 +475,30 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     if result.ttt:
         phase["ttt"] = time.perf_counter() - started - sum(phase.values())
 
-    def confirm(label: str, picks: list[Option]) -> Candidate:
+    def packed(label: str, picks: list[Option]) -> Candidate:
         quant = allocation_quant(units, picks, space_alloc.compressors[0], space_alloc.level, config.quant, choices.rank_bits)
         candidate = Candidate(label, _with(config, quant, repeats=repeats, stride=stride, **ttt), sum(o.bytes for o in picks),
                               sum(o.damage for o in picks))
-        _confirm(model, candidate, space_alloc, caps, data, runtime, calibration, calibration_seconds, train_seconds)
-        formats = sorted({o.format_label() for o in picks if not o.plain})
-        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
-            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}"
-            + (f", TTT chunk {evaluation.ttt_chunk} rank {evaluation.ttt_rank}" if evaluation.ttt != "off" else "") + "), "
-            + (f"formats {', '.join(formats)}, " if formats else "")
-            + (f"{candidate.post_training_seconds:.1f}s after training, " if candidate.post_training_seconds else "")
-            + f"{'feasible' if candidate.feasible else 'over a cap'}")
+        candidate.formats = sorted({o.format_label() for o in picks if not o.plain})
+        _pack(model, candidate, space_alloc, calibration, calibration_seconds)
         return candidate
 
     for label, propose in proposals[: space_alloc.confirm_top] + ([fallback] if fallback else []):
         if label == "knapsack rtn" and result.best is not None:
             continue
-        candidate = confirm_within_cap(propose, functools.partial(confirm, label), budget, caps.artifact_bytes)
+        # Packing is cheap and decides the bytes; only the picks that fit the cap are scored on the split.
+        candidate = confirm_within_cap(propose, functools.partial(packed, label), budget, caps.artifact_bytes)
         if candidate is None:
             log(f"allocation {label}: nothing allowed fits the byte cap")
             continue
+        if candidate.artifact_bytes <= caps.artifact_bytes:
+            _score(candidate, caps, data, runtime, train_seconds)
+        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
+            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}"
+            + (f", TTT chunk {evaluation.ttt_chunk} rank {evaluation.ttt_rank}" if evaluation.ttt != "off" else "") + "), "
+            + (f"formats {', '.join(candidate.formats)}, " if candidate.formats else "")
+            + (f"{candidate.post_training_seconds:.1f}s after training, " if candidate.post_training_seconds else "")
+            + f"{'feasible' if candidate.feasible else 'over a cap'}")
         result.candidates.append(candidate)
         if candidate.feasible and (result.best is None or candidate.val_bpb < result.best.val_bpb):
             result.best = candidate
@@ -523,8 +569,8 @@ def _blocks_run(config, repeats: int) -> int:
     return m.num_layers + m.loop_len * (repeats - 1) + 1  # +1: the output layer, about one block's cost
 
 
-def confirm_within_cap(propose, confirm, budget: int, cap: int, attempts: int = 3) -> Candidate | None:
-    """propose(budget) -> picks (None if nothing fits); confirm(picks) -> Candidate packed for real.
+def confirm_within_cap(propose, pack, budget: int, cap: int, attempts: int = 3) -> Candidate | None:
+    """propose(budget) -> picks (None if nothing fits); pack(picks) -> Candidate packed for real (bytes known).
 
     While the real bytes overshoot the cap, propose again. The new budget sits below the last picks' own
     estimate by the measured overshoot: those picks may have been estimated well below the old budget, so
@@ -535,7 +581,7 @@ def confirm_within_cap(propose, confirm, budget: int, cap: int, attempts: int = 
         picks = propose(budget)
         if picks is None:
             return candidate
-        candidate = confirm(picks)
+        candidate = pack(picks)
         overshoot = candidate.artifact_bytes - cap
         if overshoot <= 0:
             return candidate
@@ -543,9 +589,8 @@ def confirm_within_cap(propose, confirm, budget: int, cap: int, attempts: int = 
     return candidate
 
 
-def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime, calibration=None, calibration_seconds: float = 0.0,
-             train_seconds: float = 0.0) -> None:
-    """Pack with each allowed compressor, keep the smallest, reload into a fresh model, score on val.
+def _pack(model, candidate: Candidate, space_alloc, calibration=None, calibration_seconds: float = 0.0) -> None:
+    """Pack with each allowed compressor and keep the smallest: the candidate's real bytes.
     A candidate whose formats need calibration costs a submission that calibration and its quantization
     after training: timed here, it counts against the training cap."""
     packed = []
@@ -566,7 +611,11 @@ def _confirm(model, candidate: Candidate, space_alloc, caps, data, runtime, cali
     code = code_bytes(config_to_dict(candidate.config))
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
-    fresh, _, eval_cfg = load_model(blob, runtime.device)
+
+
+def _score(candidate: Candidate, caps, data, runtime, train_seconds: float = 0.0) -> None:
+    """Reload the packed candidate into a fresh model and score it on the whole validation split."""
+    fresh, _, eval_cfg = load_model(candidate.blob, runtime.device)
     try:
         post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
     except NonFiniteScore as exc:  # fails the trial (or `search allocate`): a candidate without a score is never ranked

@@ -82,7 +82,12 @@ def cmd_verify(args) -> int:
 def cmd_confirm(args) -> int:
     from search.confirm import confirm
 
-    s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device)
+    s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device, same_steps=args.same_steps)
+    for seed, row in zip(s["seeds"], s["steps"]):
+        if row["differs"]:
+            print(f"warning: seed {seed} trained {row['steps']} steps at {row['step_ms']:.0f} ms/step against the trial's "
+                  f"{row['original_steps']} at {row['original_step_ms']:.0f} ms/step: not the same model (a busier or slower "
+                  f"machine under the wallclock cap); compare on an idle machine, or pass --same-steps")
     print(f"trial {s['trial']}: bpb {s['mean_bpb']:.5f} +- {s['std_bpb']:.5f} over seeds {s['seeds']} "
           f"(max {s['max_bytes']:,} bytes); vs reference {s['reference_bpb']:.5f}: {s['improvement_nats']:+.5f} nats, "
           f"one-sided t = {s['t']:.2f}, p = {s['p']:.4g} for an improvement of at least 0.005 nats -> "
@@ -119,6 +124,9 @@ def add_run_options(p, resume: bool) -> None:
     p.add_argument("--device", help="device for trials: cpu, cuda (default: the space's run.device)")
     p.add_argument("--data", help="data root (default: " + ("the one the study started with" if resume else
                    "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
+    p.add_argument("--rerun-top", type=int, help="after sampling, re-run the best N configurations with new seeds "
+                   "(default: the space's search.rerun_top)")
+    p.add_argument("--rerun-seeds", type=int, help="new seeds per re-run configuration (default: the space's search.rerun_seeds)")
     p.add_argument("--results", default=RESULTS_DIR, help="folder holding studies (default: %(default)s)")
 
 
@@ -130,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="demo", help="a space file or preset: demo | challenge (default: %(default)s)")
     p.add_argument("--study", help="study name (default: <space>-<date>-<time>)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (training seeds never vary)")
+    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (training seeds vary only in re-runs)")
     p.add_argument("--objectives", choices=("bpb", "bpb,bytes"), default="bpb", help="bpb, or bpb,bytes for a Pareto study")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite for 1 worker, a journal file for more)")
     add_run_options(p, resume=False)
@@ -179,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, help="trial number (default: the best feasible trial)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reference", type=float, help="reference bpb (default: the study's baseline trial)")
+    p.add_argument("--same-steps", action="store_true",
+                   help="train exactly the trial's step count with no wallclock cap, so a busy machine trains the same model")
     p.add_argument("--device")
     p.add_argument("--results", default=RESULTS_DIR)
     p.set_defaults(func=cmd_confirm)

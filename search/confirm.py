@@ -19,6 +19,21 @@ from search.study import StudyError, trial_data
 
 RECORD_MARGIN_NATS = 0.005
 RECORD_P_VALUE = 0.01
+# A run whose step count differs from the trial's by more than this fraction did not train the same model:
+# under a wallclock cap a busy machine trains fewer steps (seen: 29 and 85 steps against a trial's 124).
+STEP_TOLERANCE = 0.10
+
+
+def step_comparison(original_steps: int, original_seconds: float, runs: list[dict]) -> list[dict]:
+    """Each run's steps and ms/step beside the original's; `differs` when the steps are off by more than
+    STEP_TOLERANCE."""
+    rows = []
+    for m in runs:
+        ratio = m["steps"] / max(original_steps, 1)
+        rows.append({"steps": m["steps"], "step_ms": 1000 * m["train_seconds"] / max(m["steps"], 1), "original_steps": original_steps,
+                     "original_step_ms": 1000 * original_seconds / max(original_steps, 1), "ratio": ratio,
+                     "differs": abs(ratio - 1.0) > STEP_TOLERANCE})
+    return rows
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -73,11 +88,20 @@ def one_sided_test(losses: list[float], reference_nats: float, margin: float = R
 
 
 def confirm(name: str, results: str, number: int | None, seeds: int, reference_bpb: float | None, device: str | None = None,
-            log=print) -> dict:
+            log=print, same_steps: bool = False) -> dict:
+    """same_steps: train exactly the trial's step count, with no wallclock cap (a fixed-compute re-run: how
+    busy the machine is no longer changes what is trained; its training time is then not checked)."""
     directory, settings, trial = find_trial(name, results, number)
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
     config = config_from_dict(trial.user_attrs["config"])
+    original_steps = trial.user_attrs.get("steps", 0)
+    # The trial's pure training time (the recorded train_seconds includes calibration and quantization after it).
+    original_seconds = trial.user_attrs.get("step_ms", 0.0) * original_steps / 1000 or trial.user_attrs.get("train_seconds", 0.0)
+    if same_steps:
+        if not original_steps:
+            raise StudyError(f"trial {trial.number} recorded no step count: it cannot be re-run at the same steps")
+        config.train.iterations, config.train.max_wallclock_seconds = original_steps, 0.0
     if reference_bpb is None:
         baseline = next((t for t in _study_trials(settings) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
         if baseline is None:
@@ -87,10 +111,10 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
     runs = []
     for seed in seed_list:
-        out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}")
+        out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else ""))
         if not os.path.exists(os.path.join(out, "metrics.json")):
             config.train.seed = seed
-            config_path = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}.toml")
+            config_path = out + ".toml"
             os.makedirs(os.path.dirname(config_path), exist_ok=True)
             with open(config_path, "w", encoding="utf-8") as f:
                 f.write(config_to_toml(config))
@@ -104,7 +128,7 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
         metrics = read_metrics(out)
         runs.append(metrics)
         log(f"seed {seed}: val_bpb {metrics['val_bpb_post']:.6f} val_loss {metrics['val_loss_post']:.6f} nats, "
-            f"{metrics['artifact_bytes']:,} bytes")
+            f"{metrics['artifact_bytes']:,} bytes, {metrics['steps']} steps at {1000 * metrics['train_seconds'] / max(metrics['steps'], 1):.0f} ms/step")
     # bpb = nats / ln 2 * tokens/bytes, and tokens/bytes is a property of the validation text.
     nats_per_bpb = math.log(2.0) * runs[0]["val_bytes"] / runs[0]["val_tokens"]
     reference_nats = reference_bpb * nats_per_bpb
@@ -115,7 +139,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
                "reference_nats": reference_nats, "mean_nats": test["mean"], "std_nats": test["std"],
                "improvement_nats": reference_nats - test["mean"], "t": test["t"], "p": test["p"],
                "record": bool(test["p"] < RECORD_P_VALUE) if not math.isnan(test["p"]) else False,
-               "max_bytes": max(m["artifact_bytes"] for m in runs)}
+               "max_bytes": max(m["artifact_bytes"] for m in runs),
+               "steps": step_comparison(original_steps, original_seconds, runs) if original_steps else []}
     return summary
 
 

@@ -35,6 +35,8 @@ from pgolf.config import QuantConfig, config_to_dict
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import Job, make_backend
+from search.fidelity import extrapolation_spec, proxy_config, pruner_spec
+from search.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
 from search.study import TRIALS_DIR, StudyError, study_command, trial_dir
 from search.trial import REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
@@ -121,13 +123,18 @@ class Coordinator:
 
     # -- counting -------------------------------------------------------------------------------
     def counts(self) -> dict:
+        """Trials by state; re-runs (search/reruns.py) are counted apart, not against the study's trial count."""
         trials = self.study.get_trials(deepcopy=False)
+        reruns = [t for t in trials if RERUN_ATTR in t.user_attrs]
+        trials = [t for t in trials if RERUN_ATTR not in t.user_attrs]
         states = [t.state for t in trials]
         counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
         # Rejected before training, or trained with no allocation under the cap: PRUNED in the storage
         # (tell_unscored), but not what a user means by pruned.
         counts["over cap"] = sum(t.state == TrialState.PRUNED and t.user_attrs.get("stage") in ("rejected", "infeasible")
                                  for t in trials)
+        counts["reruns"] = len(reruns)
+        counts["reruns waiting"] = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in reruns)
         return counts
 
     def finished(self) -> int:
@@ -135,11 +142,14 @@ class Coordinator:
         return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
 
     # -- ask ------------------------------------------------------------------------------------
-    def launch_next(self) -> bool:
-        """Ask one trial and start it (or reject it). False when the study has enough trials."""
+    def launch_next(self, reruns: bool = False) -> bool:
+        """Ask one trial and start it (or reject it). False when the study has enough trials (with `reruns`:
+        when no queued trial is left to run)."""
         with file_lock(os.path.join(self.directory, ".ask.lock")):
             c = self.counts()
-            if c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] >= self.settings.trials:
+            if reruns and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return False
+            if not reruns and c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] >= self.settings.trials:
                 return False
             trial = self.study.ask()
             trial.set_user_attr("owner", self.owner)
@@ -149,6 +159,9 @@ class Coordinator:
             self.study.tell(trial, state=TrialState.FAIL)
             self.say(f"trial {trial.number}: {exc}")
             return True
+        if trial.user_attrs.get(SEED_ATTR) is not None:  # a re-run: the same configuration with a new seed
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=trial.user_attrs[SEED_ATTR]))
+        config = proxy_config(config, self.space.search, self.space.caps)
         trial.set_user_attr("sampled", values)
         calibration = study_calibration(self.study)
         minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
@@ -175,7 +188,8 @@ class Coordinator:
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
-                   "device": self.device, "prune": self.settings.objectives == "bpb"}
+                   "device": self.device, "pruner": pruner_spec(self.space, self.settings.objectives),
+                   "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
         job = Job(number=trial.number, directory=staging)
@@ -225,8 +239,8 @@ class Coordinator:
         if os.path.exists(calibration_path):
             with open(calibration_path, encoding="utf-8") as f:
                 trial.set_user_attr("calibration", json.load(f))
-        for key in ("val_bpb_pre", "steps", "params", "train_tokens", "train_seconds", "stopped_by", "allocation_seconds",
-                    "trial_seconds", "reports"):
+        for key in ("val_bpb_pre", "val_bpb_pre_subset", "subset_tokens", "steps", "step_ms", "params", "train_tokens", "train_seconds",
+                    "stopped_by", "allocation_seconds", "trial_seconds", "reports", "phases"):
             if key in m:
                 trial.set_user_attr(key, m[key])
         if result["status"] == "infeasible":
@@ -242,6 +256,9 @@ class Coordinator:
         for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
                     "quant_gap_bpb", "allocation", "config"):
             trial.set_user_attr(key, m[key])
+        for key in ("extrapolated_bpb", "target_steps"):  # with a proxy budget: the prediction at the target
+            if key in m:
+                trial.set_user_attr(key, m[key])
         calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
         from pgolf.config import config_from_dict
 
@@ -278,20 +295,35 @@ class Coordinator:
                              f"see {self.directory}/trials/*/error.txt; {resume} continues it")
 
     def _loop(self) -> None:
-        stop_asking = False
+        stop_asking, rerunning = False, False
         while self.stop_signal is None:
-            timed_out = self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
+            # The timeout bounds sampling; the re-runs queued after it run to the end.
+            timed_out = not rerunning and self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
             if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES and not stop_asking:
                 self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row")
                 stop_asking = True
             while not (stop_asking or timed_out or self.stop_signal) and len(self.jobs) < self.settings.workers:
-                if not self.launch_next():
+                if not self.launch_next(reruns=rerunning):
                     stop_asking = True
             if not self.jobs and (stop_asking or timed_out):
-                break
+                if rerunning or self.failures_in_row >= MAX_CONSECUTIVE_FAILURES or not self.queue_reruns():
+                    break
+                rerunning, stop_asking = True, False
             self.collect()
             self.progress()
             time.sleep(0.5)
+
+    def queue_reruns(self) -> bool:
+        """After sampling: queue the re-runs the space asks for (True if any is left to run)."""
+        plan = self.space.search
+        if plan.rerun_top <= 0 or self.settings.objectives != "bpb":
+            return False
+        queued = queue_reruns(self.study, plan.rerun_top, plan.rerun_seeds)
+        waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if queued:
+            self.say(f"sampling done: re-running the best {plan.rerun_top} configuration(s) with {plan.rerun_seeds} new seed(s) "
+                     f"each ({queued} trial(s))")
+        return waiting > 0
 
     def _catch_stop_signals(self) -> dict:
         """SIGINT and SIGTERM only set stop_signal, which the loop reads between steps: an exception raised
@@ -342,7 +374,8 @@ class Coordinator:
         new_done = done - self.done_at_start
         if new_done > 0 and done < self.settings.trials:
             eta = _duration(elapsed / new_done * (self.settings.trials - done))
-        line = (f"[{self.settings.name}] {done}/{self.settings.trials} done, {c[TrialState.RUNNING]} running, "
+        reruns = f" + {c['reruns']} re-run(s) ({c['reruns waiting']} to go)" if c["reruns"] else ""
+        line = (f"[{self.settings.name}] {done}/{self.settings.trials} done{reruns}, {c[TrialState.RUNNING]} running, "
                 f"{c[TrialState.PRUNED] - c['over cap']} pruned, {c['over cap']} over the cap, {c[TrialState.FAIL]} failed | best feasible bpb "
                 f"{'%.4f (#%d)' % (best.values[0], best.number) if best else '-'} | elapsed {_duration(elapsed)} ETA {eta}")
         if self.out.isatty() and not final:
@@ -404,7 +437,8 @@ def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) ->
     """Queue a stopped trial's config to run again as a new trial, exactly once: False if a retry is queued already."""
     if any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False)):
         return False
-    attrs = {"retry_of": number, **({"baseline": True} if user_attrs.get("baseline") else {})}
+    attrs = {"retry_of": number, **({"baseline": True} if user_attrs.get("baseline") else {}),
+             **{k: user_attrs[k] for k in (RERUN_ATTR, SEED_ATTR) if k in user_attrs}}  # a re-run stays a re-run
     study.enqueue_trial(params, user_attrs=attrs)
     return True
 

@@ -17,18 +17,18 @@ import time
 
 from optuna.trial import TrialState
 
-from objectives.constraints import is_feasible, named_constraints
+from objectives.constraints import is_feasible, named_constraints, pre_quant_text
 from pgolf.files import read_json
 from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
 from pgolf.submission import MODEL_FILE
-from search.coordinator import best_feasible
+from search.reruns import best_configuration
 from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
 from search.runner import startup_trials
 
 COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
 # What the submission files and README are written from.
-METRICS_KEYS = ("config", "val_bpb_post", "val_bpb_pre", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
+METRICS_KEYS = ("config", "val_bpb_post", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
                 "train_seconds", "steps", "train_tokens", "eval_seconds")
 SOURCE_FILE = "pgolf.json"
 
@@ -37,8 +37,9 @@ def find_trial(name: str, results: str, number: int | None):
     """(study dir, settings, frozen trial): the given trial, else the best feasible one."""
     directory, settings = load_settings(name, results)
     study = open_study(settings, startup_trials(settings.trials), create=False)
-    if number is None:
-        trial = best_feasible(study)
+    if number is None:  # the best configuration: by its mean over seeds once the best ones were re-run
+        best = best_configuration(study)
+        trial = best.original if best else None
         if trial is None:
             raise StudyError(f"study {name!r} has no feasible complete trial yet (pass --trial N to pick one)")
         return directory, settings, trial
@@ -130,7 +131,7 @@ def readme(name: str, number: int, metrics: dict, provenance: dict) -> str:
     data = provenance["data"]
     return f"""# pgolf {name}, trial {number}
 
-Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** (pre-quantization {metrics['val_bpb_pre']:.6f}) at
+Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** ({pre_quant_text(metrics)}) at
 **{metrics['artifact_bytes']:,} bytes** = code {metrics['code_bytes']:,} + model {metrics['model_bytes']:,}.
 Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps, {metrics['train_tokens']:,} tokens), evaluation {metrics['eval_seconds']:.1f} s,
 on the machine that ran the search ({data['train_pattern']}).

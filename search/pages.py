@@ -9,7 +9,7 @@ import os
 import plotly.graph_objects as go
 import plotly.offline
 
-from objectives.constraints import is_feasible
+from objectives.constraints import is_feasible, pre_quant_text
 from search.status import trial_stage
 
 
@@ -72,7 +72,8 @@ def hover_text(t) -> str:
     model = config.get("model", {})
     quant = config.get("quant", {})
     lines = [f"trial {t.number}" + (" (baseline)" if t.user_attrs.get("baseline") else ""),
-             f"bpb {t.user_attrs.get('val_bpb_post', float('nan')):.4f} (pre {t.user_attrs.get('val_bpb_pre', float('nan')):.4f})",
+             f"bpb {t.user_attrs.get('val_bpb_post', float('nan')):.4f} ({pre_quant_text(t.user_attrs)})",
+             *([f"at the target budget: {t.user_attrs['extrapolated_bpb']:.4f} (extrapolated)"] if "extrapolated_bpb" in t.user_attrs else []),
              f"{t.user_attrs.get('artifact_bytes', 0):,} bytes, {t.user_attrs.get('params', 0):,} params",
              f"{model.get('num_layers')}x{model.get('model_dim')} h{model.get('num_heads')}/kv{model.get('num_kv_heads')} "
              f"mlp {model.get('mlp_mult')} sp{model.get('vocab_size')}"

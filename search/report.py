@@ -1,6 +1,7 @@
 """`search report NAME`: one offline page about a study: history, importances, learning curves with
 pruned trials, the best trial's bytes and allocation, the byte predictor's error, time per phase."""
 
+import html
 import os
 import statistics
 
@@ -10,7 +11,8 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
 from pgolf.files import FileFormatError, read_json
-from search.coordinator import best_feasible
+from search.reruns import best_configuration, ranking_lines
+from search.phases import trial_phases, wall_seconds
 from search.pages import hover_text, scored_trials, table, write_page
 from search.runner import startup_trials
 from search.status import trial_rows, trial_stage
@@ -110,12 +112,10 @@ def predictor_section(trials):
 
 def phases_figure(trials) -> go.Figure:
     numbers = [t.number for t in trials]
-    train = [t.user_attrs.get("train_seconds", 0.0) for t in trials]
-    alloc = [t.user_attrs.get("allocation_seconds", 0.0) for t in trials]
-    other = [max(t.user_attrs.get("trial_seconds", 0.0) - a - b, 0.0) for t, a, b in zip(trials, train, alloc)]
-    fig = go.Figure([go.Bar(x=numbers, y=train, name="training"), go.Bar(x=numbers, y=alloc, name="allocation + confirmation"),
-                     go.Bar(x=numbers, y=other, name="other (evaluation, checkpoint, start-up)")])
-    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="seconds", height=400)
+    phases = [trial_phases(t.user_attrs, wall_seconds(t)) for t in trials]
+    names = list(dict.fromkeys(name for p in phases for name in p))
+    fig = go.Figure([go.Bar(x=numbers, y=[p.get(name, 0.0) for p in phases], name=name) for name in names])
+    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="seconds (ask to tell)", height=420)
     return fig
 
 
@@ -127,9 +127,14 @@ def report_page(name: str, results: str, out: str | None = None) -> str:
     states = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
-    best = best_feasible(study)
+    configuration = best_configuration(study)
+    best = configuration.original if configuration else None
     summary = table(["trials"] + list(states), [[len(rows)] + list(states.values())])
-    if best is not None:
+    if configuration is not None and configuration.rerun:
+        summary += (f"<p>Best feasible: trial {best.number}'s configuration, post-roundtrip bpb {configuration.mean:.4f} &plusmn; "
+                    f"{configuration.stderr:.4f} over {len(configuration.trials)} seeds, {best.user_attrs['artifact_bytes']:,} bytes.</p>")
+        summary += "<pre>" + html.escape("\n".join(ranking_lines(study))) + "</pre>"
+    elif best is not None:
         summary += f"<p>Best feasible: trial {best.number}, post-roundtrip bpb {best.values[0]:.4f}, {best.user_attrs['artifact_bytes']:,} bytes.</p>"
     sections = [("Summary", summary), ("Optimisation history", history_figure(trials)),
                 (f"Parameter importances (over the {len(trials)} trained trials with a post-roundtrip bpb, of {len(rows)})",

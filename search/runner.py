@@ -58,13 +58,24 @@ def _data_root(args, space, started_with: str | None = None) -> str:
     return os.path.abspath(args.data or started_with or space.data or default_data_root())
 
 
+def _with_reruns(args, space):
+    """The space with --rerun-top / --rerun-seeds applied (for this invocation; the stored space is unchanged)."""
+    changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds") if getattr(args, k, None) is not None}
+    if not changes:
+        return space
+    plan = dataclasses.replace(space.search, **changes)
+    if plan.rerun_top < 0 or plan.rerun_seeds < 1:
+        raise SpaceError(f"--rerun-top must be >= 0 and --rerun-seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
+    return dataclasses.replace(space, search=plan)
+
+
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
 
 
 def start_study(args) -> None:
-    space = load_space(args.space)
+    space = _with_reruns(args, load_space(args.space))
     name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         directory = study_dir(name, args.results)
@@ -106,7 +117,7 @@ def start_study(args) -> None:
 
 def resume_study(args) -> None:
     directory, settings = load_settings(args.name, args.results)
-    space = check_space_snapshot(settings)
+    space = _with_reruns(args, check_space_snapshot(settings))
     for key in ("trials", "timeout", "workers", "backend", "address"):
         if getattr(args, key, None) is not None:
             setattr(settings, key, getattr(args, key))

@@ -5,7 +5,7 @@ import math
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
-from search.coordinator import best_feasible
+from search.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, ranking_lines
 from search.study import load_settings, open_study
 from search.runner import startup_trials
 
@@ -29,10 +29,10 @@ def trial_rows(study) -> list[dict]:
         rows.append({
             "number": t.number, "state": stage, "bpb": bpb,
             "bytes": t.user_attrs.get("artifact_bytes", t.user_attrs.get("predicted_min_bytes") if stage == "rejected" else None),
-            "train_s": t.user_attrs.get("train_seconds"), "eval_s": t.user_attrs.get("eval_seconds"),
+            "extrapolated": t.user_attrs.get("extrapolated_bpb"), "train_s": t.user_attrs.get("train_seconds"), "eval_s": t.user_attrs.get("eval_seconds"),
             "feasible": is_feasible(t.constraints) if t.constraints else None,  # a pruned or running trial has none
             "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
-            "retry_of": t.user_attrs.get("retry_of"),
+            "retry_of": t.user_attrs.get("retry_of"), "rerun_of": t.user_attrs.get(RERUN_ATTR), "seed": t.user_attrs.get(SEED_ATTR),
         })
     return rows
 
@@ -47,19 +47,34 @@ def print_status(name: str, results: str) -> None:
     directory, settings = load_settings(name, results)
     study = open_study(settings, startup_trials(settings.trials), create=False)
     print(f"study {name} ({settings.objectives}, sampler {settings.sampler}, storage {settings.storage})")
-    print(f"{'#':>4} {'state':<10} {'bpb':>8} {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}  note")
-    for row in trial_rows(study):
+    rows = trial_rows(study)
+    # With a proxy budget: each trial's bpb extrapolated to the target budget beside the proxy's real one.
+    target = any(row["extrapolated"] is not None for row in rows)
+    print(f"{'#':>4} {'state':<10} {'bpb':>8}" + (f" {'@target':>8}" if target else "") + f" {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}  note")
+    for row in rows:
         note = "baseline" if row["baseline"] else ""
+        if row["rerun_of"] is not None:
+            note = (note + f" seed {row['seed']} of trial {row['rerun_of']}'s configuration").strip()
         if row["retry_of"] is not None:
-            note = (note + f" re-run of trial {row['retry_of']}").strip()
+            note = (note + f" retry of trial {row['retry_of']}").strip()
         if row["reason"] and row["state"] in ("rejected", "failed", "pruned", "infeasible"):
             note = (note + " " + row["reason"]).strip()
         feasible = "-" if row["feasible"] is None else "yes" if row["feasible"] else "no"
-        print(f"{row['number']:>4} {row['state']:<10} {_fmt(row['bpb'], '.4f'):>8} {_fmt(row['bytes'], ',d'):>12} "
+        print(f"{row['number']:>4} {row['state']:<10} {_fmt(row['bpb'], '.4f'):>8}" + (f" {_fmt(row['extrapolated'], '.4f'):>8}" if target else "")
+              + f" {_fmt(row['bytes'], ',d'):>12} "
               f"{_fmt(row['train_s'], '.1f'):>8} {_fmt(row['eval_s'], '.1f'):>7} {feasible:>8}  {note[:90]}")
-    best = best_feasible(study)
+    if target:
+        print("@target: the bpb extrapolated from the proxy budget to the target budget (search/extrapolate.py), a prediction")
+    for line in ranking_lines(study):
+        print(line)
+    best = best_configuration(study)
     if best is None:
         print("no feasible trial yet")
+    elif best.rerun:
+        t = best.original
+        print(f"best feasible: trial {t.number}'s configuration, bpb {best.mean:.4f} +- {best.stderr:.4f} over {len(best.trials)} seeds "
+              f"(this trial {t.values[0]:.4f}), {t.user_attrs.get('artifact_bytes', 0):,} bytes ({directory}/trials/{t.number:04d})")
     else:
-        print(f"best feasible: trial {best.number}, bpb {best.values[0]:.4f}, {best.user_attrs.get('artifact_bytes', 0):,} bytes "
-              f"({directory}/trials/{best.number:04d})")
+        t = best.original
+        print(f"best feasible: trial {t.number}, bpb {t.values[0]:.4f} (one seed), {t.user_attrs.get('artifact_bytes', 0):,} bytes "
+              f"({directory}/trials/{t.number:04d})")

@@ -116,11 +116,16 @@ def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: i
     raise StudyError(f"unknown sampler {name!r} (use {', '.join(SAMPLERS)})")
 
 
-def make_pruner(objectives: str):
-    # Optuna prunes single-objective studies only; reports are compared at equal training time.
-    if objectives != "bpb":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # never on the first report
+def study_pruner(settings: StudySettings):
+    """The pruner of the study's own space ([search] table); the median rule if that space no longer loads
+    (status, export and the pages still open such a study; `search resume` refuses it elsewhere)."""
+    from search.fidelity import make_pruner, pruner_spec
+    from space.spec import space_from_dict
+
+    try:
+        return make_pruner(pruner_spec(space_from_dict(settings.space, source=settings.space_source), settings.objectives))
+    except SpaceError:
+        return make_pruner(None)
 
 
 def save_settings(directory: str, settings: StudySettings) -> None:
@@ -150,14 +155,14 @@ def open_study(settings: StudySettings, startup_trials: int, create: bool) -> op
     try:
         if create:
             study = optuna.create_study(study_name=settings.name, storage=storage, directions=settings.directions,
-                                        sampler=sampler, pruner=make_pruner(settings.objectives))
+                                        sampler=sampler, pruner=study_pruner(settings))
             # Named values: optuna-dashboard and Optuna's plots then say "val_bpb", not "Objective 0".
             # set_metric_names is still marked experimental: no warning line for each new study.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(METRIC_NAMES[settings.objectives])
             return study
-        return optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=make_pruner(settings.objectives))
+        return optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=study_pruner(settings))
     except optuna.exceptions.DuplicatedStudyError:
         # A study.json beside it is caught before this, so there is no folder here that `search resume` could use.
         raise StudyError(f"study {settings.name!r} already exists in storage {settings.storage} but has no study.json "

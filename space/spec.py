@@ -77,6 +77,9 @@ class AllocationSpace:
     compressors: list = field(default_factory=lambda: ["zstd"])
     level: int = 22
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
+    # > 0: measure each unit's damage on as few of them as give a standard error within this fraction of it
+    # (search/allocation.py: sized_damage); 0 = on all of them.
+    sensitivity_rel_se: float = 0.0
     confirm_top: int = 2  # allocations confirmed on the full validation split
     # Matrix formats beyond RTN a unit may take (pgolf/storage.py); every combination is an option.
     quantizers: list = field(default_factory=lambda: ["rtn"])  # rtn | gptq
@@ -88,6 +91,31 @@ class AllocationSpace:
     # keys (mode, targets, optimizer, lr, steps, reset) come from the base config.
     ttt_chunk: list = field(default_factory=list)  # chunk lengths tried
     ttt_rank: list = field(default_factory=lambda: [8])  # LoRA ranks tried
+
+
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+
+
+@dataclass
+class SearchPlan:
+    """How a study spends its budget (the space's [search] table; search/fidelity.py acts on it)."""
+    # Multi-fidelity over training time, fed by the validation reports (one each base.train.val_every_seconds).
+    pruner: str = "median"  # median | successive_halving | hyperband | none
+    min_seconds: float = 0.0  # training seconds before the first rung (0 = the first report)
+    reduction_factor: int = 3  # successive halving / hyperband: one in this many goes on at each rung
+    # Noise-aware ranking: once sampling ends, the best `rerun_top` configurations train again with
+    # `rerun_seeds` new seeds each; status and export rank configurations by their mean over seeds.
+    rerun_top: int = 0
+    rerun_seeds: int = 2
+    # A proxy budget: every trial trains `proxy_steps` steps (fixed compute, no wallclock cap: it ranks the same
+    # on any machine) or `proxy_seconds`, its warmdown scaled to the same fraction of training, and its bpb at
+    # the target budget (`target_steps`, or `target_seconds`, default the training cap) is extrapolated
+    # (search/extrapolate.py) with the gap's growth exponent `gap_growth`. 0 = trials train at the target.
+    proxy_steps: int = 0
+    target_steps: int = 0
+    proxy_seconds: float = 0.0
+    target_seconds: float = 0.0
+    gap_growth: float = 0.0
 
 
 @dataclass
@@ -104,6 +132,7 @@ class Space:
     source: str = ""
     trials: int = 10
     timeout: float | None = None
+    search: SearchPlan = field(default_factory=SearchPlan)
 
     def dim(self, key: str) -> Dimension | None:
         return next((d for d in self.dims if d.key == key), None)
@@ -220,14 +249,33 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
         raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")
     if not alloc.ttt_rank or any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_TTT_RANK for r in alloc.ttt_rank):
         raise SpaceError(f"allocation.ttt_rank must list LoRA ranks in [1, {MAX_TTT_RANK}], got {alloc.ttt_rank}")
+    if not 0 <= alloc.sensitivity_rel_se < 1:
+        raise SpaceError(f"allocation.sensitivity_rel_se must be in [0, 1) (0 = every held-out token), got {alloc.sensitivity_rel_se}")
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
         raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
     return alloc
 
 
+def search_plan_from_dict(values: dict) -> SearchPlan:
+    plan = _dataclass_from("search", SearchPlan, values)
+    if plan.pruner not in PRUNERS:
+        raise SpaceError(f"search.pruner must be one of {', '.join(PRUNERS)}, got {plan.pruner!r}")
+    if plan.min_seconds < 0 or plan.reduction_factor < 2:
+        raise SpaceError(f"search.min_seconds must be >= 0 and search.reduction_factor >= 2, got {plan.min_seconds} and {plan.reduction_factor}")
+    if plan.rerun_top < 0 or plan.rerun_seeds < 1:
+        raise SpaceError(f"search.rerun_top must be >= 0 and search.rerun_seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
+    if plan.proxy_steps and plan.proxy_seconds:
+        raise SpaceError("search: a proxy budget is proxy_steps or proxy_seconds, not both")
+    if plan.proxy_steps < 0 or plan.proxy_seconds < 0 or (plan.proxy_steps and plan.target_steps <= plan.proxy_steps):
+        raise SpaceError(f"search: proxy_steps must be positive and below target_steps, got {plan.proxy_steps} and {plan.target_steps}")
+    if plan.proxy_seconds and plan.target_seconds and plan.target_seconds <= plan.proxy_seconds:
+        raise SpaceError(f"search: proxy_seconds must be below target_seconds, got {plan.proxy_seconds} and {plan.target_seconds}")
+    return plan
+
+
 def space_from_dict(data: dict, source: str = "") -> Space:
     data = dict(_table("space", data))
-    known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation"}
+    known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation", "search"}
     for key in data:
         if key not in known:
             raise SpaceError(f"unknown key {key!r} in space file (known: {', '.join(sorted(known))})")
@@ -261,7 +309,14 @@ def space_from_dict(data: dict, source: str = "") -> Space:
                   baseline=baseline, allocation=allocation_from_dict(data.get("allocation", {})),
                   data=_typed("run.data", run.get("data", ""), str), device=device, source=source,
                   trials=_typed("trials", data.get("trials", 10), int),
-                  timeout=_typed("timeout", data["timeout"], float) if "timeout" in data else None)
+                  timeout=_typed("timeout", data["timeout"], float) if "timeout" in data else None,
+                  search=search_plan_from_dict(data.get("search", {})))
+    if space.search.proxy_seconds and space.search.proxy_seconds >= (space.search.target_seconds or caps.train_seconds):
+        raise SpaceError(f"search.proxy_seconds {space.search.proxy_seconds:g} must be below the target budget "
+                         f"({space.search.target_seconds or caps.train_seconds:g} s)")
+    if space.search.pruner in ("successive_halving", "hyperband") and space.base.train.val_every_seconds <= 0:
+        raise SpaceError(f"search.pruner {space.search.pruner!r} needs validation reports: set base.train.val_every_seconds "
+                         "(or search.pruner = \"none\")")
     if space.trials < 1 or (space.timeout is not None and space.timeout <= 0):
         raise SpaceError("trials must be at least 1 and timeout positive")
     _check_baseline(space)

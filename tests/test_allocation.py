@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from conftest import DATA, TRAIN_PATTERN
 from pgolf.checkpoint import load_any_checkpoint
@@ -75,3 +76,46 @@ def test_every_allowed_format_is_an_option_with_measured_bytes_and_error(officia
     assert by[("rtn", 0.005, 0)].mse < plain.mse and by[("rtn", 0.005, 0)].bytes > plain.bytes
     assert by[("rtn", 0.0, 8)].mse < plain.mse and by[("rtn", 0.0, 8)].bytes > plain.bytes
     assert by[("gptq", 0.005, 8)].mse < by[("gptq", 0.0, 0)].mse
+
+
+def test_one_size_table_gives_the_options_and_the_byte_calibration():
+    from objectives.bytes import compressed_floats, compressed_symbols, measure_calibration, rtn_sizes
+    from pgolf.quant import quantize_tensor
+    from search.allocation import PERCENTILE, unit_options
+
+    torch.manual_seed(0)
+    state = {"tok_emb.weight": torch.randn(64, 96), "blocks.0.attn.c_q.weight": torch.randn(96, 96) * 0.02}
+    sizes = rtn_sizes(state, [4, 8, 16], [0.0, 12.85])
+    w = state["blocks.0.attn.c_q.weight"]
+    q, scale = quantize_tensor(w, 4, 12.85, PERCENTILE)
+    symbols, scales, error = sizes[("blocks.0.attn.c_q.weight", 4, 12.85)]
+    assert symbols == compressed_symbols(q.numpy().tobytes()) and scales == compressed_floats(scale.numpy())
+    assert abs(error - float((q.float() * scale.float()[:, None] - w).pow(2).sum())) < 1e-6
+    unit = Unit("blocks.0.attn.*", ["blocks.0.attn.c_q.weight"])
+    option = next(o for o in unit_options(state, unit, [4, 8], [12.85], sizes) if o.bits == 4)
+    assert option.bytes == symbols + scales and option.mse == error
+    assert unit_options(state, unit, [4, 8], [12.85]) == unit_options(state, unit, [4, 8], [12.85], sizes)  # measured alike alone
+    calibration = measure_calibration(state, [4, 8], [0.0, 12.85], sizes)
+    assert calibration["bits_per_weight"]["matrix/4/12.85"] == 8 * symbols / w.numel()
+    assert calibration == measure_calibration(state, [4, 8], [0.0, 12.85])
+
+
+def test_a_sized_damage_stops_once_its_standard_error_is_small_and_uses_everything_when_it_is_not():
+    from search.allocation import SENSITIVITY_BATCH, sized_damage
+
+    class Shifted(torch.nn.Module):  # per-token loss = the row's base loss + a shift (+ noise)
+        def __init__(self, shift, noise):
+            super().__init__()
+            self.shift, self.noise = shift, noise
+
+        def forward(self, x, y, repeats=None, reduction="none"):
+            g = torch.Generator().manual_seed(int(x[0, 0]))
+            return (x.float() + self.shift + self.noise * torch.randn(x.shape, generator=g)).reshape(-1)
+
+    rows = 64
+    x = torch.arange(rows * 4).reshape(rows, 4)
+    base = x.float().mean(1)
+    damage, used = sized_damage(Shifted(0.5, 0.1), x, x, base, 1, False, rel_se=0.1)
+    assert used == 2 * SENSITIVITY_BATCH and abs(damage - 0.5) < 0.05
+    damage, used = sized_damage(Shifted(0.0, 1.0), x, x, base, 1, False, rel_se=0.1)
+    assert used == rows  # no clear damage: every sequence

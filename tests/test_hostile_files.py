@@ -509,7 +509,7 @@ def test_a_trial_with_a_nonfinite_score_fails_with_its_reason(tmp_path, monkeypa
     request = {"config": config_to_dict(config), "data": dataclasses.asdict(data), "trial_number": 0, "study": STUDY,
                "caps": dataclasses.asdict(Caps(artifact_bytes=1_000_000, train_seconds=10.0, eval_seconds=60.0)),
                "allocation": dataclasses.asdict(allocation_from_dict({"bits": [8], "embedding_bits": [8], "clip": [12.85]})),
-               "device": "cpu", "prune": False}
+               "device": "cpu", "pruner": None}
     (tmp_path / "request.json").write_text(json.dumps(request))
     trained = types.SimpleNamespace(steps=1, train_tokens=1024, train_seconds=0.1, stopped_by="iterations")
     # Training that ends with weights holding NaN (the loss check of training let them through).

@@ -145,18 +145,19 @@ def test_bad_inputs_are_clear_and_keep_what_is_stored(tmp_path):
 
 def test_trial_process_prunes_with_the_studys_pruner(tmp_path):
     # The worker loads the study itself; Optuna does not store the pruner, so it must be given again.
-    from search.study import make_pruner
+    from search.fidelity import make_pruner
     from search.trial import _reporter
 
     storage = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="p", storage=storage, pruner=make_pruner("bpb"))
+    study = optuna.create_study(study_name="p", storage=storage, pruner=make_pruner(None))
     for value in (1.0, 1.1):
         done = study.ask()
         done.report(value, 1)
         done.report(value, 2)
         study.tell(done, value)
     trial = study.ask()
-    on_val = _reporter({"prune": True, "study": "p", "storage": storage, "trial_id": trial._trial_id})
+    spec = {"pruner": "median", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3, "min_seconds": 0.0}
+    on_val = _reporter({"pruner": spec, "study": "p", "storage": storage, "trial_id": trial._trial_id})
     on_val(1, 9.0)  # never on the first report, however bad
     with pytest.raises(optuna.TrialPruned):
         on_val(2, 9.0)

@@ -1,0 +1,53 @@
+"""Where a study's trials spend their wall time: seconds per phase and % of trial wall (ask to tell), over the
+completed trials of one or more studies; `training` is the only phase the challenge's training cap counts.
+
+    python bench/trial_overhead.py STUDY [STUDY ...] [--results DIR]
+
+Trials recorded before phases were (older code) show the coarse split they have: training, allocation,
+other trial work, coordinator.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from search.phases import TRAINING, trial_phases, wall_seconds  # noqa: E402
+from search.reruns import is_scored  # noqa: E402
+from search.runner import startup_trials  # noqa: E402
+from search.study import RESULTS_DIR, load_settings, open_study  # noqa: E402
+
+
+def study_table(name: str, results: str) -> str:
+    _, settings = load_settings(name, results)
+    trials = [t for t in open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False) if is_scored(t)]
+    if not trials:
+        return f"{name}: no completed trial"
+    walls = [wall_seconds(t) for t in trials]
+    phases = [trial_phases(t.user_attrs, w) for t, w in zip(trials, walls)]
+    names = list(dict.fromkeys(n for p in phases for n in p))
+    wall = statistics.fmean(walls)
+    lines = [f"{name}: {len(trials)} completed trials, mean wall {wall:.1f} s (ask to tell)",
+             f"  {'phase':<32}{'mean s':>8}{'% of wall':>11}"]
+    for n in names:
+        seconds = statistics.fmean(p.get(n, 0.0) for p in phases)
+        lines.append(f"  {n:<32}{seconds:>8.1f}{100 * seconds / wall:>10.1f}%")
+    outside = [1 - p.get(TRAINING, 0.0) / w for p, w in zip(phases, walls)]
+    lines.append(f"  outside training: {100 * statistics.fmean(outside):.1f}% of wall (per trial {min(outside):.0%}-{max(outside):.0%})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+")
+    parser.add_argument("--results", default=RESULTS_DIR)
+    args = parser.parse_args()
+    for name in args.studies:
+        print(study_table(name, args.results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Noise-aware ranking: the study's best is a configuration's mean over seeds, not one lucky seed.
+
+Once sampling ends, the `rerun_top` best feasible configurations (by their first trial's bpb) are queued to
+train again with `rerun_seeds` new seeds each ([search] table of the space). A re-run is an ordinary trial of
+the same sampled values whose user attributes say `rerun_of` (the original trial) and `seed`; it runs
+through the same process, allocation and constraints, so its bpb is a full-split post-roundtrip score like
+any other. Configurations are grouped by their sampled values; once any was re-run, the best configuration is
+the re-run one with the lowest mean bpb (a configuration seen once cannot be compared fairly with a mean), and
+`search export` writes its original trial's artifact.
+"""
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives.constraints import is_feasible
+
+RERUN_ATTR = "rerun_of"
+SEED_ATTR = "seed"
+SEED_STRIDE = 1000  # re-run k of a trial trains with seed + k * SEED_STRIDE: clear of the seeds a study samples
+
+
+@dataclass
+class Configuration:
+    """The trials of one sampled configuration: the original and its re-runs."""
+    key: str
+    original: object  # the first trial (a FrozenTrial) of these values
+    trials: list = field(default_factory=list)  # complete trials with a score, the original first
+
+    @property
+    def values(self) -> list[float]:
+        return [t.values[0] for t in self.trials]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def stderr(self) -> float:
+        v = self.values
+        return statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+
+    @property
+    def feasible(self) -> bool:
+        return all(is_feasible(t.constraints) for t in self.trials)
+
+    @property
+    def rerun(self) -> bool:
+        return len(self.trials) > 1
+
+
+def params_key(trial) -> str:
+    return json.dumps(trial.params, sort_keys=True, default=str)
+
+
+def is_scored(t) -> bool:
+    """A complete trial with a post-roundtrip bpb (not a rejected or infeasible one told as complete by older code)."""
+    return t.state == TrialState.COMPLETE and t.user_attrs.get("stage") == "complete"
+
+
+def configurations(study: optuna.Study) -> list[Configuration]:
+    """Scored configurations, each with its original and its scored re-runs (other repeats of the same values,
+    e.g. a trial the sampler proposed twice, count as seeds too)."""
+    groups: dict = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if not is_scored(t):
+            continue
+        key = params_key(t)
+        if key not in groups:
+            groups[key] = Configuration(key, t)
+        groups[key].trials.append(t)
+    return list(groups.values())
+
+
+def best_configuration(study: optuna.Study) -> Configuration | None:
+    """The feasible configuration with the lowest mean bpb among the re-run ones, if any was re-run; else the
+    feasible trial with the lowest bpb."""
+    feasible = [c for c in configurations(study) if c.feasible]
+    pool = [c for c in feasible if c.rerun] or feasible
+    return min(pool, key=lambda c: (c.mean, c.original.number), default=None)
+
+
+def queue_reruns(study: optuna.Study, top: int, seeds: int) -> int:
+    """Queue the missing re-runs of the `top` best feasible configurations by their original's bpb; returns how
+    many were queued. Re-runs already queued, running or done (under any state) are not queued again."""
+    if top <= 0:
+        return 0
+    all_trials = study.get_trials(deepcopy=False)
+    originals = [c.original for c in configurations(study) if is_feasible(c.original.constraints) and RERUN_ATTR not in c.original.user_attrs]
+    queued = 0
+    for original in sorted(originals, key=lambda t: t.values[0])[:top]:
+        have = {t.user_attrs.get(SEED_ATTR) for t in all_trials if t.user_attrs.get(RERUN_ATTR) == original.number
+                and t.state != TrialState.FAIL}
+        base_seed = original.user_attrs.get("config", {}).get("train", {}).get("seed", 0)
+        for k in range(1, seeds + 1):
+            seed = base_seed + k * SEED_STRIDE
+            if seed not in have:
+                study.enqueue_trial(original.params, user_attrs={RERUN_ATTR: original.number, SEED_ATTR: seed})
+                queued += 1
+    return queued
+
+
+def ranking_lines(study: optuna.Study) -> list[str]:
+    """`search status`'s table of re-run configurations: mean +- standard error, and whether the order changed."""
+    groups = [c for c in configurations(study) if c.rerun]
+    if not groups:
+        return []
+    by_single = sorted(groups, key=lambda c: c.original.values[0])
+    by_mean = sorted(groups, key=lambda c: c.mean)
+    lines = ["configurations re-run with new seeds (ranked by mean bpb):",
+             f"{'rank':>4} {'trial':>5} {'seeds':>5} {'mean bpb':>9} {'+- se':>7} {'first':>8} {'rank by first':>13}  trials"]
+    for rank, c in enumerate(by_mean, 1):
+        lines.append(f"{rank:>4} {c.original.number:>5} {len(c.trials):>5} {c.mean:>9.4f} {c.stderr:>7.4f} {c.original.values[0]:>8.4f} "
+                     f"{by_single.index(c) + 1:>13}  {', '.join(str(t.number) for t in c.trials)}"
+                     + ("" if c.feasible else "  (a re-run is over a cap)"))
+    changed = [c.original.number for c in by_mean] != [c.original.number for c in by_single]
+    lines.append("the ranking changed with the re-runs" if changed else "the ranking held with the re-runs")
+    return lines
