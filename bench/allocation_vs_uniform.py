@@ -128,7 +128,9 @@ def cap_table(path: str, cap: int, float_bpb: float, runs: dict) -> tuple[float,
     emit(f"{'':<24}{'bytes':>10} {'val_bpb':>9} {'gap':>8}  fits  packs  seconds: {phase_head}  total")
     emit(f"{'float checkpoint':<24}{'-':>10} {float_bpb:>9.5f} {'-':>8}")
     uniform = runs["rtn"]["rows"].get("best uniform")
-    if uniform:
+    if uniform and uniform["val_bpb"] is None:  # ranked behind the knapsack on a validation prefix: not scored
+        emit(f"{'best uniform RTN':<24}{uniform['artifact_bytes']:>10,} {'behind the knapsack on a validation prefix':>18}")
+    elif uniform:
         emit(f"{'best uniform RTN':<24}{uniform['artifact_bytes']:>10,} {uniform['val_bpb']:>9.5f} "
              f"{uniform['val_bpb'] - float_bpb:>+8.4f}  {'yes' if uniform['artifact_bytes'] <= cap else 'no':>4}")
     gaps = {}

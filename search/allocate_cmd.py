@@ -46,8 +46,8 @@ def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer
     log(f"{rows[0]['label']}: {rows[0]['artifact_bytes']:,} bytes, val_bpb {rows[0]['val_bpb']:.6f}")
     result = allocate(model, config, alloc_space, caps, data, runtime, log=log)
     for candidate in result.candidates:
-        rows.append({"label": candidate.label, "artifact_bytes": candidate.artifact_bytes, "val_bpb": candidate.val_bpb,
-                     "eval_seconds": candidate.eval_seconds, "feasible": candidate.feasible})
+        summary = candidate.summary()  # val_bpb None: not scored
+        rows.append({k: summary[k] for k in ("label", "artifact_bytes", "val_bpb", "eval_seconds", "feasible")})
     if result.best is None:
         raise SpaceError(f"no allowed allocation fits {cap:,} bytes (the smallest candidate needs "
                          f"{min((c.artifact_bytes for c in result.candidates), default=0):,})")
@@ -69,7 +69,8 @@ def format_table(metrics: dict) -> str:
     lines = [f"{'allocation':<30} {'bytes':>12} {'val_bpb':>10}  fits {metrics['cap_bytes']:,}"]
     for row in metrics["table"]:
         fits = row["artifact_bytes"] <= metrics["cap_bytes"]
-        lines.append(f"{row['label']:<30} {row['artifact_bytes']:>12,} {row['val_bpb']:>10.5f}  {'yes' if fits else 'no'}")
+        bpb = f"{row['val_bpb']:>10.5f}" if row["val_bpb"] is not None else f"{'-':>10}"  # '-': not scored
+        lines.append(f"{row['label']:<30} {row['artifact_bytes']:>12,} {bpb}  {'yes' if fits else 'no'}")
     return "\n".join(lines)
 
 

@@ -18,8 +18,9 @@ compressor to minimise post-roundtrip bpb under the byte cap and the eval-time c
    predicted eval time fits (search/ttt_choice.py). Compressor: whichever packs the chosen allocation
    smaller (exact).
 6. Confirmation: the knapsack choice (and, with confirm_top 2, the best uniform width) is packed for real
-   until its bytes fit the cap; only then is it reloaded into a fresh model and scored on the full
-   validation split (a candidate over the cap is never scored); the best feasible one is the result.
+   until its bytes fit the cap (a candidate over the cap is never scored). Candidates within the caps are
+   ranked on a validation prefix just long enough to tell them apart (rank_on_prefix), and only the
+   leader is reloaded into a fresh model and scored on the whole split: that score is the result.
 Every candidate is recorded.
 """
 
@@ -38,15 +39,16 @@ from objectives.bytes import RTN_PERCENTILE, compressed_floats, compressed_symbo
 from pgolf.assemble import assemble_script, code_bytes
 from pgolf.config import TTT_KEYS, QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
-from pgolf.evaluate import NonFiniteScore
+from pgolf.bpb import ByteLuts, load_tokenizer
+from pgolf.evaluate import NonFiniteScore, Trace
 from pgolf.model import EMBEDDING_PREFIXES, GPT, is_control_tensor
 from pgolf.artifact import EXTRA_ROLES, byte_shuffle, pack
 from pgolf.quant import StoredTensor, quantize_tensor
 from pgolf.storage import (MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, needs_calibration,
                            quantize_state_dict, restore_matrix, store_matrix)
-from pgolf.shards import TokenStream, token_count
+from pgolf.shards import TokenStream, token_count, validation_tokens
 from pgolf.run import SCRIPT_FILE
-from pgolf.submission import MODEL_FILE, calibrate, load_model, model_meta, score
+from pgolf.submission import MODEL_FILE, calibrate, load_model, model_meta, score, score_tokens
 from search.ttt_choice import choose_ttt
 
 PERCENTILE = RTN_PERCENTILE
@@ -99,6 +101,7 @@ class Candidate:
     feasible: bool = False
     post_training_seconds: float = 0.0  # calibration + quantization a submission runs after training (0 for RTN)
     formats: list = field(default_factory=list)  # the formats beyond plain RTN among its picks
+    subset_tokens: int = 0  # validation prefix it was ranked on against the other candidates (0: not ranked)
     blob: bytes = field(default=b"", repr=False)
     byte_groups: dict = field(default_factory=dict)
 
@@ -109,7 +112,10 @@ class Candidate:
                 "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
                 "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
                 "predicted_damage": self.predicted_damage, "artifact_bytes": self.artifact_bytes,
-                "val_bpb": self.val_bpb, "val_loss": self.val_loss, "eval_seconds": self.eval_seconds, "feasible": self.feasible}
+                # null when not scored (over the byte cap, or behind the leader on a validation prefix)
+                **{k: None if math.isnan(v) else v for k, v in (("val_bpb", self.val_bpb), ("val_loss", self.val_loss),
+                                                                ("eval_seconds", self.eval_seconds))},
+                "feasible": self.feasible, "ranked_on_tokens": self.subset_tokens}
 
 
 @dataclass
@@ -483,25 +489,48 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
         _pack(model, candidate, space_alloc, calibration, calibration_seconds)
         return candidate
 
-    for label, propose in proposals[: space_alloc.confirm_top] + ([fallback] if fallback else []):
-        if label == "knapsack rtn" and result.best is not None:
-            continue
-        # Packing is cheap and decides the bytes; only the picks that fit the cap are scored on the split.
-        candidate = confirm_within_cap(propose, functools.partial(packed, label), budget, caps.artifact_bytes)
-        if candidate is None:
-            log(f"allocation {label}: nothing allowed fits the byte cap")
-            continue
-        if candidate.artifact_bytes <= caps.artifact_bytes:
-            _score(candidate, caps, data, runtime, train_seconds)
-        log(f"allocation {label}: {candidate.artifact_bytes:,} bytes, val_bpb {candidate.val_bpb:.4f}, "
-            f"eval {candidate.eval_seconds:.1f}s (stride {candidate.config.eval.stride}, unroll {repeats}"
+    def report(candidate: Candidate) -> None:
+        scored = candidate.val_bpb == candidate.val_bpb
+        log(f"allocation {candidate.label}: {candidate.artifact_bytes:,} bytes, "
+            + (f"val_bpb {candidate.val_bpb:.4f}, eval {candidate.eval_seconds:.1f}s " if scored else "")
+            + f"(stride {candidate.config.eval.stride}, unroll {repeats}"
             + (f", TTT chunk {evaluation.ttt_chunk} rank {evaluation.ttt_rank}" if evaluation.ttt != "off" else "") + "), "
             + (f"formats {', '.join(candidate.formats)}, " if candidate.formats else "")
             + (f"{candidate.post_training_seconds:.1f}s after training, " if candidate.post_training_seconds else "")
-            + f"{'feasible' if candidate.feasible else 'over a cap'}")
-        result.candidates.append(candidate)
-        if candidate.feasible and (result.best is None or candidate.val_bpb < result.best.val_bpb):
-            result.best = candidate
+            + (("feasible" if candidate.feasible else "over a cap") if scored else
+               "not scored: " + ("over the byte cap" if candidate.artifact_bytes > caps.artifact_bytes else
+                                 f"behind the leader on the first {candidate.subset_tokens:,} validation tokens")))
+
+    for group in (proposals[: space_alloc.confirm_top], [fallback] if fallback else []):
+        if result.best is not None:
+            break
+        # Packing is cheap and decides the bytes: a candidate over the byte cap is never scored.
+        fitting = []
+        for label, propose in group:
+            candidate = confirm_within_cap(propose, functools.partial(packed, label), budget, caps.artifact_bytes)
+            if candidate is None:
+                log(f"allocation {label}: nothing allowed fits the byte cap")
+                continue
+            result.candidates.append(candidate)
+            if candidate.artifact_bytes > caps.artifact_bytes:
+                report(candidate)
+            elif train_seconds + candidate.post_training_seconds > caps.train_seconds:
+                _score(candidate, caps, data, runtime, train_seconds)  # infeasible, but the trial may have nothing better
+                report(candidate)
+            else:
+                fitting.append(candidate)
+        # Of those within both caps, the leader on a validation prefix is scored on the whole split (and, should
+        # its evaluation break the eval cap, the next one).
+        while fitting:
+            fitting = rank_on_prefix(fitting, data, runtime) if len(fitting) > 1 else fitting
+            leader = fitting.pop(0)
+            _score(leader, caps, data, runtime, train_seconds)
+            report(leader)
+            if leader.feasible:
+                result.best = leader
+                for other in fitting:
+                    report(other)
+                break
     if result.best is not None:
         result.blob, result.byte_groups = result.best.blob, result.best.byte_groups
     result.seconds = time.perf_counter() - started
@@ -611,6 +640,38 @@ def _pack(model, candidate: Candidate, space_alloc, calibration=None, calibratio
     code = code_bytes(config_to_dict(candidate.config))
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
+
+
+PREFIX_START = 16_384  # validation tokens the first comparison of candidates reads
+PREFIX_Z = 3.0  # standard errors the paired per-token loss difference must clear to decide on a prefix
+
+
+def rank_on_prefix(candidates: list, data, runtime) -> list:
+    """Packed candidates ordered by their post-roundtrip loss on a validation prefix just long enough to tell the
+    first two apart: their paired per-token loss difference must clear PREFIX_Z standard errors (tokens within
+    a document are correlated, so the margin is wide), else the prefix grows 4x; a prefix past a quarter of the
+    split is the whole split. Each candidate's prefix size goes into its `subset_tokens`."""
+    vocab_size = candidates[0].config.model.vocab_size
+    luts = ByteLuts(load_tokenizer(data.tokenizer, vocab_size), vocab_size)
+    models = [load_model(c.blob, runtime.device) for c in candidates]
+    seq_len = models[0][2].seq_len
+    split = validation_tokens(data.val_pattern, seq_len, vocab_size).numel() - 1
+    limit = PREFIX_START
+    while True:
+        limit = 0 if limit > split // 4 else limit
+        tokens = validation_tokens(data.val_pattern, seq_len, vocab_size, limit)
+        losses = []
+        for model, _, eval_cfg in models:
+            trace = Trace(tokens.numel() - 1)
+            score_tokens(model, eval_cfg, tokens, luts, runtime, trace)
+            losses.append(trace.nll[trace.count > 0])
+        order = sorted(range(len(candidates)), key=lambda i: float(losses[i].mean()))
+        diff = losses[order[1]] - losses[order[0]]
+        if limit == 0 or float(diff.mean()) > PREFIX_Z * float(diff.std()) / math.sqrt(diff.numel()):
+            for c in candidates:
+                c.subset_tokens = tokens.numel() - 1
+            return [candidates[i] for i in order]
+        limit *= 4
 
 
 def _score(candidate: Candidate, caps, data, runtime, train_seconds: float = 0.0) -> None:

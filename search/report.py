@@ -89,7 +89,8 @@ def best_trial_sections(directory, trial) -> list:
                     for pattern, bits in chosen["bits"].items()]
             summary = table(["tensors", "bits", "clip k", "sensitivity (loss per unit MSE)"], rows)
             candidates = table(["candidate", "bytes", "val bpb", "eval s", "feasible"],
-                               [[c["label"], c["artifact_bytes"], c["val_bpb"], c["eval_seconds"], c["feasible"]]
+                               [[c["label"], c["artifact_bytes"], "not scored" if c["val_bpb"] is None else c["val_bpb"],
+                                 "-" if c["eval_seconds"] is None else c["eval_seconds"], c["feasible"]]
                                 for c in allocation["candidates"]])
             sections.append((f"Best feasible trial {trial.number}: chosen allocation ({allocation['best']})", summary + "<p></p>" + candidates))
     return sections
