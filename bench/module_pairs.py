@@ -95,18 +95,21 @@ def run_one(arm: str, seed: int, data_root: str) -> dict:
             "ms_per_step": 1000 * m["train_seconds"] / max(m["steps"], 1), "threads": int(os.environ.get("OMP_NUM_THREADS", 0) or 0)}
 
 
-def table(records: list[dict], seeds: list[int], arms: list[str]) -> str:
+def table(records: list[dict], seeds: list[int], arms: list[str], markdown: bool = False) -> str:
     def find(arm, seed):
         key = config_key(arm_config(arm, seed))
         return next((r for r in reversed(records) if r["arm"] == arm and r["seed"] == seed and r["config_key"] == key), None)
 
-    lines = [f"{'switch':<24}{'vs':<7}{'n':>3}{'post bpb':>10}{'diff':>10}{'+- se':>8}{'ms/step':>9}{'bytes':>11}"]
+    if markdown:
+        lines = ["| switch | against | n | post-roundtrip bpb | paired diff ± se | ms/step | artifact bytes |", "|---|---|---|---|---|---|---|"]
+    else:
+        lines = [f"{'switch':<24}{'vs':<7}{'n':>3}{'post bpb':>10}{'diff':>10}{'+- se':>8}{'ms/step':>9}{'bytes':>11}"]
     for arm in arms:
         ref = ARMS[arm][0]
         both = [(find(ref, s) if ref else None, find(arm, s)) for s in seeds]
         rows = [(b, o) for b, o in both if o and (b or not ref)]
         if not rows:
-            lines.append(f"{arm:<24}{ref or '':<7}{0:>3}")
+            lines.append(f"| `{arm}` | {ref or ''} | 0 | | | | |" if markdown else f"{arm:<24}{ref or '':<7}{0:>3}")
             continue
         mean_bpb = statistics.mean(o["val_bpb_post"] for _, o in rows)
         ms = statistics.mean(o["ms_per_step"] for _, o in rows)
@@ -115,7 +118,11 @@ def table(records: list[dict], seeds: list[int], arms: list[str]) -> str:
         if ref:
             d, e, _ = paired_difference([b["val_bpb_post"] for b, _ in rows], [o["val_bpb_post"] for _, o in rows])
             diff, se = f"{d:+.4f}", f"{e:.4f}"
-        lines.append(f"{arm:<24}{ref or '':<7}{len(rows):>3}{mean_bpb:>10.4f}{diff:>10}{se:>8}{ms:>9.0f}{nbytes:>11,.0f}")
+        if markdown:
+            lines.append(f"| `{arm}` | {ref or ''} | {len(rows)} | {mean_bpb:.4f} | {diff.replace('-', '−')}{' ± ' + se if se else ''} "
+                         f"| {ms:.0f} | {nbytes:,.0f} |")
+        else:
+            lines.append(f"{arm:<24}{ref or '':<7}{len(rows):>3}{mean_bpb:>10.4f}{diff:>10}{se:>8}{ms:>9.0f}{nbytes:>11,.0f}")
     return "\n".join(lines)
 
 
@@ -126,6 +133,7 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th missing run, starting at i")
     parser.add_argument("--data", default=default_data_root())
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the table as the README's markdown")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a] or list(ARMS)
     unknown = [a for a in arms if a not in ARMS]
@@ -143,7 +151,7 @@ def main() -> None:
             with open(RECORDS, "a", encoding="utf-8") as f:  # one line per write: shards append side by side
                 f.write(json.dumps(record) + "\n")
     print(f"tiny, 200 steps, seeds {args.seeds}; diff = switch - reference, paired over seeds")
-    print(table(load_records(), args.seeds, [a for a in wanted]))
+    print(table(load_records(), args.seeds, [a for a in wanted], args.markdown))
 
 
 if __name__ == "__main__":

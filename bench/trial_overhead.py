@@ -1,7 +1,7 @@
 """Where a study's trials spend their wall time: seconds per phase and % of trial wall (ask to tell), over the
 completed trials of one or more studies; `training` is the only phase the challenge's training cap counts.
 
-    python bench/trial_overhead.py STUDY [STUDY ...] [--results DIR]
+    python bench/trial_overhead.py STUDY [STUDY ...] [--results DIR] [--trials originals|reruns|all]
 
 Trials recorded before phases were (older code) show the coarse split they have: training, allocation,
 other trial work, coordinator.
@@ -16,21 +16,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from search.phases import TRAINING, trial_phases, wall_seconds  # noqa: E402
-from search.reruns import is_scored  # noqa: E402
+from search.reruns import RERUN_ATTR, is_scored  # noqa: E402
 from search.runner import startup_trials  # noqa: E402
 from search.study import RESULTS_DIR, load_settings, open_study  # noqa: E402
 
 
-def study_table(name: str, results: str) -> str:
+def study_table(name: str, results: str, which: str = "all") -> str:
     _, settings = load_settings(name, results)
-    trials = [t for t in open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False) if is_scored(t)]
+    trials = [t for t in open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False) if is_scored(t)
+              and (which == "all" or (RERUN_ATTR in t.user_attrs) == (which == "reruns"))]
     if not trials:
         return f"{name}: no completed trial"
     walls = [wall_seconds(t) for t in trials]
     phases = [trial_phases(t.user_attrs, w) for t, w in zip(trials, walls)]
     names = list(dict.fromkeys(n for p in phases for n in p))
     wall = statistics.fmean(walls)
-    lines = [f"{name}: {len(trials)} completed trials, mean wall {wall:.1f} s (ask to tell)",
+    lines = [f"{name}: {len(trials)} completed trials ({which}), mean wall {wall:.1f} s (ask to tell)",
              f"  {'phase':<32}{'mean s':>8}{'% of wall':>11}"]
     for n in names:
         seconds = statistics.fmean(p.get(n, 0.0) for p in phases)
@@ -44,9 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--results", default=RESULTS_DIR)
+    parser.add_argument("--trials", choices=("all", "originals", "reruns"), default="all",
+                        help="all completed trials, or only the sampled ones, or only the re-runs")
     args = parser.parse_args()
     for name in args.studies:
-        print(study_table(name, args.results))
+        print(study_table(name, args.results, args.trials))
 
 
 if __name__ == "__main__":

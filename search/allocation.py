@@ -303,36 +303,6 @@ def mean_loss(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, auto
     return total / count
 
 
-SENSITIVITY_BATCH = 8  # held-out sequences per step of a variance-sized sensitivity measurement
-
-
-@torch.no_grad()
-def sequence_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, repeats: int, autocast: bool) -> torch.Tensor:
-    """Mean loss (nats) of each sequence (row) of x -> y."""
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = model(x, y, repeats=repeats, reduction="none")
-    return loss.float().view(x.size(0), -1).mean(1).cpu()
-
-
-def sized_damage(model: GPT, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor, repeats: int, autocast: bool,
-                 rel_se: float) -> tuple[float, int]:
-    """(loss increase of the model over `base`, its per-sequence loss unmodified; sequences used).
-
-    Paired per sequence, in steps of SENSITIVITY_BATCH sequences, stopping once the standard error of the mean
-    increase is within rel_se of it (at least two steps): a unit whose damage is clear from a few thousand
-    tokens is not measured on all of them, and one whose damage is small or noisy uses every sequence."""
-    diffs = []
-    for start in range(0, x.size(0), SENSITIVITY_BATCH):
-        rows = slice(start, start + SENSITIVITY_BATCH)
-        diffs.append(sequence_losses(model, x[rows], y[rows], repeats, autocast) - base[rows])
-        d = torch.cat(diffs).double()
-        if d.numel() >= 2 * SENSITIVITY_BATCH and float(d.std()) / math.sqrt(d.numel()) <= rel_se * abs(float(d.mean())):
-            break
-    if not torch.isfinite(d).all():
-        raise NonFiniteScore("allocation: held-out training loss is not finite: the model's outputs are not finite")
-    return float(d.mean()), d.numel()
-
-
 def solve_knapsack(units: list[Unit], options: dict, budget: int, buckets: int = 4000) -> list[Option] | None:
     """One option per unit minimising summed damage with summed bytes <= budget (None if nothing fits)."""
     if budget <= 0:
@@ -422,12 +392,7 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
 
     # Sensitivity: damage of each unit alone at its cheapest option, per unit of weight MSE.
     params = dict(model.named_parameters())
-    sensitivities, sequences = {}, []
-    rel_se = space_alloc.sensitivity_rel_se
-    if rel_se > 0:
-        x, y = calib[:-1].reshape(-1, seq_len).to(device), calib[1:].reshape(-1, seq_len).to(device)
-        base_rows = torch.cat([sequence_losses(model, x[i : i + SENSITIVITY_BATCH], y[i : i + SENSITIVITY_BATCH], repeats_train, autocast)
-                               for i in range(0, x.size(0), SENSITIVITY_BATCH)])
+    sensitivities = {}
     for unit in units:
         reference = min((o for o in options[unit.name] if o.bits != 16 and o.plain), key=lambda o: (o.bits, o.mse), default=None)
         if reference is None or reference.mse == 0:
@@ -436,22 +401,14 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
         with torch.no_grad():
             for name in unit.tensors:
                 params[name].copy_(rtn_restored(state[name], reference.bits, reference.clip))
-            if rel_se > 0:
-                damage, used = sized_damage(model, x, y, base_rows, repeats_train, autocast, rel_se)
-                sequences.append(used)
-            else:
-                damage = mean_loss(model, calib, seq_len, repeats_train, autocast, device) - base_loss
+            damage = mean_loss(model, calib, seq_len, repeats_train, autocast, device) - base_loss
             for name in unit.tensors:
                 params[name].copy_(state[name])
         sensitivities[unit.name] = max(damage, 0.0) / reference.mse
         for opt in options[unit.name]:
             opt.damage = sensitivities[unit.name] * opt.mse
     phase["sensitivity"] = time.perf_counter() - started - sum(phase.values())
-    if sequences:
-        log(f"allocation: {len(units)} units, sensitivities measured on {min(sequences) * seq_len:,}-{max(sequences) * seq_len:,} of "
-            f"{calib.numel() - 1:,} held-out training tokens (until the standard error is within {rel_se:g} of the damage)")
-    else:
-        log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
+    log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
 
     # Eval unroll count: lowest held-out loss of the float model (cheap; quantization shifts all alike).
     repeat_options = space_alloc.eval_repeats if config.model.loop_len > 0 and space_alloc.eval_repeats else [config.eval_repeats()]

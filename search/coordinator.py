@@ -118,7 +118,7 @@ class Coordinator:
         self.stopped: list[int] = []  # trials it stopped, failed and queued again
         self.failures_in_row = 0
         self.done_at_start = self.finished()
-        self.last_line, self.last_print = None, 0.0
+        self.last_line, self.last_print, self.last_progress = None, 0.0, 0.0
         os.makedirs(os.path.join(directory, TRIALS_DIR), exist_ok=True)
 
     # -- counting -------------------------------------------------------------------------------
@@ -188,7 +188,9 @@ class Coordinator:
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
-                   "device": self.device, "pruner": pruner_spec(self.space, self.settings.objectives),
+                   "device": self.device,
+                   # A re-run measures seed noise of a configuration already chosen: it is never stopped early.
+                   "pruner": None if RERUN_ATTR in trial.user_attrs else pruner_spec(self.space, self.settings.objectives),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
@@ -310,8 +312,10 @@ class Coordinator:
                     break
                 rerunning, stop_asking = True, False
             self.collect()
-            self.progress()
-            time.sleep(0.5)
+            if time.time() - self.last_progress >= 1.0:  # the storage reads of a progress line, once a second
+                self.progress()
+                self.last_progress = time.time()
+            time.sleep(0.2)  # a finished trial waits at most this long to be told
 
     def queue_reruns(self) -> bool:
         """After sampling: queue the re-runs the space asks for (True if any is left to run)."""

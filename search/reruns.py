@@ -86,7 +86,8 @@ def best_configuration(study: optuna.Study) -> Configuration | None:
 
 def queue_reruns(study: optuna.Study, top: int, seeds: int) -> int:
     """Queue the missing re-runs of the `top` best feasible configurations by their original's bpb; returns how
-    many were queued. Re-runs already queued, running or done (under any state) are not queued again."""
+    many were queued. Re-runs already queued, running or finished are not queued again; failed ones, and ones a
+    pruner stopped (studies before re-runs were exempt from pruning), are."""
     if top <= 0:
         return 0
     all_trials = study.get_trials(deepcopy=False)
@@ -94,7 +95,7 @@ def queue_reruns(study: optuna.Study, top: int, seeds: int) -> int:
     queued = 0
     for original in sorted(originals, key=lambda t: t.values[0])[:top]:
         have = {t.user_attrs.get(SEED_ATTR) for t in all_trials if t.user_attrs.get(RERUN_ATTR) == original.number
-                and t.state != TrialState.FAIL}
+                and t.state != TrialState.FAIL and t.user_attrs.get("stage") != "pruned"}
         base_seed = original.user_attrs.get("config", {}).get("train", {}).get("seed", 0)
         for k in range(1, seeds + 1):
             seed = base_seed + k * SEED_STRIDE

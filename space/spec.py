@@ -77,9 +77,6 @@ class AllocationSpace:
     compressors: list = field(default_factory=lambda: ["zstd"])
     level: int = 22
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
-    # > 0: measure each unit's damage on as few of them as give a standard error within this fraction of it
-    # (search/allocation.py: sized_damage); 0 = on all of them.
-    sensitivity_rel_se: float = 0.0
     confirm_top: int = 2  # allocations confirmed on the full validation split
     # Matrix formats beyond RTN a unit may take (pgolf/storage.py); every combination is an option.
     quantizers: list = field(default_factory=lambda: ["rtn"])  # rtn | gptq
@@ -249,8 +246,6 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
         raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")
     if not alloc.ttt_rank or any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_TTT_RANK for r in alloc.ttt_rank):
         raise SpaceError(f"allocation.ttt_rank must list LoRA ranks in [1, {MAX_TTT_RANK}], got {alloc.ttt_rank}")
-    if not 0 <= alloc.sensitivity_rel_se < 1:
-        raise SpaceError(f"allocation.sensitivity_rel_se must be in [0, 1) (0 = every held-out token), got {alloc.sensitivity_rel_se}")
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
         raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
     return alloc

@@ -60,6 +60,8 @@ def test_a_study_reruns_its_best_configuration_and_times_every_phase(tmp_path):
     seeds = [json.loads((tmp_path / "r" / "trials" / f"{t.number:04d}" / "metrics.json").read_text())["config"]["train"]["seed"]
              for t in (original, reruns[0])]
     assert seeds[1] == seeds[0] + 1000
+    request = json.loads((tmp_path / "r" / "trials" / f"{reruns[0].number:04d}" / "request.json").read_text())
+    assert request["pruner"] is None  # a re-run measures noise: never stopped early
     metrics = json.loads((tmp_path / "r" / "trials" / f"{original.number:04d}" / "metrics.json").read_text())
     phases = metrics["phases"]
     assert {"start-up", "training", "validation reports", "pre-quant score", "allocation: confirm"} <= set(phases)
