@@ -516,6 +516,7 @@ def test_a_trial_with_a_nonfinite_score_fails_with_its_reason(tmp_path, monkeypa
     monkeypatch.setattr(trial_module, "train_model", lambda config, *a, **k: (nan_model(config), trained))
     monkeypatch.setattr("sys.argv", ["search.trial", str(tmp_path)])
     assert trial_module.main() == 1
-    assert "NonFiniteScore: evaluation loss is nan over 8,192 validation tokens" in (tmp_path / "error.txt").read_text()
+    # The first score after training is the float model's on the reports' validation subset (val_tokens).
+    assert f"NonFiniteScore: evaluation loss is nan over {config.train.val_tokens:,} validation tokens" in (tmp_path / "error.txt").read_text()
     assert "trial failed: NonFiniteScore: evaluation loss is nan" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
