@@ -77,9 +77,10 @@ def configurations(study: optuna.Study) -> list[Configuration]:
 
 
 def best_configuration(study: optuna.Study) -> Configuration | None:
-    """The feasible configuration with the lowest mean bpb among the re-run ones, if any was re-run; else the
-    feasible trial with the lowest bpb."""
-    feasible = [c for c in configurations(study) if c.feasible]
+    """The configuration with the lowest mean bpb among the re-run ones, if any was re-run; else the trial with the
+    lowest bpb; of those whose original trial (the artifact export writes) is feasible. A re-run over a cap (a
+    seed that trained a little slower) is flagged by ranking_lines, not a reason to drop the configuration."""
+    feasible = [c for c in configurations(study) if is_feasible(c.original.constraints)]
     pool = [c for c in feasible if c.rerun] or feasible
     return min(pool, key=lambda c: (c.mean, c.original.number), default=None)
 
