@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for pgolf: a virtualenv in .venv with torch, the package and its dev tools,
-# and Debian's chromium for the page tests. Safe to run again: on a machine already set up it runs no
+# Debian's chromium for the page tests and Debian's PostgreSQL server for the storage tests (which start
+# throw-away servers of their own: tests/postgres.py). Safe to run again: on a machine already set up it runs no
 # installer and prints one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +49,13 @@ else
     echo "$want" > "$STAMP"
     done_line="setup done: $versions"
 fi
-if [ "${PGOLF_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
+packages=()
+if [ "${PGOLF_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then packages+=(chromium); fi
+if [ "${PGOLF_SKIP_POSTGRES:-0}" != "1" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then packages+=(postgresql); fi
+if [ ${#packages[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
     $SUDO apt-get update -q >/dev/null
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null
 fi
 echo "$done_line"

@@ -1,7 +1,8 @@
-"""Where trial processes run: local subprocesses, or Ray tasks with resources per trial.
+"""Where trial processes run: local subprocesses (here), or Ray Tune trials on a cluster (tune_backend.py).
 
 Either way a trial is `python -m search.trial DIR` in a process of its own, so a crash, OOM or NaN
-ends that process only. The coordinator keeps Optuna's ask/tell; backends only start and watch.
+ends that process only. The coordinator keeps Optuna's ask/tell (prepare_next, finish); a backend's
+`drive(coordinator)` runs the study's loop with them, and `cancel`/`poll` let the coordinator stop it.
 """
 
 import ctypes
@@ -35,8 +36,8 @@ def worker_command(directory: str) -> list[str]:
     return [sys.executable, "-m", "search.trial", directory]
 
 
-def worker_env(threads: int) -> dict:
-    env = dict(os.environ)
+def worker_env(threads: int, extra: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
         env["PGOLF_THREADS"] = str(threads)
@@ -47,9 +48,13 @@ class LocalBackend:
     """Trials as child processes on this machine, `threads` CPU threads each."""
 
     name = "local"
+    stops_trials = False  # trials stop early through the study's own Optuna pruner
 
     def __init__(self, workers: int):
         self.threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+    def drive(self, coordinator) -> None:
+        coordinator.local_loop()
 
     def launch(self, job: Job) -> None:
         log = open(os.path.join(job.directory, "worker.log"), "wb")
@@ -70,79 +75,12 @@ class LocalBackend:
         pass
 
 
-def _run_trial_in_ray(directory: str, request: bytes, threads: int) -> tuple[int, dict]:
-    """Body of the Ray task: run the trial process on the node Ray chose.
+def make_backend(settings):
+    """The backend a study's settings name. `ray` was the plain ray.remote backend, retired for Tune."""
+    if settings.backend == "local":
+        return LocalBackend(settings.workers)
+    if settings.backend in ("tune", "ray"):
+        from search.tune_backend import TuneBackend
 
-    With a shared filesystem the trial writes to `directory` directly; on a node that cannot see it,
-    it runs in a local temporary folder and its files travel back through Ray's object store.
-    """
-    import tempfile
-
-    shared = os.path.isdir(directory)
-    workdir = directory if shared else tempfile.mkdtemp(prefix="pgolf-trial-")
-    if not shared:
-        with open(os.path.join(workdir, "request.json"), "wb") as f:
-            f.write(request)
-    with open(os.path.join(workdir, "worker.log"), "wb") as log:
-        code = subprocess.run(worker_command(workdir), stdout=log, stderr=subprocess.STDOUT, env=worker_env(threads)).returncode
-    files = {}
-    if not shared:
-        for name in os.listdir(workdir):
-            with open(os.path.join(workdir, name), "rb") as f:
-                files[name] = f.read()
-    return code, files
-
-
-class RayBackend:
-    """Trials as Ray tasks: 1 GPU each where GPUs exist (CPUs otherwise); a local Ray or --address."""
-
-    name = "ray"
-
-    def __init__(self, workers: int, address: str | None = None, gpus_per_trial: float | None = None,
-                 cpus_per_trial: float | None = None):
-        import ray
-
-        self.ray = ray
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        resources = ray.cluster_resources()
-        has_gpus = resources.get("GPU", 0) > 0
-        self.gpus = gpus_per_trial if gpus_per_trial is not None else (1 if has_gpus else 0)
-        self.cpus = cpus_per_trial or max(1, int(resources.get("CPU", 1) // max(workers, 1)))
-        self.remote = ray.remote(_run_trial_in_ray)
-
-    def launch(self, job: Job) -> None:
-        with open(os.path.join(job.directory, "request.json"), "rb") as f:
-            request = f.read()
-        job.handle = self.remote.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0).remote(
-            job.directory, request, int(self.cpus))
-
-    def poll(self, job: Job) -> int | None:
-        ready, _ = self.ray.wait([job.handle], timeout=0)
-        if not ready:
-            return None
-        try:
-            code, files = self.ray.get(job.handle)
-        except Exception:  # a crashed Ray worker (OOM kill, node loss) fails this trial only
-            return -1
-        for name, content in files.items():
-            with open(os.path.join(job.directory, name), "wb") as f:
-                f.write(content)
-        return code
-
-    def cancel(self, job: Job) -> None:
-        self.ray.cancel(job.handle, force=True)
-
-    def shutdown(self) -> None:
-        self.ray.shutdown()
-
-
-def make_backend(name: str, workers: int, address: str | None = None):
-    if name == "local":
-        return LocalBackend(workers)
-    if name == "ray":
-        return RayBackend(workers, address)
-    raise ValueError(f"unknown backend {name!r} (use local or ray)")
+        return TuneBackend(settings)
+    raise ValueError(f"unknown backend {settings.backend!r} (use local or tune)")

@@ -82,7 +82,7 @@ def cmd_verify(args) -> int:
 def cmd_confirm(args) -> int:
     from search.confirm import confirm
 
-    s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device, same_steps=args.same_steps)
+    s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device, same_steps=args.same_steps, ranks=args.ranks)
     for seed, row in zip(s["seeds"], s["steps"]):
         if row["differs"]:
             print(f"warning: seed {seed} trained {row['steps']} steps at {row['step_ms']:.0f} ms/step against the trial's "
@@ -119,8 +119,15 @@ def add_run_options(p, resume: bool) -> None:
     p.add_argument("--trials", type=int, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
     p.add_argument("--workers", type=int, help="trials running at once (default: 1)")
-    p.add_argument("--backend", choices=("local", "ray"), help="where trials run (default: local processes)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--backend", choices=("local", "tune"), help="where trials run: local processes, or Ray Tune trials "
+                   "on a Ray cluster (default: " + ("the study's" if resume else "local") + ")")
+    p.add_argument("--address", help="tune: the Ray cluster's HOST:PORT (default: start a Ray on this machine)")
+    p.add_argument("--scheduler", choices=("fifo", "asha"), help="tune: asha stops trials early by Tune's ASHA over the "
+                   "validation reports; fifo leaves it to the space's [search] pruner (default: fifo)")
+    p.add_argument("--gpus-per-trial", type=float, help="tune: GPUs per trial (default: the space's run.gpus_per_trial, "
+                   "else 1 where the cluster has GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, help="tune: CPUs per trial (default: the space's run.cpus_per_trial, "
+                   "else the cluster's CPUs / workers)")
     p.add_argument("--device", help="device for trials: cpu, cuda (default: the space's run.device)")
     p.add_argument("--data", help="data root (default: " + ("the one the study started with" if resume else
                    "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
@@ -189,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=float, help="reference bpb (default: the study's baseline trial)")
     p.add_argument("--same-steps", action="store_true",
                    help="train exactly the trial's step count with no wallclock cap, so a busy machine trains the same model")
+    p.add_argument("--ranks", type=int, default=1, help="run each seed under torchrun with N ranks on this machine "
+                   "(N GPUs with --device cuda, gloo processes on the CPU; 8 on an 8-GPU node as the challenge runs)")
     p.add_argument("--device")
     p.add_argument("--results", default=RESULTS_DIR)
     p.set_defaults(func=cmd_confirm)

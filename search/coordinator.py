@@ -1,6 +1,8 @@
 """The study loop: ask Optuna for a config, reject what cannot fit, run the rest, tell the outcome.
 
-Ask/tell stays here (not in Ray Tune), so constraints and pruning work with every backend:
+Ask/tell stays here, so constraints and pruning work the same with every backend: the local backend's loop
+(local_loop) and Ray Tune's searcher (search/tune_backend.py) both start trials with prepare_next and tell
+them with finish:
 - ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
   config whose cheapest allowed allocation is over the byte cap (told PRUNED, with its constraints and
   the reason, so the sampler learns the boundary: see tell_unscored);
@@ -27,6 +29,7 @@ import time
 from contextlib import contextmanager
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
@@ -37,8 +40,8 @@ from pgolf.staging import Interrupted
 from search.backends import Job, make_backend
 from search.fidelity import extrapolation_spec, proxy_config, pruner_spec
 from search.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
-from search.study import TRIALS_DIR, StudyError, study_command, trial_dir
-from search.trial import REQUEST_FILE, RESULT_FILE
+from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, study_command, trial_dir
+from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
 
@@ -101,8 +104,9 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
 
 class Coordinator:
     def __init__(self, directory: str, settings, space: Space, study: optuna.Study, data, device: str | None,
-                 out=sys.stdout):
-        """`data(vocab_size)` gives the DataPaths a trial of that vocab trains and scores on."""
+                 out=sys.stdout, backend=None):
+        """`data(vocab_size)` gives the DataPaths a trial of that vocab trains and scores on; `backend` is
+        make_backend(settings) unless given (made before the study is created, so a bad cluster stores nothing)."""
         self.directory = directory
         self.settings = settings
         self.space = space
@@ -111,14 +115,16 @@ class Coordinator:
         self.device = device
         self.out = out
         self.owner = process_identity(os.getpid())
-        self.backend = make_backend(settings.backend, settings.workers, settings.address)
+        self.backend = backend or make_backend(settings)
         self.jobs: dict[int, tuple[Job, optuna.trial.Trial]] = {}
         self.started = time.time()
         self.stop_signal = None  # set by SIGINT / SIGTERM while run() is looping
         self.stopped: list[int] = []  # trials it stopped, failed and queued again
         self.failures_in_row = 0
+        self.failure_stop_said = False
+        self.rerunning = False  # sampling is over and the re-runs it queued are running
         self.done_at_start = self.finished()
-        self.last_line, self.last_print, self.last_progress = None, 0.0, 0.0
+        self.last_line, self.last_print, self.last_progress, self.last_beat = None, 0.0, 0.0, time.time()
         os.makedirs(os.path.join(directory, TRIALS_DIR), exist_ok=True)
 
     # -- counting -------------------------------------------------------------------------------
@@ -142,35 +148,40 @@ class Coordinator:
         return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
 
     # -- ask ------------------------------------------------------------------------------------
-    def launch_next(self, reruns: bool = False) -> bool:
-        """Ask one trial and start it (or reject it). False when the study has enough trials (with `reruns`:
-        when no queued trial is left to run)."""
-        with file_lock(os.path.join(self.directory, ".ask.lock")):
-            c = self.counts()
-            if reruns and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                return False
-            if not reruns and c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] >= self.settings.trials:
-                return False
-            trial = self.study.ask()
-            trial.set_user_attr("owner", self.owner)
-        try:
-            config, values = suggest_config(self.space, trial)
-        except SpaceError as exc:
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.say(f"trial {trial.number}: {exc}")
-            return True
-        if trial.user_attrs.get(SEED_ATTR) is not None:  # a re-run: the same configuration with a new seed
-            config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=trial.user_attrs[SEED_ATTR]))
-        config = proxy_config(config, self.space.search, self.space.caps)
-        trial.set_user_attr("sampled", values)
-        calibration = study_calibration(self.study)
-        minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
-        trial.set_user_attr("predicted_min_bytes", minimum)
-        if minimum > self.space.caps.artifact_bytes:
-            self.reject(trial, config, minimum)
-            return True
-        self.start(trial, config)
-        return True
+    def prepare_next(self, reruns: bool = False) -> tuple[Job, optuna.trial.Trial] | None:
+        """Ask Optuna for the next trial to train and write its request into a staging folder: (job, trial),
+        or None when the study has enough trials (with `reruns`: when no queued trial is left to run).
+        A trial that cannot be run (the predictor puts it over the byte cap, or the space cannot build its
+        config) is told here and the next one asked. Both backends start trials from here."""
+        while True:
+            with file_lock(os.path.join(self.directory, ".ask.lock")):
+                c = self.counts()
+                if reruns and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    return None
+                if not reruns and c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] >= self.settings.trials:
+                    return None
+                trial = self.study.ask()
+                trial.set_user_attr("owner", self.owner)
+                self.beat(trial._trial_id)
+            try:
+                config, values = suggest_config(self.space, trial)
+            except SpaceError as exc:
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.say(f"trial {trial.number}: {exc}")
+                continue
+            if trial.user_attrs.get(SEED_ATTR) is not None:  # a re-run: the same configuration with a new seed
+                config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=trial.user_attrs[SEED_ATTR]))
+            config = proxy_config(config, self.space.search, self.space.caps)
+            trial.set_user_attr("sampled", values)
+            calibration = study_calibration(self.study)
+            minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
+            trial.set_user_attr("predicted_min_bytes", minimum)
+            if minimum > self.space.caps.artifact_bytes:
+                self.reject(trial, config, minimum)
+                continue
+            job = self.stage(trial, config)
+            self.jobs[trial.number] = (job, trial)
+            return job, trial
 
     def reject(self, trial, config, minimum: int) -> None:
         reason = f"predicted {minimum:,} bytes at the cheapest allowed allocation, over the {self.space.caps.artifact_bytes:,}-byte cap"
@@ -180,7 +191,8 @@ class Coordinator:
         tell_unscored(self.study, trial, constraint_values(Outcome(math.nan, minimum, 0.0, 0.0), self.space.caps))
         self.say(f"trial {trial.number}: rejected before training: {reason}")
 
-    def start(self, trial, config) -> None:
+    def stage(self, trial, config) -> Job:
+        """The trial's staging folder with its request: what a trial process on any node reads."""
         final = trial_dir(self.directory, trial.number)
         staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
         os.chmod(staging, 0o755)
@@ -190,14 +202,13 @@ class Coordinator:
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
                    "device": self.device,
                    # A re-run measures seed noise of a configuration already chosen: it is never stopped early.
-                   "pruner": None if RERUN_ATTR in trial.user_attrs else pruner_spec(self.space, self.settings.objectives),
+                   # A Tune scheduler (ASHA) stops trials itself, from the same reports.
+                   "pruner": None if RERUN_ATTR in trial.user_attrs or self.backend.stops_trials else pruner_spec(self.space, self.settings.objectives),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
-        job = Job(number=trial.number, directory=staging)
-        self.backend.launch(job)
         trial.set_user_attr("stage", "running")
-        self.jobs[trial.number] = (job, trial)
+        return Job(number=trial.number, directory=staging)
 
     # -- tell -----------------------------------------------------------------------------------
     def collect(self) -> None:
@@ -218,6 +229,10 @@ class Coordinator:
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(job.directory, final)
+        placement_path = os.path.join(final, PLACEMENT_FILE)
+        if os.path.exists(placement_path):  # which host / Ray node / GPUs the trial ran on
+            with open(placement_path, encoding="utf-8") as f:
+                trial.set_user_attr("placement", json.load(f))
         if result is None:
             reason = _failure_reason(final, code)
             trial.set_user_attr("stage", "failed")
@@ -278,7 +293,7 @@ class Coordinator:
     def run(self) -> None:
         previous = self._catch_stop_signals()
         try:
-            self._loop()
+            self.backend.drive(self)
             if self.stop_signal is not None:
                 self.stop_running()
         finally:
@@ -296,25 +311,56 @@ class Coordinator:
             raise StudyError(f"study {self.settings.name} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row: "
                              f"see {self.directory}/trials/*/error.txt; {resume} continues it")
 
-    def _loop(self) -> None:
-        stop_asking, rerunning = False, False
-        while self.stop_signal is None:
-            # The timeout bounds sampling; the re-runs queued after it run to the end.
-            timed_out = not rerunning and self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
-            if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES and not stop_asking:
+    def sampling_over(self, rerunning: bool) -> bool:
+        """No new trial is to be sampled: the timeout passed (it bounds sampling; the re-runs queued after it
+        run to the end) or too many trials failed in a row."""
+        if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+            if not self.failure_stop_said:
                 self.say(f"stopping: {MAX_CONSECUTIVE_FAILURES} trials failed in a row")
-                stop_asking = True
-            while not (stop_asking or timed_out or self.stop_signal) and len(self.jobs) < self.settings.workers:
-                if not self.launch_next(reruns=rerunning):
+                self.failure_stop_said = True
+            return True
+        return not rerunning and self.settings.timeout is not None and time.time() - self.started > self.settings.timeout
+
+    def next_phase(self) -> bool:
+        """Called when nothing runs and nothing more is to be started: True if re-runs were queued and the
+        study goes on with them (once: after the re-runs the study ends)."""
+        if self.rerunning or self.failures_in_row >= MAX_CONSECUTIVE_FAILURES or not self.queue_reruns():
+            return False
+        self.rerunning = True
+        return True
+
+    def tick(self) -> None:
+        """The progress line, at most once a second (each costs storage reads), and the running trials' heartbeats."""
+        if time.time() - self.last_progress >= 1.0:
+            self.progress()
+            self.last_progress = time.time()
+        if time.time() - self.last_beat >= HEARTBEAT_SECONDS:
+            for _, trial in self.jobs.values():
+                self.beat(trial._trial_id)
+            self.last_beat = time.time()
+
+    def beat(self, trial_id: int) -> None:
+        """A trial's heartbeat, on storages that keep them (database URLs; see search/study.py)."""
+        if is_heartbeat_enabled(self.study._storage):
+            self.study._storage.record_heartbeat(trial_id)
+
+    def local_loop(self) -> None:
+        """The local backend's loop: start trials up to the worker count, collect the ended ones."""
+        stop_asking = False
+        while self.stop_signal is None:
+            stop_asking = stop_asking or self.sampling_over(self.rerunning)
+            while not (stop_asking or self.stop_signal) and len(self.jobs) < self.settings.workers:
+                prepared = self.prepare_next(reruns=self.rerunning)
+                if prepared is None:
                     stop_asking = True
-            if not self.jobs and (stop_asking or timed_out):
-                if rerunning or self.failures_in_row >= MAX_CONSECUTIVE_FAILURES or not self.queue_reruns():
+                else:
+                    self.backend.launch(prepared[0])
+            if not self.jobs and stop_asking:
+                if not self.next_phase():
                     break
-                rerunning, stop_asking = True, False
+                stop_asking = False
             self.collect()
-            if time.time() - self.last_progress >= 1.0:  # the storage reads of a progress line, once a second
-                self.progress()
-                self.last_progress = time.time()
+            self.tick()
             time.sleep(0.2)  # a finished trial waits at most this long to be told
 
     def queue_reruns(self) -> bool:
@@ -448,18 +494,23 @@ def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) ->
 
 
 def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
-    """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again."""
+    """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
+    this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
+    keeps them (a database), else its trial is left alone (it may still be running)."""
+    storage = study._storage
+    stale = set(storage._get_stale_trial_ids(study._study_id)) if is_heartbeat_enabled(storage) else set()
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner", "")
-        if owner_alive(owner) is not False:
+        alive = owner_alive(t.user_attrs.get("owner", ""))
+        if alive or (alive is None and t._trial_id not in stale):
             continue
         requeue(study, t.number, t.params, t.user_attrs)
-        study._storage.set_trial_user_attr(t._trial_id, "reason", "its study process died mid-trial; re-run as a new trial")
-        study._storage.set_trial_user_attr(t._trial_id, "stage", "failed")
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        reason = "its study process died mid-trial" if alive is False else "its study process on another machine went silent"
+        storage.set_trial_user_attr(t._trial_id, "reason", f"{reason}; re-run as a new trial")
+        storage.set_trial_user_attr(t._trial_id, "stage", "failed")
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         recovered += 1
-        print(f"trial {t.number}: left running by a dead process; marked failed and queued again", file=out)
+        print(f"trial {t.number}: left running by a {'dead' if alive is False else 'silent'} process; marked failed and queued again", file=out)
     trials = os.path.join(directory, TRIALS_DIR)
     if os.path.isdir(trials):
         for name in os.listdir(trials):

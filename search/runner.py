@@ -7,6 +7,7 @@ import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
+from search.backends import make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           study_command, study_dir, check_space_snapshot, STUDY_FILE)
@@ -69,6 +70,29 @@ def _with_reruns(args, space):
     return dataclasses.replace(space, search=plan)
 
 
+def _tune_options(args, space, settings=None) -> dict:
+    """The Tune scheduler and per-trial resources: flags, else the stored study's, else the space's run table."""
+    options = {}
+    for key in ("scheduler", "gpus_per_trial", "cpus_per_trial"):
+        value = getattr(args, key, None)
+        if value is None:
+            value = getattr(settings, key) if settings is not None else getattr(space, key, None)
+        if value is not None:
+            options[key] = value
+    for key in ("gpus_per_trial", "cpus_per_trial"):
+        if options.get(key) is not None and options[key] < 0:
+            raise SpaceError(f"--{key.replace('_', '-')} must be >= 0, got {options[key]:g}")
+    return options
+
+
+def check_backend_options(settings) -> None:
+    if settings.backend != "tune":
+        given = [f"--{k.replace('_', '-')}" for k in ("gpus_per_trial", "cpus_per_trial") if getattr(settings, k) is not None]
+        given += ["--scheduler asha"] if settings.scheduler != "fifo" else []
+        if given:
+            raise StudyError(f"{', '.join(given)}: for the tune backend (--backend tune); local trials use this machine's CPUs or GPU")
+
+
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
@@ -94,9 +118,11 @@ def start_study(args) -> None:
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,
                              sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or space.trials,
                              timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address,
-                             data=data.root)
+                             data=data.root, **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
+    check_backend_options(settings)
+    backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     try:
@@ -111,7 +137,7 @@ def start_study(args) -> None:
     print(f"study {name}: space {space.name}, {settings.trials} trials, sampler {settings.sampler}, objectives "
           f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}, caps "
           f"{space.caps.artifact_bytes:,} bytes / train {space.caps.train_seconds:g}s / eval {space.caps.eval_seconds:g}s")
-    Coordinator(directory, settings, space, study, data, _device(args, space)).run()
+    Coordinator(directory, settings, space, study, data, _device(args, space), backend=backend).run()
     print(f"results in {directory}; {study_command('status', name, args.results)} for the table")
 
 
@@ -121,8 +147,13 @@ def resume_study(args) -> None:
     for key in ("trials", "timeout", "workers", "backend", "address"):
         if getattr(args, key, None) is not None:
             setattr(settings, key, getattr(args, key))
+    if settings.backend == "ray":  # the plain ray.remote backend, retired: Tune runs such a study now
+        settings.backend = "tune"
+    for key, value in _tune_options(args, space, settings).items():
+        setattr(settings, key, value)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
+    check_backend_options(settings)
     settings.data = _data_root(args, space, settings.data)  # kept, like the other overrides
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)

@@ -50,8 +50,11 @@ class StudySettings:
     trials: int = 10
     timeout: float | None = None
     workers: int = 1
-    backend: str = "local"
-    address: str | None = None
+    backend: str = "local"  # local | tune
+    address: str | None = None  # the Ray cluster's (tune); None: a Ray started on this machine
+    scheduler: str = "fifo"  # tune: fifo (the space's Optuna pruner inside each trial) | asha (Tune's)
+    gpus_per_trial: float | None = None  # tune: None = 1 where the cluster has GPUs, else 0
+    cpus_per_trial: float | None = None  # tune: None = the cluster's CPUs / workers
     data: str | None = None  # the data root, made absolute when the study starts: a resume reads the same data
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
@@ -85,7 +88,16 @@ def default_storage(directory: str, workers: int) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(directory, 'study.db'))}"
 
 
-def open_storage(url: str):
+# A database storage (PostgreSQL, MySQL) keeps a heartbeat per running trial, recorded by the coordinator that
+# runs it; one silent for STALE_SECONDS was left by a coordinator that died, on any machine, and recover_stale
+# fails it and queues it again (on one machine the owner's process identity tells that at once).
+HEARTBEAT_SECONDS = 20
+STALE_SECONDS = 120
+# Optuna warns on every ask from a storage with heartbeats outside Study.optimize: here the coordinator beats.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def open_storage(url: str, stale_seconds: float = STALE_SECONDS):
     """An Optuna storage for a URL; a bad URL or unreachable database is one clear StudyError."""
     try:
         if url.startswith("journal://"):
@@ -98,7 +110,12 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=30)))
         if "://" not in url:
             raise StudyError(f"storage {url!r} is not a URL (e.g. sqlite:///study.db, postgresql://host/db, journal:///path.log)")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+        if url.startswith("sqlite"):  # one worker on one machine: no heartbeat needed
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats are still marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=stale_seconds)
     except StudyError:
         raise
     except Exception as exc:  # SQLAlchemy/driver errors vary by backend; all mean "this storage is unusable"

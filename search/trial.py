@@ -1,13 +1,14 @@
 """One trial, in its own process: train -> intermediate reports (pruning) -> allocation -> files.
 
 `python -m search.trial DIR` reads DIR/request.json (written by the coordinator) and writes into DIR
-only: config.toml, train.log, checkpoint.pgolf, calibration.json, allocation.json, final_model.pgolf,
-train_gpt.py, metrics.json, and last result.json (status complete | pruned | infeasible). A crash, OOM
+only: placement.json, config.toml, train.log, reports.jsonl, checkpoint.pgolf, calibration.json,
+allocation.json, final_model.pgolf, train_gpt.py, metrics.json, and last result.json (status complete | pruned | infeasible). A crash, OOM
 or NaN leaves no result.json; the coordinator then fails this trial alone.
 """
 
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -29,6 +30,8 @@ from space.spec import AllocationSpace, Caps
 
 REQUEST_FILE = "request.json"
 RESULT_FILE = "result.json"
+REPORTS_FILE = "reports.jsonl"  # one [index, bpb] line per validation report, as it is made (Tune reads them live)
+PLACEMENT_FILE = "placement.json"  # where the trial ran: host, Ray node, CUDA_VISIBLE_DEVICES, device
 
 
 def _write_json(directory: str, name: str, data) -> None:
@@ -36,6 +39,21 @@ def _write_json(directory: str, name: str, data) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def read_reports(directory: str) -> list[list]:
+    """The validation reports a trial has made so far (a line still being written is left for the next read)."""
+    try:
+        with open(os.path.join(directory, REPORTS_FILE), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines[:-1] if line]
+
+
+def placement(device) -> dict:
+    return {"host": socket.gethostname(), "node": os.environ.get("PGOLF_NODE") or socket.gethostname(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": str(device)}
 
 
 def _reporter(request: dict):
@@ -77,6 +95,7 @@ def run_trial(directory: str) -> dict:
     alloc_space = AllocationSpace(**request["allocation"])
     log = RunLog(os.path.join(directory, "train.log"), echo=False)
     runtime = setup_runtime(request.get("device"))
+    _write_json(directory, PLACEMENT_FILE, placement(runtime.device))
     log(f"trial {request['trial_number']} of {request['study']} on {runtime.device}: {data.describe()}")
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(config))
@@ -94,6 +113,8 @@ def run_trial(directory: str) -> dict:
         # Reports come every val_every_seconds of training (every val_every steps at a fixed-compute proxy): the
         # k-th report of every trial is at the same training time, or step, which is what the pruner compares.
         reports.append((len(reports) + 1, bpb))
+        with open(os.path.join(directory, REPORTS_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(reports[-1]) + "\n")
         if on_val is not None:
             on_val(len(reports), bpb)
 

@@ -6,7 +6,8 @@ A space file (TOML) has these tables:
     [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints
     [run]                 base (a shipped config name, or a TOML path relative to the space file),
                           data (a data root; "" = PGOLF_DATA, else ../shared/data beside the checkout),
-                          device ("auto" | "cpu" | "cuda")
+                          device ("auto" | "cpu" | "cuda"), gpus_per_trial, cpus_per_trial (the tune backend's
+                          resources per trial; unset = 1 GPU where the cluster has GPUs, its CPUs / workers)
     [base.<section>]      values set on top of the base config for every trial
     [dims."section.key"]  one search dimension per config key: {choices = [...]} or
                           {low, high, step?, log?} (ints if low and high are ints)
@@ -126,6 +127,8 @@ class Space:
     allocation: AllocationSpace
     data: str = ""
     device: str = "auto"
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
     source: str = ""
     trials: int = 10
     timeout: float | None = None
@@ -279,8 +282,12 @@ def space_from_dict(data: dict, source: str = "") -> Space:
         raise SpaceError("caps.artifact_bytes, caps.train_seconds and caps.eval_seconds must be positive")
     run = _table("run", data.get("run", {}))
     for key in run:
-        if key not in ("base", "data", "device"):
+        if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial"):
             raise SpaceError(f"unknown key run.{key}")
+    resources = {key: _typed(f"run.{key}", run[key], float) for key in ("gpus_per_trial", "cpus_per_trial") if key in run}
+    for key, value in resources.items():
+        if value < 0:
+            raise SpaceError(f"run.{key} must be >= 0, got {value:g}")
     device = _typed("run.device", run.get("device", "auto"), str)
     if device not in ("auto", "cpu", "cuda"):
         raise SpaceError(f"run.device must be auto, cpu or cuda, got {device!r}")
@@ -302,7 +309,7 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     space = Space(name=_typed("name", data.get("name", os.path.splitext(os.path.basename(source))[0] or "space"), str),
                   description=_typed("description", data.get("description", ""), str), caps=caps, base=base, dims=dims,
                   baseline=baseline, allocation=allocation_from_dict(data.get("allocation", {})),
-                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source,
+                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source, **resources,
                   trials=_typed("trials", data.get("trials", 10), int),
                   timeout=_typed("timeout", data["timeout"], float) if "timeout" in data else None,
                   search=search_plan_from_dict(data.get("search", {})))

@@ -44,6 +44,15 @@ def run_cli(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
 
 
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server of this test's own (tests/postgres.py)."""
+    from postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
 MICRO_SPACE = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
 
 

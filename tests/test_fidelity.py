@@ -82,15 +82,11 @@ def test_a_pareto_study_promotes_by_front(tmp_path):
 
 def test_a_fixed_compute_proxy_study_reports_its_extrapolation(tmp_path):
     import json
-    import shutil
 
-    from test_search import MICRO, load, search
+    from test_search import load, micro_with, search
 
-    space = tmp_path / "micro_proxy.toml"
-    shutil.copyfile(MICRO, space)
-    with open(space, "a", encoding="utf-8") as f:
-        f.write('\n[search]\nproxy_steps = 20\ntarget_steps = 80\ngap_growth = 0.5\n')
-    result = search("run", "--space", str(space), "--study", "x", "--trials", "1", results=tmp_path)
+    space = micro_with(tmp_path, "micro_proxy.toml", '\n[search]\nproxy_steps = 20\ntarget_steps = 80\ngap_growth = 0.5\n')
+    result = search("run", "--space", space, "--study", "x", "--trials", "1", results=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     trial = load(tmp_path, "x").trials[0]
     metrics = json.loads((tmp_path / "x" / "trials" / "0000" / "metrics.json").read_text())

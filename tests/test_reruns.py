@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -10,7 +9,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.confirm import step_comparison
 from search.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, configurations, queue_reruns, ranking_lines
-from test_search import MICRO, load, search
+from test_search import load, micro_with, search
 
 FEASIBLE = {"constraints:artifact_bytes": -1.0, "constraints:train_seconds": -1.0, "constraints:eval_seconds": -1.0}
 
@@ -46,11 +45,8 @@ def test_a_rerun_that_trained_materially_fewer_steps_is_flagged():
 
 
 def test_a_study_reruns_its_best_configuration_and_times_every_phase(tmp_path):
-    space = tmp_path / "micro_reruns.toml"
-    shutil.copyfile(MICRO, space)
-    with open(space, "a", encoding="utf-8") as f:
-        f.write('\n[search]\nrerun_top = 1\nrerun_seeds = 1\n')
-    result = search("run", "--space", str(space), "--study", "r", "--trials", "2", results=tmp_path)
+    space = micro_with(tmp_path, "micro_reruns.toml", '\n[search]\nrerun_top = 1\nrerun_seeds = 1\n')
+    result = search("run", "--space", space, "--study", "r", "--trials", "2", results=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     study = load(tmp_path, "r")
     reruns = [t for t in study.trials if RERUN_ATTR in t.user_attrs]

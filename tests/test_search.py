@@ -18,6 +18,19 @@ from objectives.constraints import named_constraints
 MICRO = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
 
 
+def micro_with(folder, name: str, append: str = "", replace: tuple[str, str] | None = None) -> str:
+    """A copy of the micro space in `folder` with a table appended and/or one line replaced."""
+    with open(MICRO, encoding="utf-8") as f:
+        text = f.read()
+    if replace:
+        assert replace[0] in text, replace
+        text = text.replace(*replace)
+    path = os.path.join(str(folder), name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + append)
+    return path
+
+
 def search(*args, results):
     return run_cli("search.cli", *args, "--results", str(results))
 
@@ -86,10 +99,12 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
     assert not [p for p in trials.iterdir() if ".partial" in p.name]
 
 
-def test_two_concurrent_processes_share_one_study(tmp_path):
-    journal = f"journal:///{tmp_path}/shared.log"
+@pytest.mark.parametrize("storage", ["journal", "postgres"])
+def test_two_concurrent_processes_share_one_study(tmp_path, storage, request):
+    # A journal file (several processes on one machine) or a real PostgreSQL server (several machines).
+    url = f"journal:///{tmp_path}/shared.log" if storage == "journal" else request.getfixturevalue("postgres_url")
     first = subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--space", MICRO, "--study", "c", "--trials", "4",
-                              "--storage", journal, "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              "--storage", url, "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while not (tmp_path / "c" / "study.json").exists() and first.poll() is None:
         time.sleep(0.1)
     second = subprocess.Popen([sys.executable, "-m", "search.cli", "resume", "c", "--results", str(tmp_path)],
@@ -107,15 +122,25 @@ def test_two_concurrent_processes_share_one_study(tmp_path):
     assert len(owners) == 2
 
 
-def test_ray_backend_runs_a_small_pareto_study(tmp_path):
-    result = search("run", "--space", MICRO, "--study", "r", "--trials", "2", "--backend", "ray",
-                    "--objectives", "bpb,bytes", "--sampler", "nsga2", results=tmp_path)
+def test_tune_backend_with_asha_stops_trials_by_tunes_scheduler_alone(tmp_path):
+    result = search("run", "--space", MICRO, "--study", "a", "--trials", "4", "--workers", "2", "--backend", "tune",
+                    "--scheduler", "asha", "--sampler-seed", "1", results=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    study = load(tmp_path, "r")
-    assert len(finished(study)) == 2 and len(study.directions) == 2
-    for t in finished(study):
-        if t.user_attrs.get("stage") == "complete":
-            assert t.values == [t.user_attrs["val_bpb_post"], t.user_attrs["artifact_bytes"]]
+    study = load(tmp_path, "a")
+    assert len(finished(study)) == 4
+    for t in study.trials:
+        folder = tmp_path / "a" / "trials" / f"{t.number:04d}"
+        if t.user_attrs.get("stage") == "rejected":
+            continue
+        # The Optuna pruner stays out of a trial that Tune schedules: one rule decides, fed by the same reports.
+        assert json.loads((folder / "request.json").read_text())["pruner"] is None
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("stopped by Tune's ASHA at report "), t.user_attrs["reason"]
+            assert json.loads((folder / "result.json").read_text())["status"] == "pruned"
+        else:
+            assert t.state == TrialState.COMPLETE
+        assert re.fullmatch(r"[0-9a-f]{56}", t.user_attrs["placement"]["node"])  # the Ray node it ran on
+    assert list((tmp_path / "a" / "tune").iterdir()), "Tune's own result logs"
 
 
 def one_error_line(result, pattern):
