@@ -222,6 +222,10 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         result.final_train_loss = loss
         now = elapsed + time.perf_counter() - t0
         if cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0):
+            if world_size > 1:  # the step's loss over every rank's share, as one rank with all the micro-batches has it
+                shared = torch.tensor(loss, device=device)
+                dist.all_reduce(shared)
+                loss = float(shared.item()) / world_size
             log(f"step {step}/{cfg.iterations} train_loss {loss:.4f} train_time {now:.1f}s step_avg {1000 * now / step:.1f}ms")
         result.step_seconds.append(now - previous)
         # Stop when the next step would cross the cap, so the training time stays within it: the cap is a

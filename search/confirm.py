@@ -88,9 +88,13 @@ def one_sided_test(losses: list[float], reference_nats: float, margin: float = R
 
 
 def confirm(name: str, results: str, number: int | None, seeds: int, reference_bpb: float | None, device: str | None = None,
-            log=print, same_steps: bool = False) -> dict:
+            log=print, same_steps: bool = False, ranks: int = 1) -> dict:
     """same_steps: train exactly the trial's step count, with no wallclock cap (a fixed-compute re-run: how
-    busy the machine is no longer changes what is trained; its training time is then not checked)."""
+    busy the machine is no longer changes what is trained; its training time is then not checked).
+    ranks: each run under torchrun with this many ranks on this machine (the challenge's 8 GPUs: ranks=8), each
+    rank a share of every step's batch, as the exported script runs."""
+    if ranks < 1:
+        raise StudyError(f"--ranks must be at least 1, got {ranks}")
     directory, settings, trial = find_trial(name, results, number)
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
@@ -111,7 +115,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
     runs = []
     for seed in seed_list:
-        out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else ""))
+        out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else "")
+                           + (f"-ranks{ranks}" if ranks > 1 else ""))
         if not os.path.exists(os.path.join(out, "metrics.json")):
             config.train.seed = seed
             config_path = out + ".toml"
@@ -119,7 +124,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             with open(config_path, "w", encoding="utf-8") as f:
                 f.write(config_to_toml(config))
             data = trial_data(directory, trial.number)
-            command = [sys.executable, "-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
+            launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [])
+            command = launcher + ["-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
                        "--tokenizer", data["tokenizer"], "--out", out, "--force"] + (["--device", device] if device else [])
             log(f"seed {seed}: training ({out})")
             code, stderr = run_child(command)

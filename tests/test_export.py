@@ -120,6 +120,24 @@ def test_confirm_retrains_with_new_seeds_and_tests_against_the_reference(micro_s
     assert len(os.listdir(results / name / "confirm")) >= 2
 
 
+def test_confirm_under_torchrun_with_two_ranks_trains_the_model_one_rank_trains(micro_study):
+    results, name = micro_study
+    bpbs = {}
+    for ranks in (1, 2):
+        done = cli("confirm", name, "--trial", "0", "--seeds", "2", "--same-steps", "--ranks", str(ranks), "--reference", "9.0",
+                   results=results)
+        assert done.returncode == 0, done.stderr
+        for seed in (1, 2):
+            folder = results / name / "confirm" / (f"0000-seed{seed}-steps" + ("-ranks2" if ranks == 2 else ""))
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["world_size"] == ranks
+            bpbs[ranks, seed] = metrics["val_bpb_post"]
+    # The same sequences, each step's batch split over the ranks and the gradients averaged: the same model up to
+    # float rounding in the reduction order (tests/test_torchrun.py bounds the exported script the same way).
+    for seed in (1, 2):
+        assert abs(bpbs[1, seed] - bpbs[2, seed]) < 0.01, bpbs
+
+
 def test_one_sided_t_test_matches_known_values():
     from search.confirm import one_sided_test, student_t_cdf
 
