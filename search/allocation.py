@@ -612,11 +612,12 @@ def rank_on_prefix(candidates: list, data, runtime) -> list:
     luts = ByteLuts(load_tokenizer(data.tokenizer, vocab_size), vocab_size)
     models = [load_model(c.blob, runtime.device) for c in candidates]
     seq_len = models[0][2].seq_len
-    split = validation_tokens(data.val_pattern, seq_len, vocab_size).numel() - 1
+    whole = validation_tokens(data.val_pattern, seq_len, vocab_size)  # read once: each prefix is a slice of it
+    split = whole.numel() - 1
     limit = PREFIX_START
     while True:
         limit = 0 if limit > split // 4 else limit
-        tokens = validation_tokens(data.val_pattern, seq_len, vocab_size, limit)
+        tokens = whole if limit == 0 else whole[: max(limit // seq_len, 1) * seq_len + 1]  # whole sequences, +1 target
         losses = []
         for model, _, eval_cfg in models:
             trace = Trace(tokens.numel() - 1)

@@ -99,3 +99,27 @@ def test_one_size_table_gives_the_options_and_the_byte_calibration():
     assert calibration["bits_per_weight"]["matrix/4/12.85"] == 8 * symbols / w.numel()
     assert calibration == measure_calibration(state, [4, 8], [0.0, 12.85])
 
+
+
+def test_rank_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tmp_path):
+    from conftest import TOKENIZER, VAL_PATTERN, small_config
+    from pgolf.datasets import DataPaths
+    from pgolf.run import read_model_file, run
+    from pgolf.shards import validation_tokens
+    from pgolf.submission import setup_runtime
+    from search.allocation import PREFIX_START, rank_on_prefix
+
+    data = DataPaths(train_pattern=TRAIN_PATTERN, val_pattern=VAL_PATTERN, tokenizer=TOKENIZER, vocab_size=1024)
+    candidates = []
+    for bits in (2, 8):  # one model (same seed and steps), stored at two widths: int2 is far worse
+        config = small_config(train=dict(iterations=60, warmdown_iters=20), quant=dict(bits={"*": bits}))
+        run(config, data, str(tmp_path / f"int{bits}"), device="cpu")
+        candidate = Candidate(f"int{bits}", config, 0, 0.0)
+        candidate.blob = read_model_file(str(tmp_path / f"int{bits}"))
+        candidates.append(candidate)
+    ranked = rank_on_prefix(candidates, data, setup_runtime("cpu"))
+    assert [c.label for c in ranked] == ["int8", "int2"]
+    # Told apart on the first prefix (whole sequences of the model's eval length, +1 target), not the whole split.
+    seq_len = 64
+    assert ranked[0].subset_tokens == ranked[1].subset_tokens == (PREFIX_START // seq_len) * seq_len
+    assert ranked[0].subset_tokens < validation_tokens(VAL_PATTERN, seq_len, 1024).numel() - 1
