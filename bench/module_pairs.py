@@ -95,7 +95,8 @@ def run_one(arm: str, seed: int, data_root: str) -> dict:
             "ms_per_step": 1000 * m["train_seconds"] / max(m["steps"], 1), "threads": int(os.environ.get("OMP_NUM_THREADS", 0) or 0)}
 
 
-def table(records: list[dict], seeds: list[int], arms: list[str], markdown: bool = False) -> str:
+def table(records: list[dict], seeds: list[int], arms: list[str], markdown: bool = False, ms_seeds: list[int] | None = None) -> str:
+    """ms_seeds: the seeds whose ms/step are averaged (default: all), e.g. those measured on an otherwise idle machine."""
     def find(arm, seed):
         key = config_key(arm_config(arm, seed))
         return next((r for r in reversed(records) if r["arm"] == arm and r["seed"] == seed and r["config_key"] == key), None)
@@ -112,7 +113,8 @@ def table(records: list[dict], seeds: list[int], arms: list[str], markdown: bool
             lines.append(f"| `{arm}` | {ref or ''} | 0 | | | | |" if markdown else f"{arm:<24}{ref or '':<7}{0:>3}")
             continue
         mean_bpb = statistics.mean(o["val_bpb_post"] for _, o in rows)
-        ms = statistics.mean(o["ms_per_step"] for _, o in rows)
+        timed = [o["ms_per_step"] for _, o in rows if ms_seeds is None or o["seed"] in ms_seeds]
+        ms = statistics.mean(timed) if timed else float("nan")
         nbytes = statistics.mean(o["artifact_bytes"] for _, o in rows)
         diff = se = ""
         if ref:
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--data", default=default_data_root())
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the table as the README's markdown")
+    parser.add_argument("--ms-seeds", type=int, nargs="+", help="average ms/step over these seeds only (default: all)")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a] or list(ARMS)
     unknown = [a for a in arms if a not in ARMS]
@@ -151,7 +154,7 @@ def main() -> None:
             with open(RECORDS, "a", encoding="utf-8") as f:  # one line per write: shards append side by side
                 f.write(json.dumps(record) + "\n")
     print(f"tiny, 200 steps, seeds {args.seeds}; diff = switch - reference, paired over seeds")
-    print(table(load_records(), args.seeds, [a for a in wanted], args.markdown))
+    print(table(load_records(), args.seeds, [a for a in wanted], args.markdown, args.ms_seeds))
 
 
 if __name__ == "__main__":

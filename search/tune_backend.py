@@ -63,13 +63,16 @@ def connect(address: str | None) -> bool:
         except OSError as exc:
             raise StudyError(f"no Ray cluster at {address} ({exc.strerror or exc}): start one with `ray start --head` "
                              f"on the head node, or leave --address unset for a Ray on this machine") from None
+    # Ray's and Tune's own warnings (token authentication, metrics of a trial stopped before its first result)
+    # would interleave with the study's lines; errors still show.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
             # "local": a Ray of its own, even where another one runs on this machine (ray.init would join that one)
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {str(exc).strip().splitlines()[0]}") from None
     return True
