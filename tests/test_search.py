@@ -122,27 +122,6 @@ def test_two_concurrent_processes_share_one_study(tmp_path, storage, request):
     assert len(owners) == 2
 
 
-def test_tune_backend_with_asha_stops_trials_by_tunes_scheduler_alone(tmp_path):
-    result = search("run", "--space", MICRO, "--study", "a", "--trials", "4", "--workers", "2", "--backend", "tune",
-                    "--scheduler", "asha", "--sampler-seed", "1", results=tmp_path)
-    assert result.returncode == 0, result.stderr + result.stdout
-    study = load(tmp_path, "a")
-    assert len(finished(study)) == 4
-    for t in study.trials:
-        folder = tmp_path / "a" / "trials" / f"{t.number:04d}"
-        if t.user_attrs.get("stage") == "rejected":
-            continue
-        # The Optuna pruner stays out of a trial that Tune schedules: one rule decides, fed by the same reports.
-        assert json.loads((folder / "request.json").read_text())["pruner"] is None
-        if t.state == TrialState.PRUNED:
-            assert t.user_attrs["reason"].startswith("stopped by Tune's ASHA at report "), t.user_attrs["reason"]
-            assert json.loads((folder / "result.json").read_text())["status"] == "pruned"
-        else:
-            assert t.state == TrialState.COMPLETE
-        assert re.fullmatch(r"[0-9a-f]{56}", t.user_attrs["placement"]["node"])  # the Ray node it ran on
-    assert list((tmp_path / "a" / "tune").iterdir()), "Tune's own result logs"
-
-
 def one_error_line(result, pattern):
     import re
 

@@ -20,7 +20,7 @@ CAP = 179_000
 REJECTING = ("artifact_bytes = 185_000", f"artifact_bytes = {CAP}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes():
     from ray.cluster_utils import Cluster
 
@@ -42,12 +42,35 @@ def placements(folder) -> dict:
     return found
 
 
+def test_a_ray_address_with_nothing_behind_it_is_one_line_and_stores_nothing(tmp_path):
+    from postgres import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "n", "--backend", "tune",
+                          "--address", address, results=tmp_path), rf"no Ray cluster at {address}")
+    assert not (tmp_path / "n").exists()
+
+
+def test_more_gpus_per_trial_than_any_node_has_is_one_line_and_stores_nothing(tmp_path, two_nodes):
+    cluster, _, _ = two_nodes
+    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "g", "--backend", "tune",
+                          "--address", cluster.address, "--gpus-per-trial", "3", results=tmp_path),
+                   r"a trial asks for 3 GPU\(s\) .* more than any node of the Ray cluster has \(the largest: 2 GPU\(s\)")
+    assert not (tmp_path / "g").exists()
+
+
+def test_tune_options_are_refused_for_the_local_backend(tmp_path):
+    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "l", "--scheduler", "asha",
+                          results=tmp_path), r"--scheduler asha: for the tune backend")
+
+
+# Last in this file: it removes the worker node of the module's cluster.
 @pytest.mark.timeout(900)
 def test_a_tune_study_on_two_nodes_over_postgres_keeps_every_trial_when_a_node_dies(tmp_path, two_nodes, postgres_url):
     cluster, head, worker = two_nodes
     space = micro_with(tmp_path, "micro_tune.toml", replace=REJECTING)
     command = [sys.executable, "-m", "search.cli", "run", "--space", space, "--study", "t", "--trials", "10", "--workers", "4",
-               "--backend", "tune", "--address", cluster.address, "--storage", postgres_url, "--sampler-seed", "0",
+               "--backend", "tune", "--address", cluster.address, "--scheduler", "asha", "--storage", postgres_url, "--sampler-seed", "0",
                "--results", str(tmp_path)]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trials = tmp_path / "t" / "trials"
@@ -83,6 +106,10 @@ def test_a_tune_study_on_two_nodes_over_postgres_keeps_every_trial_when_a_node_d
     nodes = set()
     for t in trained:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.number, t.state, t.user_attrs.get("reason"))
+        # Tune's ASHA alone stops trials early, from the same validation reports: the Optuna pruner stays out.
+        assert json.loads((trials / f"{t.number:04d}" / "request.json").read_text())["pruner"] is None
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("stopped by Tune's ASHA at report "), t.user_attrs["reason"]
         placement = t.user_attrs["placement"]
         assert placement["node"] in (head, worker.node_id) and placement["device"] == "cpu"
         assert placement["cuda_visible_devices"] in ("0", "1")  # one logical GPU of its node, set by Ray
@@ -91,28 +118,10 @@ def test_a_tune_study_on_two_nodes_over_postgres_keeps_every_trial_when_a_node_d
             assert set(named_constraints(t)) == {"artifact_bytes", "train_seconds", "eval_seconds"}
             assert t.values[0] == t.user_attrs["val_bpb_post"]
     assert nodes == {head, worker.node_id}
-    # The trial that was training on the removed node ran again, from its request alone, on the head node.
+    assert list((tmp_path / "t" / "tune").glob("run-*/trial-*/result.json")), "Tune's own result logs"
     status = search("status", "t", results=tmp_path)
     assert status.returncode == 0, status.stderr
-
-
-def test_a_ray_address_with_nothing_behind_it_is_one_line_and_stores_nothing(tmp_path):
-    from postgres import free_port
-
-    address = f"127.0.0.1:{free_port()}"
-    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "n", "--backend", "tune",
-                          "--address", address, results=tmp_path), rf"no Ray cluster at {address}")
-    assert not (tmp_path / "n").exists()
-
-
-def test_more_gpus_per_trial_than_any_node_has_is_one_line_and_stores_nothing(tmp_path, two_nodes):
-    cluster, _, _ = two_nodes
-    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "g", "--backend", "tune",
-                          "--address", cluster.address, "--gpus-per-trial", "3", results=tmp_path),
-                   r"a trial asks for 3 GPU\(s\) .* more than any node of the Ray cluster has \(the largest: 2 GPU\(s\)")
-    assert not (tmp_path / "g").exists()
-
-
-def test_tune_options_are_refused_for_the_local_backend(tmp_path):
-    one_error_line(search("run", "--space", micro_with(tmp_path, "m.toml"), "--study", "l", "--scheduler", "asha",
-                          results=tmp_path), r"--scheduler asha: for the tune backend")
+    counts = {s.name: sum(t.state == s for t in study.trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    print(f"tune on 2 nodes over PostgreSQL, worker node removed: {len(study.trials)} trials, {counts}, "
+          f"{sum(t.user_attrs.get('stage') == 'rejected' for t in study.trials)} rejected before training, "
+          f"{sum(t.user_attrs.get('stage') == 'pruned' for t in study.trials)} stopped by ASHA, nodes {len(nodes)}")
