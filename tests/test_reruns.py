@@ -63,6 +63,8 @@ def test_a_study_reruns_its_best_configuration_and_times_every_phase(tmp_path):
     assert {"start-up", "training", "validation reports", "pre-quant score", "allocation: confirm"} <= set(phases)
     assert 0 < sum(phases.values()) <= (original.datetime_complete - original.datetime_start).total_seconds()
     assert "val_bpb_pre" not in metrics and metrics["subset_tokens"] == 2048 and "quant_gap_bpb" in metrics
+    # The sampler (unseeded) may have drawn the original's configuration again: that trial is one more seed of it.
+    seeds_of_it = sum(t.params == original.params for t in study.trials if t.state == TrialState.COMPLETE)
     status = search("status", "r", results=tmp_path)
-    assert "configurations re-run with new seeds" in status.stdout and "over 2 seeds" in status.stdout, status.stdout
+    assert "configurations re-run with new seeds" in status.stdout and f"over {seeds_of_it} seeds" in status.stdout, status.stdout
     assert os.path.isdir(tmp_path / "r" / "trials" / f"{reruns[0].number:04d}")
