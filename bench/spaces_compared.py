@@ -38,7 +38,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print(f"\nbest feasible post-roundtrip bpb, {args.budget:.0f} s of starting trials per arm:")
     for tag, space in (("a", args.a), ("b", args.b)):
-        arm = [r for r in rows if r["space"] == space and f"-{tag}-" in r["arm"]]
+        arm = [r for r in rows if r["space"] == space and f"-{tag}-" in r["study"]]
         print(f"  {space:40s} " + "  ".join(f"{r['best_bpb']:.4f}" if r["best_bpb"] is not None else "-" for r in arm)
               + f"   (trials: {[r['trials'] for r in arm]}, seeds {[r['seed'] for r in arm]})")
     pairs = [(a["best_bpb"], b["best_bpb"]) for a, b in zip(rows[0::2], rows[1::2]) if a["best_bpb"] and b["best_bpb"]]
