@@ -110,6 +110,10 @@ class TrainConfig:
     qat_fraction: float = 0.0
     qat_bits: int = 6
     qat_clip: float = 0.0
+    # The token-side matrices (tied embedding/head, untied head, factored up-projection) fake-quantized too,
+    # at their own width and clip, over the same phase: 0 = left alone (they are stored at their own width).
+    qat_embed_bits: int = 0
+    qat_embed_clip: float = 0.0
     # Rate term, with QAT only: rate_lambda x the estimated coded bits per weight of the fake-quantized
     # matrices is added to the loss, trading a little loss for bytes. 0 = off.
     rate_lambda: float = 0.0
@@ -347,6 +351,9 @@ def validate(config: RunConfig) -> None:
     _check(0 <= t.qat_fraction <= 1, f"train.qat_fraction must be in [0, 1], got {t.qat_fraction}")
     _check(2 <= t.qat_bits <= 8, f"train.qat_bits must be 2..8, got {t.qat_bits}")
     _check(t.qat_clip >= 0, f"train.qat_clip must be non-negative, got {t.qat_clip}")
+    _check(t.qat_embed_bits == 0 or 2 <= t.qat_embed_bits <= 8, f"train.qat_embed_bits must be 0 (off) or 2..8, got {t.qat_embed_bits}")
+    _check(t.qat_embed_clip >= 0, f"train.qat_embed_clip must be non-negative, got {t.qat_embed_clip}")
+    _check(t.qat_embed_bits == 0 or t.qat_fraction > 0, "train.qat_embed_bits needs QAT (train.qat_fraction > 0)")
     _check(t.rate_lambda >= 0, f"train.rate_lambda must be non-negative, got {t.rate_lambda}")
     _check(t.rate_lambda == 0 or t.qat_fraction > 0, "train.rate_lambda needs QAT (train.qat_fraction > 0)")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")

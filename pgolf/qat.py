@@ -6,8 +6,10 @@ symmetric signed integers of `qat_bits` with one step per row, the step as `pgol
 (clip k > 0: k * row std / qmax; k = 0: row absmax / qmax, floored at 1 / qmax like the stored rule; the
 stored k = 0 rule clips at a percentile of |w|, a sort per row that is too costly per step, and for rows
 of under ~600k weights that percentile is the row max anyway). Gradients pass straight through.
-The embedding is left alone: its storage bits usually differ from the matrices' (int7/int8/fp16 in the
-records) and no key names them.
+The token-side matrices (the tied embedding/head, an untied head, a factored embedding's up-projection) are
+stored at their own width (int7/int8/fp16 in the records), so they get their own keys: `qat_embed_bits`
+(0 = left alone) and `qat_embed_clip`. A tied embedding is fake-quantized once and seen so both as the
+input lookup and as the output head, as the stored one is used.
 
 How it hooks in: `QATForward` wraps the model and calls it through `torch.func.functional_call` with the
 fake-quantized matrices in place of the parameters. The model code is untouched, state-dict names stay
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pgolf.model import is_control_tensor
+from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
 
 QAT_PROGRESS_TOLERANCE = 1e-9  # so that e.g. step 140 of 200 counts as reaching 1 - 0.3
 
@@ -43,6 +45,11 @@ def qat_due(step: int, elapsed_s: float, cfg) -> bool:
 def qat_matrix_names(model: nn.Module) -> list[str]:
     """The block matrices (the ones Muon trains), as named in the model's state dict."""
     return [f"blocks.{name}" for name, p in model.blocks.named_parameters() if p.ndim == 2 and not is_control_tensor(name)]
+
+
+def qat_embedding_names(model: nn.Module) -> list[str]:
+    """The token-side matrices, as named in the model's state dict."""
+    return [name for name, p in model.named_parameters() if p.ndim == 2 and name.startswith(EMBEDDING_PREFIXES)]
 
 
 def qat_row_steps(w: Tensor, bits: int, clip_k: float) -> Tensor:
@@ -80,26 +87,30 @@ def soft_entropy_bits(w: Tensor, bits: int, clip_k: float) -> Tensor:
 
 
 class QATForward(nn.Module):
-    """The model's forward with its block matrices fake-quantized while `active` (else the model as is)."""
+    """The model's forward with its block matrices (and, with embed_bits, its token-side matrices)
+    fake-quantized while `active` (else the model as is)."""
 
-    def __init__(self, model: nn.Module, bits: int, clip_k: float):
+    def __init__(self, model: nn.Module, bits: int, clip_k: float, embed_bits: int = 0, embed_clip_k: float = 0.0):
         super().__init__()
         self.model = model
-        self.bits, self.clip_k = bits, clip_k
-        self.names = qat_matrix_names(model)
+        # name -> (bits, clip) of every fake-quantized matrix
+        self.grids = {name: (bits, clip_k) for name in qat_matrix_names(model)}
+        if embed_bits:
+            self.grids.update({name: (embed_bits, embed_clip_k) for name in qat_embedding_names(model)})
+        self.names = list(self.grids)
         self.active = False
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
         if not self.active:
             return self.model(input_ids, target_ids)
-        fq = {name: fake_quantize(self.model.get_parameter(name), self.bits, self.clip_k) for name in self.names}
+        fq = {name: fake_quantize(self.model.get_parameter(name), *grid) for name, grid in self.grids.items()}
         return functional_call(self.model, fq, (input_ids, target_ids))
 
     def rate_bits(self) -> Tensor:
         """Estimated coded bits per weight of the fake-quantized matrices, averaged over all their weights."""
         total, count = 0.0, 0
-        for name in self.names:
+        for name, grid in self.grids.items():
             w = self.model.get_parameter(name)
-            total = total + soft_entropy_bits(w, self.bits, self.clip_k) * w.numel()
+            total = total + soft_entropy_bits(w, *grid) * w.numel()
             count += w.numel()
         return total / count

@@ -134,7 +134,7 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)
     # QAT wraps the model (no wrapper at all when off, so existing runs are unchanged bit for bit).
-    qat = QATForward(model, cfg.qat_bits, cfg.qat_clip) if cfg.qat_fraction > 0 else None
+    qat = QATForward(model, cfg.qat_bits, cfg.qat_clip, cfg.qat_embed_bits, cfg.qat_embed_clip) if cfg.qat_fraction > 0 else None
     forward = maybe_compile(model if qat is None else qat, cfg.compile, device)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -208,7 +208,8 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
     while step < cfg.iterations:
         if qat is not None and qat_next and not qat.active:
             qat.active = True
-            log(f"step {step}/{cfg.iterations} qat on: int{cfg.qat_bits} clip {cfg.qat_clip:g} rate_lambda {cfg.rate_lambda:g}")
+            embed = f" embedding int{cfg.qat_embed_bits} clip {cfg.qat_embed_clip:g}" if cfg.qat_embed_bits else ""
+            log(f"step {step}/{cfg.iterations} qat on: int{cfg.qat_bits} clip {cfg.qat_clip:g}{embed} rate_lambda {cfg.rate_lambda:g}")
         if stage_next > stage:
             stage = stage_next
             if cfg.seq_len_stages:

@@ -92,6 +92,7 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
     train = data["train"]
     if train["qat_fraction"] == 0:
         train["rate_lambda"] = 0.0  # the rate term acts on the fake-quantized matrices: none without QAT
+        train["qat_embed_bits"] = 0  # nor is the embedding fake-quantized
     if train["max_wallclock_seconds"] <= 0 or train["max_wallclock_seconds"] > space.caps.train_seconds:
         train["max_wallclock_seconds"] = space.caps.train_seconds
     try:

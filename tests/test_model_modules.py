@@ -275,7 +275,7 @@ def test_every_module_traces_as_one_graph_and_scores_in_full_precision():
 
 
 def test_every_module_on_trains_with_qat_calibrates_exports_and_scores_as_in_memory():
-    config = small_config(model=ALL_ON, train=dict(iterations=3, qat_fraction=0.5),
+    config = small_config(model=ALL_ON, train=dict(iterations=3, qat_fraction=0.5, qat_embed_bits=6),
                           quant=dict(quantizer={"*": "gptq"}, calib_tokens=2048), eval=dict(repeats=3, stride=32))
     model, result = train_model(config, TRAIN_PATTERN, CPU)
     assert result.steps == 3 and math.isfinite(result.final_train_loss)

@@ -94,3 +94,39 @@ def test_qat_with_a_looped_segment_quantizes_each_shared_matrix_once_per_forward
     matrices = len(QATForward(model, 5, 8.0).names)
     assert matrices == 2 * 6 and len(calls) == 3 * matrices  # 2 blocks x (4 attention + 2 MLP), 3 steps
     assert np.isfinite(result.final_train_loss)
+
+
+def test_embedding_qat_fake_quantizes_the_tied_embedding_on_its_own_grid_once_per_forward(monkeypatch):
+    model, _ = train_model(small_config(train=dict(iterations=1)), TRAIN_PATTERN, CPU, log=lambda m: None)
+    assert "tok_emb.weight" not in QATForward(model, 5, 8.0).names  # off by default
+    wrapped = QATForward(model, 5, 8.0, embed_bits=6, embed_clip_k=12.0)
+    assert wrapped.grids["tok_emb.weight"] == (6, 12.0) and wrapped.grids[wrapped.names[0]] == (5, 8.0)
+    calls = []
+    real = pgolf.qat.fake_quantize
+    monkeypatch.setattr(pgolf.qat, "fake_quantize", lambda w, bits, clip: calls.append((w, bits)) or real(w, bits, clip))
+    wrapped.active = True
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss = wrapped(ids[:, :-1], ids[:, 1:])
+        embedding = model.tok_emb.weight
+        assert sum(w is embedding for w, _ in calls) == 1  # once, whether read as the lookup or as the head
+        # The same as the model with the embedding replaced by its stored (quantized, dequantized) rows.
+        q, scale = quantize_tensor(embedding.float(), 6, 12.0, 99.99984)
+        original = embedding.clone()
+        matrices = {n: real(model.get_parameter(n), *wrapped.grids[n]) for n in wrapped.names if n != "tok_emb.weight"}
+        for name, value in matrices.items():
+            model.get_parameter(name).copy_(value)
+        embedding.copy_(dequantize_tensor(q, scale, torch.float32).to(embedding.dtype))
+        assert torch.equal(loss, model(ids[:, :-1], ids[:, 1:]))
+        embedding.copy_(original)
+
+
+def test_embedding_qat_changes_training_and_needs_qat_on():
+    _, matrices_only = trained_state(qat_fraction=0.5, qat_bits=5, qat_clip=8.0)
+    _, with_embedding = trained_state(qat_fraction=0.5, qat_bits=5, qat_clip=8.0, qat_embed_bits=3, qat_embed_clip=4.0)
+    assert with_embedding != matrices_only
+    from pgolf.config import ConfigError
+    with pytest.raises(ConfigError, match="qat_embed_bits needs QAT"):
+        small_config(train=dict(qat_embed_bits=6))
+    with pytest.raises(ConfigError, match="qat_embed_bits must be 0"):
+        small_config(train=dict(qat_fraction=0.3, qat_embed_bits=9))
