@@ -33,8 +33,18 @@ def trial_rows(study) -> list[dict]:
             "feasible": is_feasible(t.constraints) if t.constraints else None,  # a pruned or running trial has none
             "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
             "retry_of": t.user_attrs.get("retry_of"), "rerun_of": t.user_attrs.get(RERUN_ATTR), "seed": t.user_attrs.get(SEED_ATTR),
+            "ran_on": placement_label(t.user_attrs.get("placement")),
         })
     return rows
+
+
+def placement_label(placement: dict | None) -> str | None:
+    """Where a trial ran, short: its Ray node id (or host) and the GPUs it saw."""
+    if not placement:
+        return None
+    node = str(placement.get("node") or placement.get("host") or "?")[:12]
+    gpus = placement.get("cuda_visible_devices")
+    return node + (f" gpu {gpus}" if gpus else "")
 
 
 def _fmt(value, spec: str) -> str:
@@ -50,7 +60,11 @@ def print_status(name: str, results: str) -> None:
     rows = trial_rows(study)
     # With a proxy budget: each trial's bpb extrapolated to the target budget beside the proxy's real one.
     target = any(row["extrapolated"] is not None for row in rows)
-    print(f"{'#':>4} {'state':<10} {'bpb':>8}" + (f" {'@target':>8}" if target else "") + f" {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}  note")
+    # Where each trial ran, once that tells something: more than one node or host, or GPUs.
+    places = {row["ran_on"] for row in rows if row["ran_on"]}
+    where = len(places) > 1 or any(" gpu " in p for p in places)
+    print(f"{'#':>4} {'state':<10} {'bpb':>8}" + (f" {'@target':>8}" if target else "") + f" {'bytes':>12} {'train s':>8} {'eval s':>7} {'feasible':>8}"
+          + (f"  {'ran on':<20}" if where else "") + "  note")
     for row in rows:
         note = "baseline" if row["baseline"] else ""
         if row["rerun_of"] is not None:
@@ -62,7 +76,8 @@ def print_status(name: str, results: str) -> None:
         feasible = "-" if row["feasible"] is None else "yes" if row["feasible"] else "no"
         print(f"{row['number']:>4} {row['state']:<10} {_fmt(row['bpb'], '.4f'):>8}" + (f" {_fmt(row['extrapolated'], '.4f'):>8}" if target else "")
               + f" {_fmt(row['bytes'], ',d'):>12} "
-              f"{_fmt(row['train_s'], '.1f'):>8} {_fmt(row['eval_s'], '.1f'):>7} {feasible:>8}  {note[:90]}")
+              f"{_fmt(row['train_s'], '.1f'):>8} {_fmt(row['eval_s'], '.1f'):>7} {feasible:>8}"
+              + (f"  {row['ran_on'] or '-':<20}" if where else "") + f"  {note[:90]}")
     if target:
         print("@target: the bpb extrapolated from the proxy budget to the target budget (search/extrapolate.py), a prediction")
     for line in ranking_lines(study):

@@ -121,6 +121,7 @@ def test_a_tune_study_on_two_nodes_over_postgres_keeps_every_trial_when_a_node_d
     assert list((tmp_path / "t" / "tune").glob("run-*/trial-*/result.json")), "Tune's own result logs"
     status = search("status", "t", results=tmp_path)
     assert status.returncode == 0, status.stderr
+    assert "ran on" in status.stdout and f"{worker.node_id[:12]} gpu " in status.stdout and f"{head[:12]} gpu " in status.stdout
     counts = {s.name: sum(t.state == s for t in study.trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     print(f"tune on 2 nodes over PostgreSQL, worker node removed: {len(study.trials)} trials, {counts}, "
           f"{sum(t.user_attrs.get('stage') == 'rejected' for t in study.trials)} rejected before training, "
