@@ -53,7 +53,7 @@ sys.path.insert(0, ROOT)
 from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.submission import score, setup_runtime  # noqa: E402
-from search.allocate_cmd import allocate_checkpoint  # noqa: E402
+from search.allocation.command import allocate_checkpoint  # noqa: E402
 
 SEQ_LEN = 256
 CAPS = (1_000_000, 700_000)

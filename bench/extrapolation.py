@@ -1,4 +1,4 @@
-"""Proxy -> full-budget extrapolation (search/extrapolate.py) on configurations sampled from the demo space.
+"""Proxy -> full-budget extrapolation (search/budget/extrapolate.py) on configurations sampled from the demo space.
 
 Each configuration trains twice from the same seed at a fixed compute budget (steps, no wallclock cap, so the
 figures do not depend on how busy the machine is): a proxy of --proxy steps with validation reports every
@@ -30,7 +30,7 @@ import optuna  # noqa: E402
 from pgolf.config import config_from_dict, config_to_dict  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.run import run  # noqa: E402
-from search.extrapolate import extrapolate, fit_gap_growth, spearman  # noqa: E402
+from search.budget.extrapolate import extrapolate, fit_gap_growth, spearman  # noqa: E402
 from space.sample import suggest_config  # noqa: E402
 from space.spec import load_space  # noqa: E402
 

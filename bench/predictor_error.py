@@ -13,7 +13,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from search.pages import scored_trials  # noqa: E402
+from search.outputs.pages import scored_trials  # noqa: E402
 from search.runner import startup_trials  # noqa: E402
 from search.study import load_settings, open_study  # noqa: E402
 

@@ -27,7 +27,7 @@ from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
 from pgolf.config import config_from_dict  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.submission import export_model, load_model, score, setup_runtime  # noqa: E402
-from search.allocate_cmd import allocate_checkpoint  # noqa: E402
+from search.allocation.command import allocate_checkpoint  # noqa: E402
 
 OPTIONS = {"bits": [3, 4, 5, 6, 8], "embedding_bits": [5, 6, 8], "clip": [8.0], "eval_stride": [0],
            "compressors": ["zstd"]}

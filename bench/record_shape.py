@@ -23,7 +23,7 @@ from pgolf.cli import apply_overrides  # noqa: E402
 from pgolf.configfiles import resolve_config  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.run import run  # noqa: E402
-from search.allocate_cmd import allocate_checkpoint  # noqa: E402
+from search.allocation.command import allocate_checkpoint  # noqa: E402
 from space.spec import load_space  # noqa: E402
 
 ARMS = {"tiny": 0.3, "frontier_tiny": 0.85}  # config -> warmdown fraction of its recipe

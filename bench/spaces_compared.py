@@ -44,7 +44,7 @@ def main() -> None:
     pairs = [(a["best_bpb"], b["best_bpb"]) for a, b in zip(rows[0::2], rows[1::2]) if a["best_bpb"] and b["best_bpb"]]
     if pairs:
         diffs = [b - a for a, b in pairs]
-        print(f"  b - a per seed: " + "  ".join(f"{d:+.4f}" for d in diffs))
+        print("  b - a per seed: " + "  ".join(f"{d:+.4f}" for d in diffs))
 
 
 if __name__ == "__main__":

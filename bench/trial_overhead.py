@@ -15,8 +15,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from search.phases import TRAINING, trial_phases, wall_seconds  # noqa: E402
-from search.reruns import RERUN_ATTR, is_scored  # noqa: E402
+from search.budget.phases import TRAINING, trial_phases, wall_seconds  # noqa: E402
+from search.budget.reruns import RERUN_ATTR, is_scored  # noqa: E402
 from search.runner import startup_trials  # noqa: E402
 from search.study import RESULTS_DIR, load_settings, open_study  # noqa: E402
 

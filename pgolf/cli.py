@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-TRIAL_REQUEST = "request.json"  # what search's coordinator hands a trial's worker (search/backends.py)
+TRIAL_REQUEST = "request.json"  # what search's coordinator hands a trial's worker (search/backends/process.py)
 
 
 def recorded_run(out: str) -> tuple[dict, DataPaths]:

@@ -5,7 +5,7 @@ available inside its chunk. Sliding window: windows of seq_len advance by `strid
 only its last `stride` targets (the first window scores all of its targets), so every target is scored
 exactly once with at least seq_len - stride tokens of context. Both report eval seconds. With eval.ttt on,
 the model also adapts on each chunk after scoring it (pgolf/ttt.py). A Trace records per-target losses for
-the legality probe (search/legality.py).
+the legality probe (search/submit/legality.py).
 """
 
 import math

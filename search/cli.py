@@ -9,7 +9,7 @@ from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
 
 from search.study import RESULTS_DIR, SAMPLERS, StudyError
-from search.verify import VerifyError
+from search.submit.verify import VerifyError
 from space.spec import SpaceError
 
 USER_ERRORS = pgolf_cli.USER_ERRORS + (SpaceError, StudyError, VerifyError)
@@ -30,28 +30,28 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from search.status import print_status
+    from search.outputs.status import print_status
 
     print_status(args.name, args.results)
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from search.pareto import pareto_page
+    from search.outputs.pareto import pareto_page
 
     print(f"wrote {pareto_page(args.name, args.results, args.out)}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from search.report import report_page
+    from search.outputs.report import report_page
 
     print(f"wrote {report_page(args.name, args.results, args.out)}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from search.export import export_trial
+    from search.submit.export import export_trial
 
     submission = export_trial(args.name, args.results, args.trial, args.out, force=args.force, replace=args.replace,
                               legality=not args.skip_legality, log=print)
@@ -61,10 +61,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from search.verify import verify
+    from search.submit.verify import verify
 
     if args.legality:
-        from search.legality import check_legality
+        from search.submit.legality import check_legality
 
         conditions = check_legality(args.dir, args.data, args.device)
         for condition in conditions:
@@ -80,7 +80,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_confirm(args) -> int:
-    from search.confirm import confirm
+    from search.submit.confirm import confirm
 
     s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device, same_steps=args.same_steps, ranks=args.ranks)
     for seed, row in zip(s["seeds"], s["steps"]):
@@ -96,7 +96,7 @@ def cmd_confirm(args) -> int:
 
 
 def cmd_allocate(args) -> int:
-    from search.allocate_cmd import allocate_checkpoint, format_table, parse_list
+    from search.allocation.command import allocate_checkpoint, format_table, parse_list
 
     options = {key: value for key, value in (
         ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),

@@ -1,7 +1,7 @@
 """The study loop: ask Optuna for a config, reject what cannot fit, run the rest, tell the outcome.
 
 Ask/tell stays here, so constraints and pruning work the same with every backend: the local backend's loop
-(local_loop) and Ray Tune's searcher (search/tune_backend.py) both start trials with prepare_next and tell
+(local_loop) and Ray Tune's searcher (search/backends/tune.py) both start trials with prepare_next and tell
 them with finish:
 - ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
   config whose cheapest allowed allocation is over the byte cap (told PRUNED, with its constraints and
@@ -37,9 +37,10 @@ from objectives.constraints import Outcome, constraint_values, is_feasible, obje
 from pgolf.config import QuantConfig, config_to_dict
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
-from search.backends import Job, make_backend
-from search.fidelity import extrapolation_spec, proxy_config, pruner_spec
-from search.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
+from search.backends import make_backend
+from search.backends.process import Job
+from search.budget.fidelity import extrapolation_spec, proxy_config, pruner_spec
+from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, study_command, trial_dir
 from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
@@ -129,7 +130,7 @@ class Coordinator:
 
     # -- counting -------------------------------------------------------------------------------
     def counts(self) -> dict:
-        """Trials by state; re-runs (search/reruns.py) are counted apart, not against the study's trial count."""
+        """Trials by state; re-runs (search/budget/reruns.py) are counted apart, not against the study's trial count."""
         trials = self.study.get_trials(deepcopy=False)
         reruns = [t for t in trials if RERUN_ATTR in t.user_attrs]
         trials = [t for t in trials if RERUN_ATTR not in t.user_attrs]

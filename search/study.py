@@ -136,7 +136,7 @@ def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: i
 def study_pruner(settings: StudySettings):
     """The pruner of the study's own space ([search] table); the median rule if that space no longer loads
     (status, export and the pages still open such a study; `search resume` refuses it elsewhere)."""
-    from search.fidelity import make_pruner, pruner_spec
+    from search.budget.fidelity import make_pruner, pruner_spec
     from space.spec import space_from_dict
 
     try:

@@ -24,8 +24,8 @@ from pgolf.submission import load_model, score, setup_runtime, train_model
 
 from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import FormatChoices, allocate, write_candidate
-from search.fidelity import predict_at_target
-from search.phases import PhaseClock
+from search.budget.fidelity import predict_at_target
+from search.budget.phases import PhaseClock
 from space.spec import AllocationSpace, Caps
 
 REQUEST_FILE = "request.json"
@@ -63,7 +63,7 @@ def _reporter(request: dict):
         return None
     import optuna
 
-    from search.fidelity import make_pruner, pareto_reporter, prunes_pareto
+    from search.budget.fidelity import make_pruner, pareto_reporter, prunes_pareto
     from search.study import open_storage
 
     # The study's pruner is not stored with it: build the one the coordinator uses, from the same spec.
@@ -131,11 +131,9 @@ def run_trial(directory: str) -> dict:
         result = {"status": "pruned", "reports": reports, "reason": str(exc)}
         _write_json(directory, RESULT_FILE, result)
         return result
-    clock.lap("training")
+    # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
     validation = clock.seconds.pop("validation reports", 0.0)
-    clock.seconds["training"] -= trained.train_seconds + validation
-    clock.seconds = {**{k: v for k, v in clock.seconds.items() if k != "training"}, "model set-up": clock.seconds["training"],
-                     "training": trained.train_seconds, "validation reports": validation}
+    clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
     log(f"trained {trained.steps} steps in {trained.train_seconds:.1f}s ({trained.stopped_by})")
     with open(os.path.join(directory, CHECKPOINT_FILE), "wb") as f:
         f.write(checkpoint_bytes(model, config))

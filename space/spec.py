@@ -96,7 +96,7 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
 @dataclass
 class SearchPlan:
-    """How a study spends its budget (the space's [search] table; search/fidelity.py acts on it)."""
+    """How a study spends its budget (the space's [search] table; search/budget/fidelity.py acts on it)."""
     # Multi-fidelity over training time, fed by the validation reports (one each base.train.val_every_seconds).
     pruner: str = "median"  # median | successive_halving | hyperband | none
     min_seconds: float = 0.0  # training seconds before the first rung (0 = the first report)
@@ -108,7 +108,7 @@ class SearchPlan:
     # A proxy budget: every trial trains `proxy_steps` steps (fixed compute, no wallclock cap: it ranks the same
     # on any machine) or `proxy_seconds`, its warmdown scaled to the same fraction of training, and its bpb at
     # the target budget (`target_steps`, or `target_seconds`, default the training cap) is extrapolated
-    # (search/extrapolate.py) with the gap's growth exponent `gap_growth`. 0 = trials train at the target.
+    # (search/budget/extrapolate.py) with the gap's growth exponent `gap_growth`. 0 = trials train at the target.
     proxy_steps: int = 0
     target_steps: int = 0
     proxy_seconds: float = 0.0

@@ -9,8 +9,9 @@ from conftest import DATA, TRAIN_PATTERN
 from pgolf.checkpoint import load_any_checkpoint
 from pgolf.config import QuantConfig
 from pgolf.gptq import calibration_batches, collect_hessians
-from search.allocation import (Candidate, FormatChoices, Option, Unit, allocation_quant, confirm_within_cap, formatted_options,
-                               solve_knapsack)
+from search.allocation.candidates import Candidate, confirm_within_cap
+from search.allocation.knapsack import allocation_quant, solve_knapsack
+from search.allocation.options import FormatChoices, Option, Unit, formatted_options
 
 OFFICIAL = os.path.join(DATA, "official_tiny", "final_model.pt")
 
@@ -81,7 +82,7 @@ def test_every_allowed_format_is_an_option_with_measured_bytes_and_error(officia
 def test_one_size_table_gives_the_options_and_the_byte_calibration():
     from objectives.bytes import compressed_floats, compressed_symbols, measure_calibration, rtn_sizes
     from pgolf.quant import quantize_tensor
-    from search.allocation import PERCENTILE, unit_options
+    from search.allocation.options import PERCENTILE, unit_options
 
     torch.manual_seed(0)
     state = {"tok_emb.weight": torch.randn(64, 96), "blocks.0.attn.c_q.weight": torch.randn(96, 96) * 0.02}
@@ -107,7 +108,7 @@ def test_rank_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tm
     from pgolf.run import read_model_file, run
     from pgolf.shards import validation_tokens
     from pgolf.submission import setup_runtime
-    from search.allocation import PREFIX_START, rank_on_prefix
+    from search.allocation.candidates import PREFIX_START, rank_on_prefix
 
     data = DataPaths(train_pattern=TRAIN_PATTERN, val_pattern=VAL_PATTERN, tokenizer=TOKENIZER, vocab_size=1024)
     candidates = []

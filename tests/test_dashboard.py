@@ -120,8 +120,8 @@ def test_dashboard_shows_names_states_and_constraints(dashboard, three_kinds):
 
 def test_project_views_rank_only_trained_feasible_trials(three_kinds):
     from search.coordinator import best_feasible
-    from search.pages import scored_trials
-    from search.status import trial_rows
+    from search.outputs.pages import scored_trials
+    from search.outputs.status import trial_rows
 
     settings, _ = three_kinds
     study = open_study(settings, startup_trials=3, create=False)

@@ -139,7 +139,7 @@ def test_confirm_under_torchrun_with_two_ranks_trains_the_model_one_rank_trains(
 
 
 def test_one_sided_t_test_matches_known_values():
-    from search.confirm import one_sided_test, student_t_cdf
+    from search.submit.confirm import one_sided_test, student_t_cdf
 
     assert student_t_cdf(0.0, 5) == pytest.approx(0.5)
     assert student_t_cdf(-3.365, 5) == pytest.approx(0.01, abs=2e-4)  # t_{0.01, 5} = 3.365

@@ -1,10 +1,10 @@
-"""Proxy -> full-budget extrapolation (search/extrapolate.py) on curves with a known answer."""
+"""Proxy -> full-budget extrapolation (search/budget/extrapolate.py) on curves with a known answer."""
 
 import math
 
 import pytest
 
-from search.extrapolate import constant_lr_reports, extrapolate, fit_curve, fit_gap_growth, spearman
+from search.budget.extrapolate import constant_lr_reports, extrapolate, fit_curve, fit_gap_growth, spearman
 
 
 def test_a_power_law_curve_is_recovered_and_extrapolated():

@@ -1,11 +1,11 @@
-"""Multi-fidelity rules (search/fidelity.py): rungs, non-dominated promotion, pruners built from the space."""
+"""Multi-fidelity rules (search/budget/fidelity.py): rungs, non-dominated promotion, pruners built from the space."""
 
 import os
 
 import optuna
 import pytest
 
-from search.fidelity import front_ranks, is_rung, make_pruner, pareto_reporter, promoted, pruner_spec
+from search.budget.fidelity import front_ranks, is_rung, make_pruner, pareto_reporter, promoted, pruner_spec
 from space.spec import SpaceError, load_space, space_from_dict
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "space", "presets", "demo.toml")

@@ -1,4 +1,4 @@
-"""Noise-aware ranking (search/reruns.py) and the step check of re-runs (search/confirm.py)."""
+"""Noise-aware ranking (search/budget/reruns.py) and the step check of re-runs (search/submit/confirm.py)."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.confirm import step_comparison
-from search.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, configurations, queue_reruns, ranking_lines
+from search.submit.confirm import step_comparison
+from search.budget.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, configurations, queue_reruns, ranking_lines
 from test_search import load, micro_with, search
 
 FEASIBLE = {"constraints:artifact_bytes": -1.0, "constraints:train_seconds": -1.0, "constraints:eval_seconds": -1.0}

@@ -150,7 +150,7 @@ def test_bad_inputs_are_clear_and_keep_what_is_stored(tmp_path):
 
 def test_trial_process_prunes_with_the_studys_pruner(tmp_path):
     # The worker loads the study itself; Optuna does not store the pruner, so it must be given again.
-    from search.fidelity import make_pruner
+    from search.budget.fidelity import make_pruner
     from search.trial import _reporter
 
     storage = f"sqlite:///{tmp_path}/study.db"

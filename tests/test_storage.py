@@ -444,7 +444,7 @@ def test_pgolf_run_refuses_impossible_formats_in_one_line(override, pattern, tmp
 
 
 def test_exported_script_with_gptq_outliers_and_rank_trains_standalone_and_verifies(tmp_path):
-    from search.verify import verify
+    from search.submit.verify import verify
 
     config = small_config(model=dict(num_layers=1, model_dim=32), train=dict(iterations=3),
                           quant=dict(bits={"*": 6}, quantizer={"*": "gptq"}, outliers={"*": 0.005}, rank={"*": 4},

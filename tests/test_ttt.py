@@ -1,4 +1,4 @@
-"""Score-first test-time training (pgolf/ttt.py) and the legality check (search/legality.py): TTT off changes
+"""Score-first test-time training (pgolf/ttt.py) and the legality check (search/submit/legality.py): TTT off changes
 nothing, TTT at learning rate 0 is the sliding window, no loss ever depends on a later token (and the check
 that says so fails on adapt-then-score), and a TTT study trial exports, verifies and passes the check."""
 

@@ -23,6 +23,15 @@ class PhaseClock:
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
+    def lap_parts(self, parts: dict) -> None:
+        """The time since the last lap, split: each part gets the seconds it was measured at, the one given as
+        None the rest."""
+        now = time.perf_counter()
+        rest = now - self.last - sum(s for s in parts.values() if s is not None)
+        for name, seconds in parts.items():
+            self.add(name, rest if seconds is None else seconds)
+        self.last = now
+
 
 def wall_seconds(trial) -> float | None:
     """Ask to tell of a finished Optuna trial: what it cost the study."""

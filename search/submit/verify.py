@@ -17,7 +17,7 @@ import sys
 from pgolf.datasets import DataPaths, resolve_data
 from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
-from search.export import COUNTED_FILES, SOURCE_FILE
+from search.submit.export import COUNTED_FILES, SOURCE_FILE
 
 # Runs the script as __main__ with every socket connection refused.
 NO_NETWORK_RUNNER = (

@@ -5,7 +5,7 @@ import math
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
-from search.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, ranking_lines
+from search.budget.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, ranking_lines
 from search.study import load_settings, open_study
 from search.runner import startup_trials
 
@@ -79,7 +79,7 @@ def print_status(name: str, results: str) -> None:
               f"{_fmt(row['train_s'], '.1f'):>8} {_fmt(row['eval_s'], '.1f'):>7} {feasible:>8}"
               + (f"  {row['ran_on'] or '-':<20}" if where else "") + f"  {note[:90]}")
     if target:
-        print("@target: the bpb extrapolated from the proxy budget to the target budget (search/extrapolate.py), a prediction")
+        print("@target: the bpb extrapolated from the proxy budget to the target budget (search/budget/extrapolate.py), a prediction")
     for line in ranking_lines(study):
         print(line)
     best = best_configuration(study)

@@ -6,7 +6,7 @@ import os
 import plotly.graph_objects as go
 
 from objectives.constraints import is_feasible
-from search.pages import hover_text, pareto_front, scored_trials, write_page
+from search.outputs.pages import hover_text, pareto_front, scored_trials, write_page
 from search.runner import startup_trials
 from search.study import load_settings, open_study
 

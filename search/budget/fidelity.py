@@ -127,9 +127,9 @@ def extrapolation_spec(plan, caps) -> dict | None:
 
 
 def predict_at_target(spec: dict, trained, config, post: float, gap: float) -> dict | None:
-    """The trial's post-roundtrip bpb extrapolated to the target budget (search/extrapolate.py), or None when its
+    """The trial's post-roundtrip bpb extrapolated to the target budget (search/budget/extrapolate.py), or None when its
     run made fewer than 2 validation reports."""
-    from search.extrapolate import extrapolate
+    from search.budget.extrapolate import extrapolate
 
     if len(trained.val_history) < 2 or trained.steps == 0:
         return None

@@ -14,7 +14,7 @@ import sys
 from pgolf.configfiles import config_to_toml
 from pgolf.config import config_from_dict
 from pgolf.run import read_metrics
-from search.export import find_trial
+from search.submit.export import find_trial
 from search.study import StudyError, trial_data
 
 RECORD_MARGIN_NATS = 0.005

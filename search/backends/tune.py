@@ -29,8 +29,8 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from search.backends import Job, _trial_process_setup, worker_command, worker_env
-from search.fidelity import pruner_spec
+from search.backends.process import Job, trial_process_setup, worker_command, worker_env
+from search.budget.fidelity import pruner_spec
 from search.study import StudyError
 from search.trial import REQUEST_FILE, RESULT_FILE, read_reports
 
@@ -274,7 +274,7 @@ def write_pruned(directory: str, last: dict) -> None:
 
 
 def _unniced_trial_setup() -> None:
-    _trial_process_setup()
+    trial_process_setup()
     try:  # Ray starts its workers at a low priority; the trial is the work, not a background task
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:  # lowering niceness needs privileges: the trial keeps Ray's

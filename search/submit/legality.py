@@ -24,8 +24,8 @@ import numpy as np
 from pgolf.artifact import unpack
 from pgolf.config import EvalConfig, ModelConfig
 from pgolf.shards import validation_tokens
-from search.export import COUNTED_FILES
-from search.verify import VerifyError, export_data, run_eval_only
+from search.submit.export import COUNTED_FILES
+from search.submit.verify import VerifyError, export_data, run_eval_only
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pgolf.files import read_json
 from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
 from pgolf.submission import MODEL_FILE
-from search.reruns import best_configuration
+from search.budget.reruns import best_configuration
 from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
 from search.runner import startup_trials
 
@@ -99,7 +99,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
-            from search.legality import check_legality  # imports this module
+            from search.submit.legality import check_legality  # imports this module
 
             conditions = check_legality(stage)
             for condition in conditions:

@@ -11,11 +11,11 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
 from pgolf.files import FileFormatError, read_json
-from search.reruns import best_configuration, ranking_lines
-from search.phases import trial_phases, wall_seconds
-from search.pages import hover_text, scored_trials, table, write_page
+from search.budget.reruns import best_configuration, ranking_lines
+from search.budget.phases import trial_phases, wall_seconds
+from search.outputs.pages import hover_text, scored_trials, table, write_page
 from search.runner import startup_trials
-from search.status import trial_rows, trial_stage
+from search.outputs.status import trial_rows, trial_stage
 from search.study import load_settings, open_study, trial_dir
 
 

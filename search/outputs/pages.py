@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from objectives.constraints import is_feasible, pre_quant_text
-from search.status import trial_stage
+from search.outputs.status import trial_stage
 
 
 def write_page(path: str, title: str, sections: list) -> str:

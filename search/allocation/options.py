@@ -1,0 +1,187 @@
+"""A unit's storage options and what each costs: bytes (the real stored arrays, compressed as
+objectives.bytes estimates them) and error (weight MSE, or the output error on calibration activations).
+
+A unit is what the allocation gives one choice: the embedding, attention or MLP of a layer (granularity
+"layer"), of every layer ("kind"), or one matrix ("tensor"). An option is one storage format of pgolf/storage.py:
+bits x clip multiplier (16 = fp16), and with the study's FormatChoices the quantizer (rtn | gptq), the AWQ
+exponent, the protected-outlier fraction and the low-rank correction rank.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from objectives.bytes import RTN_PERCENTILE, compressed_floats, compressed_symbols, rtn_sizes
+from pgolf.artifact import EXTRA_ROLES, byte_shuffle
+from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
+from pgolf.quant import StoredTensor, quantize_tensor
+from pgolf.storage import MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, restore_matrix, store_matrix
+
+PERCENTILE = RTN_PERCENTILE
+FORMAT_ENTRY_BYTES = 30  # compressed directory bytes of a matrix's format fields, measured on real files
+ARRAY_ENTRY_BYTES = 12  # and of each extra array's descriptor
+
+
+@dataclass
+class Unit:
+    name: str  # glob pattern over tensor names, as written into the config's quant tables
+    tensors: list  # tensor names
+    embedding: bool = False
+
+
+@dataclass
+class Option:
+    bits: int
+    clip: float
+    bytes: int
+    mse: float  # the unit's error at this option: weight MSE, or with calibration the output error
+    damage: float = 0.0
+    quantizer: str = "rtn"
+    awq: float = 0.0
+    outliers: float = 0.0
+    rank: int = 0
+
+    @property
+    def plain(self) -> bool:
+        return self.quantizer == "rtn" and self.awq == 0 and self.outliers == 0 and self.rank == 0
+
+    def format_label(self) -> str:
+        """The formats beyond plain RTN, e.g. "gptq+out0.005+r4" ("" when plain)."""
+        extras = [self.quantizer] if self.quantizer != "rtn" else []
+        extras += [f"awq{self.awq:g}"] * (self.awq > 0) + [f"out{self.outliers:g}"] * (self.outliers > 0) + [f"r{self.rank}"] * (self.rank > 0)
+        return "+".join(extras)
+
+
+def make_units(state: dict, granularity: str) -> list[Unit]:
+    names = [n for n, t in state.items() if t.ndim == 2 and t.is_floating_point() and not is_control_tensor(n)]
+    embedding = [n for n in names if n.startswith(EMBEDDING_PREFIXES)]
+    blocks = [n for n in names if n not in embedding]
+    units = [Unit(name, [name], embedding=True) for name in embedding]
+    if granularity == "tensor":
+        return units + [Unit(n, [n]) for n in blocks]
+    if granularity == "kind":
+        for kind in ("attn", "mlp"):
+            members = [n for n in blocks if f".{kind}." in n]
+            if members:
+                units.append(Unit(f"blocks.*.{kind}.*", members))
+        return units
+    layers = sorted({int(n.split(".")[1]) for n in blocks})
+    for layer in layers:
+        for kind in ("attn", "mlp"):
+            members = [n for n in blocks if n.startswith(f"blocks.{layer}.{kind}.")]
+            if members:
+                units.append(Unit(f"blocks.{layer}.{kind}.*", members))
+    return units
+
+
+def rtn_restored(t: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
+    """One tensor as an option stores it (bits 16: fp16), back in its own dtype."""
+    if bits == 16:
+        return t.detach().to(torch.float16).to(t.dtype)
+    q, scale = quantize_tensor(t.detach().cpu(), bits, clip, PERCENTILE)
+    return (q.float() * scale.float()[:, None]).to(t.dtype)
+
+
+def unit_options(state: dict, unit: Unit, bits_options, clip_options, sizes: dict | None = None) -> list[Option]:
+    """A unit's RTN options from a rtn_sizes table (measured here for its tensors when not given)."""
+    sizes = sizes if sizes is not None else rtn_sizes(state, bits_options, clip_options, unit.tensors)
+    options = []
+    for bits in bits_options:
+        for clip in ([0.0] if bits == 16 else clip_options):
+            entries = [sizes[(name, bits, clip)] for name in unit.tensors]
+            options.append(Option(bits, clip, sum(s + c for s, c, _ in entries), sum(e for _, _, e in entries)))
+    return options
+
+
+@dataclass
+class FormatChoices:
+    """The matrix formats a study may use beyond plain RTN (the space's [allocation] table)."""
+    quantizers: tuple = ("rtn",)
+    awq: tuple = (0.0,)
+    outliers: tuple = (0.0,)
+    ranks: tuple = (0,)
+    rank_bits: int = 16
+
+    @classmethod
+    def of(cls, space_alloc) -> "FormatChoices":
+        return cls(tuple(space_alloc.quantizers), tuple(space_alloc.awq), tuple(space_alloc.outliers), tuple(space_alloc.ranks),
+                   space_alloc.rank_bits)
+
+    @property
+    def extended(self) -> bool:
+        return self != FormatChoices(rank_bits=self.rank_bits)
+
+    @property
+    def calibrated(self) -> bool:
+        return "gptq" in self.quantizers or any(a > 0 for a in self.awq) or any(r > 0 for r in self.ranks)
+
+
+def stored_bytes(entry: StoredTensor) -> int:
+    """Estimated compressed bytes of one stored matrix, every array it holds (as objectives.bytes does)."""
+    total = compressed_symbols(entry.q.tobytes()) + compressed_floats(entry.scale)
+    for arr in (entry.col_scale, entry.outlier_values, entry.lr_a_scale, entry.lr_b_scale):
+        total += compressed_floats(arr) if arr is not None else 0
+    if entry.outlier_gaps is not None:
+        total += compressed_symbols(byte_shuffle(entry.outlier_gaps))
+    for arr in (entry.lr_a, entry.lr_b):
+        if arr is not None:
+            total += compressed_symbols(arr.tobytes()) if arr.dtype == np.int8 else compressed_floats(arr)
+    extra_arrays = sum(getattr(entry, r) is not None for r in EXTRA_ROLES)
+    return total + FORMAT_ENTRY_BYTES * (extra_arrays > 0) + ARRAY_ENTRY_BYTES * extra_arrays
+
+
+def output_error(delta: torch.Tensor, hessian: torch.Tensor, rows: int) -> float:
+    """Mean squared output error ||X delta^T||^2 / rows, with H = X^T X over `rows` input rows."""
+    d = delta.double().to(hessian.device)
+    return float(torch.einsum("ij,jk,ik->", d, hessian, d)) / max(rows, 1)
+
+
+def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choices: FormatChoices, quant,
+                      hessians: dict, rows: dict) -> list[Option]:
+    """Every allowed (bits, clip, quantizer, awq, outliers, rank) of a unit, its bytes and its error:
+    output error on the calibration activations where every tensor of the unit has them, else weight MSE.
+    Ranks reuse one SVD of each base format's residual."""
+    calibrated = all(n in hessians for n in unit.tensors)
+    options: dict = {}
+    for name in unit.tensors:
+        w = state[name].detach().float().cpu()
+        H, n = hessians.get(name), rows.get(name, 0)
+        weight = input_rms(H, n) if H is not None else None
+
+        def error(delta):
+            return output_error(delta, H, n) if calibrated else float(delta.pow(2).sum())
+
+        for bits in bits_options:
+            if bits == 16:
+                half = w.to(torch.float16)
+                _add(options, (16, 0.0, "rtn", 0.0, 0.0, 0), compressed_floats(half.numpy()), error(w - half.float()))
+                continue
+            for clip, quantizer, awq, outliers in itertools.product(clip_options, choices.quantizers, choices.awq, choices.outliers):
+                fmt = MatrixFormat(bits, clip, quantizer, awq, outliers)
+                if fmt.needs_calibration() and not calibrated:
+                    continue
+                entry = StoredTensor(name=name, kind="int", shape=tuple(w.shape), dtype="float32", bits=bits, clip=clip)
+                if fmt.is_plain():
+                    q, scale = quantize_tensor(w, bits, clip, PERCENTILE)
+                    entry.q, entry.scale = q.numpy(), scale.numpy()
+                else:
+                    store_matrix(entry, w, fmt, PERCENTILE, H, n, (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
+                residual = w - restore_matrix(entry, torch.float32)
+                base_bytes = stored_bytes(entry)
+                _add(options, (bits, clip, quantizer, awq, outliers, 0), base_bytes, error(residual))
+                ranks = [r for r in choices.ranks if r > 0]
+                if ranks and calibrated:
+                    basis = low_rank_basis(residual.to(weight.device), weight)
+                    for rank in ranks:
+                        attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
+                        corrected = w - restore_matrix(entry, torch.float32)
+                        _add(options, (bits, clip, quantizer, awq, outliers, rank), stored_bytes(entry), error(corrected))
+    return [Option(b, c, size, err, quantizer=qz, awq=a, outliers=o, rank=r) for (b, c, qz, a, o, r), (size, err, count) in options.items()
+            if count == len(unit.tensors)]
+
+
+def _add(options: dict, key: tuple, nbytes: int, err: float) -> None:
+    size, total, count = options.get(key, (0, 0.0, 0))
+    options[key] = (size + nbytes, total + err, count + 1)
