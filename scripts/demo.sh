@@ -3,7 +3,7 @@
 # (about 10 minutes on 2 CPU cores), then write its Pareto page and report. Extra arguments go to `search run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGOLF_SKIP_BROWSER=1 ./scripts/setup.sh
+PGOLF_SKIP_BROWSER=1 PGOLF_SKIP_POSTGRES=1 ./scripts/setup.sh  # the demo needs neither (the tests do)
 study="${STUDY:-demo-$(date +%Y%m%d-%H%M%S)}"  # STUDY=name to choose it
 .venv/bin/search run --study "$study" "$@"
 .venv/bin/search status "$study"
