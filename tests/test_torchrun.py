@@ -66,6 +66,24 @@ def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
         assert "step 3/6 seq_len 64 (stage 2/2)" in single.stdout and "step 3/6 seq_len 64 (stage 2/2)" in multi.stdout
 
 
+def test_exported_script_runs_on_eight_ranks_as_the_challenge_runs_it(tmp_path):
+    # `torchrun --standalone --nproc_per_node=8 train_gpt.py`: eight gloo ranks (on this machine's cores), two of
+    # the sixteen sequences of each step per rank; rank 0 alone writes and reports.
+    script = write_script(tmp_path, {})
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "ranks"
+    single_dir.mkdir()
+    multi_dir.mkdir()
+    single = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=single_dir,
+                            env=dict(os.environ, **SCRIPT_ENV), timeout=300)
+    assert single.returncode == 0, single.stderr
+    result = torchrun(8, script, cwd=multi_dir, env=SCRIPT_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = EXACT.findall(result.stdout)
+    assert len(scores) == 1, result.stdout
+    assert json.loads((multi_dir / "final_model.pgolf.result.json").read_text())["val_bpb"] == float(scores[0])
+    assert abs(float(scores[0]) - float(EXACT.search(single.stdout).group(1))) < 0.01  # the same sequences, split 8 ways
+
+
 def test_a_rank_count_that_cannot_split_the_batch_is_refused_in_one_line(tmp_path):
     script = write_script(tmp_path, {})
     result = torchrun(3, script, cwd=tmp_path, env=SCRIPT_ENV)
