@@ -4,6 +4,7 @@ pruned trials, the best trial's bytes and allocation, the byte predictor's error
 import html
 import os
 import statistics
+import warnings
 
 import optuna
 import plotly.graph_objects as go
@@ -46,7 +47,11 @@ def importance_section(study, trials):
     copy = optuna.create_study(directions=study.directions)
     copy.add_trials([t for t in trials if t.params])
     try:
-        importances = optuna.importance.get_param_importances(copy)
+        # Optuna warns (on stderr, amid the study's lines) when a parameter's value was seen in under two trials;
+        # the page already says how few trials the importances rest on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            importances = optuna.importance.get_param_importances(copy)
     except (RuntimeError, ValueError) as exc:
         return f"<p>Importances unavailable: {exc}</p>"
     if not importances:
