@@ -44,46 +44,43 @@ def write_script(folder, sections) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
-    script = write_script(tmp_path, CONFIGS[name])
+def single_and_ranks(tmp_path, ranks: int, sections) -> tuple[str, str, str]:
+    """The exported script in one process and under torchrun with `ranks` ranks, each in its own folder; both
+    must exit 0 with one score (rank 0 alone reports and writes). Returns (one process's score, the ranks'
+    score, the ranks' stdout)."""
+    script = write_script(tmp_path, sections)
     single_dir, multi_dir = tmp_path / "single", tmp_path / "ranks"
     single_dir.mkdir()
     multi_dir.mkdir()
     single = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=single_dir,
                             env=dict(os.environ, **SCRIPT_ENV), timeout=300)
     assert single.returncode == 0, single.stderr
-    multi = torchrun(2, script, cwd=multi_dir, env=SCRIPT_ENV)
+    multi = torchrun(ranks, script, cwd=multi_dir, env=SCRIPT_ENV)
     assert multi.returncode == 0, multi.stderr[-3000:]
     scores = EXACT.findall(multi.stdout)
-    assert len(scores) == 1, multi.stdout  # rank 0 alone reports
+    assert len(scores) == 1, multi.stdout
     assert sorted(os.listdir(multi_dir)) == ["final_model.pgolf", "final_model.pgolf.result.json"]
     assert json.loads((multi_dir / "final_model.pgolf.result.json").read_text())["val_bpb"] == float(scores[0])
+    return single.stdout, scores[0], multi.stdout
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
+    single, score, multi = single_and_ranks(tmp_path, 2, CONFIGS[name])
     # Two ranks train on the same sequences as one process (half each, gradients averaged): the same
     # model up to bf16 rounding, amplified a little by six steps of this recipe.
-    assert abs(float(scores[0]) - float(EXACT.search(single.stdout).group(1))) < 0.01
+    assert abs(float(score) - float(EXACT.search(single).group(1))) < 0.01
     if "seq_len_stages" in CONFIGS[name].get("train", {}):
-        assert "step 3/6 seq_len 64 (stage 2/2)" in single.stdout and "step 3/6 seq_len 64 (stage 2/2)" in multi.stdout
+        assert "step 3/6 seq_len 64 (stage 2/2)" in single and "step 3/6 seq_len 64 (stage 2/2)" in multi
 
 
 def test_exported_script_runs_on_eight_ranks_as_the_challenge_runs_it(tmp_path):
     # `torchrun --standalone --nproc_per_node=8 train_gpt.py`: eight gloo ranks (on this machine's cores), two of
-    # the sixteen sequences of each step per rank; rank 0 alone writes and reports.
-    script = write_script(tmp_path, {})
-    single_dir, multi_dir = tmp_path / "single", tmp_path / "ranks"
-    single_dir.mkdir()
-    multi_dir.mkdir()
-    single = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=single_dir,
-                            env=dict(os.environ, **SCRIPT_ENV), timeout=300)
-    assert single.returncode == 0, single.stderr
-    result = torchrun(8, script, cwd=multi_dir, env=SCRIPT_ENV)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = EXACT.findall(result.stdout)
-    assert len(scores) == 1, result.stdout
-    assert json.loads((multi_dir / "final_model.pgolf.result.json").read_text())["val_bpb"] == float(scores[0])
-    one = float(EXACT.search(single.stdout).group(1))
-    print(f"8 ranks: val_bpb {float(scores[0]):.6f}, one process {one:.6f}")
-    assert abs(float(scores[0]) - one) < 0.01  # the same sequences, split 8 ways
+    # the sixteen sequences of each step per rank.
+    single, score, _ = single_and_ranks(tmp_path, 8, {})
+    one = float(EXACT.search(single).group(1))
+    print(f"8 ranks: val_bpb {float(score):.6f}, one process {one:.6f}")
+    assert abs(float(score) - one) < 0.01  # the same sequences, split 8 ways
 
 
 def test_a_rank_count_that_cannot_split_the_batch_is_refused_in_one_line(tmp_path):
