@@ -110,6 +110,9 @@ def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*"
     reaches the logits through the final hidden state), over `batches` of (x, y)."""
     device = device or next(model.parameters()).device
     hessians, rows, hooks = {}, {}, []
+    # c_q, c_k and c_v (and parallel branches) read the same input tensor: its X^T X, the costly fp64 part,
+    # is computed once and added to each of them.
+    last = {"input": None, "product": None}
     tied = getattr(model, "lm_head", 1) is None and any(fnmatch.fnmatch("tok_emb.weight", p) for p in patterns)
     if tied:
         dim = model.tok_emb.weight.shape[1]
@@ -122,9 +125,11 @@ def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*"
             rows[weight] = 0
 
             def accumulate(mod, args, key=weight):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                hessians[key].addmm_(x.T, x)
-                rows[key] += x.shape[0]
+                if args[0] is not last["input"]:
+                    x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                    last.update(input=args[0], product=x.T @ x)
+                hessians[key].add_(last["product"])
+                rows[key] += args[0].numel() // args[0].shape[-1]
 
             hooks.append(module.register_forward_pre_hook(accumulate))
     was_training = model.training
@@ -142,4 +147,5 @@ def collect_hessians(model: nn.Module, batches, patterns: tuple[str, ...] = ("*"
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+        last.clear()
     return hessians, rows
