@@ -41,6 +41,7 @@ bench/out/allocation-<checkpoint>-<cap>-<variant>/ (metrics.json, allocation.jso
 """
 
 import json
+import argparse
 import os
 import sys
 import time
@@ -158,7 +159,12 @@ def cap_table(path: str, cap: int, float_bpb: float, runs: dict) -> tuple[float,
 
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    args = sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", metavar="CHECKPOINT CAP",
+                        help="pairs of a checkpoint and a total byte cap (default: official_tiny at 1,000,000 and 700,000)")
+    args = parser.parse_args().cases
+    if len(args) % 2 or not all(cap.isdigit() for cap in args[1::2]):
+        parser.error("give CHECKPOINT CAP pairs, each cap a whole number of bytes")
     if args:
         cases = [(args[i], int(args[i + 1])) for i in range(0, len(args), 2)]
     else:

@@ -8,6 +8,7 @@ official recipe's checkpoint in ../shared/data/official_tiny). Studies refine it
 """
 
 import json
+import argparse
 import os
 import sys
 
@@ -22,7 +23,10 @@ from space.spec import load_space, presets  # noqa: E402
 
 
 def main() -> None:
-    source = sys.argv[1] if len(sys.argv) > 1 else os.path.join(default_data_root(), "official_tiny", "final_model.pt")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", nargs="?", default=os.path.join(default_data_root(), "official_tiny", "final_model.pt"),
+                        help="a trained checkpoint: an official .pt or a pgolf run's checkpoint.pgolf")
+    source = parser.parse_args().source
     if source.endswith(".pgolf"):
         state = load_checkpoint(source)[0].state_dict()
     else:

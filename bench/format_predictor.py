@@ -6,6 +6,7 @@ Also prints the per-format constants the real files imply (objectives/bytes.py C
     python bench/format_predictor.py [CHECKPOINT]   (default: ../shared/data/official_tiny/final_model.pt)
 """
 
+import argparse
 import os
 import sys
 import time
@@ -36,7 +37,10 @@ FORMATS = {
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(default_data_root(), "official_tiny", "final_model.pt")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", default=os.path.join(default_data_root(), "official_tiny", "final_model.pt"),
+                        help="a trained checkpoint")
+    path = parser.parse_args().path
     model, config = load_any_checkpoint(path, seq_len=256)
     model = model.float()
     train = os.path.join(default_data_root(), "datasets", "fineweb_sample_sp1024", "fineweb_train_*.bin")
