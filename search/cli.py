@@ -104,7 +104,7 @@ def cmd_allocate(args) -> int:
         ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity),
         ("quantizers", args.quantizers.split(",") if args.quantizers else None), ("awq", parse_list(args.awq, "--awq", float)),
         ("outliers", parse_list(args.outliers, "--outliers", float)), ("ranks", parse_list(args.ranks, "--ranks")),
-        ("rank_bits", args.rank_bits)) if value is not None}
+        ("rank_bits", args.rank_bits), ("sensitivity", args.sensitivity)) if value is not None}
     out = args.out or f"allocation-{args.cap}"
     # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
     check_target(os.path.abspath(out), args.replace, "--replace")
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outliers", help="fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005")
     p.add_argument("--ranks", help="ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)")
     p.add_argument("--rank-bits", type=int, help="correction factors in 16 (fp16) or 8 (int8) bits")
+    p.add_argument("--sensitivity", choices=("forward", "fisher"),
+                   help="each unit's loss increase: measured, one forward per unit (default), or a diagonal-Fisher estimate "
+                        "from one backward pass")
     p.add_argument("--eval-seconds", type=float, default=600.0, help="eval-time cap (default: %(default)s)")
     p.add_argument("--device")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")

@@ -78,6 +78,7 @@ class AllocationSpace:
     compressors: list = field(default_factory=lambda: ["zstd"])
     level: int = 22
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
+    sensitivity: str = "forward"  # how: forward (one pass per unit) | fisher (one backward pass); search/allocation/sensitivity.py
     confirm_top: int = 2  # allocations confirmed on the full validation split
     # Matrix formats beyond RTN a unit may take (pgolf/storage.py); every combination is an option.
     quantizers: list = field(default_factory=lambda: ["rtn"])  # rtn | gptq
@@ -92,6 +93,7 @@ class AllocationSpace:
 
 
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
+SENSITIVITY_METHODS = ("forward", "fisher")
 
 
 @dataclass
@@ -249,6 +251,8 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
         raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")
     if not alloc.ttt_rank or any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_TTT_RANK for r in alloc.ttt_rank):
         raise SpaceError(f"allocation.ttt_rank must list LoRA ranks in [1, {MAX_TTT_RANK}], got {alloc.ttt_rank}")
+    if alloc.sensitivity not in SENSITIVITY_METHODS:
+        raise SpaceError(f"allocation.sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, got {alloc.sensitivity!r}")
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:
         raise SpaceError("allocation.calib_tokens must be at least 1024 and allocation.confirm_top at least 1")
     return alloc

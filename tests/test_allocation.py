@@ -79,6 +79,31 @@ def test_every_allowed_format_is_an_option_with_measured_bytes_and_error(officia
     assert by[("gptq", 0.005, 8)].mse < by[("gptq", 0.0, 0)].mse
 
 
+def test_fisher_sensitivities_rank_the_units_as_measured_ones_do_and_leave_the_model_as_it_was():
+    from search.allocation.options import make_units, unit_options
+    from search.allocation.sensitivity import calibration_tokens, measure_sensitivities
+
+    model, _ = load_any_checkpoint(OFFICIAL, seq_len=256)
+    model = model.float().eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    units = make_units(state, "layer")
+    tokens = calibration_tokens(TRAIN_PATTERN, 1024, 4096, 256)
+    found = {}
+    for method in ("forward", "fisher"):
+        options = {u.name: unit_options(state, u, [4, 8], [12.85]) for u in units}
+        found[method] = measure_sensitivities(model, state, units, options, tokens, 256, 1, False, torch.device("cpu"), method=method)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert all(p.grad is None and p.requires_grad for p in model.parameters())
+        damaged = [o for u in units for o in options[u.name] if o.bits == 4]
+        assert all(o.damage == found[method][u.name] * o.mse for u in units for o in options[u.name])
+        assert any(o.damage > 0 for o in damaged)
+    # A second-order estimate is never negative, so no unit looks free (the measured loss change of a 4-bit
+    # block can come out <= 0 on a few thousand tokens: such a unit's sensitivity is 0).
+    assert all(s > 0 for s in found["fisher"].values())
+    top = {method: sorted(found[method], key=found[method].get)[-3:] for method in found}
+    assert set(top["fisher"]) == set(top["forward"]), found
+
+
 def test_one_size_table_gives_the_options_and_the_byte_calibration():
     from objectives.bytes import compressed_floats, compressed_symbols, measure_calibration, rtn_sizes
     from pgolf.quant import quantize_tensor

@@ -38,6 +38,7 @@ def base_dict():
     ({"dims": {"train.seed": {"choices": [1, 2]}}}, r"seed is never a search dimension"),
     ({"allocation": {"bits": [9]}}, r"allocation.bits must list widths"),
     ({"allocation": {"granularity": "row"}}, r"granularity must be one of"),
+    ({"allocation": {"sensitivity": "hessian"}}, r"allocation.sensitivity must be one of forward, fisher, got 'hessian'"),
     ({"caps": {"artifact_bytes": -1}}, r"must be positive"),
     ({"colour": "red"}, r"unknown key 'colour'"),
     ({"baseline": {"model.num_layers": 9}, "dims": {"model.num_layers": {"low": 1, "high": 4}}}, r"outside \[1, 4\]"),

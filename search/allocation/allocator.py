@@ -69,9 +69,10 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     phase["options"] = time.perf_counter() - started - sum(phase.values())
     calib = calibration_tokens(data.train_pattern, config.model.vocab_size, space_alloc.calib_tokens, config.eval_seq_len())
     sensitivities = measure_sensitivities(model, state, units, options, calib, config.eval_seq_len(), config.model.loop_repeats,
-                                          config.eval.autocast, device)
+                                          config.eval.autocast, device, method=space_alloc.sensitivity)
     phase["sensitivity"] = time.perf_counter() - started - sum(phase.values())
-    log(f"allocation: {len(units)} units, sensitivities measured on {calib.numel() - 1} held-out training tokens")
+    how = "estimated (diagonal Fisher)" if space_alloc.sensitivity == "fisher" else "measured"
+    log(f"allocation: {len(units)} units, sensitivities {how} on {calib.numel() - 1} held-out training tokens")
     repeats = choose_repeats(model, config, space_alloc, calib, config.eval.autocast, device)
 
     compressor = space_alloc.compressors[0]
