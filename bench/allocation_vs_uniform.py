@@ -40,8 +40,8 @@ Prints to stdout and to bench/out/allocation_vs_uniform.txt; each allocation's f
 bench/out/allocation-<checkpoint>-<cap>-<variant>/ (metrics.json, allocation.json, the artifact).
 """
 
-import json
 import argparse
+import json
 import os
 import sys
 import time

@@ -7,8 +7,8 @@ official recipe's checkpoint in ../shared/data/official_tiny). Studies refine it
     python bench/calibrate_predictor.py [CHECKPOINT.pt | RUN_DIR/checkpoint.pgolf]
 """
 
-import json
 import argparse
+import json
 import os
 import sys
 

@@ -10,7 +10,7 @@ from pgolf.staging import check_target
 
 from search.study import RESULTS_DIR, SAMPLERS, StudyError
 from search.submit.verify import VerifyError
-from space.spec import SpaceError
+from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
 USER_ERRORS = pgolf_cli.USER_ERRORS + (SpaceError, StudyError, VerifyError)
 
@@ -214,13 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="clip multipliers to try, e.g. 8,12.85,20")
     p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
     p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
-    p.add_argument("--granularity", choices=("kind", "layer", "tensor"))
+    p.add_argument("--granularity", choices=GRANULARITIES)
     p.add_argument("--quantizers", help="how symbols are chosen: rtn, gptq or rtn,gptq (GPTQ/AWQ calibrate on training tokens)")
     p.add_argument("--awq", help="AWQ-lite exponents to try, e.g. 0,0.5 (0 = off)")
     p.add_argument("--outliers", help="fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005")
     p.add_argument("--ranks", help="ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)")
     p.add_argument("--rank-bits", type=int, help="correction factors in 16 (fp16) or 8 (int8) bits")
-    p.add_argument("--sensitivity", choices=("forward", "fisher"),
+    p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS,
                    help="each unit's loss increase: measured, one forward per unit (default), or a diagonal-Fisher estimate "
                         "from one backward pass")
     p.add_argument("--eval-seconds", type=float, default=600.0, help="eval-time cap (default: %(default)s)")

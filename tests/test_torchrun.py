@@ -46,7 +46,7 @@ def write_script(folder, sections) -> str:
 
 def single_and_ranks(tmp_path, ranks: int, sections) -> tuple[str, str, str]:
     """The exported script in one process and under torchrun with `ranks` ranks, each in its own folder; both
-    must exit 0 with one score (rank 0 alone reports and writes). Returns (one process's score, the ranks'
+    must exit 0 with one score (rank 0 alone reports and writes). Returns (one process's stdout, the ranks'
     score, the ranks' stdout)."""
     script = write_script(tmp_path, sections)
     single_dir, multi_dir = tmp_path / "single", tmp_path / "ranks"

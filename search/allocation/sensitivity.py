@@ -14,7 +14,6 @@ How that loss increase is found is the one choice here (`[allocation] sensitivit
 import math
 
 import torch
-from torch import Tensor
 
 from pgolf.evaluate import NonFiniteScore
 from pgolf.model import GPT
@@ -49,7 +48,7 @@ def mean_loss(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, auto
 FISHER_MICRO_BATCHES = 16  # squared-gradient samples per weight; the sums over a unit's weights average the rest
 
 
-def diagonal_fisher(model: GPT, tokens: Tensor, seq_len: int, repeats: int, autocast: bool, device, names: list) -> dict:
+def diagonal_fisher(model: GPT, tokens: torch.Tensor, seq_len: int, repeats: int, autocast: bool, device, names: list) -> dict:
     """weight name -> per-token diagonal Fisher estimate: over micro-batches of n tokens, n x the mean squared
     gradient of each micro-batch's mean loss (E[g_b^2] = mean(g)^2 + F / n)."""
     x = tokens[:-1].reshape(-1, seq_len).to(device)
