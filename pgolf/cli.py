@@ -11,6 +11,7 @@ import tomllib
 
 from pgolf.artifact import ArtifactError
 from pgolf.bpb import TokenizerError
+from pgolf.cliargs import COUNT, INDEX, OneLineParser, absolute_paths, ranged
 from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config, shipped_configs
 from pgolf.datasets import DataError, DataPaths, default_data_root, resolve_data
@@ -170,7 +171,7 @@ def cmd_configs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgolf", description="Train, round-trip and score one Parameter Golf model.")
+    parser = OneLineParser(prog="pgolf", description="Train, round-trip and score one Parameter Golf model.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a config, write its artifact and metrics")
@@ -196,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs internet)")
     p.add_argument("--dir", default="data", help="where to put them (challenge layout; default: %(default)s)")
     p.add_argument("--variant", default="sp1024")
-    p.add_argument("--train-shards", type=int, default=1)
+    p.add_argument("--train-shards", type=COUNT, default=1)
     p.add_argument("--repo", default="willdepueoai/parameter-golf")
     p.set_defaults(func=cmd_data_fetch)
     p = data.add_parser("build", help="train a tokenizer of a vocab size and build its shards (cached)")
-    p.add_argument("--vocab", type=int, required=True)
+    p.add_argument("--vocab", type=ranged(int, low=2), required=True)
     p.add_argument("--data", default=default_data_root())
     p.add_argument("--tokenizer")
     p.set_defaults(func=cmd_data_build)
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="read an official train_gpt.py checkpoint (final_model.pt or .int8.ptz)")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="folder for the pgolf checkpoint and its config")
-    p.add_argument("--seq-len", type=int, default=1024, help="the run's TRAIN_SEQ_LEN (default: %(default)s)")
+    p.add_argument("--seq-len", type=COUNT, default=1024, help="the run's TRAIN_SEQ_LEN (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_import)
 
@@ -216,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="checkpoint.pgolf, a folder holding one, or an official final_model.pt / .int8.ptz")
     p.add_argument("--precision", choices=("official", "fp32"), default="official",
                    help="official: bf16 embedding, fp32 weights, bf16 autocast; fp32: all fp32, no autocast")
-    p.add_argument("--seq-len", type=int, default=1024, help="sequence length for official files (default: %(default)s)")
-    p.add_argument("--stride", type=int, help="sliding-window stride (default: the checkpoint's eval setting)")
+    p.add_argument("--seq-len", type=COUNT, default=1024, help="sequence length for official files (default: %(default)s)")
+    p.add_argument("--stride", type=INDEX, help="sliding-window stride, 0 = chunks (default: the checkpoint's eval setting)")
     p.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                    help="another eval setting, e.g. eval.ttt=lora eval.ttt_chunk=64 (test-time training)")
     p.add_argument("--data", default=default_data_root())
@@ -268,7 +269,9 @@ def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = dispatch("pgolf", build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    absolute_paths(args, ("data", "tokenizer", "out", "dir", "checkpoint", "path"))  # what is recorded means the same from anywhere
+    code = dispatch("pgolf", args)
     if "RANK" in os.environ and argv is None:  # a rank of `torchrun -m pgolf.cli run ...`
         from pgolf.submission import exit_process
 

@@ -22,6 +22,8 @@ class Interrupted(KeyboardInterrupt):
 
 def check_target(target: str, replace: bool, flag: str = "--force") -> None:
     """Refuse a non-empty `target` unless replacing; `flag` is the calling command's option that asks for it."""
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise OutputExists(f"output {target} is a file, not a folder: choose another output folder or remove the file")
     if os.path.exists(target) and os.listdir(target) and not replace:
         raise OutputExists(f"output folder {target} already holds results (pass {flag} to replace them)")
 

@@ -5,10 +5,11 @@ import os
 import sys
 
 from pgolf import cli as pgolf_cli
+from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, absolute_paths, ranged
 from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
 
-from search.study import RESULTS_DIR, SAMPLERS, StudyError
+from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
 from search.submit.verify import VerifyError
 from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
@@ -116,36 +117,36 @@ def cmd_allocate(args) -> int:
 
 
 def add_run_options(p, resume: bool) -> None:
-    p.add_argument("--trials", type=int, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
-    p.add_argument("--workers", type=int, help="trials running at once (default: 1)")
+    p.add_argument("--trials", type=COUNT, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
+    p.add_argument("--timeout", type=SECONDS, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
+    p.add_argument("--workers", type=COUNT, help="trials running at once (default: 1)")
     p.add_argument("--backend", choices=("local", "tune"), help="where trials run: local processes, or Ray Tune trials "
                    "on a Ray cluster (default: " + ("the study's" if resume else "local") + ")")
     p.add_argument("--address", help="tune: the Ray cluster's HOST:PORT (default: start a Ray on this machine)")
     p.add_argument("--scheduler", choices=("fifo", "asha"), help="tune: asha stops trials early by Tune's ASHA over the "
                    "validation reports; fifo leaves it to the space's [search] pruner (default: fifo)")
-    p.add_argument("--gpus-per-trial", type=float, help="tune: GPUs per trial (default: the space's run.gpus_per_trial, "
+    p.add_argument("--gpus-per-trial", type=ranged(float, low=0), help="tune: GPUs per trial (default: the space's run.gpus_per_trial, "
                    "else 1 where the cluster has GPUs)")
-    p.add_argument("--cpus-per-trial", type=float, help="tune: CPUs per trial (default: the space's run.cpus_per_trial, "
+    p.add_argument("--cpus-per-trial", type=POSITIVE, help="tune: CPUs per trial (default: the space's run.cpus_per_trial, "
                    "else the cluster's CPUs / workers)")
     p.add_argument("--device", help="device for trials: cpu, cuda (default: the space's run.device)")
     p.add_argument("--data", help="data root (default: " + ("the one the study started with" if resume else
                    "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
-    p.add_argument("--rerun-top", type=int, help="after sampling, re-run the best N configurations with new seeds "
+    p.add_argument("--rerun-top", type=INDEX, help="after sampling, re-run the best N configurations with new seeds "
                    "(default: the space's search.rerun_top)")
-    p.add_argument("--rerun-seeds", type=int, help="new seeds per re-run configuration (default: the space's search.rerun_seeds)")
+    p.add_argument("--rerun-seeds", type=COUNT, help="new seeds per re-run configuration (default: the space's search.rerun_seeds)")
     p.add_argument("--results", default=RESULTS_DIR, help="folder holding studies (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search", description="Architecture and bit-allocation search for Parameter Golf.")
+    parser = OneLineParser(prog="search", description="Architecture and bit-allocation search for Parameter Golf.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="start a study (no arguments: the demo preset on ../shared/data)")
     p.add_argument("--space", default="demo", help="a space file or preset: demo | challenge (default: %(default)s)")
     p.add_argument("--study", help="study name (default: <space>-<date>-<time>)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (training seeds vary only in re-runs)")
+    p.add_argument("--sampler-seed", type=SEED, help="seed of the sampler (training seeds vary only in re-runs)")
     p.add_argument("--objectives", choices=("bpb", "bpb,bytes"), default="bpb", help="bpb, or bpb,bytes for a Pareto study")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite for 1 worker, a journal file for more)")
     add_run_options(p, resume=False)
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a trial as a records-style submission folder")
     p.add_argument("name")
-    p.add_argument("--trial", type=int, help="trial number (default: the best feasible trial)")
+    p.add_argument("--trial", type=INDEX, help="trial number (default: the best feasible trial)")
     p.add_argument("--out", required=True, help="submission folder to write")
     p.add_argument("--force", action="store_true", help="export an infeasible trial anyway")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--data", help="data root or shard folder (default: the data the trial was scored on)")
     p.add_argument("--tokenizer", help="SentencePiece .model for the shards (default: found under --data; without --data, the recorded one)")
-    p.add_argument("--tolerance", type=float, default=0.0, help="allowed bpb difference (default: exact)")
+    p.add_argument("--tolerance", type=SECONDS, default=0.0, help="allowed bpb difference (default: exact)")
     p.add_argument("--legality", action="store_true",
                    help="instead, measure the four legality conditions on the export's own evaluation (exit 1 on a failure)")
     p.add_argument("--device")
@@ -191,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("confirm", help="retrain a trial with new seeds; t-test against a reference")
     p.add_argument("name")
-    p.add_argument("--trial", type=int, help="trial number (default: the best feasible trial)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--reference", type=float, help="reference bpb (default: the study's baseline trial)")
+    p.add_argument("--trial", type=INDEX, help="trial number (default: the best feasible trial)")
+    p.add_argument("--seeds", type=COUNT, default=3, help="new seeds (default: %(default)s)")
+    p.add_argument("--reference", type=POSITIVE, help="reference bpb (default: the study's baseline trial)")
     p.add_argument("--same-steps", action="store_true",
                    help="train exactly the trial's step count with no wallclock cap, so a busy machine trains the same model")
-    p.add_argument("--ranks", type=int, default=1, help="run each seed under torchrun with N ranks on this machine "
+    p.add_argument("--ranks", type=COUNT, default=1, help="run each seed under torchrun with N ranks on this machine "
                    "(N GPUs with --device cuda, gloo processes on the CPU; 8 on an 8-GPU node as the challenge runs)")
     p.add_argument("--device")
     p.add_argument("--results", default=RESULTS_DIR)
@@ -204,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("allocate", help="choose bits / clip / eval settings for one checkpoint under a byte cap")
     p.add_argument("checkpoint", help="checkpoint.pgolf, a folder holding one, or an official final_model.pt / .int8.ptz")
-    p.add_argument("--cap", type=int, required=True, help="artifact byte cap (code + compressed model)")
+    p.add_argument("--cap", type=COUNT, required=True, help="artifact byte cap (code + compressed model)")
     p.add_argument("--out", help="output folder (default: allocation-<cap>)")
     p.add_argument("--data", default=default_data_root())
     p.add_argument("--tokenizer")
-    p.add_argument("--seq-len", type=int, default=1024, help="sequence length for official files (default: %(default)s)")
+    p.add_argument("--seq-len", type=COUNT, default=1024, help="sequence length for official files (default: %(default)s)")
     p.add_argument("--bits", help="allowed widths for block matrices, e.g. 4,5,6,8")
     p.add_argument("--embedding-bits", help="allowed widths for the embedding, e.g. 6,8,16")
     p.add_argument("--clip", help="clip multipliers to try, e.g. 8,12.85,20")
@@ -219,11 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--awq", help="AWQ-lite exponents to try, e.g. 0,0.5 (0 = off)")
     p.add_argument("--outliers", help="fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005")
     p.add_argument("--ranks", help="ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)")
-    p.add_argument("--rank-bits", type=int, help="correction factors in 16 (fp16) or 8 (int8) bits")
+    p.add_argument("--rank-bits", type=int, choices=(8, 16), help="correction factors in 16 (fp16) or 8 (int8) bits")
     p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS,
                    help="each unit's loss increase: measured, one forward per unit (default), or a diagonal-Fisher estimate "
                         "from one backward pass")
-    p.add_argument("--eval-seconds", type=float, default=600.0, help="eval-time cap (default: %(default)s)")
+    p.add_argument("--eval-seconds", type=POSITIVE, default=600.0, help="eval-time cap (default: %(default)s)")
     p.add_argument("--device")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_allocate)
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Relative paths mean the working directory now, also for the study that stores them and every later command.
+    absolute_paths(args, ("results", "data", "out", "tokenizer", "checkpoint", "dir"))
+    if getattr(args, "storage", None):
+        args.storage = absolute_storage(args.storage)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

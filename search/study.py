@@ -78,8 +78,31 @@ def study_dir(name: str, root: str | None = None) -> str:
 
 def study_command(command: str, name: str, root: str | None = None) -> str:
     """`search COMMAND NAME`, with --results when the study is not under the default results folder."""
-    results = "" if os.path.normpath(root or RESULTS_DIR) == os.path.normpath(RESULTS_DIR) else f" --results {shlex.quote(root)}"
+    results = "" if os.path.abspath(root or RESULTS_DIR) == os.path.abspath(RESULTS_DIR) else f" --results {shlex.quote(root)}"
     return f"`search {command} {name}{results}`"
+
+
+def absolute_storage(url: str) -> str:
+    """`url` with a relative file path (sqlite:///rel.db, journal://rel.log) made absolute against the working
+    directory, so the study keeps a URL that means the same file from any folder; other URLs unchanged."""
+    path = storage_file(url)
+    if path is None or os.path.isabs(path):
+        return url
+    absolute = os.path.abspath(os.path.expanduser(path))
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + absolute + url[len("sqlite:///") + len(path):]  # the query string, if any, kept
+    return "journal://" + absolute
+
+
+def storage_file(url: str) -> str | None:
+    """The file a SQLite or journal URL names (None for a database server or an in-memory SQLite)."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        return None if path in ("", ":memory:") else path
+    if url.startswith("journal://"):
+        path = url[len("journal://"):]
+        return path[1:] if path.startswith("//") else path
+    return None
 
 
 def default_storage(directory: str, workers: int) -> str:
@@ -103,8 +126,7 @@ def open_storage(url: str, stale_seconds: float = STALE_SECONDS):
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
-            path = url[len("journal://"):]
-            path = path[1:] if path.startswith("//") else path
+            path = storage_file(url)
             if not os.path.isdir(os.path.dirname(path) or "."):
                 raise StudyError(f"storage {url}: folder {os.path.dirname(path)} does not exist")
             return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=30)))
@@ -167,6 +189,12 @@ def load_settings(name: str, root: str | None = None) -> tuple[str, StudySetting
 
 
 def open_study(settings: StudySettings, startup_trials: int, create: bool) -> optuna.Study:
+    path = storage_file(settings.storage)
+    if not create and path is not None and not os.path.isfile(path):
+        # Opening it would create an empty file here and then not find the study in it.
+        where = "" if os.path.isabs(path) else (" (a relative path in study.json, meaning the folder the study was "
+                                                 "started in; run from there, or write the absolute path into study.json)")
+        raise StudyError(f"study {settings.name!r}: its storage file {path} does not exist{where}")
     storage = open_storage(settings.storage)
     sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials)
     try:

@@ -139,7 +139,7 @@ class TuneBackend:
             tune_config=tune.TuneConfig(search_alg=StudySearcher(coordinator, self.threads), scheduler=scheduler,
                                         num_samples=-1, max_concurrent_trials=self.settings.workers, reuse_actors=False,
                                         trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name),
-            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=os.path.join(coordinator.directory, "tune"),
+            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=os.path.abspath(os.path.join(coordinator.directory, "tune")),
                                       failure_config=tune.FailureConfig(max_failures=RETRIES), stop=StopOnSignal(coordinator),
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), Ticker(coordinator)], verbose=0))
         tuner.fit()
