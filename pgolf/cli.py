@@ -21,11 +21,12 @@ from pgolf.gptq import CalibrationError
 from pgolf.official import CheckpointImportError
 from pgolf.shards import ShardError
 from pgolf.staging import Interrupted, OutputExists
+from pgolf.submission import DeviceError
 from pgolf.train import TrainingDiverged
 
 # Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
 USER_ERRORS = (ArtifactError, CalibrationError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
-               FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore)
+               FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore, DeviceError)
 
 
 def apply_overrides(config, overrides: list[str]):

@@ -54,19 +54,39 @@ class Runtime:
         return self.rank == 0
 
 
+class DeviceError(ValueError):
+    """A device name that is not a device, or names one this machine does not have."""
+
+
+def parse_device(name: str, distributed: bool = False) -> torch.device:
+    """The torch device `name` means on this machine; a DeviceError if it is none or not here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"{name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+    # Under torchrun each rank takes the GPU of its local rank; alone, the one named (cuda = cuda:0).
+    index = int(os.environ.get("LOCAL_RANK", "0")) if distributed else (device.index or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} CUDA device(s) visible)")
+    return torch.device("cuda", index)
+
+
 def setup_runtime(device_name: str | None = None) -> Runtime:
     """Device and (under torchrun) the process group; CPU runs keep freed memory for reuse."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     name = device_name or os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
-    if name == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = parse_device(name, distributed)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        device = torch.device(name)
         keep_freed_memory()
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

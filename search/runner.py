@@ -7,11 +7,12 @@ import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
+from pgolf.submission import parse_device
 from search.backends import make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           study_command, study_dir, check_space_snapshot, STUDY_FILE)
-from space.sample import ParamSource, suggest_config
+from space.sample import ParamSource, check_dimension_values, suggest_config
 from space.spec import SpaceError, load_space
 
 
@@ -109,6 +110,7 @@ def start_study(args) -> None:
         raise StudyError(f"{exc} (the default name starts with the space's name {space.name!r}): pass --study NAME") from None
     if os.path.exists(os.path.join(directory, STUDY_FILE)):
         raise StudyError(f"study {name!r} already exists in {directory}: use {study_command('resume', name, args.results)}")
+    check_dimension_values(space)
     check_caps_reachable(space)
     data = DataResolver(_data_root(args, space))
     for vocab in sorted({smallest_config(space).model.vocab_size, space.base.model.vocab_size}):
@@ -122,6 +124,8 @@ def start_study(args) -> None:
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     check_backend_options(settings)
+    if settings.backend == "local" and _device(args, space):
+        parse_device(_device(args, space))  # a device this machine lacks fails here, not as failed trials
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)

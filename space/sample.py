@@ -103,3 +103,14 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
 
 def baseline_config(space: Space) -> RunConfig:
     return suggest_config(space, ParamSource(space.baseline))[0]
+
+
+def check_dimension_values(space: Space) -> None:
+    """Each dimension's choices and bounds, one at a time on the baseline point, make a valid config: a
+    value the config refuses is named before any trial is spent on it."""
+    for dim in space.dims:
+        for value in dim.choices if dim.choices is not None else dim.values_bound():
+            try:
+                suggest_config(space, ParamSource({**space.baseline, dim.key: value}))
+            except SpaceError as exc:
+                raise SpaceError(f"{space.source or space.name}: dims.{dim.key!r} = {value!r}: {str(exc).removeprefix('sampled configuration is invalid: ')}") from None

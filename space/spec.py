@@ -23,6 +23,7 @@ it starts and keeps it, so `search resume` reads the same data from any folder.
 """
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def _typed(where: str, value, kind):
               str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool), list: lambda v: isinstance(v, list)}
     if not checks[kind](value):
         name = kind if isinstance(kind, str) else kind.__name__
-        raise SpaceError(f"{where} must be {'a ' + name if name != 'list' else 'a list'}, got {value!r}")
+        raise SpaceError(f"{where} must be {'an ' + name if name == 'int' else 'a ' + name if name != 'list' else 'a list'}, got {value!r}")
     return float(value) if kind is float else value
 
 
@@ -186,6 +187,34 @@ def config_keys() -> dict:
     return {f"{section}.{key}": value for section, values in config_to_dict(RunConfig()).items() for key, value in values.items()}
 
 
+def _check_dimension_values(where: str, dim: Dimension, default) -> None:
+    """Each value a dimension can take has the config key's type, and a number is >= 0 (every numeric config
+    key is): caught here, not as a trial that fails or a value silently repaired into another."""
+    values = dim.choices if dim.choices is not None else [v for v in (dim.low, dim.high) if v is not None]
+    for value in values:
+        if isinstance(default, bool) or isinstance(default, str):
+            if type(value) is not type(default):
+                raise SpaceError(f"{where}: {value!r} is not a {type(default).__name__} like the key's default {default!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpaceError(f"{where}: {value!r} is not a number")
+        elif isinstance(default, int) and not isinstance(value, int):
+            raise SpaceError(f"{where}: {value!r} is not an integer (the key takes integers)")
+        elif value < 0:
+            raise SpaceError(f"{where}: {value!r} is negative (every numeric config key is >= 0)")
+
+
+def _nonfinite_number(value, where: str) -> str | None:
+    """The first key under `value` holding nan or inf (TOML allows both; no space value means them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nonfinite_number(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
 def _dimension(key: str, spec) -> Dimension:
     where = f"dims.{key!r}"
     keys = config_keys()
@@ -197,6 +226,7 @@ def _dimension(key: str, spec) -> Dimension:
         raise SpaceError(f"{where}: per-tensor bits and clips are chosen by [allocation], not by a dimension")
     dim = _dataclass_from(where, Dimension, spec)
     dim.key = key
+    _check_dimension_values(where, dim, keys[key])
     if dim.choices is not None:
         if not dim.choices:
             raise SpaceError(f"{where}: choices is empty")
@@ -277,6 +307,9 @@ def search_plan_from_dict(values: dict) -> SearchPlan:
 
 def space_from_dict(data: dict, source: str = "") -> Space:
     data = dict(_table("space", data))
+    found = _nonfinite_number(data, "space")
+    if found:
+        raise SpaceError(f"{found.removeprefix('space.')} is not a finite number (nan and inf mean nothing in a space file)")
     known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation", "search"}
     for key in data:
         if key not in known:

@@ -10,11 +10,14 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from objectives.constraints import is_feasible, pre_quant_text
+from pgolf.staging import OutputExists
 from search.outputs.status import trial_stage
 
 
 def write_page(path: str, title: str, sections: list) -> str:
     """sections: (heading, plotly figure | html string) pairs, in order."""
+    if os.path.isdir(path):
+        raise OutputExists(f"{path} is a folder: give --out a file name, e.g. {os.path.join(path, 'page.html')}")
     parts = []
     for i, (heading, body) in enumerate(sections):
         if isinstance(body, go.Figure):

@@ -1,0 +1,82 @@
+"""The README's commands, as written, are tests: the lines of its first-session and cluster blocks run from a
+fresh working directory, with relative paths and the default results folder, the study's size shrunk by
+flags the README documents. A README step that stops working fails here."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MICRO_SPACE
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "README.md")
+BIN = os.path.dirname(sys.executable)
+
+
+def readme_commands(block: str) -> list[str]:
+    """The command lines of the README's `<!-- readme-commands: BLOCK -->` code block, comments dropped."""
+    with open(README, encoding="utf-8") as f:
+        found = re.search(rf"<!-- readme-commands: {block} -->\s*```bash\n(.*?)```", f.read(), re.S)
+    assert found, f"README.md has no readme-commands block {block!r}"
+    return [" ".join(shlex.split(line, comments=True)) for line in found.group(1).splitlines() if shlex.split(line, comments=True)]
+
+
+def shrunk(lines: list[str], replacements: dict[str, str]) -> list[str]:
+    """The lines with the test's substitutions; each must apply somewhere, so a README edit updates this test."""
+    unused = [old for old in replacements if not any(old in line for line in lines)]
+    assert not unused, f"README lines changed: {unused} no longer occur; update the substitutions"
+    for old, new in replacements.items():
+        lines = [line.replace(old, new) for line in lines]
+    return lines
+
+
+def run_line(line: str, cwd) -> subprocess.CompletedProcess:
+    """Run one README line as a user would: `search` is this environment's console script, `ray` too."""
+    words = shlex.split(line)
+    command = {"search": [sys.executable, "-m", "search.cli"], "ray": [os.path.join(BIN, "ray")]}[words[0]] + words[1:]
+    env = {k: v for k, v in os.environ.items() if k != "PGOLF_RESULTS"}  # the default results folder, as typed
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"README line failed: {line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.timeout(1200)
+def test_the_first_session_block_runs_as_written_from_a_fresh_folder(tmp_path):
+    lines = shrunk(readme_commands("first-session"), {
+        "--space demo": f"--space {MICRO_SPACE}", "--trials 12": "--trials 2", "--trials 14": "--trials 3",
+        "--seeds 3": "--seeds 2"})
+    work = tmp_path / "work"
+    work.mkdir()
+    for line in lines:
+        run_line(line, work)
+    assert (work / "results" / "first" / "pareto.html").is_file() and (work / "submission" / "train_gpt.py").is_file()
+    # The study stored its paths resolved: another folder reads it with --results, and nothing lands there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = run_line(f"search status first --results {work / 'results'}", elsewhere)
+    assert "first" in status.stdout and os.listdir(elsewhere) == []
+
+
+@pytest.mark.timeout(1200)
+def test_the_cluster_block_runs_on_a_local_ray_and_a_postgres_database(tmp_path, postgres_url):
+    from postgres import free_port
+
+    port = free_port()
+    lines = readme_commands("cluster")
+    skipped = {"ray start --address=HEAD:6379": "a second node (tests/test_tune.py runs two)",
+               "createdb pgolf": "the postgres_url fixture creates the database"}
+    assert all(line in lines for line in skipped), "README cluster lines changed: update this test"
+    lines = shrunk([line for line in lines if line not in skipped], {
+        "--port=6379": f"--port={port} --num-cpus=2 --num-gpus=0", "HEAD:6379": f"127.0.0.1:{port}",
+        "--space challenge": f"--space {MICRO_SPACE}", "postgresql://user@dbhost/pgolf": postgres_url,
+        "--workers 8 --gpus-per-trial 1": "--workers 2 --gpus-per-trial 0 --trials 2",
+        "search resume c1": "search resume c1 --trials 3"})
+    try:
+        for line in lines:
+            run_line(line, tmp_path)
+        assert (tmp_path / "results" / "c1" / "tune").is_dir()
+    finally:
+        subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], capture_output=True, timeout=120)
