@@ -9,7 +9,7 @@ import pytest
 from pgolf.provenance import check_split, dataset_dirs, ProvenanceError
 from pgolf.shards import read_shard, write_shard
 
-from conftest import DATA, SHARDS, run_cli
+from conftest import DATA, SHARDS
 
 
 def doc(*tokens):
@@ -62,11 +62,13 @@ def test_expected_counts(tmp_path):
         dataset_dirs(str(tmp_path / "d" / ".."))
 
 
-def test_data_check_on_the_shared_data_and_on_a_planted_copy(tmp_path):
-    done = run_cli("pgolf.cli", "data", "check", DATA)
-    assert done.returncode == 0, done.stderr
-    assert "50 validation documents (108,501 tokens, as expected for the shared sample" in done.stdout
-    assert "no validation document occurs in training" in done.stdout
+def test_data_check_on_the_shared_data_and_on_a_planted_copy(tmp_path, capsys):
+    from pgolf.cli import main
+
+    assert main(["data", "check", DATA]) == 0
+    out = capsys.readouterr().out
+    assert "50 validation documents (108,501 tokens, as expected for the shared sample" in out
+    assert "no validation document occurs in training" in out
     copy = tmp_path / "data"
     shutil.copytree(DATA, copy, ignore=shutil.ignore_patterns("docs", "official_tiny"))
     for path in copy.rglob("*"):
@@ -78,8 +80,7 @@ def test_data_check_on_the_shared_data_and_on_a_planted_copy(tmp_path):
     planted = val[starts[17]: starts[18]]
     at = int(train_starts[200])
     write_shard(str(shards / "fineweb_train_000000.bin"), np.concatenate([train[:at], planted, train[at:]]))
-    refused = run_cli("pgolf.cli", "data", "check", str(copy))
-    assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines() == [
+    assert main(["data", "check", str(copy)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
         f"pgolf: error: {shards}: validation document 17 (\"Monochromatic shrinks the unshakeable runoffs? Thane crenellated "
         f"misuse...\"), {planted.size:,} tokens, occurs in training shard fineweb_train_000000.bin at token {at:,}"]

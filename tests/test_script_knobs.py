@@ -8,8 +8,6 @@ import pytest
 from search.script import ScriptError
 from search.script.knobs import check_read, env_value, format_table, read_knobs, read_script
 
-from conftest import run_cli
-
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 OFFICIAL = os.path.join(SCRIPTS, "official_style.py")
 RECORDS = os.path.join(SCRIPTS, "records_style.py")
@@ -112,10 +110,10 @@ def test_unreadable_scripts_are_one_line(tmp_path):
         read_script(str(tmp_path / "missing.py"))
 
 
-def test_script_info_command(tmp_path):
-    done = run_cli("search.cli", "script-info", RECORDS)
-    assert done.returncode == 0, done.stderr
-    assert any(line.split()[:3] == ["QK_GAIN_INIT", "float", "5.0"] for line in done.stdout.splitlines())
-    missing = run_cli("search.cli", "script-info", str(tmp_path / "nope.py"))
-    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
-        f"search: error: script {tmp_path / 'nope.py'} does not exist"]
+def test_script_info_command(tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["script-info", RECORDS]) == 0
+    assert any(line.split()[:3] == ["QK_GAIN_INIT", "float", "5.0"] for line in capsys.readouterr().out.splitlines())
+    assert main(["script-info", str(tmp_path / "nope.py")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"search: error: script {tmp_path / 'nope.py'} does not exist"]
