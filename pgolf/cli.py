@@ -128,7 +128,8 @@ def cmd_data_check(args) -> int:
     for folder in dataset_dirs(args.dir):
         report = check_split(folder, args.expect_docs, args.expect_tokens, tokenizer_for(args.dir, folder))
         print(report.summary())
-        refusals += [report.refusal()] if report.refusal() else []
+        if report.refusal():
+            refusals.append(report.refusal())
     if refusals:
         raise ProvenanceError(refusals[0])
     return 0

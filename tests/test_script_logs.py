@@ -60,7 +60,7 @@ LINES = textwrap.dedent("""\
     ttt_sliding:done val_loss=2.0 val_bpb=1.0999 elapsed=300.0s
     Total submission size int8+zlib: 15863489 bytes
     legal_ttt val_loss:2.0 val_bpb:1.0988 eval_time:350000ms
-    legal_ttt_exact val_loss:2.00000000 val_bpb:1.09876543
+    [rank0]:legal_ttt_exact val_loss:2.00000000 val_bpb:1.09876543
     """)
 
 

@@ -11,6 +11,8 @@
 - Training seconds: the `stopping_early` line's train_time, else the last progress line's.
 - Evaluation seconds: a `total_eval_time` line, else the final line's (or its non-exact sibling's) eval_time.
 - The last `Total submission size ...: N bytes` line, recorded beside pgolf's own measurement.
+A records-style validation line has no train_time of its own: it gets the last training line's, which
+those scripts print in minutes to one decimal (6 s resolution).
 """
 
 import math
@@ -29,6 +31,7 @@ EVAL_TIME = re.compile(r"\beval_time\s*[:=]\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\b")
 TOTAL_EVAL_TIME = re.compile(r"^\s*total_eval_time\s*[:=]\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\b")
 STOPPING = re.compile(r"^\s*stopping_early\b")
 TOTAL_SIZE = re.compile(r"^\s*Total submission size\b[^:]*:\s*(\d+)\s*bytes")
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")  # torchrun's per-rank prefix, where it adds one
 UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1e-3}  # a bare eval_time is in ms, as the scripts print it
 
 
@@ -101,6 +104,7 @@ class ScriptLog:
 
     def feed(self, line: str) -> Progress | None:
         self.lines += 1
+        line = RANK_PREFIX.sub("", line)
         bpb = VAL_BPB.search(line)
         if STEP.match(line):
             self.candidates.clear()  # training goes on: earlier score lines were not final
