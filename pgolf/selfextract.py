@@ -8,7 +8,7 @@ before and after), the sources are compressed with lzma and base85-encoded into 
 
 The decompressed bootstrap runs the script in the loader's own module namespace, so `__name__` is
 "__main__" under `python train_gpt.py` and under torchrun alike; it registers every source with linecache
-(tracebacks and `inspect.getsource`, which Triton's kernels need, see the code) and makes each counted `.py`
+under the loader's own path (tracebacks and `inspect.getsource`, which Triton's kernels need, see the code) and makes each counted `.py`
 file beside the script importable by its module name from the bundle. Counted files that are not Python
 modules beside the script are kept as plain files next to the loader, counted at their size.
 The loader imports only the standard library.
@@ -24,12 +24,13 @@ LOADER = 'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{}")))\n'
 # Runs inside the loader's exec: names stay inside _pgolf_run so the script's namespace gets only that one.
 BOOTSTRAP = """def _pgolf_run(M,S,g):
  import sys,linecache,importlib.abc as A,importlib.util as U
- for f,s in S.items():linecache.cache[f]=(len(s),None,s.splitlines(True),f)
+ F=g.get('__file__',M)
+ for f,s in S.items():f=F if f==M else f;linecache.cache[f]=(len(s),None,s.splitlines(True),f)
  class P(A.MetaPathFinder,A.Loader):
   def find_spec(s,n,p=None,t=None):return U.spec_from_loader(n,s)if n+'.py'in S and n+'.py'!=M else None
   def exec_module(s,m):f=m.__name__+'.py';exec(compile(S[f],f,'exec'),m.__dict__)
  if len(S)>1:sys.meta_path.insert(0,P())
- exec(compile(S[M],M,'exec'),g)
+ exec(compile(S[M],F,'exec'),g)
 _pgolf_run({main!r},{sources!r},globals())
 """
 

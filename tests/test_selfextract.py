@@ -37,7 +37,7 @@ MAIN = textwrap.dedent('''\
         here = os.path.dirname(os.path.abspath(__file__))
         print(__name__, shout("hi"), helper.twice(21), Empty.__name__, sys.argv[1:])
         print(open(os.path.join(here, "words.txt")).read().strip())
-        print(inspect.getsource(shout).split()[0], os.environ.get("RANK", "-"))
+        print(inspect.getsource(shout).split()[0], inspect.getsource(Empty).split()[0], os.environ.get("RANK", "-"))
     ''')
 HELPER = '"""Helper."""\n\n\ndef twice(x):\n    # doubles\n    return 2 * x\n'
 
@@ -74,8 +74,8 @@ def test_compressed_form_runs_like_the_script(project, tmp_path):
     out.mkdir()
     loader = form.write(str(out), "main.py")
     assert sorted(os.listdir(out)) == ["main.py", "words.txt"]
-    assert run(loader, out, "a", "b") == run(project / "main.py", project, "a", "b") == (
-        "__main__ HI! 42 Empty ['a', 'b']\ncounted data\ndef -\n")
+    assert run(loader, out, "a", "b") == run(loader, tmp_path, "a", "b") == run(project / "main.py", project, "a", "b") == (
+        "__main__ HI! 42 Empty ['a', 'b']\ncounted data\ndef class -\n")
 
 
 def test_compressed_form_runs_under_torchrun(project, tmp_path):
@@ -85,7 +85,7 @@ def test_compressed_form_runs_under_torchrun(project, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", loader],
                           cwd=out, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("def")) == ["def 0", "def 1"]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("def")) == ["def class 0", "def class 1"]
 
 
 def test_fixture_script_sizes_and_log(tmp_path):
