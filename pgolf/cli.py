@@ -19,14 +19,16 @@ from pgolf.evaluate import NonFiniteScore
 from pgolf.files import FileFormatError, read_json
 from pgolf.gptq import CalibrationError
 from pgolf.official import CheckpointImportError
+from pgolf.provenance import ProvenanceError
 from pgolf.shards import ShardError
 from pgolf.staging import Interrupted, OutputExists
 from pgolf.submission import DeviceError
 from pgolf.train import TrainingDiverged
 
 # Errors whose message names the problem: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ArtifactError, CalibrationError, CheckpointImportError, ConfigError, DataError, ShardError, TokenizerError, TrainingDiverged, OutputExists,
-               FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore, DeviceError)
+USER_ERRORS = (ArtifactError, CalibrationError, CheckpointImportError, ConfigError, DataError, ProvenanceError, ShardError, TokenizerError,
+               TrainingDiverged, OutputExists, FileNotFoundError, NotADirectoryError, PermissionError, FileFormatError, NonFiniteScore,
+               DeviceError)
 
 
 def apply_overrides(config, overrides: list[str]):
@@ -122,6 +124,20 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from pgolf.provenance import check_split, dataset_dirs, tokenizer_for
+
+    refusals = []
+    for folder in dataset_dirs(args.dir):
+        report = check_split(folder, args.expect_docs, args.expect_tokens, tokenizer_for(args.dir, folder))
+        print(report.summary())
+        if report.refusal():
+            refusals.append(report.refusal())
+    if refusals:
+        raise ProvenanceError(refusals[0])
+    return 0
+
+
 def cmd_import(args) -> int:
     from pgolf.checkpoint import CHECKPOINT_FILE, save_checkpoint
     from pgolf.configfiles import config_to_toml
@@ -206,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=default_data_root())
     p.add_argument("--tokenizer")
     p.set_defaults(func=cmd_data_build)
+    p = data.add_parser("check", help="provenance: no validation document in the training shards; validation split of the expected size")
+    p.add_argument("dir", nargs="?", default=default_data_root(), help="data root or shard folder (default: %(default)s)")
+    p.add_argument("--expect-docs", type=COUNT, help="validation documents expected (default: known splits' own counts)")
+    p.add_argument("--expect-tokens", type=COUNT, help="validation tokens expected (default: known splits' own counts)")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("import", help="read an official train_gpt.py checkpoint (final_model.pt or .int8.ptz)")
     p.add_argument("checkpoint")

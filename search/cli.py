@@ -9,11 +9,12 @@ from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, 
 from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
 
+from search.script import ScriptError
 from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
 from search.submit.verify import VerifyError
 from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
-USER_ERRORS = pgolf_cli.USER_ERRORS + (SpaceError, StudyError, VerifyError)
+USER_ERRORS = pgolf_cli.USER_ERRORS + (ScriptError, SpaceError, StudyError, VerifyError)
 
 
 def cmd_run(args) -> int:
@@ -113,6 +114,13 @@ def cmd_allocate(args) -> int:
                                   args.eval_seconds, options, args.device, args.replace)
     print(format_table(metrics))
     print(f"wrote {out} ({metrics['chosen']}: {metrics['artifact_bytes']:,} bytes, val_bpb {metrics['val_bpb_post']:.6f})")
+    return 0
+
+
+def cmd_script_info(args) -> int:
+    from search.script.knobs import format_table, read_script
+
+    print(format_table(read_script(args.path)))
     return 0
 
 
@@ -228,13 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--replace", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_allocate)
+
+    p = sub.add_parser("script-info", help="the environment variables a training script reads: type, default, line")
+    p.add_argument("path", help="a records-style train_gpt.py (read, never run)")
+    p.set_defaults(func=cmd_script_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Relative paths mean the working directory now, also for the study that stores them and every later command.
-    absolute_paths(args, ("results", "data", "out", "tokenizer", "checkpoint", "dir"))
+    absolute_paths(args, ("results", "data", "out", "tokenizer", "checkpoint", "dir", "path"))
     if getattr(args, "storage", None):
         args.storage = absolute_storage(args.storage)
     import optuna
