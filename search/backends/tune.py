@@ -49,6 +49,12 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def ray_token_available() -> bool:
+    """Whether this machine holds a Ray cluster token where Ray looks for one (its variable, its file)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
 def connect(address: str | None) -> bool:
     """Join the Ray cluster at `address`, or start a local one; True if this process started Ray."""
     import ray
@@ -66,6 +72,13 @@ def connect(address: str | None) -> bool:
     # Ray's and Tune's own warnings (token authentication, metrics of a trial stopped before its first result)
     # would interleave with the study's lines; errors still show.
     logging.getLogger("ray").setLevel(logging.ERROR)
+    if address and "RAY_AUTH_MODE" not in os.environ and ray_token_available():
+        # `ray start --head` turns token authentication on and writes the token to ~/.ray/auth_token, but a driver
+        # given an explicit address sends it only in token mode (Ray 2.60 enables that itself for address=auto only).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # private: Ray reads the mode at import; this re-reads it (no public call does)
+
+        Config.initialize("")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
