@@ -65,10 +65,7 @@ def _with_reruns(args, space):
     changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds") if getattr(args, k, None) is not None}
     if not changes:
         return space
-    plan = dataclasses.replace(space.search, **changes)
-    if plan.rerun_top < 0 or plan.rerun_seeds < 1:
-        raise SpaceError(f"--rerun-top must be >= 0 and --rerun-seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
-    return dataclasses.replace(space, search=plan)
+    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked both
 
 
 def _tune_options(args, space, settings=None) -> dict:
@@ -80,10 +77,7 @@ def _tune_options(args, space, settings=None) -> dict:
             value = getattr(settings, key) if settings is not None else getattr(space, key, None)
         if value is not None:
             options[key] = value
-    for key in ("gpus_per_trial", "cpus_per_trial"):
-        if options.get(key) is not None and options[key] < 0:
-            raise SpaceError(f"--{key.replace('_', '-')} must be >= 0, got {options[key]:g}")
-    return options
+    return options  # flags are range-checked by the parser, the space's values by the space loader
 
 
 def check_backend_options(settings) -> None:

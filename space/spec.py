@@ -322,9 +322,8 @@ def space_from_dict(data: dict, source: str = "") -> Space:
         if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial"):
             raise SpaceError(f"unknown key run.{key}")
     resources = {key: _typed(f"run.{key}", run[key], float) for key in ("gpus_per_trial", "cpus_per_trial") if key in run}
-    for key, value in resources.items():
-        if value < 0:
-            raise SpaceError(f"run.{key} must be >= 0, got {value:g}")
+    if resources.get("gpus_per_trial", 0) < 0 or resources.get("cpus_per_trial", 1) <= 0:
+        raise SpaceError(f"run.gpus_per_trial must be >= 0 and run.cpus_per_trial > 0, got {resources}")
     device = _typed("run.device", run.get("device", "auto"), str)
     if device not in ("auto", "cpu", "cuda"):
         raise SpaceError(f"run.device must be auto, cpu or cuda, got {device!r}")
