@@ -37,12 +37,16 @@ def shrunk(lines: list[str], replacements: dict[str, str]) -> list[str]:
     return lines
 
 
-def run_line(line: str, cwd) -> subprocess.CompletedProcess:
-    """Run one README line as a user would: `search` is this environment's console script, `ray` too."""
+def run_line(line: str, cwd, exported: dict | None = None) -> subprocess.CompletedProcess | None:
+    """Run one README line as a user would: `search` is this environment's console script, `ray` too; an
+    `export NAME=VALUE` line goes into `exported`, the environment of the lines after it."""
     words = shlex.split(line)
+    if words[0] == "export":
+        exported.update(word.split("=", 1) for word in words[1:])
+        return None
     command = {"search": [sys.executable, "-m", "search.cli"], "ray": [os.path.join(BIN, "ray")]}[words[0]] + words[1:]
-    env = {k: v for k, v in os.environ.items() if k != "PGOLF_RESULTS"}  # the default results folder, as typed
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGOLF_RESULTS", "RAY_AUTH_MODE")}  # as on a fresh shell
+    done = subprocess.run(command, cwd=cwd, env={**env, **(exported or {})}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"README line failed: {line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -78,10 +82,13 @@ def test_the_cluster_block_runs_on_a_local_ray_and_a_postgres_database(tmp_path,
         "--space challenge": f"--space {MICRO_SPACE}", "postgresql://user@dbhost/pgolf": postgres_url,
         "--workers 8 --gpus-per-trial 1": "--workers 2 --gpus-per-trial 0 --trials 2",
         "search resume c1": "search resume c1 --trials 3"})
+    exported = {}
     try:
         for line in lines:
-            run_line(line, tmp_path)
+            run_line(line, tmp_path, exported)
         assert (tmp_path / "results" / "c1" / "tune").is_dir()
+        trained = [d for d in (tmp_path / "results" / "c1" / "trials").iterdir() if (d / "metrics.json").is_file()]
+        assert trained, "no Tune trial finished"
     finally:
         stop_ray_under(temp)
 

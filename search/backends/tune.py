@@ -72,13 +72,6 @@ def connect(address: str | None) -> bool:
     # Ray's and Tune's own warnings (token authentication, metrics of a trial stopped before its first result)
     # would interleave with the study's lines; errors still show.
     logging.getLogger("ray").setLevel(logging.ERROR)
-    if address and "RAY_AUTH_MODE" not in os.environ and ray_token_available():
-        # `ray start --head` turns token authentication on and writes the token to ~/.ray/auth_token, but a driver
-        # given an explicit address sends it only in token mode (Ray 2.60 enables that itself for address=auto only).
-        os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config  # private: Ray reads the mode at import; this re-reads it (no public call does)
-
-        Config.initialize("")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
@@ -87,7 +80,13 @@ def connect(address: str | None) -> bool:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {str(exc).strip().splitlines()[0]}") from None
+        # `ray start --head` turns token authentication on (Ray 2.60), and a driver given an address sends the
+        # token only when told to; Ray's refusal does not say so, and a cluster without tokens cannot be told apart
+        # before joining, so the remedy is named rather than guessed.
+        hint = (" (a cluster started by `ray start --head` checks a token: set RAY_AUTH_MODE=token here, with the "
+                "head's ~/.ray/auth_token copied to this machine or RAY_AUTH_TOKEN set)"
+                if address and "RAY_AUTH_MODE" not in os.environ and ray_token_available() else "")
+        raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {str(exc).strip().splitlines()[0]}{hint}") from None
     return True
 
 
