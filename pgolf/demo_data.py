@@ -41,7 +41,7 @@ def is_demo_root(path: str) -> bool:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(message, flush=True)  # progress, like the commands' own; the bars and a failure go to stderr
 
 
 def _mb(nbytes: int) -> str:
@@ -116,7 +116,7 @@ def prepare_demo_data(root: str | None = None, repo: str = DEFAULT_REPO) -> str:
         tokenizer = hub.download_file(repo, f"{REMOTE_ROOT}/{TOKENIZER}")
         for part in parts:
             if part.local is None:
-                part.local = hub.download_prefix(part.remote, part.nbytes, downloads, progress=not os.environ.get("PGOLF_QUIET"))
+                part.local = hub.download_prefix(part.remote, part.nbytes, downloads)
         _build(root, repo, tokenizer, parts)
     _log(f"pgolf: the demo's data is ready in {root} (see its README.md)")
     return root

@@ -104,8 +104,19 @@ def remote_file(repo: str, path: str) -> RemoteFile:
 
 def download_file(repo: str, path: str) -> str:
     """A whole file, through the hub cache (hf_hub_download): its local path."""
-    from huggingface_hub import hf_hub_download
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download
 
+    if not offline():
+        try:  # one HEAD without the client's minute of retries: an unreachable endpoint or a missing file fails now
+            get_hf_file_metadata(file_url(repo, path))
+        except (httpx2.ConnectError, httpx2.TimeoutException) as exc:
+            cached = cached_file(repo, path)
+            if cached is None:
+                raise failure(exc, path) from None
+            return cached  # what the client itself falls back to, after its retries
+        except Exception as exc:
+            raise failure(exc, path) from None
     try:
         return hf_hub_download(repo_id=repo, filename=path, repo_type="dataset", revision=REVISION)
     except Exception as exc:
@@ -176,6 +187,10 @@ def download_prefix(remote: RemoteFile, nbytes: int, folder: str, progress: bool
                 raise HubError(f"the download of {remote.path} from {endpoint()} broke off after {have:,} of "
                                f"{nbytes:,} bytes: rerun to resume it")
         os.replace(partial, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and not exc.filename:
+            exc.filename = partial  # a write error names no file by itself
+        raise failure(exc, remote.path) from None
     except Exception as exc:
         raise failure(exc, remote.path) from None
     return target
