@@ -142,9 +142,11 @@ def _locate(parts: list[Part], repo: str, downloads: str) -> None:
         full = hub.cached_file(repo, part.remote_path)
         if full and os.path.basename(os.path.realpath(full)) == part.remote.etag:
             part.local = full  # the whole shard is in the hub cache already (the hub names its blobs by ETag)
-        elif not os.path.exists(hub.prefix_file(downloads, part.remote, part.nbytes)):
-            plan.append((f"{part.remote_path}, its first {min(part.nbytes, part.remote.size):,} of {part.remote.size:,} bytes",
-                         min(part.nbytes, part.remote.size)))
+        elif not os.path.exists(target := hub.prefix_file(downloads, part.remote, part.nbytes)):
+            wanted = min(part.nbytes, part.remote.size)
+            have = os.path.getsize(target + ".partial") if os.path.exists(target + ".partial") else 0
+            resume = f", resuming after the {have:,} bytes a broken-off download left" if 0 < have < wanted else ""
+            plan.append((f"{part.remote_path}, its first {wanted:,} of {part.remote.size:,} bytes{resume}", wanted - have))
     if plan:
         _log(f"  downloading {_mb(sum(size for _, size in plan))} from {hub.endpoint()}, dataset {repo}:")
         for what, size in plan:

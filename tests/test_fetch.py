@@ -151,6 +151,7 @@ def test_a_broken_off_download_resumes_where_it_stopped(official, tmp_path):
     with HubServer(str(folder), REPO) as hub:
         resumed = demo(tmp_path, hub.url)
         assert resumed.returncode == 0, resumed.stderr
+        assert "its first 1,801,026 of 3,0" in resumed.stdout and "resuming after the 500,000 bytes" in resumed.stdout
         assert [(path.rsplit("/", 1)[-1], rng) for _, path, rng in hub.gets()] == [
             ("fineweb_train_000000.bin", f"bytes=500000-{HEADER + 2 * TRAIN_LIMIT + 1}"),
             ("fineweb_val_000000.bin", f"bytes=0-{HEADER + 2 * VAL_LIMIT + 1}")]  # the tokenizer: from the hub cache
