@@ -12,6 +12,7 @@ apply, a broken-off download resumes, and once the folder exists nothing is down
 
 import argparse
 import fcntl
+import json
 import os
 import shutil
 import sys
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgolf import hub
+from pgolf.bpb import TokenizerError, load_tokenizer
 from pgolf.datasets import BOS_ID, DataError, _publish, cache_dir
 from pgolf.fetch import DEFAULT_REPO, REMOTE_ROOT
 from pgolf.shards import SHARD_HEADER_BYTES, SHARD_HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, write_shard
 
-TOKENIZER = "tokenizers/fineweb_1024_bpe.model"
+VOCAB = 1024
+TOKENIZER = f"tokenizers/fineweb_{VOCAB}_bpe.model"
 OFFICIAL_DATASET = "datasets/fineweb10B_sp1024"
 DEMO_DATASET = "datasets/fineweb_demo_sp1024"  # *_sp1024: resolve_data finds it like any official layout
 SPLITS = (("train", 900_000, "the first training shard"), ("val", 100_000, "the validation split"))
@@ -74,6 +77,15 @@ def read_shard_start(path: str, limit: int, what: str) -> tuple[np.ndarray, int]
     if tokens.size != wanted:
         raise DataError(f"{path} holds {tokens.size:,} of the {wanted:,} tokens wanted from {what}: remove it and rerun")
     return tokens, total
+
+
+def write_documents(path: str, tokens: np.ndarray, sp) -> None:
+    """The shard's documents as text, {"text": ...} a line: what resolve_data trains and encodes the sampled
+    vocab sizes other than 1024 from (the demo space samples sp512 too)."""
+    starts = np.flatnonzero(tokens == BOS_ID)
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in np.split(tokens, starts[1:]):
+            f.write(json.dumps({"text": sp.decode(doc[1:].tolist())}, ensure_ascii=False) + "\n")
 
 
 @dataclass
@@ -168,16 +180,21 @@ def _build(root: str, repo: str, tokenizer: str, parts: list[Part]) -> None:
         os.makedirs(os.path.join(staging, "tokenizers"))
         os.makedirs(os.path.join(staging, DEMO_DATASET))
         shutil.copyfile(tokenizer, os.path.join(staging, TOKENIZER))
+        os.makedirs(os.path.join(staging, "docs"))
+        sp = load_tokenizer(tokenizer, VOCAB)
         rows = []
         for part in parts:
             tokens, total = read_shard_start(part.local, part.limit, part.remote_path)
             cut = cut_at_document(tokens, part.limit, total, part.remote_path)
             name = f"{DEMO_DATASET}/fineweb_{part.split}_000000.bin"
             write_shard(os.path.join(staging, name), cut)
+            write_documents(os.path.join(staging, f"docs/fineweb_demo_{part.split}.jsonl"), cut, sp)
             rows.append((name, part, cut, total))
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(_readme(repo, rows))
         _publish(staging, root)
+    except TokenizerError as exc:
+        raise DataError(f"{exc} (downloaded as {REMOTE_ROOT}/{TOKENIZER} from {hub.endpoint()})") from None
     except OSError as exc:
         raise hub.failure(exc, root) from None
     finally:
@@ -197,12 +214,15 @@ def _readme(repo: str, rows) -> str:
         "|---|---|---|",
         f"| `{TOKENIZER}` | the official sp1024 tokenizer, whole | `{REMOTE_ROOT}/{TOKENIZER}` |",
     ]
+    docs = [f"| `docs/fineweb_demo_{p.split}.jsonl` | the documents of `{name}` as text (`{{\"text\": ...}}` a line), "
+            "decoded with the tokenizer above: what other vocab sizes' tokenizers and shards are built from | the same |"
+            for name, p, _, _ in rows]
     for name, part, cut, total in rows:
         docs = int(np.count_nonzero(cut == BOS_ID))
         lines.append(f"| `{name}` | {cut.size:,} tokens, {docs:,} whole documents: the start of {part.label} "
                      f"({total:,} tokens), cut at the last document boundary within {part.limit:,} tokens "
                      f"| `{part.remote_path}`, its first {part.nbytes:,} bytes |")
-    lines += [
+    lines += docs + [
         "",
         "Shard format as in the challenge: 256 little-endian int32 header values (magic 20240520, version 1,",
         "token count), then the tokens as little-endian uint16; every document starts with BOS (id 1).",

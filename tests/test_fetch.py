@@ -3,6 +3,8 @@
 Each command runs in a fresh process, as the hub client reads HF_ENDPOINT and HF_HUB_OFFLINE when imported.
 """
 
+import io
+import json
 import os
 import re
 import resource
@@ -13,8 +15,9 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
-from conftest import TOKENIZER
+from pgolf.datasets import TOKENIZER_SETTINGS
 from hub_server import REMOTE_ROOT, HubServer, write_official_layout
 
 REPO = "willdepueoai/parameter-golf"
@@ -33,6 +36,18 @@ def documents(rng, total: int) -> np.ndarray:
     return np.concatenate(docs).astype(np.uint16)
 
 
+def sp1024_tokenizer(rng) -> bytes:
+    """A 1024-piece SentencePiece model with the official settings, trained on made-up words (the real one is
+    in ../shared/data, which these tests do without)."""
+    syllables = [a + b for a in "bcdfghklmnprstvz" for b in "aeiou"]
+    lines = [" ".join("".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(rng.integers(5, 40)))
+             for _ in range(5000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=1024, minloglevel=2,
+                                   num_threads=1, **TOKENIZER_SETTINGS)
+    return model.getvalue()
+
+
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """(folder, train tokens, val tokens): the official layout, shards larger than the demo's cut."""
@@ -40,7 +55,7 @@ def official(tmp_path_factory):
     rng = np.random.default_rng(0)
     train, val = documents(rng, 1_500_000), documents(rng, 300_000)
     tokenizer = folder / "tokenizer.model"
-    tokenizer.write_bytes(rng.bytes(20_000))  # served, never parsed by the fetch (the one resolve test uses the real one)
+    tokenizer.write_bytes(sp1024_tokenizer(rng))
     write_official_layout(str(folder / "repo"), train, val, str(tokenizer))
     (folder / "repo" / REMOTE_ROOT / "tokenizers" / "fineweb_1024_bpe.vocab").write_text("<unk>\t0\n")
     return folder / "repo", train, val
@@ -212,19 +227,23 @@ def test_data_fetch_downloads_whole_files_through_the_endpoint(official, tmp_pat
 
 
 def test_the_demo_folder_is_what_resolve_data_prepares(official, tmp_path):
-    # With the real tokenizer (resolve_data loads it): the path the main command takes with no data beside it.
+    # The path the main command takes with no data beside the checkout: sp1024 from the cut shards, and the
+    # demo space's other vocab sizes built from the documents decoded from them.
     folder, train, val = official
-    real = tmp_path / "real"
-    write_official_layout(str(real), train, val, TOKENIZER)
     code = ("from pgolf.datasets import resolve_data; from pgolf.demo_data import demo_data_root; "
-            "print(resolve_data(demo_data_root(), 1024).describe())")
-    with HubServer(str(real), REPO) as hub:
+            "print(resolve_data(demo_data_root(), 1024).describe()); print(resolve_data(demo_data_root(), 512).describe())")
+    with HubServer(str(folder), REPO) as hub:
         done = run(["pgolf.cli", "--help"], tmp_path, hub.url)  # building the parsers (their defaults) fetches nothing
         assert done.returncode == 0 and hub.requests == []
         env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), PGOLF_CACHE=str(tmp_path / "cache"))
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"train {tmp_path}/cache/demo-data/datasets/fineweb_demo_sp1024/fineweb_train_*.bin" in done.stdout
+    root = tmp_path / "cache" / "demo-data"
+    assert f"train {root}/datasets/fineweb_demo_sp1024/fineweb_train_*.bin" in done.stdout
+    assert "fineweb_sp512_" in done.stdout.splitlines()[-1]
+    for split, tokens, limit in (("train", train, TRAIN_LIMIT), ("val", val, VAL_LIMIT)):
+        lines = (root / "docs" / f"fineweb_demo_{split}.jsonl").read_text().splitlines()
+        assert len(lines) == np.count_nonzero(expected_cut(tokens, limit) == 1) and "text" in json.loads(lines[0])
 
 
 def test_default_data_root(monkeypatch, tmp_path):
