@@ -214,7 +214,7 @@ def _readme(repo: str, rows) -> str:
         "|---|---|---|",
         f"| `{TOKENIZER}` | the official sp1024 tokenizer, whole | `{REMOTE_ROOT}/{TOKENIZER}` |",
     ]
-    docs = [f"| `docs/fineweb_demo_{p.split}.jsonl` | the documents of `{name}` as text (`{{\"text\": ...}}` a line), "
+    doc_rows = [f"| `docs/fineweb_demo_{p.split}.jsonl` | the documents of `{name}` as text (`{{\"text\": ...}}` a line), "
             "decoded with the tokenizer above: what other vocab sizes' tokenizers and shards are built from | the same |"
             for name, p, _, _ in rows]
     for name, part, cut, total in rows:
@@ -222,7 +222,7 @@ def _readme(repo: str, rows) -> str:
         lines.append(f"| `{name}` | {cut.size:,} tokens, {docs:,} whole documents: the start of {part.label} "
                      f"({total:,} tokens), cut at the last document boundary within {part.limit:,} tokens "
                      f"| `{part.remote_path}`, its first {part.nbytes:,} bytes |")
-    lines += docs + [
+    lines += doc_rows + [
         "",
         "Shard format as in the challenge: 256 little-endian int32 header values (magic 20240520, version 1,",
         "token count), then the tokens as little-endian uint16; every document starts with BOS (id 1).",
