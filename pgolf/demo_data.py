@@ -2,8 +2,9 @@
 
 The official sp1024 tokenizer, and demo-sized shards cut at document boundaries from the starts of the
 official shards — about 0.9 M training tokens from the first training shard and 0.1 M validation tokens
-from the start of the validation split, the sizes of ../shared/data's sample — in a folder of pgolf's cache,
-with a README of where each part came from. Only what is cut is downloaded (a Range request for each shard's
+from the start of the validation split, the sizes of ../shared/data's sample — and their documents as text
+(docs/*.jsonl, decoded with that tokenizer, for the other vocab sizes the demo space samples), in a folder of
+pgolf's cache, with a README of where each part came from. Only what is cut is downloaded (a Range request for each shard's
 first ~2 MB, not its 124-200 MB), through pgolf.hub: HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and the hub cache
 apply, a broken-off download resumes, and once the folder exists nothing is downloaded again.
 
