@@ -33,6 +33,7 @@ class HubServer:
         self.folder, self.repo = os.path.abspath(folder), repo
         self.drop_after = drop_after  # close each GET's connection after this many body bytes (a dropped download)
         self.requests: list[tuple[str, str, str | None]] = []
+        self.print_requests = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -80,8 +81,9 @@ def _handler(server: HubServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args):  # quiet: tests read server.requests instead
-            pass
+        def log_message(self, format, *args):  # tests read server.requests instead; the command line prints them
+            if server.print_requests:
+                super().log_message(format, *args)
 
         def _file(self) -> str | None:
             path = unquote(self.path.split("?")[0])
@@ -172,6 +174,7 @@ def main() -> None:
         write_official_layout(args.folder, np.tile(train, 3), np.tile(val, 3),
                               os.path.join(args.fill_from, "tokenizers", "fineweb_1024_bpe.model"))
     server = HubServer(os.path.abspath(args.folder), args.repo, args.port)
+    server.print_requests = True
     print(f"serving {args.folder} as dataset {args.repo}: HF_ENDPOINT={server.url}", flush=True)
     try:
         server.httpd.serve_forever()
