@@ -55,12 +55,23 @@ def cache_dir() -> str:
     return os.environ.get("PGOLF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pgolf")
 
 
-def default_data_root() -> str:
+def shared_data_root() -> str:
     """PGOLF_DATA, else the shared data folder beside the project checkout (../shared/data)."""
     if os.environ.get("PGOLF_DATA"):
         return os.environ["PGOLF_DATA"]
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.normpath(os.path.join(here, "..", "shared", "data"))
+
+
+def default_data_root() -> str:
+    """PGOLF_DATA, else ../shared/data beside the checkout when it is there, else the demo's data folder in the
+    cache, which resolve_data prepares on first use (pgolf/demo_data.py). Only a path: nothing is fetched here."""
+    shared = shared_data_root()
+    if os.environ.get("PGOLF_DATA") or os.path.isdir(shared):
+        return shared
+    from pgolf.demo_data import demo_data_root  # imported here: demo_data builds on this module
+
+    return demo_data_root()
 
 
 def _official_layout(root: str, vocab_size: int) -> DataPaths | None:
@@ -92,7 +103,11 @@ def document_files(root: str) -> tuple[str, str] | None:
 def resolve_data(root: str, vocab_size: int, tokenizer: str | None = None) -> DataPaths:
     """Shards and tokenizer for `vocab_size` under `root`, building and caching them if needed."""
     if not os.path.isdir(root):
-        raise DataError(f"data directory {root} does not exist")
+        from pgolf.demo_data import is_demo_root, prepare_demo_data
+
+        if not is_demo_root(root):
+            raise DataError(f"data directory {root} does not exist")
+        prepare_demo_data(root)  # the default where no data is beside the checkout: fetched once
     paths = _shard_dir_layout(root, tokenizer, vocab_size)
     if paths is None and tokenizer is None:
         paths = _official_layout(root, vocab_size)
