@@ -25,6 +25,7 @@ import struct
 import zlib
 
 import numpy as np
+import zstandard
 
 CODEC_MAGIC = b"PGEC"
 CODEC_VERSION = 1
@@ -336,3 +337,47 @@ def _rans_decode(x, words, ctx, freqs, prec, lanes, per, total) -> np.ndarray:
     if read != words.size or (x != RANS_LOW).any():
         raise EntropyCodecError("coded stream does not end where its symbols do: it was altered or padded")
     return sym
+
+
+def encode_frame(raw: bytes, matrices: list[tuple[int, np.ndarray, int]], level: int) -> bytes:
+    """One artifact frame (pgolf/artifact.py, compressor "rans"): the integer matrices lying in `raw`,
+    given as (byte offset, int8 symbols, bit width) in increasing offset, coded by encode_matrices; the
+    bytes around them (scales, float tensors, the directory) by zstd at `level`.
+    Layout: LEB128 length of the coded matrices (0 = none) | coded matrices | per matrix, LEB128 gap from
+    the previous matrix's end to its offset | zstd frame of the other bytes."""
+    rest, gaps, end = [], [], 0
+    for offset, q, _ in matrices:
+        data = np.ascontiguousarray(q, dtype=np.int8).tobytes()
+        if offset < end or raw[offset : offset + len(data)] != data:
+            raise EntropyCodecError(f"matrix at byte {offset} does not lie in the frame as given")
+        rest.append(raw[end:offset])
+        gaps.append(offset - end)
+        end = offset + len(data)
+    rest.append(raw[end:])
+    coded = encode_matrices([q for _, q, _ in matrices], [b for _, _, b in matrices]) if matrices else b""
+    return _leb128(np.array([len(coded)])) + coded + _leb128(np.array(gaps, dtype=np.int64)) + \
+        zstandard.ZstdCompressor(level=level).compress(b"".join(rest))
+
+
+def decode_frame(blob: bytes, raw_len: int) -> bytes:
+    """The `raw_len` bytes a frame of encode_frame holds; EntropyCodecError if they do not add up."""
+    r = _Reader(blob)
+    coded_len = r.leb128("frame header")
+    matrices = decode_matrices(bytes(r.take(coded_len, "coded matrices"))) if coded_len else []
+    gaps = [r.leb128("matrix offsets") for _ in matrices]
+    sizes = [q.size for q in matrices]
+    rest_len = raw_len - sum(sizes)  # the gaps are part of the other bytes
+    if rest_len < sum(gaps):
+        raise EntropyCodecError(f"frame holds more than its {raw_len:,} bytes")
+    try:
+        rest = zstandard.ZstdDecompressor().decompress(bytes(r.take(len(blob) - r.pos, "frame")), max_output_size=rest_len)
+    except zstandard.ZstdError as exc:
+        raise EntropyCodecError(f"frame's other bytes are corrupt ({exc})") from None
+    if len(rest) != rest_len:
+        raise EntropyCodecError(f"frame's other bytes are {len(rest):,}, not the {rest_len:,} its size leaves")
+    out, pos = bytearray(), 0
+    for gap, q in zip(gaps, matrices):
+        out += rest[pos : pos + gap] + q.tobytes()
+        pos += gap
+    return bytes(out + rest[pos:])
+

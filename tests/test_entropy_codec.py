@@ -128,3 +128,104 @@ def test_wrong_magic_and_version_are_named():
         decode_matrices(blob[:4] + b"\x09" + blob[5:])
     with pytest.raises(EntropyCodecError, match="truncated"):
         decode_matrices(b"")
+
+
+# ---------------------------------------------------------------- as the artifact's "rans" compressor
+
+
+@pytest.fixture(scope="module")
+def official_stored():
+    import torch
+
+    from conftest import DATA
+    from pgolf.config import QuantConfig
+    from pgolf.storage import quantize_state_dict
+
+    state = torch.load(f"{DATA}/official_tiny/final_model.pt", weights_only=True)
+    # int6 matrices beside fp16 ones in the same groups, so frames mix coded symbols and other bytes
+    quant = QuantConfig(bits={"*": 6, "tok_emb.weight": 8, "*.c_k.weight": 16}, clip={"*": 12.85}, keep_float_max_numel=0)
+    return quantize_state_dict(state, quant)
+
+
+def test_rans_artifact_round_trips_exactly_and_is_smaller(official_stored):
+    from pgolf.artifact import pack, unpack
+
+    blob, sizes = pack(official_stored, {"m": 1}, "rans", 22)
+    meta, back = unpack(blob)
+    assert meta == {"m": 1} and sum(sizes.values()) == len(blob)
+    for a, b in zip(official_stored, back):
+        for role in ("q", "scale", "data"):
+            x, y = getattr(a, role), getattr(b, role)
+            assert (x is None and y is None) or (x.dtype == y.dtype and np.array_equal(x.reshape(y.shape), y)), (a.name, role)
+    _, zstd_sizes = pack(official_stored, {"m": 1}, "zstd", 22)
+    for group in ("embedding", "attention", "mlp"):
+        assert sizes[group] < zstd_sizes[group], group
+
+
+def test_rans_artifact_rejects_altered_frames(official_stored):
+    from pgolf.artifact import ArtifactError, pack, unpack
+
+    blob, _ = pack(official_stored[:8], {}, "rans", 3)
+    for pos in (60, len(blob) // 2, len(blob) - 3):
+        altered = bytearray(blob)
+        altered[pos] ^= 0x10
+        with pytest.raises(ArtifactError):
+            unpack(bytes(altered))
+
+
+def test_the_script_carries_the_codec_only_when_its_config_chooses_rans():
+    from conftest import small_config
+    from pgolf.assemble import assemble_script
+    from pgolf.config import config_to_dict
+
+    plain = assemble_script(config_to_dict(small_config()))
+    coded = assemble_script(config_to_dict(small_config(quant=dict(compressor="rans"))))
+    assert "def decode_matrices(" not in plain
+    assert "def decode_matrices(" in coded
+    compile(coded, "train_gpt.py", "exec")
+
+
+def test_exported_script_with_rans_trains_standalone_and_scores_its_model(tmp_path):
+    import json
+    import os
+    import re
+
+    from conftest import SHARDS, TOKENIZER, run_cli, small_config
+    from pgolf.artifact import PREFIX, unpack
+    from pgolf.assemble import assemble_script
+    from pgolf.config import config_to_dict
+
+    config = small_config(model=dict(num_layers=1, model_dim=32), train=dict(iterations=3),
+                          quant=dict(bits={"*": 6}, clip={"*": 12.85}, compressor="rans"))
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(assemble_script(config_to_dict(config)))
+    env = {"DATA_PATH": SHARDS, "TOKENIZER_PATH": TOKENIZER, "ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0",
+           "PYTHONPATH": "", "DEVICE": "cpu"}
+    result = run_cli("train_gpt", cwd=folder, env=env)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"final_roundtrip_exact val_loss:\S+ val_bpb:\S+", result.stdout), result.stdout[-2000:]
+    blob = (folder / "final_model.pgolf").read_bytes()
+    assert PREFIX.unpack_from(blob)[2] == 3  # the rans compressor id
+    _, stored = unpack(blob)
+    assert any(e.kind == "int" and e.bits == 6 for e in stored)
+    assert json.loads((folder / "final_model.pgolf.result.json").read_text())
+    assert os.path.getsize(folder / "final_model.pgolf") == len(blob)
+
+
+def test_a_frame_puts_the_other_bytes_back_around_the_matrices():
+    from pgolf.entropy_codec import decode_frame, encode_frame
+
+    rng = np.random.default_rng(5)
+    a, b = _gaussian_symbols(rng, (8, 12), 5), _gaussian_symbols(rng, (3, 4), 3)
+    raw = b"head" + a.tobytes() + b"\x01\x02middle" + b.tobytes() + b"tail"
+    frame = encode_frame(raw, [(4, a, 5), (4 + a.size + 8, b, 3)], 3)
+    assert decode_frame(frame, len(raw)) == raw
+    assert decode_frame(encode_frame(b"no matrices", [], 3), 11) == b"no matrices"
+    for cut in range(0, len(frame), 7):
+        with pytest.raises(EntropyCodecError):
+            decode_frame(frame[:cut], len(raw))
+    with pytest.raises(EntropyCodecError):
+        decode_frame(frame, len(raw) + 1)
+    with pytest.raises(EntropyCodecError, match="does not lie in the frame"):
+        encode_frame(raw, [(5, a, 5)], 3)
