@@ -14,9 +14,10 @@ body is numpy operations across all lanes. Words are laid out in the order the d
 (step by step, lanes in order), so no per-lane offsets are stored.
 
 Layout (little endian): magic b"PGEC" | version u8 | prec u8 | classes u8 | matrix count u32 |
-per matrix: rows u32, cols u32, bits u8 | table count u16 | per table: bits u8, class u8, first
-symbol u8, symbol count u8, frequencies (LEB128) | per matrix: column classes (4 bits each, zero-padded
-to a byte) | lane count u32 | crc32 of the symbols u32 | final lane states (u32 each) | words (u16 each).
+per matrix: rows u32, cols u32, bits u8 | table count u16 | per table: bits u8, class u8, first symbol u8,
+symbol count u8, frequencies (LEB128) | per matrix: its one class u8, or 255 and then its columns'
+classes (4 bits each, zero-padded to a byte) | lane count u32 | crc32 of the symbols u32 | final lane
+states (u32 each) | words (u16 each).
 The decoder checks every size against the bytes it was given, each table's sum, the lanes' final
 states and the checksum, and raises EntropyCodecError on any mismatch; it never indexes outside a buffer.
 """
@@ -31,6 +32,7 @@ CODEC_MAGIC = b"PGEC"
 CODEC_VERSION = 1
 COLUMN_CLASSES = 16  # stored as 4 bits a column (measured on official_tiny: 8..32 classes within 0.05%)
 LLOYD_ROUNDS = 12
+PER_COLUMN = 255  # a matrix's class byte: this, then its columns' classes; else the one class of all its columns
 RANS_LOW = 1 << 16  # states live in [RANS_LOW, 2^32): one 16-bit word renormalises a state after any symbol
 STEPS_PER_LANE = 16_384  # lanes = ceil(symbols / this): 4 bytes of state per lane vs one numpy step per symbol row
 PRECISIONS = range(10, 16)
@@ -60,12 +62,14 @@ def _relative_column_rms(q: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.mean(axis=0)) / max(float(np.sqrt(sq.mean())), 1e-9)
 
 
-def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> list[np.ndarray]:
-    """Column classes that code well: starting from equal-count bins of the columns' relative rms, each
-    column moves to the class whose table (per bit width, over all matrices of the stream) codes its symbols
-    in the fewest bits, and the tables are re-estimated (Lloyd iterations on the columns' histograms). Only
-    the encoder does this: the decoder reads the classes."""
+def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> tuple[list[np.ndarray], list[bool]]:
+    """Column classes that code well, and whether each matrix stores them: starting from equal-count bins of
+    the columns' relative rms, each column moves to the class whose table (per bit width, over all matrices of
+    the stream) codes its symbols in the fewest bits, and the tables are re-estimated (Lloyd iterations on
+    the columns' histograms). A matrix whose columns are too short to pay for their 4 bits each (a vector, a
+    few rows) puts them all in its one best class and stores none. Only the encoder does this."""
     out = [np.zeros(shape[1], dtype=np.uint8) for shape in shapes]
+    stored = [False] * len(shapes)
     for b in sorted({shape[2] for shape in shapes}):
         members = [i for i, shape in enumerate(shapes) if shape[2] == b and shape[0] * shape[1] > 0]
         if not members:
@@ -83,9 +87,13 @@ def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> lis
             labels = moved
         pos = 0
         for i in members:
-            out[i] = labels[pos : pos + shapes[i][1]].astype(np.uint8)
-            pos += shapes[i][1]
-    return out
+            cols = shapes[i][1]
+            own, mine = cost[np.arange(pos, pos + cols), labels[pos : pos + cols]].sum(), cost[pos : pos + cols]
+            best = int(mine.sum(axis=0).argmin())
+            stored[i] = bool(own + 4 * cols < mine[:, best].sum())
+            out[i] = labels[pos : pos + cols].astype(np.uint8) if stored[i] else np.full(cols, best, np.uint8)
+            pos += cols
+    return out, stored
 
 
 def _normalise(counts: np.ndarray, total: int) -> np.ndarray:
@@ -193,7 +201,7 @@ def encode_matrices(matrices: list[np.ndarray], bits: list[int], prec: int | Non
         shapes.append((q2.shape[0], q2.shape[1], int(b)))
         matrices_2d.append(q2)
         symbols.append(_symbols(q2, int(b)))
-    classes = column_classes(shapes, matrices_2d, symbols)
+    classes, stored = column_classes(shapes, matrices_2d, symbols)
     # Tables only for the (bit width, class) pairs that hold symbols.
     every = {(b, c): (b - 2) * COLUMN_CLASSES + c for b in range(2, 9) for c in range(COLUMN_CLASSES)}
     sym = np.concatenate(symbols) if symbols else np.zeros(0, dtype=np.int64)
@@ -213,7 +221,11 @@ def encode_matrices(matrices: list[np.ndarray], bits: list[int], prec: int | Non
     for (b, c), freq in zip(keys, freqs):
         nz = np.flatnonzero(freq)
         out += bytes([b, c, nz[0], nz[-1] - nz[0] + 1]) + _leb128(freq[nz[0] : nz[-1] + 1])
-    for col in classes:
+    for col, own in zip(classes, stored):
+        if not own:  # every column in one class
+            out.append(int(col[0]) if col.size else 0)
+            continue
+        out.append(PER_COLUMN)
         padded = np.append(col, np.zeros(col.size % 2, np.uint8))
         out += (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8).tobytes()
     lanes, per = _layout(sym.size)
@@ -278,6 +290,12 @@ def decode_matrices(blob: bytes) -> list[np.ndarray]:
         table_ids[(b, c)] = t
     classes = []
     for rows, cols, _ in shapes:
+        (mode,) = r.take(1, "column classes")
+        if mode != PER_COLUMN:
+            if mode >= nclasses:
+                raise EntropyCodecError(f"a matrix names column class {mode}, out of range")
+            classes.append(np.full(cols, mode, np.uint8))
+            continue
         packed = np.frombuffer(r.take((cols + 1) // 2, "column classes"), dtype=np.uint8)
         col = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:cols]
         if (col >= nclasses).any() or (cols % 2 and packed[-1] >> 4):

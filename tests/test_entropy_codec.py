@@ -229,3 +229,10 @@ def test_a_frame_puts_the_other_bytes_back_around_the_matrices():
         decode_frame(frame, len(raw) + 1)
     with pytest.raises(EntropyCodecError, match="does not lie in the frame"):
         encode_frame(raw, [(5, a, 5)], 3)
+
+
+def test_a_vector_pays_no_per_column_classes():
+    rng = np.random.default_rng(6)
+    row = _gaussian_symbols(rng, (1, 20_000), 6, column_spread=False)
+    blob = _round_trip([row], [6])
+    assert len(blob) < 1.01 * _order0_bytes([row]) + 200  # 4 bits a column would be +13%
