@@ -32,6 +32,7 @@ CODEC_MAGIC = b"PGEC"
 CODEC_VERSION = 1
 COLUMN_CLASSES = 16  # stored as 4 bits a column (measured on official_tiny: 8..32 classes within 0.05%)
 LLOYD_ROUNDS = 12
+MIN_CLASS_ROWS = 32  # matrices with fewer rows put all their columns in one class
 PER_COLUMN = 255  # a matrix's class byte: this, then its columns' classes; else the one class of all its columns
 RANS_LOW = 1 << 16  # states live in [RANS_LOW, 2^32): one 16-bit word renormalises a state after any symbol
 STEPS_PER_LANE = 16_384  # lanes = ceil(symbols / this): 4 bytes of state per lane vs one numpy step per symbol row
@@ -72,27 +73,30 @@ def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> tup
     stored = [False] * len(shapes)
     for b in sorted({shape[2] for shape in shapes}):
         members = [i for i, shape in enumerate(shapes) if shape[2] == b and shape[0] * shape[1] > 0]
-        if not members:
-            continue
-        hists = np.concatenate([np.bincount((np.arange(symbols[i].size) % shapes[i][1]) * 256 + symbols[i],
-                                            minlength=shapes[i][1] * 256).reshape(shapes[i][1], 256) for i in members]).astype(np.float64)
-        rms = np.concatenate([_relative_column_rms(matrices[i]) for i in members])
-        labels = np.searchsorted(np.quantile(rms, np.linspace(0, 1, COLUMN_CLASSES + 1)[1:-1]), rms)
-        for _ in range(rounds):
-            tables = np.stack([hists[labels == k].sum(axis=0) for k in range(COLUMN_CLASSES)]) + 0.5
-            cost = -(hists @ np.log2(tables / tables.sum(axis=1, keepdims=True)).T)
-            moved = cost.argmin(axis=1)
-            if (moved == labels).all():
-                break
-            labels = moved
-        pos = 0
+        hists = {i: np.bincount((np.arange(symbols[i].size) % shapes[i][1]) * 256 + symbols[i],
+                                minlength=shapes[i][1] * 256).reshape(shapes[i][1], 256).astype(np.float64) for i in members}
+        tall = [i for i in members if shapes[i][0] >= MIN_CLASS_ROWS]  # shorter columns would overfit their class
+        log_tables = np.zeros((COLUMN_CLASSES, 256))
+        if tall:
+            columns = np.concatenate([hists[i] for i in tall])
+            rms = np.concatenate([_relative_column_rms(matrices[i]) for i in tall])
+            labels = np.searchsorted(np.quantile(rms, np.linspace(0, 1, COLUMN_CLASSES + 1)[1:-1]), rms)
+            for _ in range(rounds):
+                tables = np.stack([columns[labels == k].sum(axis=0) for k in range(COLUMN_CLASSES)]) + 0.5
+                log_tables = np.log2(tables / tables.sum(axis=1, keepdims=True))
+                moved = (-(columns @ log_tables.T)).argmin(axis=1)
+                if (moved == labels).all():
+                    break
+                labels = moved
+            start = np.cumsum([0] + [shapes[i][1] for i in tall])
+            for i, lo, hi in zip(tall, start[:-1], start[1:]):
+                cost = -(hists[i] @ log_tables.T)
+                best = int(cost.sum(axis=0).argmin())
+                stored[i] = bool(cost[np.arange(hi - lo), labels[lo:hi]].sum() + 4 * (hi - lo) < cost[:, best].sum())
+                out[i] = labels[lo:hi].astype(np.uint8) if stored[i] else np.full(hi - lo, best, np.uint8)
         for i in members:
-            cols = shapes[i][1]
-            own, mine = cost[np.arange(pos, pos + cols), labels[pos : pos + cols]].sum(), cost[pos : pos + cols]
-            best = int(mine.sum(axis=0).argmin())
-            stored[i] = bool(own + 4 * cols < mine[:, best].sum())
-            out[i] = labels[pos : pos + cols].astype(np.uint8) if stored[i] else np.full(cols, best, np.uint8)
-            pos += cols
+            if i not in tall:
+                out[i] = np.full(shapes[i][1], int((-(hists[i].sum(axis=0) @ log_tables.T)).argmin()), np.uint8)
     return out, stored
 
 
