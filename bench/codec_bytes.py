@@ -21,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pgolf.artifact import compress  # noqa: E402
+from pgolf.artifact import compress, pack  # noqa: E402
 from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
 from pgolf.config import QuantConfig  # noqa: E402
 from pgolf.entropy_codec import decode_matrices, encode_matrices  # noqa: E402
@@ -66,7 +66,9 @@ def measure(path: str, bits: int, clip: float) -> list:
         rows.append((group, sum(e.q.size for e in entries), h, sizes))
     back = decode_matrices(encode_matrices([e.q for e in stored], [e.bits for e in stored]))
     assert all(np.array_equal(e.q.reshape(q.shape), q) for e, q in zip(stored, back)), "codec round trip differs"
-    return rows, stored
+    every = quantize_state_dict(model.state_dict(), quant)  # the whole model file: scales, control tensors, directory
+    files = {f"{c}-{level}": len(pack(every, {}, c, level)[0]) for c, level in (("zstd", 22), ("lzma", 9), ("rans", 22))}
+    return rows, stored, files
 
 
 def print_table(title: str, rows: list) -> None:
@@ -113,8 +115,9 @@ def main() -> None:
         print("brotli is not installed (pip install 'pgolf[brotli]'): its column is left out")
     stored = []
     for path in args.checkpoints:
-        rows, stored = measure(path, args.bits, args.clip)
+        rows, stored, files = measure(path, args.bits, args.clip)
         print_table(f"{path}: int{args.bits}, clip {args.clip:g} x row std, every matrix", rows)
+        print("model file (pgolf/artifact.py pack, all frames): " + ", ".join(f"{k} {v:,} bytes" for k, v in files.items()))
     if args.speed_symbols and stored:
         time_codec(stored, args.speed_symbols)
 
