@@ -63,12 +63,36 @@ def _relative_column_rms(q: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.mean(axis=0)) / max(float(np.sqrt(sq.mean())), 1e-9)
 
 
+def _lloyd(columns: np.ndarray, rms: np.ndarray, count: int, rounds: int) -> np.ndarray:
+    """Labels of `count` classes for columns (histograms): equal-count rms bins, then Lloyd iterations."""
+    labels = np.searchsorted(np.quantile(rms, np.linspace(0, 1, count + 1)[1:-1]), rms)
+    for _ in range(rounds):
+        tables = np.stack([columns[labels == k].sum(axis=0) for k in range(count)]) + 0.5
+        moved = (-(columns @ np.log2(tables / tables.sum(axis=1, keepdims=True)).T)).argmin(axis=1)
+        if (moved == labels).all():
+            break
+        labels = moved
+    return labels
+
+
+def _classes_cost(columns: np.ndarray, labels: np.ndarray, count: int) -> float:
+    """Bits of the columns under their classes' empirical tables, plus the tables' and classes' bytes (about
+    1.5 bytes a table entry): what picks how many classes a stream's bit width gets."""
+    bits = 0.0
+    for k in range(count):
+        n = columns[labels == k].sum(axis=0)
+        n = n[n > 0]
+        bits += float((n * np.log2(n.sum() / n)).sum()) + 8 * (4 + 1.5 * n.size)
+    return bits + (4 * labels.size if count > 1 else 0)
+
+
 def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> tuple[list[np.ndarray], list[bool]]:
-    """Column classes that code well, and whether each matrix stores them: starting from equal-count bins of
-    the columns' relative rms, each column moves to the class whose table (per bit width, over all matrices of
-    the stream) codes its symbols in the fewest bits, and the tables are re-estimated (Lloyd iterations on
-    the columns' histograms). A matrix whose columns are too short to pay for their 4 bits each (a vector, a
-    few rows) puts them all in its one best class and stores none. Only the encoder does this."""
+    """Column classes that code well, and whether each matrix stores them. Per bit width of the stream, for
+    1, 2, 4, 8 and 16 classes: starting from equal-count bins of the columns' relative rms, each column moves
+    to the class whose table codes its symbols in the fewest bits, and the tables are re-estimated (Lloyd
+    iterations on the columns' histograms); the count that costs least with its tables and classes wins (wide
+    alphabets, int8, pay more per table). A matrix whose columns are too short to pay for their 4 bits each
+    (a vector, a few rows) puts them all in its one best class and stores none. Only the encoder does this."""
     out = [np.zeros(shape[1], dtype=np.uint8) for shape in shapes]
     stored = [False] * len(shapes)
     for b in sorted({shape[2] for shape in shapes}):
@@ -80,19 +104,16 @@ def column_classes(shapes, matrices, symbols, rounds: int = LLOYD_ROUNDS) -> tup
         if tall:
             columns = np.concatenate([hists[i] for i in tall])
             rms = np.concatenate([_relative_column_rms(matrices[i]) for i in tall])
-            labels = np.searchsorted(np.quantile(rms, np.linspace(0, 1, COLUMN_CLASSES + 1)[1:-1]), rms)
-            for _ in range(rounds):
-                tables = np.stack([columns[labels == k].sum(axis=0) for k in range(COLUMN_CLASSES)]) + 0.5
-                log_tables = np.log2(tables / tables.sum(axis=1, keepdims=True))
-                moved = (-(columns @ log_tables.T)).argmin(axis=1)
-                if (moved == labels).all():
-                    break
-                labels = moved
+            options = {count: _lloyd(columns, rms, count, rounds) for count in (1, 2, 4, 8, COLUMN_CLASSES)}
+            count = min(options, key=lambda c: _classes_cost(columns, options[c], c))
+            labels = options[count]
+            tables = np.stack([columns[labels == k].sum(axis=0) for k in range(COLUMN_CLASSES)]) + 0.5
+            log_tables = np.log2(tables / tables.sum(axis=1, keepdims=True))
             start = np.cumsum([0] + [shapes[i][1] for i in tall])
             for i, lo, hi in zip(tall, start[:-1], start[1:]):
                 cost = -(hists[i] @ log_tables.T)
                 best = int(cost.sum(axis=0).argmin())
-                stored[i] = bool(cost[np.arange(hi - lo), labels[lo:hi]].sum() + 4 * (hi - lo) < cost[:, best].sum())
+                stored[i] = count > 1 and bool(cost[np.arange(hi - lo), labels[lo:hi]].sum() + 4 * (hi - lo) < cost[:, best].sum())
                 out[i] = labels[lo:hi].astype(np.uint8) if stored[i] else np.full(hi - lo, best, np.uint8)
         for i in members:
             if i not in tall:
