@@ -18,11 +18,12 @@ import zlib
 import numpy as np
 import zstandard
 
+from pgolf.entropy_codec import EntropyCodecError, decode_frame, encode_frame
 from pgolf.quant import TENSOR_GROUPS, StoredTensor, tensor_group
 
 MAGIC = b"PGOLFMDL"
 FORMAT_VERSION = 1
-COMPRESSOR_IDS = {"zstd": 1, "lzma": 2}
+COMPRESSOR_IDS = {"zstd": 1, "lzma": 2, "rans": 3}
 PREFIX = struct.Struct("<8sHBB")
 FRAME = struct.Struct("<III")
 MAX_RAW_BYTES = 1 << 31
@@ -37,7 +38,10 @@ class ArtifactError(ValueError):
     """A model file that is empty, truncated, altered, not a pgolf artifact of a known version, or holds NaN/inf."""
 
 
-def compress(raw: bytes, compressor: str, level: int) -> bytes:
+def compress(raw: bytes, compressor: str, level: int, matrices=()) -> bytes:
+    """matrices: (offset, symbols, bits) of raw's integer matrices, for "rans" (zstd at `level` for the rest)."""
+    if compressor == "rans":
+        return encode_frame(raw, list(matrices), level)
     if compressor == "zstd":
         return zstandard.ZstdCompressor(level=level).compress(raw)
     if compressor == "lzma":
@@ -49,9 +53,11 @@ def _decompress(blob: bytes, compressor: str, raw_len: int) -> bytes:
     try:
         if compressor == "zstd":
             raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw_len)
+        elif compressor == "rans":
+            raw = decode_frame(blob, raw_len)
         else:
             raw = lzma.LZMADecompressor().decompress(blob, max_length=raw_len)
-    except (zstandard.ZstdError, lzma.LZMAError) as exc:
+    except (zstandard.ZstdError, lzma.LZMAError, EntropyCodecError) as exc:
         raise ArtifactError(f"corrupt compressed frame ({exc})") from None
     return raw
 
@@ -97,18 +103,21 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
     if compressor not in COMPRESSOR_IDS:
         raise ArtifactError(f"unknown compressor {compressor!r}")
     payloads = {g: bytearray() for g in TENSOR_GROUPS}
+    matrices = {g: [] for g in TENSOR_GROUPS}
     directory = []
     for entry in stored:
         arrays = []
         for role, arr, group in _stored_arrays(entry):
             data = byte_shuffle(arr)
+            if role == "q":
+                matrices[group].append((len(payloads[group]), arr, entry.bits))
             arrays.append([role, group, len(payloads[group]), len(data), str(arr.dtype), list(arr.shape)])
             payloads[group] += data
         directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
                           "bits": entry.bits, "clip": entry.clip, "arrays": arrays, **_format_fields(entry)})
     header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
     raws = [header] + [bytes(payloads[g]) for g in TENSOR_GROUPS]
-    frames = [compress(raw, compressor, level) for raw in raws]
+    frames = [compress(raw, compressor, level, matrices.get(g, ())) for g, raw in zip(("directory",) + TENSOR_GROUPS, raws)]
     table = b"".join(FRAME.pack(len(raw), len(frame), zlib.crc32(raw)) for raw, frame in zip(raws, frames))
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, COMPRESSOR_IDS[compressor], len(frames))
     blob = prefix + table + b"".join(frames)

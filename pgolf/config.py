@@ -153,7 +153,7 @@ class QuantConfig:
     gptq_damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
     gptq_block: int = 128  # columns updated together
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
-    compressor: str = "zstd"  # zstd | lzma
+    compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
 
 
@@ -208,7 +208,7 @@ QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
 QUANTIZERS = ("rtn", "gptq")
 MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
 MAX_CORRECTION_RANK = 64
-COMPRESSORS = ("zstd", "lzma")
+COMPRESSORS = ("zstd", "lzma", "rans")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
@@ -387,7 +387,7 @@ def validate(config: RunConfig) -> None:
     _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
     _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
-    level_range = range(1, 23) if q.compressor == "zstd" else range(0, 10)
+    level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")
     seq = config.eval_seq_len()
     _check(seq >= 2, f"eval.seq_len must be at least 2, got {seq}")
