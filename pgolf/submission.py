@@ -213,10 +213,7 @@ def score(model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: st
 
 def score_tokens(model: GPT, eval_cfg: EvalConfig, tokens, luts, runtime: Runtime, trace=None):
     """The submission's evaluation of a token stream: every score, and the legality probe, goes through here."""
-    return evaluate_bpb(model, tokens, luts, eval_cfg.seq_len, stride=eval_cfg.stride, batch_tokens=eval_cfg.batch_tokens,
-                        repeats=eval_cfg.repeats, autocast=eval_cfg.autocast, device=runtime.device,
-                        rank=runtime.rank, world_size=runtime.world_size, ttt=eval_cfg if eval_cfg.ttt != "off" else None,
-                        trace=trace)
+    return evaluate_bpb(model, tokens, luts, eval_cfg, runtime, trace)
 
 
 def run_probe(probe_dir: str, model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: str, runtime: Runtime) -> None:

@@ -495,7 +495,7 @@ def test_evaluation_refuses_a_nonfinite_loss():
     tokens = validation_tokens(os.path.join(SHARDS, "fineweb_val_*.bin"), 64, 1024, limit=4096)
     luts = ByteLuts(load_tokenizer(TOKENIZER, 1024), 1024)
     with pytest.raises(NonFiniteScore, match=r"evaluation loss is nan over 4,096 validation tokens"):
-        evaluate_bpb(nan_model(config), tokens, luts, 64, autocast=False)
+        evaluate_bpb(nan_model(config), tokens, luts, dataclasses.replace(config.resolved_eval(), seq_len=64, autocast=False))
 
 
 def test_a_trial_with_a_nonfinite_score_fails_with_its_reason(tmp_path, monkeypatch, capsys):
