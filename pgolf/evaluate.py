@@ -88,7 +88,8 @@ class ScoringPass:
     each target's loss in the trace when the legality probe asks for one)."""
 
     def __init__(self, model: nn.Module, tokens: Tensor, luts, settings: EvalConfig, runtime=None, trace: Trace | None = None):
-        """runtime: device, rank and world_size (pgolf/submission.py's Runtime); None = one process on the model's device."""
+        """runtime: device, rank and world_size (pgolf/submission.py's Runtime); None = one process on the model's
+        device."""
         self.model, self.tokens, self.settings, self.trace = model, tokens, settings, trace
         self.device = runtime.device if runtime is not None else next(model.parameters()).device
         self.rank, self.world_size = (runtime.rank, runtime.world_size) if runtime is not None else (0, 1)
@@ -102,7 +103,8 @@ class ScoringPass:
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.settings.autocast)
 
-    def record(self, first, x: Tensor, y: Tensor, nll: Tensor, scored: Tensor | None = None, logits: Tensor | None = None) -> None:
+    def record(self, first, x: Tensor, y: Tensor, nll: Tensor, scored: Tensor | None = None,
+               logits: Tensor | None = None) -> None:
         """Adds one scored stretch: rows x -> y read from the stream at tokens first[r] on (so y[r, c] is target
         first[r] + c), their per-target losses nll [rows, T], the targets that count (scored; None: all of them) and,
         for the trace, the logits [rows * T, vocab]. A stretch scored whole counts as the official eval_val counts
