@@ -19,18 +19,16 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
 from pgolf.files import read_json
-from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
-from pgolf.submission import MODEL_FILE
 from search.budget.reruns import best_configuration
 from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
 from search.runner import startup_trials
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
+from search.submit.legality import check_legality
 
-COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
 # What the submission files and README are written from.
 METRICS_KEYS = ("config", "val_bpb_post", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
                 "train_seconds", "steps", "train_tokens", "eval_seconds")
-SOURCE_FILE = "pgolf.json"
 
 
 def find_trial(name: str, results: str, number: int | None):
@@ -99,8 +97,6 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
-            from search.submit.legality import check_legality  # imports this module
-
             conditions = check_legality(stage)
             for condition in conditions:
                 log(condition.line())
