@@ -10,7 +10,7 @@ from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root,
 from search.backends import make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
-                          study_command, study_dir, check_space_snapshot, STUDY_FILE)
+                          startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, suggest_config
 from space.spec import SpaceError, load_space
 
@@ -31,11 +31,6 @@ class DataResolver:
                 raise DataError(f"{self.root} is a folder of shards: a study's --data is a data root holding "
                                 f"tokenizers/ and datasets/<name>_sp<vocab>/ (the layout `pgolf data fetch` writes)") from None
         return self.cache[vocab_size]
-
-
-def startup_trials(trials: int) -> int:
-    """Trials sampled before TPE models the space: a quarter of the budget, between 3 and 10."""
-    return min(10, max(3, trials // 4))
 
 
 def smallest_config(space):

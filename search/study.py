@@ -166,6 +166,17 @@ def load_settings(name: str, root: str | None = None) -> tuple[str, StudySetting
         raise StudyError(f"{path} is damaged ({exc})") from None
 
 
+def startup_trials(trials: int) -> int:
+    """Trials sampled before TPE models the space: a quarter of the budget, between 3 and 10."""
+    return min(10, max(3, trials // 4))
+
+
+def open_existing_study(name: str, root: str | None = None) -> tuple[str, StudySettings, optuna.Study]:
+    """(folder, settings, Optuna study) of a study on disk: how status, pareto, report, export and confirm open it."""
+    directory, settings = load_settings(name, root)
+    return directory, settings, open_study(settings, startup_trials(settings.trials), create=False)
+
+
 def open_study(settings: StudySettings, startup_trials: int, create: bool) -> optuna.Study:
     storage = open_storage(settings.storage)
     sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials)
