@@ -1,7 +1,7 @@
 """The study loop: ask Optuna for a config, reject what cannot fit, run the rest, tell the outcome.
 
 Ask/tell stays here, so constraints and pruning work the same with every backend: the local backend's loop
-(local_loop) and Ray Tune's searcher (search/backends/tune.py) both start trials with prepare_next and tell
+(LocalBackend.drive) and Ray Tune's searcher (search/backends/tune.py) both start trials with prepare_next and tell
 them with finish:
 - ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
   config whose cheapest allowed allocation is over the byte cap (told PRUNED, with its constraints and
@@ -39,7 +39,7 @@ from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import make_backend
 from search.backends.process import Job
-from search.budget.fidelity import extrapolation_spec, proxy_config, pruner_spec
+from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, study_command, trial_dir
 from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
@@ -202,9 +202,7 @@ class Coordinator:
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
                    "device": self.device,
-                   # A re-run measures seed noise of a configuration already chosen: it is never stopped early.
-                   # A Tune scheduler (ASHA) stops trials itself, from the same reports.
-                   "pruner": None if RERUN_ATTR in trial.user_attrs or self.backend.stops_trials else pruner_spec(self.space, self.settings.objectives),
+                   "pruner": trial_pruning(self.space, self.settings.objectives, RERUN_ATTR in trial.user_attrs, self.backend.stops_trials),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
@@ -213,6 +211,7 @@ class Coordinator:
 
     # -- tell -----------------------------------------------------------------------------------
     def collect(self) -> None:
+        """Tell every trial whose process the backend reports ended."""
         for number, (job, trial) in list(self.jobs.items()):
             code = self.backend.poll(job)
             if code is None:
@@ -344,25 +343,6 @@ class Coordinator:
         """A trial's heartbeat, on storages that keep them (database URLs; see search/study.py)."""
         if is_heartbeat_enabled(self.study._storage):
             self.study._storage.record_heartbeat(trial_id)
-
-    def local_loop(self) -> None:
-        """The local backend's loop: start trials up to the worker count, collect the ended ones."""
-        stop_asking = False
-        while self.stop_signal is None:
-            stop_asking = stop_asking or self.sampling_over(self.rerunning)
-            while not (stop_asking or self.stop_signal) and len(self.jobs) < self.settings.workers:
-                prepared = self.prepare_next(reruns=self.rerunning)
-                if prepared is None:
-                    stop_asking = True
-                else:
-                    self.backend.launch(prepared[0])
-            if not self.jobs and stop_asking:
-                if not self.next_phase():
-                    break
-                stop_asking = False
-            self.collect()
-            self.tick()
-            time.sleep(0.2)  # a finished trial waits at most this long to be told
 
     def queue_reruns(self) -> bool:
         """After sampling: queue the re-runs the space asks for (True if any is left to run)."""

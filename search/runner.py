@@ -7,7 +7,7 @@ import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
-from search.backends import make_backend
+from search.backends import backend_class, make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
@@ -80,14 +80,6 @@ def _tune_options(args, space, settings=None) -> dict:
     return options
 
 
-def check_backend_options(settings) -> None:
-    if settings.backend != "tune":
-        given = [f"--{k.replace('_', '-')}" for k in ("gpus_per_trial", "cpus_per_trial") if getattr(settings, k) is not None]
-        given += ["--scheduler asha"] if settings.scheduler != "fifo" else []
-        if given:
-            raise StudyError(f"{', '.join(given)}: for the tune backend (--backend tune); local trials use this machine's CPUs or GPU")
-
-
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
@@ -116,7 +108,7 @@ def start_study(args) -> None:
                              data=data.root, **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
-    check_backend_options(settings)
+    backend_class(settings.backend).check_options(settings)
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
@@ -142,13 +134,11 @@ def resume_study(args) -> None:
     for key in ("trials", "timeout", "workers", "backend", "address"):
         if getattr(args, key, None) is not None:
             setattr(settings, key, getattr(args, key))
-    if settings.backend == "ray":  # the plain ray.remote backend, retired: Tune runs such a study now
-        settings.backend = "tune"
     for key, value in _tune_options(args, space, settings).items():
         setattr(settings, key, value)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
-    check_backend_options(settings)
+    backend_class(settings.backend).check_options(settings)
     settings.data = _data_root(args, space, settings.data)  # kept, like the other overrides
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)

@@ -134,15 +134,15 @@ def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: i
 
 
 def study_pruner(settings: StudySettings):
-    """The pruner of the study's own space ([search] table); the median rule if that space no longer loads
-    (status, export and the pages still open such a study; `search resume` refuses it elsewhere)."""
-    from search.budget.fidelity import make_pruner, pruner_spec
+    """The pruner of the study's own space ([search] table); none if that space no longer loads (status, export
+    and the pages, which never prune, still open such a study; `search resume` refuses it elsewhere)."""
+    from search.budget.fidelity import PrunerSpec
     from space.spec import space_from_dict
 
     try:
-        return make_pruner(pruner_spec(space_from_dict(settings.space, source=settings.space_source), settings.objectives))
+        return PrunerSpec.of(space_from_dict(settings.space, source=settings.space_source), settings.objectives).optuna_pruner()
     except SpaceError:
-        return make_pruner(None)
+        return optuna.pruners.NopPruner()
 
 
 def save_settings(directory: str, settings: StudySettings) -> None:
