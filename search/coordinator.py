@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._heartbeat import is_heartbeat_enabled  # Optuna 5.1 exports no public test of heartbeat support
 from optuna.trial import TrialState
 
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
@@ -41,7 +41,7 @@ from search.backends import make_backend
 from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
-from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, study_command, trial_dir
+from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
 from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
@@ -163,7 +163,7 @@ class Coordinator:
                     return None
                 trial = self.study.ask()
                 trial.set_user_attr("owner", self.owner)
-                self.beat(trial._trial_id)
+                self.beat(trial)
             try:
                 config, values = suggest_config(self.space, trial)
             except SpaceError as exc:
@@ -197,7 +197,7 @@ class Coordinator:
         final = trial_dir(self.directory, trial.number)
         staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
         os.chmod(staging, 0o755)
-        request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": trial._trial_id,
+        request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": storage_trial_id(trial),
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
@@ -336,13 +336,13 @@ class Coordinator:
             self.last_progress = time.time()
         if time.time() - self.last_beat >= HEARTBEAT_SECONDS:
             for _, trial in self.jobs.values():
-                self.beat(trial._trial_id)
+                self.beat(trial)
             self.last_beat = time.time()
 
-    def beat(self, trial_id: int) -> None:
+    def beat(self, trial: optuna.trial.Trial) -> None:
         """A trial's heartbeat, on storages that keep them (database URLs; see search/study.py)."""
-        if is_heartbeat_enabled(self.study._storage):
-            self.study._storage.record_heartbeat(trial_id)
+        if is_heartbeat_enabled(trial.storage):
+            trial.storage.record_heartbeat(storage_trial_id(trial))
 
     def queue_reruns(self) -> bool:
         """After sampling: queue the re-runs the space asks for (True if any is left to run)."""
@@ -478,18 +478,22 @@ def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
     this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
     keeps them (a database), else its trial is left alone (it may still be running)."""
+    # A trial left RUNNING by another process is changed in the storage itself: study.tell would run this
+    # process's sampler hooks on it; Study has no public accessor for its storage.
     storage = study._storage
-    stale = set(storage._get_stale_trial_ids(study._study_id)) if is_heartbeat_enabled(storage) else set()
+    # Listed without failing them (optuna.storages.fail_stale_trials fails them before a retry could be queued).
+    stale = set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name))) if is_heartbeat_enabled(storage) else set()
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         alive = owner_alive(t.user_attrs.get("owner", ""))
-        if alive or (alive is None and t._trial_id not in stale):
+        trial_id = storage_trial_id(t)
+        if alive or (alive is None and trial_id not in stale):
             continue
         requeue(study, t.number, t.params, t.user_attrs)
         reason = "its study process died mid-trial" if alive is False else "its study process on another machine went silent"
-        storage.set_trial_user_attr(t._trial_id, "reason", f"{reason}; re-run as a new trial")
-        storage.set_trial_user_attr(t._trial_id, "stage", "failed")
-        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "reason", f"{reason}; re-run as a new trial")
+        storage.set_trial_user_attr(trial_id, "stage", "failed")
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         recovered += 1
         print(f"trial {t.number}: left running by a {'dead' if alive is False else 'silent'} process; marked failed and queued again", file=out)
     trials = os.path.join(directory, TRIALS_DIR)

@@ -199,6 +199,12 @@ def open_study(settings: StudySettings, startup_trials: int, create: bool) -> op
         raise StudyError(f"study {settings.name!r} is not in storage {settings.storage}") from None
 
 
+def storage_trial_id(trial) -> int:
+    """A trial's id in its storage, which storage calls and optuna.trial.Trial(study, id) take (its `number` is
+    unique within a study only)."""
+    return trial._trial_id  # Optuna 5.1 exposes the id on neither Trial nor FrozenTrial
+
+
 def trial_dir(directory: str, number: int) -> str:
     return os.path.join(directory, TRIALS_DIR, f"{number:04d}")
 
