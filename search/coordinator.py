@@ -437,11 +437,10 @@ def tell_unscored(study: optuna.Study, trial, constraints: dict) -> None:
 
 
 def best_feasible(study: optuna.Study):
-    """The feasible complete trial with the lowest bpb. Rejected and infeasible trials are PRUNED; the stage
-    check also skips those of studies written when they were told COMPLETE with a placeholder value."""
+    """The feasible complete trial with the lowest bpb (rejected and infeasible trials are PRUNED: tell_unscored)."""
     best = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("stage") != "complete" or not is_feasible(t.constraints):
+        if not is_feasible(t.constraints):
             continue
         if best is None or t.values[0] < best.values[0]:
             best = t

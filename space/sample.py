@@ -99,7 +99,3 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
         return config_from_dict(data), values
     except ConfigError as exc:
         raise SpaceError(f"sampled configuration is invalid: {exc}") from None
-
-
-def baseline_config(space: Space) -> RunConfig:
-    return suggest_config(space, ParamSource(space.baseline))[0]
