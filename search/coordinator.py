@@ -477,8 +477,8 @@ def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
     this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
     keeps them (a database), else its trial is left alone (it may still be running)."""
-    # A trial left RUNNING by another process is changed in the storage itself: study.tell would run this
-    # process's sampler hooks on it; Study has no public accessor for its storage.
+    # These FrozenTrials (no .storage, unlike a Trial) are changed through the study's storage: Study has no public
+    # accessor for it.
     storage = study._storage
     # Listed without failing them (optuna.storages.fail_stale_trials fails them before a retry could be queued).
     stale = set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name))) if is_heartbeat_enabled(storage) else set()
