@@ -93,10 +93,6 @@ class Calibration:
                    scale_bytes_per_row=statistics.median(o["scale_bytes_per_row"] for o in observations),
                    observations=len(observations))
 
-    def to_dict(self) -> dict:
-        return {"bits_per_weight": self.bits_per_weight, "fp16_bytes_per_value": self.fp16_bytes_per_value,
-                "scale_bytes_per_row": self.scale_bytes_per_row, "observations": self.observations}
-
 
 def load_calibration(path: str = DEFAULT_CALIBRATION) -> Calibration:
     if not os.path.exists(path):

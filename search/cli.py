@@ -9,6 +9,7 @@ from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, 
 from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
 
+from search.backends import BACKENDS
 from search.script import ScriptError
 from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
 from search.submit.verify import VerifyError
@@ -128,7 +129,7 @@ def add_run_options(p, resume: bool) -> None:
     p.add_argument("--trials", type=COUNT, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
     p.add_argument("--timeout", type=SECONDS, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
     p.add_argument("--workers", type=COUNT, help="trials running at once (default: 1)")
-    p.add_argument("--backend", choices=("local", "tune"), help="where trials run: local processes, or Ray Tune trials "
+    p.add_argument("--backend", choices=tuple(BACKENDS), help="where trials run: local processes, or Ray Tune trials "
                    "on a Ray cluster (default: " + ("the study's" if resume else "local") + ")")
     p.add_argument("--address", help="tune: the Ray cluster's HOST:PORT (default: start a Ray on this machine)")
     p.add_argument("--scheduler", choices=("fifo", "asha"), help="tune: asha stops trials early by Tune's ASHA over the "

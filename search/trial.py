@@ -58,21 +58,20 @@ def placement(device) -> dict:
 
 def _reporter(request: dict):
     """on_val callback: report to the study and raise TrialPruned when its pruner says so (None: no pruning)."""
-    spec = request.get("pruner")
-    if not spec or spec["pruner"] == "none":
+    from search.budget.fidelity import NONE, PARETO, PrunerSpec, pareto_reporter
+
+    spec = PrunerSpec(**request["pruner"]) if request.get("pruner") else None
+    if spec is None or spec.mechanism == NONE:
         return None
     import optuna
 
-    from search.budget.fidelity import make_pruner, pareto_reporter, prunes_pareto
     from search.study import open_storage
 
     # The study's pruner is not stored with it: build the one the coordinator uses, from the same spec.
-    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=make_pruner(spec))
-    if prunes_pareto(spec):
-        return pareto_reporter(study, request["trial_id"], spec)
-    if spec["objectives"] != "bpb":
-        return None
-    trial = optuna.trial.Trial(study, request["trial_id"])
+    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=spec.optuna_pruner())
+    trial = optuna.trial.Trial(study, request["trial_id"])  # the trial the coordinator asked for, by its storage id
+    if spec.mechanism == PARETO:
+        return pareto_reporter(trial, spec)
 
     def on_val(index: int, bpb: float) -> None:
         trial.report(bpb, index)

@@ -101,10 +101,6 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
         raise SpaceError(f"sampled configuration is invalid: {exc}") from None
 
 
-def baseline_config(space: Space) -> RunConfig:
-    return suggest_config(space, ParamSource(space.baseline))[0]
-
-
 def check_dimension_values(space: Space) -> None:
     """Each dimension's choices and bounds, one at a time on the baseline point, make a valid config: a
     value the config refuses is named before any trial is spent on it."""

@@ -2,10 +2,15 @@ import os
 
 import pytest
 
-from space.sample import ParamSource, baseline_config, suggest_config
+from space.sample import ParamSource, suggest_config
 from space.spec import SpaceError, load_space, space_from_dict
 
 MICRO = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
+
+
+def baseline_config(space):
+    """The config of the space's [baseline] values, as the study's first trial samples it."""
+    return suggest_config(space, ParamSource(space.baseline))[0]
 
 
 def test_presets_load_and_their_baselines_are_the_documented_shapes():

@@ -29,8 +29,9 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
+from search.backends.base import Backend
 from search.backends.process import Job, trial_process_setup, worker_command, worker_env
-from search.budget.fidelity import pruner_spec
+from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
 from search.trial import REQUEST_FILE, RESULT_FILE, read_reports
 
@@ -106,13 +107,13 @@ def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
 
 def asha_settings(space, objectives: str) -> dict:
     """ASHA's rungs in validation reports, from the same [search] table the Optuna pruners read."""
-    spec = pruner_spec(space, objectives)
-    return dict(time_attr="report", metric="val_bpb", mode="min", grace_period=spec["min_resource"],
-                reduction_factor=max(2, spec["reduction_factor"]), max_t=spec["max_resource"] + 1,
+    spec = PrunerSpec.of(space, objectives)
+    return dict(time_attr="report", metric="val_bpb", mode="min", grace_period=spec.min_resource,
+                reduction_factor=max(2, spec.reduction_factor), max_t=spec.max_resource + 1,
                 stop_last_trials=False)  # a trial that reached its last report has finished training: never cut it
 
 
-class TuneBackend:
+class TuneBackend(Backend):
     """Trials as Ray Tune trials (one Tune experiment per `search run` / `search resume`)."""
 
     name = "tune"
@@ -155,6 +156,10 @@ class TuneBackend:
                                       failure_config=tune.FailureConfig(max_failures=RETRIES), stop=StopOnSignal(coordinator),
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), Ticker(coordinator)], verbose=0))
         tuner.fit()
+
+    @classmethod
+    def check_options(cls, settings) -> None:
+        pass  # the scheduler and per-trial resources are Tune's (__init__ checks the scheduler's name)
 
     def cancel(self, job: Job) -> None:
         pass  # Tune stops its own trials (when the experiment ends, every trial actor and its process go with it)

@@ -6,8 +6,7 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, ranking_lines
-from search.study import load_settings, open_study
-from search.runner import startup_trials
+from search.study import open_existing_study
 
 
 def trial_stage(t) -> str:
@@ -54,8 +53,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_status(name: str, results: str) -> None:
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    directory, settings, study = open_existing_study(name, results)
     print(f"study {name} ({settings.objectives}, sampler {settings.sampler}, storage {settings.storage})")
     rows = trial_rows(study)
     # With a proxy budget: each trial's bpb extrapolated to the target budget beside the proxy's real one.

@@ -95,7 +95,7 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     rank a share of every step's batch, as the exported script runs."""
     if ranks < 1:
         raise StudyError(f"--ranks must be at least 1, got {ranks}")
-    directory, settings, trial = find_trial(name, results, number)
+    directory, _, study, trial = find_trial(name, results, number)
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
     config = config_from_dict(trial.user_attrs["config"])
@@ -107,7 +107,7 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             raise StudyError(f"trial {trial.number} recorded no step count: it cannot be re-run at the same steps")
         config.train.iterations, config.train.max_wallclock_seconds = original_steps, 0.0
     if reference_bpb is None:
-        baseline = next((t for t in _study_trials(settings) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
+        baseline = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
         if baseline is None:
             raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
         reference_bpb = baseline.user_attrs["val_bpb_post"]
@@ -164,11 +164,3 @@ def run_child(command: list[str]) -> tuple[int, str]:
                 child.kill()
             raise
     return child.returncode, stderr
-
-
-def _study_trials(settings):
-    from search.runner import startup_trials
-    from search.study import open_study
-
-    return open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False)
-

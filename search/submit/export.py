@@ -19,34 +19,30 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
 from pgolf.files import read_json
-from pgolf.run import SCRIPT_FILE
 from pgolf.staging import staged_dir
-from pgolf.submission import MODEL_FILE
 from search.budget.reruns import best_configuration
-from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
-from search.runner import startup_trials
+from search.study import StudyError, open_existing_study, trial_data, trial_dir
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
+from search.submit.legality import check_legality
 
-COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
 # What the submission files and README are written from.
 METRICS_KEYS = ("config", "val_bpb_post", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
                 "train_seconds", "steps", "train_tokens", "eval_seconds")
-SOURCE_FILE = "pgolf.json"
 
 
 def find_trial(name: str, results: str, number: int | None):
-    """(study dir, settings, frozen trial): the given trial, else the best feasible one."""
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    """(study dir, settings, study, frozen trial): the given trial, else the best feasible one."""
+    directory, settings, study = open_existing_study(name, results)
     if number is None:  # the best configuration: by its mean over seeds once the best ones were re-run
         best = best_configuration(study)
         trial = best.original if best else None
         if trial is None:
             raise StudyError(f"study {name!r} has no feasible complete trial yet (pass --trial N to pick one)")
-        return directory, settings, trial
+        return directory, settings, study, trial
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None:
         raise StudyError(f"study {name!r} has no trial {number} (it has {len(study.trials)} trials)")
-    return directory, settings, trial
+    return directory, settings, study, trial
 
 
 def _refusal(trial) -> str | None:
@@ -62,7 +58,7 @@ def _refusal(trial) -> str | None:
 def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False,
                  legality: bool = True, log=lambda line: None) -> dict:
     """legality: measure the four legality conditions on the staged folder first; a failure writes nothing."""
-    directory, settings, trial = find_trial(name, results, number)
+    directory, settings, _, trial = find_trial(name, results, number)
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
@@ -99,8 +95,6 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
-            from search.submit.legality import check_legality  # imports this module
-
             conditions = check_legality(stage)
             for condition in conditions:
                 log(condition.line())
