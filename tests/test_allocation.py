@@ -127,6 +127,34 @@ def test_one_size_table_gives_the_options_and_the_byte_calibration():
 
 
 
+@pytest.mark.parametrize("granularity", ["kind", "layer", "tensor"])
+def test_a_matrix_outside_the_blocks_is_a_unit_of_its_own_under_every_granularity(granularity):
+    from objectives.bytes import rtn_sizes
+    from pgolf.config import ModelConfig
+    from pgolf.model import GPT
+    from pgolf.storage import quantize_state_dict
+    from search.allocation.options import make_units, unit_options
+
+    torch.manual_seed(0)
+    state = GPT(ModelConfig(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, vocab_size=128)).state_dict()
+    state["bigram.weight"] = torch.randn(128, 64) * 0.02  # a top-level matrix in no block (a bigram table, say)
+    units = make_units(state, granularity)
+    assert [(u.name, u.tensors, u.embedding) for u in units if "bigram.weight" in u.tensors] == \
+        [("bigram.weight", ["bigram.weight"], False)]
+    held = sorted(n for u in units for n in u.tensors)
+    assert held == sorted(n for n, t in state.items() if t.ndim == 2 and not n.endswith(("resid_mix", "skip_weights")))
+    bigram = next(u for u in units if u.name == "bigram.weight")
+    sizes = rtn_sizes(state, [4, 8], [12.85], ["bigram.weight"])
+    options = unit_options(state, bigram, [4, 8], [12.85])
+    assert [(o.bits, o.bytes) for o in options] == [(b, sum(sizes[("bigram.weight", b, 12.85)][:2])) for b in (4, 8)]
+    assert 0 < options[0].bytes < options[1].bytes
+    # Its pick reaches the tensor: the unit's name is the glob the allocation writes into the quant tables.
+    picks = [options[0] if u is bigram else unit_options(state, u, [8], [0.0])[0] for u in units]
+    stored = {e.name: e for e in quantize_state_dict(state, allocation_quant(units, picks, "zstd", 22))}
+    assert stored["bigram.weight"].bits == 4 and stored["bigram.weight"].clip == 12.85
+    assert all(stored[n].bits == 8 for u in units if u is not bigram for n in u.tensors)
+
+
 def test_rank_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tmp_path):
     from conftest import TOKENIZER, VAL_PATTERN, small_config
     from pgolf.datasets import DataPaths

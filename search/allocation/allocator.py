@@ -25,6 +25,7 @@ from objectives.bytes import rtn_sizes
 from pgolf.assemble import code_bytes
 from pgolf.config import TTT_KEYS, QuantConfig, RunConfig, config_to_dict
 from pgolf.model import GPT
+from pgolf.storage import TENSOR_AXES
 from pgolf.submission import calibrate
 from search.allocation.candidates import (DIRECTORY_SLACK, AllocationResult, Candidate, confirm_within_cap, pack_candidate,
                                           rank_on_prefix, score_candidate)
@@ -78,9 +79,8 @@ def allocate(model: GPT, config: RunConfig, space_alloc, caps, data, runtime, lo
     compressor = space_alloc.compressors[0]
     result = AllocationResult(best=None, sensitivities=sensitivities)
     # Code bytes depend (by a few digits) on the allocation written into the script: budget with the longest.
-    widest = Option(16, max(space_alloc.clip, key=lambda c: len(repr(float(c)))), 0, 0.0, quantizer=max(choices.quantizers, key=len),
-                    awq=max(choices.awq, key=lambda a: len(repr(float(a)))), outliers=max(choices.outliers, key=lambda o: len(repr(float(o)))),
-                    rank=max(choices.ranks))
+    widest = Option(16, max(space_alloc.clip, key=lambda c: len(repr(float(c)))), 0, 0.0,
+                    **{a.name: max(choices.values(a), key=lambda v: len(repr(a.kind(v)))) for a in TENSOR_AXES})
     longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space_alloc.level, config.quant, choices.rank_bits),
                     repeats=repeats, stride=max(space_alloc.eval_stride), **longest_ttt(config, space_alloc))
     budget = caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK - fixed_bytes(state, units, longest.quant)

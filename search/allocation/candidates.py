@@ -17,7 +17,7 @@ from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore, Trace
 from pgolf.run import SCRIPT_FILE
 from pgolf.shards import validation_tokens
-from pgolf.storage import needs_calibration, quantize_state_dict
+from pgolf.storage import TENSOR_AXES, needs_calibration, quantize_state_dict
 from pgolf.submission import MODEL_FILE, load_model, model_meta, score, score_tokens
 
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
@@ -42,7 +42,7 @@ class Candidate:
 
     def summary(self) -> dict:
         q = self.config.quant
-        formats = {k: getattr(q, k) for k in ("quantizer", "awq", "outliers", "rank") if getattr(q, k) != getattr(QuantConfig(), k)}
+        formats = {a.name: getattr(q, a.name) for a in TENSOR_AXES if getattr(q, a.name) != getattr(QuantConfig(), a.name)}
         return {"label": self.label, "bits": q.bits, "clip": q.clip, **formats, "post_training_seconds": self.post_training_seconds,
                 "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
                 "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
