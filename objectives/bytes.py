@@ -1,7 +1,8 @@
 """Predict a config's artifact bytes before training: parameter counts x bits x calibrated compression.
 
 For each tensor the model will have (shapes from the config alone), the stored form follows the same
-rules as pgolf.quant; its compressed size comes from a calibration table measured on real trained
+rules as pgolf.quant; its compressed size comes from the predictor table (`Calibration`, stored as
+objectives/calibration.json; not the layers' H that GPTQ/AWQ calibrate on), measured on real trained
 weights: compressed bits per weight of integer symbols for each (role, bits, clip), and compressed
 bytes per fp16 value / per row scale. Code bytes are exact (the script is assembled). A study refines
 its calibration from its own trained checkpoints (see `measure_calibration`), so predictions improve as

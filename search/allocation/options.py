@@ -1,5 +1,5 @@
 """A unit's storage options and what each costs: bytes (the real stored arrays, compressed as
-objectives.bytes estimates them) and error (weight MSE, or the output error on calibration activations).
+objectives.bytes estimates them) and error (weight MSE, or the output error given H = X^T X of the layer's inputs).
 
 A unit is what the allocation gives one choice: the embedding, attention or MLP of a layer (granularity
 "layer"), of every layer ("kind"), or one matrix ("tensor"). An option is one storage format of pgolf/storage.py:
@@ -37,7 +37,7 @@ class Option:
     bits: int
     clip: float
     bytes: int
-    mse: float  # the unit's error at this option: weight MSE, or with calibration the output error
+    mse: float  # the unit's error at this option: weight MSE, or with the layers' H the output error
     damage: float = 0.0
     # One field per per-tensor axis of pgolf/storage.py's FORMAT_AXES, with its default.
     quantizer: str = "rtn"
@@ -114,7 +114,7 @@ class FormatChoices:
         return any(self.values(axis) != (axis.default,) for axis in TENSOR_AXES)
 
     @property
-    def calibrated(self) -> bool:
+    def needs_hessians(self) -> bool:
         return any(axis.calibrates(v) for axis in TENSOR_AXES for v in self.values(axis))
 
 
