@@ -20,6 +20,7 @@ import zstandard
 
 from pgolf.entropy_codec import EntropyCodecError, decode_frame, encode_frame
 from pgolf.quant import TENSOR_GROUPS, StoredTensor, tensor_group
+from pgolf.storage import TENSOR_AXES
 
 MAGIC = b"PGOLFMDL"
 FORMAT_VERSION = 1
@@ -30,7 +31,7 @@ MAX_RAW_BYTES = 1 << 31
 ARRAY_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "bool"}
 # Arrays of the matrix formats in pgolf/storage.py, beside the symbols "q" and row scales "scale".
 EXTRA_ROLES = ("col_scale", "outlier_gaps", "outlier_values", "lr_a", "lr_b", "lr_a_scale", "lr_b_scale")
-PLAIN_FORMAT = {"quantizer": "rtn", "awq": 0.0, "outliers": 0.0, "rank": 0}
+PLAIN_FORMAT = {axis.name: axis.default for axis in TENSOR_AXES}
 RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
 
 
@@ -90,7 +91,7 @@ def _stored_arrays(entry: StoredTensor) -> list[tuple[str, np.ndarray, str]]:
 
 def _format_fields(entry: StoredTensor) -> dict:
     """The matrix-format fields of a directory entry; none for a plain one, so such files are unchanged."""
-    fields = {"quantizer": entry.quantizer, "awq": entry.awq, "outliers": entry.outliers, "rank": entry.rank}
+    fields = {axis.name: getattr(entry, axis.name) for axis in TENSOR_AXES}
     return {"format": fields} if fields != PLAIN_FORMAT else {}
 
 
@@ -174,8 +175,8 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
     if entry.kind not in ("int", "float16", "float32", "raw") or entry.dtype not in RESTORE_DTYPES:
         raise ArtifactError(f"tensor {entry.name}: unknown kind {entry.kind!r} or dtype {entry.dtype!r}")
     fmt = item.get("format", PLAIN_FORMAT)
-    entry.quantizer, entry.awq = str(fmt["quantizer"]), float(fmt["awq"])
-    entry.outliers, entry.rank = float(fmt["outliers"]), int(fmt["rank"])
+    for axis in TENSOR_AXES:
+        setattr(entry, axis.name, axis.kind(fmt[axis.name]))
     for role, group, offset, nbytes, dtype, shape in item["arrays"]:
         if group not in payloads or dtype not in ARRAY_DTYPES or role not in ("q", "scale", "data", *EXTRA_ROLES):
             raise ArtifactError(f"tensor {entry.name}: bad array descriptor")

@@ -2,15 +2,16 @@
 
 A config is four sections (model, train, quant, eval). Each is a dataclass with the defaults of the
 official baseline; `config_from_dict` validates a nested dict (e.g. parsed TOML) and names any unknown
-key or bad value. This module is part of the exported submission script, so it uses only the standard
-library and carries no package-relative imports.
+key or bad value. This module is part of the exported submission script, so it carries no package-relative
+imports. The values a matrix-format table may hold are described with the formats, in pgolf/storage.py.
 """
 
 import dataclasses
-import fnmatch
 import math
 import tomllib
 from dataclasses import dataclass, field
+
+from pgolf.storage import format_table_error
 
 
 class ConfigError(ValueError):
@@ -205,9 +206,6 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
-QUANTIZERS = ("rtn", "gptq")
-MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
-MAX_CORRECTION_RANK = 64
 COMPRESSORS = ("zstd", "lzma", "rans")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
@@ -372,17 +370,8 @@ def validate(config: RunConfig) -> None:
         _check(isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 0,
                f"quant.clip[{pattern!r}] = {k!r}: must be a non-negative number (0 = percentile clip)")
     _check(0 < q.clip_percentile <= 100, "quant.clip_percentile must be in (0, 100]")
-    for pattern, name in q.quantizer.items():
-        _check(name in QUANTIZERS, f"quant.quantizer[{pattern!r}] = {name!r}: allowed are {', '.join(QUANTIZERS)}")
-    for pattern, a in q.awq.items():
-        _check(_is_number(a) and 0 <= a <= 1, f"quant.awq[{pattern!r}] = {a!r}: must be an exponent in [0, 1] (0 = off)")
-    for pattern, fraction in q.outliers.items():
-        _check(_is_number(fraction) and 0 <= fraction <= MAX_OUTLIER_FRACTION,
-               f"quant.outliers[{pattern!r}] = {fraction!r}: must be a fraction in [0, {MAX_OUTLIER_FRACTION}]")
-    for pattern, rank in q.rank.items():
-        _check(isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank <= MAX_CORRECTION_RANK,
-               f"quant.rank[{pattern!r}] = {rank!r}: must be an integer in [0, {MAX_CORRECTION_RANK}]")
-    _check(q.rank_bits in (8, 16), f"quant.rank_bits must be 8 or 16, got {q.rank_bits}")
+    format_error = format_table_error(q)  # quantizer, awq, outliers, rank, rank_bits: the axes of pgolf/storage.py
+    _check(format_error is None, format_error)
     _check(q.calib_tokens >= 1, f"quant.calib_tokens must be positive, got {q.calib_tokens}")
     _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
     _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
@@ -410,11 +399,3 @@ def validate(config: RunConfig) -> None:
         _check(e.ttt_phase_tokens == 0 or e.ttt_reset == "never",
                "eval.ttt_phase_tokens needs eval.ttt_reset = never (adapters reset at each document have no later phase)")
 
-
-def pattern_value(patterns: dict, name: str, default):
-    """The value of the last glob pattern matching `name` (later entries override earlier ones)."""
-    value = default
-    for pattern, v in patterns.items():
-        if fnmatch.fnmatchcase(name, pattern):
-            value = v
-    return value

@@ -23,7 +23,7 @@ from pgolf.gptq import check_calibration
 from pgolf.submission import load_model, score, setup_runtime, train_model
 
 from objectives.bytes import measure_calibration, rtn_sizes
-from search.allocation import FormatChoices, allocate, write_candidate
+from search.allocation import AllocationRequest, FormatChoices, allocate, write_candidate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
 from space.spec import AllocationSpace, Caps
@@ -148,9 +148,9 @@ def run_trial(directory: str) -> dict:
     pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset)
     log(f"pre-quant val_bpb {pre.bpb:.6f} on {pre.tokens:,} validation tokens")
     clock.lap("pre-quant score")
-    allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log,
-                          seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
-                          train_seconds=trained.train_seconds, sizes=sizes)
+    allocation = allocate(AllocationRequest(model, config, alloc_space, caps, data, runtime,
+                                            seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
+                                            train_seconds=trained.train_seconds, sizes=sizes), log=log)
     clock.last = time.perf_counter()
     for name, seconds in allocation.phases.items():
         clock.add(f"allocation: {name}", seconds)

@@ -426,7 +426,7 @@ TABLE += [
     ("good checkpoint", {"search allocate --quantizers foo": _allocate_with("--quantizers", "foo")},
      r"allocation options: allocation\.quantizers must list rtn / gptq, got \['foo'\]"),
     ("good checkpoint", {"search allocate --rank-bits 4": _allocate_with("--rank-bits", "4")},
-     r"argument --rank-bits: invalid choice: 4 \(choose from 8, 16\)"),
+     r"allocation options: allocation\.rank_bits must be 8 or 16, got 4"),
     ("run: model file with outlier positions out of range", RUN_FOLDER,
      r"final_model\.pgolf: tensor blocks\.0\.attn\.c_q\.weight: outlier position [\d,]+ is out of range for a 64 x 64 matrix$"),
     ("run: model file with repeated outlier positions", RUN_FOLDER,
