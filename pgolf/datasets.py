@@ -21,18 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgolf.bpb import TokenizerError, load_tokenizer
+from pgolf.datacache import BOS_ID, DataError, _publish, cache_dir  # noqa: F401 (BOS_ID, cache_dir: for importers)
 from pgolf.shards import ShardError, write_shard
 
-BOS_ID = 1
 SHARD_TOKENS = 100_000_000  # the challenge's shard size
 TOKENIZER_SETTINGS = dict(model_type="bpe", character_coverage=0.999, split_digits=True, byte_fallback=True,
                           hard_vocab_limit=False, add_dummy_prefix=False, normalization_rule_name="nmt_nfkc",
                           pad_id=0, bos_id=1, eos_id=2, unk_id=3)
 BUILD_VERSION = 1  # bump when the build recipe changes, so old cache entries are not reused
-
-
-class DataError(ValueError):
-    """Data that cannot be found or built; the message names the path."""
 
 
 class ShardsWithoutTokenizer(DataError):
@@ -49,10 +45,6 @@ class DataPaths:
 
     def describe(self) -> str:
         return f"train {self.train_pattern}, val {self.val_pattern}, tokenizer {self.tokenizer}"
-
-
-def cache_dir() -> str:
-    return os.environ.get("PGOLF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pgolf")
 
 
 def shared_data_root() -> str:
@@ -170,15 +162,6 @@ def train_tokenizer(train_docs: str, vocab_size: int) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model
-
-
-def _publish(staging: str, target: str) -> None:
-    # A rename is atomic: concurrent builders of the same entry race harmlessly, readers never see half of one.
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if not os.path.isdir(target):
-            raise
 
 
 def encode_documents(texts: list[str], tokenizer_path: str) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pgolf import hub
 from pgolf.bpb import TokenizerError, load_tokenizer
-from pgolf.datasets import BOS_ID, DataError, _publish, cache_dir
+from pgolf.datacache import BOS_ID, DataError, _publish, cache_dir
 from pgolf.fetch import DEFAULT_REPO, REMOTE_ROOT
 from pgolf.shards import SHARD_HEADER_BYTES, SHARD_HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, write_shard
 

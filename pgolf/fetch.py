@@ -8,7 +8,7 @@ tokens each); the demo's small cut of them is pgolf/demo_data.py's.
 import os
 import shutil
 
-from pgolf.datasets import DataError
+from pgolf.datacache import DataError
 
 REMOTE_ROOT = "matched_10B_docs2m_seed1337"
 DEFAULT_REPO = "willdepueoai/parameter-golf"

@@ -12,7 +12,7 @@ import glob
 import os
 from dataclasses import dataclass
 
-from pgolf.datasets import DataError
+from pgolf.datacache import DataError
 
 REVISION = "main"
 
