@@ -13,17 +13,19 @@ import sys
 import time
 import traceback
 
+from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
-from pgolf.model import count_params
-from pgolf.run import METRICS_FILE, RunLog
+from pgolf.evaluate import EvalResult
+from pgolf.metrics import pipeline_metrics, write_metrics
+from pgolf.run import SCRIPT_FILE, RunLog
 from pgolf.gptq import check_calibration
-from pgolf.submission import load_model, score, setup_runtime, train_model
+from pgolf.submission import MODEL_FILE, Packed, load_model, score, setup_runtime, subset_validator, train_pack_score
 
 from objectives.bytes import measure_calibration, rtn_sizes
-from search.allocation import FormatChoices, allocate, write_candidate
+from search.allocation import FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
 from space.spec import AllocationSpace, Caps
@@ -102,10 +104,11 @@ def run_trial(directory: str) -> dict:
     reports = []
     on_val = _reporter(request)
     subset = config.train.val_tokens
+    validate_subset = subset_validator(config, data, runtime)
 
     def validate(model):
         started = time.perf_counter()
-        bpb = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset).bpb
+        bpb = validate_subset(model)
         clock.add("validation reports", time.perf_counter() - started)
         return bpb
 
@@ -118,6 +121,42 @@ def run_trial(directory: str) -> dict:
         if on_val is not None:
             on_val(len(reports), bpb)
 
+    sizes, chosen = {}, {}
+
+    def after_training(model, trained):
+        # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
+        validation = clock.seconds.pop("validation reports", 0.0)
+        clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
+        with open(os.path.join(directory, CHECKPOINT_FILE), "wb") as f:
+            f.write(checkpoint_bytes(model, config))
+        clock.lap("checkpoint")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # One table of every RTN option's bytes: the study's byte calibration and the allocation both read it.
+        widths = sorted(set(alloc_space.bits) | set(alloc_space.embedding_bits))
+        sizes.update(rtn_sizes(state, sorted(set(widths) | {16}), alloc_space.clip))
+        _write_json(directory, "calibration.json", measure_calibration(state, widths, alloc_space.clip, sizes))
+        clock.lap("option bytes")
+
+    def allocate_storage(model, trained, pre) -> Packed | None:
+        """The post-training step: the allocation chooses the stored form (and eval settings) by scoring candidates
+        from their bytes, so the chosen one comes with its post-roundtrip score."""
+        clock.lap("pre-quant score")
+        allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log,
+                              seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
+                              train_seconds=trained.train_seconds, sizes=sizes)
+        clock.last = time.perf_counter()
+        for name, seconds in allocation.phases.items():
+            clock.add(f"allocation: {name}", seconds)
+        _write_json(directory, "allocation.json", allocation.record())
+        # No feasible candidate: the smallest scored one (infeasible on eval or training time) is recorded; candidates
+        # over the byte cap are never scored, so with only those the trial is infeasible.
+        best = allocation.best or min((c for c in allocation.candidates if c.val_bpb == c.val_bpb), key=lambda c: c.artifact_bytes, default=None)
+        chosen.update(allocation=allocation, best=best)
+        if best is None:
+            return None
+        post = EvalResult(loss=best.val_loss, bpb=best.val_bpb, tokens=0, bytes=0, seconds=best.eval_seconds)
+        return Packed(best.blob, best.byte_groups, best.post_training_seconds, post=post)
+
     import optuna
 
     started = time.perf_counter()
@@ -125,76 +164,44 @@ def run_trial(directory: str) -> dict:
         check_calibration(data.train_pattern, config.train.seq_len, config.quant.calib_tokens)
     clock.lap("setup")
     try:
-        model, trained = train_model(config, data.train_pattern, runtime, validate_fn=validate, on_val=report, log=log)
+        # The float model is scored on the reports' validation subset: the quantization gap is measured there, and the
+        # whole split is scored once, for the chosen allocation.
+        outcome = train_pack_score(config, data, runtime, os.path.join(directory, MODEL_FILE), log=log, validate_fn=validate,
+                                   on_val=report, pre_tokens=subset, after_training=after_training, post_training=allocate_storage)
     except optuna.TrialPruned as exc:
         log(str(exc))
         result = {"status": "pruned", "reports": reports, "reason": str(exc)}
         _write_json(directory, RESULT_FILE, result)
         return result
-    # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
-    validation = clock.seconds.pop("validation reports", 0.0)
-    clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
-    log(f"trained {trained.steps} steps in {trained.train_seconds:.1f}s ({trained.stopped_by})")
-    with open(os.path.join(directory, CHECKPOINT_FILE), "wb") as f:
-        f.write(checkpoint_bytes(model, config))
-    clock.lap("checkpoint")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # One table of every RTN option's bytes: the study's byte calibration and the allocation both read it.
-    widths = sorted(set(alloc_space.bits) | set(alloc_space.embedding_bits))
-    sizes = rtn_sizes(state, sorted(set(widths) | {16}), alloc_space.clip)
-    _write_json(directory, "calibration.json", measure_calibration(state, widths, alloc_space.clip, sizes))
-    clock.lap("option bytes")
-    # The float model on the same validation subset the reports use: the quantization gap is measured there,
-    # and the whole split is scored once, for the chosen allocation.
-    pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset)
-    log(f"pre-quant val_bpb {pre.bpb:.6f} on {pre.tokens:,} validation tokens")
-    clock.lap("pre-quant score")
-    allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log,
-                          seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
-                          train_seconds=trained.train_seconds, sizes=sizes)
-    clock.last = time.perf_counter()
-    for name, seconds in allocation.phases.items():
-        clock.add(f"allocation: {name}", seconds)
-    _write_json(directory, "allocation.json", allocation.record())
-    # No feasible candidate: the smallest scored one (infeasible on eval or training time) is recorded; candidates
-    # over the byte cap are never scored, so with only those the trial is infeasible.
-    best = allocation.best or min((c for c in allocation.candidates if c.val_bpb == c.val_bpb), key=lambda c: c.artifact_bytes, default=None)
-    metrics = {"train_seconds": trained.train_seconds, "steps": trained.steps, "step_ms": 1000 * trained.train_seconds / max(trained.steps, 1),
-               "train_tokens": trained.train_tokens, "stopped_by": trained.stopped_by, "params": count_params(model),
-               "reports": reports, "allocation_seconds": allocation.seconds, **_pre_metrics(pre, subset)}
+    best, trained = chosen["best"], outcome.trained
+    metrics = pipeline_metrics(outcome, best.byte_groups["code"] if best else 0)
+    metrics.reports, metrics.allocation_seconds = reports, chosen["allocation"].seconds
     if best is None:
         clock.lap("write")
-        metrics.update(phases=clock.seconds, trial_seconds=time.perf_counter() - started)
-        result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap", "metrics": metrics}
-        _write_json(directory, METRICS_FILE, metrics)
+        metrics.phases, metrics.trial_seconds = clock.seconds, time.perf_counter() - started
+        result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap", "metrics": metrics.to_dict()}
+        write_metrics(directory, metrics)
         _write_json(directory, RESULT_FILE, result)
         return result
-    gap = quantization_gap(best, config, data, runtime, subset, pre)
+    metrics.quant_gap_bpb = quantization_gap(best, config, data, runtime, subset, outcome.pre)
     clock.lap("quantization gap")
     if request.get("extrapolate"):
-        prediction = predict_at_target(request["extrapolate"], trained, config, best.val_bpb, gap)
+        prediction = predict_at_target(request["extrapolate"], trained, config, best.val_bpb, metrics.quant_gap_bpb)
         if prediction:
-            metrics.update(prediction)
-            log(f"extrapolated to {prediction['target_steps']:.0f} steps: val_bpb {prediction['extrapolated_bpb']:.4f}")
-    write_candidate(directory, best)
-    # A submission calibrates and quantizes (GPTQ, AWQ) after training, on training data: training time.
-    metrics["train_seconds"] = trained.train_seconds + best.post_training_seconds
-    metrics.update(post_training_seconds=best.post_training_seconds, val_bpb_post=best.val_bpb, val_loss_post=best.val_loss, artifact_bytes=best.artifact_bytes, model_bytes=len(best.blob),
-                   code_bytes=best.byte_groups["code"], bytes_by_group=best.byte_groups, eval_seconds=best.eval_seconds,
-                   quant_gap_bpb=gap, allocation=best.label, config=config_to_dict(best.config), feasible=best.feasible)
+            metrics.extrapolated_bpb, metrics.target_steps, metrics.curve = prediction["extrapolated_bpb"], prediction["target_steps"], prediction["curve"]
+            log(f"extrapolated to {metrics.target_steps:.0f} steps: val_bpb {metrics.extrapolated_bpb:.4f}")
+    # The model file is written; the script and config that go with it (the allocation's eval settings and formats).
+    with open(os.path.join(directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
+        f.write(assemble_script(config_to_dict(best.config)))
+    with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
+        f.write(config_to_toml(best.config))
+    metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(best.config), best.feasible
     clock.lap("write")
-    metrics.update(phases=clock.seconds, trial_seconds=time.perf_counter() - started)
-    _write_json(directory, METRICS_FILE, metrics)
-    result = {"status": "complete", "metrics": metrics}
+    metrics.phases, metrics.trial_seconds = clock.seconds, time.perf_counter() - started
+    write_metrics(directory, metrics)
+    result = {"status": "complete", "metrics": metrics.to_dict()}
     _write_json(directory, RESULT_FILE, result)
     return result
-
-
-def _pre_metrics(pre, subset: int) -> dict:
-    """The float model's score: the whole split when the reports use it (val_tokens 0), else the subset's."""
-    if subset <= 0:
-        return {"val_bpb_pre": pre.bpb}
-    return {"val_bpb_pre_subset": pre.bpb, "subset_tokens": pre.tokens}
 
 
 def quantization_gap(best, config, data, runtime, subset: int, pre) -> float:
