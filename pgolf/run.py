@@ -28,8 +28,7 @@ from pgolf.files import FileFormatError, read_json
 from pgolf.metrics import METRICS_FILE, RunMetrics, pipeline_metrics, write_metrics
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
-from pgolf.submission import (MODEL_FILE, load_model, process_group_scope, read_file, score, setup_runtime, subset_validator,
-                              train_pack_score)
+from pgolf.submission import MODEL_FILE, load_model, process_group_scope, read_file, score, setup_runtime, train_pack_score
 
 SCRIPT_FILE = "train_gpt.py"
 
@@ -61,6 +60,11 @@ def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = N
             return _run(config, data, None, runtime, on_val, lambda *_: None)
         with staged_dir(out_dir, replace=force) as stage:
             return _run(config, data, stage, runtime, on_val, RunLog(os.path.join(stage, "train.log"), echo))
+
+
+def subset_validator(config: RunConfig, data: DataPaths, runtime):
+    """The validation reports' score while training (a run's and a trial's): bpb on the first train.val_tokens tokens."""
+    return lambda model: score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
 
 
 def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val, log) -> RunMetrics:

@@ -269,11 +269,6 @@ def quantize_and_pack(config: RunConfig, files, runtime: Runtime):
     return step
 
 
-def subset_validator(config: RunConfig, files, runtime: Runtime):
-    """The validation reports' score while training: bpb on the first train.val_tokens validation tokens."""
-    return lambda model: score(model, config.resolved_eval(), files.val_pattern, files.tokenizer, runtime, limit=config.train.val_tokens).bpb
-
-
 def train_pack_score(config: RunConfig, files, runtime: Runtime, model_path: str | None, *, log=print, validate_fn=None,
                      on_val=None, pre_tokens: int = 0, after_training=None, post_training=None) -> Outcome:
     """Train -> score the float model (on its first pre_tokens validation tokens; 0: all) -> on rank 0, the post-training
