@@ -225,7 +225,7 @@ def run_probe(probe_dir: str, model: GPT, eval_cfg: EvalConfig, val_pattern: str
 
 @dataclasses.dataclass
 class DataFiles:
-    """Where a run's tokens come from (pgolf.datasets.DataPaths has the same fields and serves as well)."""
+    """Where a run's tokens come from (a DataPaths of pgolf/datasets.py has the same fields and serves as well)."""
     train_pattern: str
     val_pattern: str
     tokenizer: str
