@@ -297,6 +297,44 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@dataclass(frozen=True)
+class ModuleRule:
+    """A record module's structural rule on one key, evaluated for one config: `validate` rejects the config with
+    `message` where it does not hold, and a sampled trial takes the `repaired` value (space/sample.py)."""
+    key: str  # section.name
+    holds: bool
+    message: str
+    repaired: object
+
+
+def module_rules(m: ModelConfig, t: TrainConfig) -> list[ModuleRule]:
+    """The rules that tie the record modules to the model's shape (and QAT's extras to QAT), written once for both
+    rejecting and repairing: a new module adds its rules here. Needs positive num_heads (checked before)."""
+    head_dim = m.model_dim // m.num_heads
+    rotary = m.rotary_dims()
+    rules = [ModuleRule(f"model.{key}", 0 <= getattr(m, key) <= m.num_layers,
+                        f"model.{key} must be in [0, model.num_layers {m.num_layers}], got {getattr(m, key)}",
+                        min(getattr(m, key), m.num_layers)) for key in ("parallel_last", "xsa_last")]
+    rules.append(ModuleRule("model.rotary_fraction", 0 < m.rotary_fraction <= 1 and rotary >= 2 and rotary % 2 == 0,
+                            f"model.rotary_fraction {m.rotary_fraction} must rotate an even number (>= 2) of the head's dims, got {rotary}",
+                            min(max(2, 2 * round(m.rotary_fraction * head_dim / 2)), head_dim) / head_dim))
+    rules.append(ModuleRule("model.attn_gate_window", m.attn_gate != "sparse" or 1 <= m.attn_gate_window <= m.model_dim,
+                            f"model.attn_gate_window must be in [1, model.model_dim], got {m.attn_gate_window}",
+                            min(m.attn_gate_window, m.model_dim)))
+    for key, off in (("loop_lora_rank", 0), ("loop_boundary_norm", False)):  # per-repeat extras of the shared segment
+        value = getattr(m, key)
+        rules.append(ModuleRule(f"model.{key}", m.loop_len > 0 or not value,
+                                f"model.{key} = {value} needs a shared segment (model.loop_len > 0)", value if m.loop_len > 0 else off))
+    rules.append(ModuleRule("model.embed_rank", 0 <= m.embed_rank < m.model_dim,
+                            f"model.embed_rank must be in [0, model.model_dim), got {m.embed_rank}",
+                            0 if m.embed_rank >= m.model_dim else m.embed_rank))
+    for key, off in (("qat_embed_bits", 0), ("rate_lambda", 0.0)):  # both act on the fake-quantized weights
+        value = getattr(t, key)
+        rules.append(ModuleRule(f"train.{key}", value == 0 or t.qat_fraction > 0, f"train.{key} needs QAT (train.qat_fraction > 0)",
+                                value if t.qat_fraction > 0 else off))
+    return rules
+
+
 def validate(config: RunConfig) -> None:
     """Reject configurations that cannot be built or trained, naming the offending key."""
     m, t, q, e = config.model, config.train, config.quant, config.eval
@@ -314,20 +352,10 @@ def validate(config: RunConfig) -> None:
            f"shared segment [{m.loop_start}, {m.loop_start + m.loop_len}) exceeds model.num_layers {m.num_layers}")
     _check(m.loop_repeats >= 1, f"model.loop_repeats must be at least 1, got {m.loop_repeats}")
     _check(m.loop_len > 0 or m.loop_repeats == 1, "model.loop_repeats > 1 needs a shared segment (model.loop_len > 0)")
-    for key in ("parallel_last", "xsa_last"):
-        _check(0 <= getattr(m, key) <= m.num_layers, f"model.{key} must be in [0, model.num_layers {m.num_layers}], got {getattr(m, key)}")
     _check(0 <= m.bos_id < m.vocab_size, f"model.bos_id must be a token id below model.vocab_size, got {m.bos_id}")
     _check(0 <= m.mlp_leaky_slope <= 1, f"model.mlp_leaky_slope must be in [0, 1], got {m.mlp_leaky_slope}")
-    rotary = m.rotary_dims()
-    _check(0 < m.rotary_fraction <= 1 and rotary >= 2 and rotary % 2 == 0,
-           f"model.rotary_fraction {m.rotary_fraction} must rotate an even number (>= 2) of the head's dims, got {rotary}")
     _check(m.attn_gate in ("off", "full", "sparse"), f"model.attn_gate must be off, full or sparse, got {m.attn_gate!r}")
-    _check(m.attn_gate != "sparse" or 1 <= m.attn_gate_window <= m.model_dim,
-           f"model.attn_gate_window must be in [1, model.model_dim], got {m.attn_gate_window}")
     _check(m.loop_lora_rank >= 0, f"model.loop_lora_rank must be non-negative, got {m.loop_lora_rank}")
-    for key in ("loop_lora_rank", "loop_boundary_norm"):
-        _check(m.loop_len > 0 or not getattr(m, key), f"model.{key} = {getattr(m, key)} needs a shared segment (model.loop_len > 0)")
-    _check(0 <= m.embed_rank < m.model_dim, f"model.embed_rank must be in [0, model.model_dim), got {m.embed_rank}")
     _check(m.tie_embeddings or m.embed_rank == 0, f"model.embed_rank = {m.embed_rank} needs model.tie_embeddings = true")
     _check(t.seq_len >= 2, f"train.seq_len must be at least 2, got {t.seq_len}")
     _check(t.batch_tokens > 0 and t.batch_tokens % t.seq_len == 0,
@@ -351,9 +379,7 @@ def validate(config: RunConfig) -> None:
     _check(t.qat_clip >= 0, f"train.qat_clip must be non-negative, got {t.qat_clip}")
     _check(t.qat_embed_bits == 0 or 2 <= t.qat_embed_bits <= 8, f"train.qat_embed_bits must be 0 (off) or 2..8, got {t.qat_embed_bits}")
     _check(t.qat_embed_clip >= 0, f"train.qat_embed_clip must be non-negative, got {t.qat_embed_clip}")
-    _check(t.qat_embed_bits == 0 or t.qat_fraction > 0, "train.qat_embed_bits needs QAT (train.qat_fraction > 0)")
     _check(t.rate_lambda >= 0, f"train.rate_lambda must be non-negative, got {t.rate_lambda}")
-    _check(t.rate_lambda == 0 or t.qat_fraction > 0, "train.rate_lambda needs QAT (train.qat_fraction > 0)")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _check(0 <= t.lr_floor <= 1, f"train.lr_floor must be in [0, 1], got {t.lr_floor}")
     _check(t.muon_ns in MUON_NS, f"train.muon_ns must be one of {', '.join(MUON_NS)}, got {t.muon_ns!r}")
@@ -363,6 +389,8 @@ def validate(config: RunConfig) -> None:
         _check(isinstance(n, int) and not isinstance(n, bool) and n >= 2 and t.batch_tokens % (t.data_spans * n) == 0
                and micro % n == 0, f"train.seq_len_stages length {n!r} must be an integer >= 2 that cuts each of the "
                f"train.data_spans {t.data_spans} spans of train.batch_tokens {t.batch_tokens} (and each micro-batch) into whole sequences")
+    for rule in module_rules(m, t):
+        _check(rule.holds, rule.message)
     for pattern, bits in q.bits.items():
         _check(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANT_BITS_ALLOWED,
                f"quant.bits[{pattern!r}] = {bits!r}: allowed are {', '.join(map(str, QUANT_BITS_ALLOWED))}")

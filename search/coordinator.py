@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
 from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values, record_constraints
 from pgolf.config import QuantConfig, config_to_dict
+from pgolf.metrics import RunMetrics, recorded_names
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import make_backend
@@ -251,43 +252,42 @@ class Coordinator:
         self.record_complete(trial, final, result)
 
     def record_complete(self, trial, final: str, result: dict) -> None:
-        m = result["metrics"]
+        m = RunMetrics.from_dict(result["metrics"])
         calibration_path = os.path.join(final, "calibration.json")
         if os.path.exists(calibration_path):
             with open(calibration_path, encoding="utf-8") as f:
                 trial.set_user_attr("calibration", json.load(f))
-        for key in ("val_bpb_pre", "val_bpb_pre_subset", "subset_tokens", "steps", "step_ms", "params", "train_tokens", "train_seconds",
-                    "stopped_by", "allocation_seconds", "trial_seconds", "reports", "phases"):
-            if key in m:
-                trial.set_user_attr(key, m[key])
+        self._record_metrics(trial, m, "trained")
         if result["status"] == "infeasible":
             # Trained, but no allowed allocation fits the byte cap: nothing was packed, so there is no
             # post-roundtrip bpb, and the excess is unknown (one byte over stands for "over the cap").
             trial.set_user_attr("stage", "infeasible")
             trial.set_user_attr("reason", result["reason"])
-            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m["train_seconds"], 0.0)
+            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m.train_seconds, 0.0)
             tell_unscored(self.study, trial, constraint_values(outcome, self.space.caps))
-            self.say(f"trial {trial.number}: infeasible after {m['train_seconds']:.0f}s of training: {result['reason']}")
+            self.say(f"trial {trial.number}: infeasible after {m.train_seconds:.0f}s of training: {result['reason']}")
             return
         trial.set_user_attr("stage", "complete")
-        for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
-                    "quant_gap_bpb", "allocation", "config"):
-            trial.set_user_attr(key, m[key])
-        for key in ("extrapolated_bpb", "target_steps"):  # with a proxy budget: the prediction at the target
-            if key in m:
-                trial.set_user_attr(key, m[key])
+        self._record_metrics(trial, m, "scored")  # with a proxy budget, also the prediction at the target
         calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
         from pgolf.config import config_from_dict
 
-        predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
+        predicted = predict_artifact_bytes(config_from_dict(m.config), calibration)
         trial.set_user_attr("predicted_bytes", predicted)
-        trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
-        outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
+        trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
+        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, m.eval_seconds)
         constraints = constraint_values(outcome, self.space.caps)
         record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))
         self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
                  f"eval {outcome.eval_seconds:.1f}s, {'feasible' if is_feasible(constraints) else 'infeasible'}")
+
+    @staticmethod
+    def _record_metrics(trial, m: RunMetrics, record: str) -> None:
+        """The figures a trial keeps as user attributes (RunMetrics fields marked `record`), those it measured."""
+        for key in recorded_names(record):
+            if getattr(m, key) is not None:
+                trial.set_user_attr(key, getattr(m, key))
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self) -> None:

@@ -19,15 +19,13 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
 from pgolf.files import read_json
+from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir
 from search.budget.reruns import best_configuration
 from search.study import StudyError, open_existing_study, trial_data, trial_dir
 from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
 from search.submit.legality import check_legality
 
-# What the submission files and README are written from.
-METRICS_KEYS = ("config", "val_bpb_post", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
-                "train_seconds", "steps", "train_tokens", "eval_seconds")
 
 
 def find_trial(name: str, results: str, number: int | None):
@@ -63,34 +61,34 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
     source = trial_dir(directory, trial.number)
-    metrics = read_json(os.path.join(source, "metrics.json"), f"trial {trial.number}'s metrics")
-    missing = [key for key in METRICS_KEYS if key not in metrics]
+    metrics = RunMetrics.from_dict(read_json(os.path.join(source, METRICS_FILE), f"trial {trial.number}'s metrics"))
+    missing = metrics.missing(EXPORT_NAMES)  # what the submission files and README are written from
     if missing:
         raise StudyError(f"trial {trial.number}'s metrics.json lacks {missing[0]!r}: the trial folder was changed")
     sizes = {f: os.path.getsize(os.path.join(source, f)) for f in COUNTED_FILES}
-    if sum(sizes.values()) != metrics["artifact_bytes"]:
+    if sum(sizes.values()) != metrics.artifact_bytes:
         raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
-                         f"artifact_bytes {metrics['artifact_bytes']:,}: the trial folder was changed")
+                         f"artifact_bytes {metrics.artifact_bytes:,}: the trial folder was changed")
     caps = settings.space.get("caps", {})
     with staged_dir(out, replace=replace, flag="--replace") as stage:  # export's --force means "even if infeasible"
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
-        config = metrics["config"]
+        config = metrics.config
         submission = {
             "author": "YOUR NAME", "github_id": "YOUR_GITHUB_ID",
             "name": f"pgolf {name} trial {trial.number}",
             "blurb": _blurb(config, metrics),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "val_loss": metrics.get("val_loss_post"), "val_bpb": metrics["val_bpb_post"],
-            "bytes_total": metrics["artifact_bytes"], "bytes_code": metrics["code_bytes"],
-            "bytes_model": metrics["model_bytes"],
+            "val_loss": metrics.val_loss_post, "val_bpb": metrics.val_bpb_post,
+            "bytes_total": metrics.artifact_bytes, "bytes_code": metrics.code_bytes,
+            "bytes_model": metrics.model_bytes,
         }
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
         with open(os.path.join(source, MODEL_FILE), "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
-                      "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"], "model_sha256": digest,
+                      "val_bpb_exact": metrics.val_bpb_post, "artifact_bytes": metrics.artifact_bytes, "model_sha256": digest,
                       "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
@@ -109,25 +107,25 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     return submission
 
 
-def _blurb(config: dict, metrics: dict) -> str:
+def _blurb(config: dict, metrics: RunMetrics) -> str:
     m = config["model"]
     loop = (f", blocks {m['loop_start']}-{m['loop_start'] + m['loop_len'] - 1} looped x{m['loop_repeats']} "
             f"(eval x{config['eval']['repeats']})") if m["loop_len"] else ""
     return (f"{m['num_layers']}x{m['model_dim']}, {m['num_heads']} heads / {m['num_kv_heads']} KV, MLP {m['mlp_mult']:g}x, "
-            f"sp{m['vocab_size']}{loop}; per-layer bit allocation ({metrics.get('allocation', '')}), "
+            f"sp{m['vocab_size']}{loop}; per-layer bit allocation ({metrics.allocation or ''}), "
             f"{config['quant']['compressor']}; found by a pgolf search.")
 
 
-def readme(name: str, number: int, metrics: dict, provenance: dict) -> str:
-    config = metrics["config"]
-    groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics["bytes_by_group"].items())
+def readme(name: str, number: int, metrics: RunMetrics, provenance: dict) -> str:
+    config = metrics.config
+    groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics.bytes_by_group.items())
     bits = "\n".join(f"| `{p}` | {b} | {config['quant']['clip'].get(p, 0.0):g} |" for p, b in config["quant"]["bits"].items())
     data = provenance["data"]
     return f"""# pgolf {name}, trial {number}
 
-Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** ({pre_quant_text(metrics)}) at
-**{metrics['artifact_bytes']:,} bytes** = code {metrics['code_bytes']:,} + model {metrics['model_bytes']:,}.
-Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps, {metrics['train_tokens']:,} tokens), evaluation {metrics['eval_seconds']:.1f} s,
+Post-roundtrip val_bpb **{metrics.val_bpb_post:.6f}** ({pre_quant_text(metrics.to_dict())}) at
+**{metrics.artifact_bytes:,} bytes** = code {metrics.code_bytes:,} + model {metrics.model_bytes:,}.
+Training {metrics.train_seconds:.1f} s ({metrics.steps} steps, {metrics.train_tokens:,} tokens), evaluation {metrics.eval_seconds:.1f} s,
 on the machine that ran the search ({data['train_pattern']}).
 
 ## Model
