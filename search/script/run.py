@@ -6,7 +6,6 @@ The outcome is one of completed / pruned / failed / over_time; a failure carries
 (non-zero exit, no final score, a non-finite score, no artifact) and the last lines of the log.
 """
 
-import ctypes
 import glob
 import os
 import signal
@@ -17,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from search.backends.process import trial_process_setup
 from search.script import ScriptError
 from search.script.logs import LogSummary, Progress, ScriptLog
 
@@ -46,16 +46,6 @@ class ScriptRun:
     tail: list[str] = field(default_factory=list)
 
 
-def _own_group_dying_with_parent() -> None:
-    # The script's own process group, so a stop reaches torchrun's ranks too; and (Linux) SIGKILL when the
-    # trial process that started it dies, so no script trains on as an orphan.
-    os.setpgid(0, 0)
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _stop(process: subprocess.Popen) -> None:
     for signum, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
         try:
@@ -80,7 +70,7 @@ def run_script(command: list[str], workdir: str, env: dict[str, str], log_path: 
     full_env = dict(os.environ, **env, PYTHONUNBUFFERED="1")
     try:
         process = subprocess.Popen(command, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, errors="replace", bufsize=1, preexec_fn=_own_group_dying_with_parent)
+                                   text=True, errors="replace", bufsize=1, preexec_fn=trial_process_setup)  # its own group, killed with its parent
     except OSError as exc:
         raise ScriptError(f"cannot start {command[0]}: {exc.strerror}") from None
     timed_out = threading.Event()
