@@ -164,6 +164,14 @@ class Coordinator:
                 trial = self.study.ask()
                 trial.set_user_attr("owner", self.owner)
                 self.beat(trial._trial_id)
+            if self.space.script is not None:  # a script trial: its environment, no byte prediction (search/script/study.py)
+                from search.script.study import prepare_script_trial
+
+                job = prepare_script_trial(self, trial)
+                if job is None:
+                    continue
+                self.jobs[trial.number] = (job, trial)
+                return job, trial
             try:
                 config, values = suggest_config(self.space, trial)
             except SpaceError as exc:
@@ -271,18 +279,21 @@ class Coordinator:
             self.say(f"trial {trial.number}: infeasible after {m['train_seconds']:.0f}s of training: {result['reason']}")
             return
         trial.set_user_attr("stage", "complete")
-        for key in ("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds",
-                    "quant_gap_bpb", "allocation", "config"):
+        engine = self.space.script is None  # a script trial has no config, allocation or byte prediction
+        for key in (("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds")
+                    + (("quant_gap_bpb", "allocation", "config") if engine else ())):
             trial.set_user_attr(key, m[key])
-        for key in ("extrapolated_bpb", "target_steps"):  # with a proxy budget: the prediction at the target
+        # With a proxy budget: the prediction at the target; a script's own word on its bytes, and its environment.
+        for key in ("extrapolated_bpb", "target_steps", "script_reported_bytes", "script_values"):
             if key in m:
                 trial.set_user_attr(key, m[key])
-        calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
-        from pgolf.config import config_from_dict
+        if engine:
+            calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
+            from pgolf.config import config_from_dict
 
-        predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
-        trial.set_user_attr("predicted_bytes", predicted)
-        trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
+            predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
+            trial.set_user_attr("predicted_bytes", predicted)
+            trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
         outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
         constraints = constraint_values(outcome, self.space.caps)
         record_constraints(trial, constraints)

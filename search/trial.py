@@ -211,6 +211,10 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["PGOLF_THREADS"]))
+    from search.script.trial import is_script_trial, script_trial_main
+
+    if is_script_trial(directory):  # a user's training script, run as it is (search/script/trial.py)
+        return script_trial_main(directory)
     try:
         run_trial(directory)
     except Exception as exc:  # the process boundary: any failure fails this trial, with its reason kept

@@ -136,6 +136,7 @@ class Space:
     trials: int = 10
     timeout: float | None = None
     search: SearchPlan = field(default_factory=SearchPlan)
+    script: object = None  # a script space's [script] table (space/script.py's ScriptSpec); None: an engine space
 
     def dim(self, key: str) -> Dimension | None:
         return next((d for d in self.dims if d.key == key), None)
@@ -310,6 +311,10 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     found = _nonfinite_number(data, "space")
     if found:
         raise SpaceError(f"{found.removeprefix('space.')} is not a finite number (nan and inf mean nothing in a space file)")
+    if "script" in data:  # trials run a user's training script: space/script.py reads the rest
+        from space.script import script_space_from_dict
+
+        return script_space_from_dict(data, source)
     known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation", "search"}
     for key in data:
         if key not in known:

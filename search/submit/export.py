@@ -66,6 +66,10 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
+    if "script" in settings.space:  # a script study's trial: search/script/export.py
+        from search.script.export import export_script_trial
+
+        return export_script_trial(directory, settings, trial, out, replace, refusal, log)
     source = trial_dir(directory, trial.number)
     metrics = read_json(os.path.join(source, "metrics.json"), f"trial {trial.number}'s metrics")
     missing = [key for key in METRICS_KEYS if key not in metrics]

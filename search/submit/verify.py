@@ -91,6 +91,11 @@ def run_eval_only(folder: str, data: DataPaths, device: str | None = None, env: 
 def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
            tokenizer: str | None = None) -> dict:
     """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
+    record_path = os.path.join(folder, SOURCE_FILE)
+    if os.path.isfile(record_path) and read_json(record_path, "export record").get("kind") == "script":
+        from search.script.export import verify_script_export  # a script study's export
+
+        return verify_script_export(folder, read_json(record_path, "export record"))
     data = export_data(folder, data_root, tokenizer)
     source_path = os.path.join(folder, SOURCE_FILE)
     source = read_json(source_path, "export record")
