@@ -25,7 +25,7 @@ from search.script.defaults import rewrite_defaults
 from search.script.knobs import CONVERTERS, env_value, read_knobs
 
 SCRIPT_NAME = "train_gpt.py"
-SOURCE_NAME = "train_gpt_source.py"
+SOURCE_DIR = "source"  # compressed code: the readable files train_gpt.py was built from
 RECORD_FILE = "pgolf.json"
 
 
@@ -36,16 +36,15 @@ def _sha256(path: str) -> str:
 
 def _baked_values(spec, metrics: dict) -> tuple[dict, dict]:
     """({variable: value} written into the copy's defaults, {variable: env string} left to the launch command)."""
-    env = metrics["script_env"]
     baked, launch = {}, {}
     for name, text in spec.env.items():
         (launch if os.path.isabs(text) else baked)[name] = text
     baked.update(metrics["script_values"])
-    for name in (spec.seed_var, spec.wallclock_var):  # the seed and the cap stay the script's own
-        baked.pop(name, None)
-    for name in env:
-        if name not in baked and name not in launch and name not in (spec.seed_var, spec.wallclock_var):
-            launch[name] = env[name]
+    # The trial's seed is written in, so the copy trains the trial's model; the training cap stays the script's
+    # own (a study may train under a shorter cap than the challenge's).
+    baked.pop(spec.wallclock_var, None)
+    if spec.seed_var and metrics.get("seed") is not None:
+        baked[spec.seed_var] = metrics["seed"]
     return baked, launch
 
 
@@ -96,23 +95,25 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
         raise ScriptError(f"trial {trial.number}'s artifact {metrics['artifact_file']} is missing or changed since the trial")
     provenance = check_data_provenance(metrics["script_env"], log)
     with staged_dir(out, replace=replace, flag="--replace") as stage:
+        # Compressed: the readable copy and its counted files go into source/, the loader built from them is
+        # train_gpt.py, and only counted files the loader does not bundle (not Python modules) sit beside it.
+        home = os.path.join(stage, SOURCE_DIR) if spec.code == "compressed" else stage
+        counted = []
         for path in spec.counted_paths():
-            target = os.path.join(stage, os.path.relpath(path, os.path.dirname(spec.path)))
+            target = os.path.join(home, os.path.relpath(path, os.path.dirname(spec.path)))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copyfile(path, target)
-        counted = [os.path.join(stage, os.path.relpath(p, os.path.dirname(spec.path))) for p in spec.counted_paths()]
+            counted.append(target)
+        with open(os.path.join(home, SCRIPT_NAME), "w", encoding="utf-8") as f:
+            f.write(rewritten)
         if spec.code == "compressed":
             from pgolf.selfextract import build
 
-            with open(os.path.join(stage, SOURCE_NAME), "w", encoding="utf-8") as f:
-                f.write(rewritten)
-            built = build(os.path.join(stage, SOURCE_NAME), counted)
-            with open(os.path.join(stage, SCRIPT_NAME), "w", encoding="utf-8") as f:
-                f.write(built.loader)
+            built = build(os.path.join(home, SCRIPT_NAME), counted)
+            built.write(stage, SCRIPT_NAME)
+            counted = [os.path.join(stage, rel) for rel in built.plain_files]
             code = built.bytes_compressed
         else:
-            with open(os.path.join(stage, SCRIPT_NAME), "w", encoding="utf-8") as f:
-                f.write(rewritten)
             code = sum(os.path.getsize(p) for p in [os.path.join(stage, SCRIPT_NAME), *counted])
         artifact_name = os.path.basename(artifact)
         shutil.copyfile(artifact, os.path.join(stage, artifact_name))
@@ -135,6 +136,7 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
                   "val_bpb_exact": metrics["val_bpb_post"], "code_form": spec.code, "code_bytes": code,
                   "trial_code_bytes": metrics["code_bytes"], "artifact": artifact_name, "artifact_bytes": total,
                   "model_sha256": _sha256(artifact), "counted": [os.path.relpath(p, stage) for p in counted],
+                  "sources": [os.path.relpath(p, os.path.dirname(spec.path)) for p in spec.counted_paths()],
                   "defaults": defaults, "launch": launch_vars,
                   "ranks": spec.ranks, "data_provenance": provenance, "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, RECORD_FILE), "w", encoding="utf-8") as f:
@@ -147,9 +149,10 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
 def _readme(name: str, number: int, metrics: dict, record: dict, original: str, spec) -> str:
     knobs = read_knobs(original, spec.path)
     rows = "\n".join(f"| `{var}` | {knobs.get(var).default} | {value} |" for var, value in record["defaults"].items()
-                     if env_value(knobs.get(var), knobs.get(var).default_value()) != value) or "| (none) | | |"
-    source = (f"`{SCRIPT_NAME}` is the self-extracting form (lzma + base85) of `{SOURCE_NAME}`, the readable source it "
-              f"was built from; it runs the same program.\n" if record["code_form"] == "compressed" else "")
+                     if _env_default(knobs.get(var)) != value) or "| (none) | | |"
+    source = (f"`{SCRIPT_NAME}` is the self-extracting form (lzma + base85) of `{SOURCE_DIR}/{SCRIPT_NAME}` and its counted "
+              f"files there: the readable source it was built from, not counted; it runs the same program.\n"
+              if record["code_form"] == "compressed" else "")
     return f"""# pgolf {name}, trial {number} ({os.path.basename(spec.path)})
 
 Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** at **{record['artifact_bytes']:,} bytes** = code {record['code_bytes']:,}
@@ -169,6 +172,12 @@ Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps), evaluation
 `search verify .` checks that the counted files are within the {record['cap_bytes']:,}-byte cap and that the copy's
 defaults are the trial's settings.
 """
+
+
+def _env_default(knob) -> str | None:
+    """The script's own default as the environment string that means it (None: no literal default)."""
+    default = knob.default_value()
+    return None if default is None else env_value(knob, default)
 
 
 def verify_script_export(folder: str, record: dict) -> dict:
@@ -193,10 +202,11 @@ def verify_script_export(folder: str, record: dict) -> dict:
     if record["code_form"] == "compressed":
         from pgolf.selfextract import build
 
-        readable = os.path.join(folder, SOURCE_NAME)
+        readable = os.path.join(folder, SOURCE_DIR, SCRIPT_NAME)
+        sources = [os.path.join(folder, SOURCE_DIR, c) for c in record["sources"]]
         with open(script, encoding="utf-8") as f:
-            if build(readable, counted).loader != f.read():
-                raise VerifyError(f"{SCRIPT_NAME} is not the self-extracting form of {SOURCE_NAME}")
+            if not os.path.isfile(readable) or build(readable, sources).loader != f.read():
+                raise VerifyError(f"{SCRIPT_NAME} is not the self-extracting form of {SOURCE_DIR}/{SCRIPT_NAME}")
     with open(readable, encoding="utf-8") as f:
         knobs = read_knobs(f.read(), readable)
     for name, text in record["defaults"].items():
