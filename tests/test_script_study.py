@@ -95,10 +95,25 @@ def test_script_study_run_status_export_verify(tmp_path, capsys):
     assert code != 0 and "bytes" not in err and "the default of VAL_LOSS_EVERY is 6, not the trial's 5" in err, err
 
 
+def write_split(folder, train: list, val: list) -> str:
+    """A shard folder with one training and one validation shard (documents start with BOS, id 1)."""
+    import numpy as np
+
+    from pgolf.shards import write_shard
+
+    os.makedirs(folder, exist_ok=True)
+    write_shard(os.path.join(folder, "fineweb_train_000000.bin"), np.array(sum(train, []), dtype=np.uint16))
+    write_shard(os.path.join(folder, "fineweb_val_000000.bin"), np.array(sum(val, []), dtype=np.uint16))
+    return str(folder)
+
+
 def test_compressed_code_and_a_named_final_line(tmp_path, capsys):
+    val = [[1, 5, 6, 7], [1, 8, 9]]
+    data = write_split(tmp_path / "data", [[1, 20, 21], [1, 22, 23, 24]], val)
     space = write_space(tmp_path, f'trials = 1\n[script]\npath = "{RECORDS}"\ncounted = ["records_helper.py"]\n'
                                   'artifact = "final_model.int6.ptz"\ncode = "compressed"\nfinal_tag = "quantized_ttt_phased"\n'
-                                  '[script.env]\nSEED = 7\n[dims.EMA_DECAY]\nlow = 0.5\nhigh = 0.95\n[search]\npruner = "none"\n')
+                                  f'[script.env]\nSEED = 7\nDATA_DIR = "{data}"\n[dims.EMA_DECAY]\nlow = 0.5\nhigh = 0.95\n'
+                                  '[search]\npruner = "none"\n')
     results = tmp_path / "results"
     code, out, err = search(capsys, "run", "--space", space, "--study", "r", "--sampler-seed", "0", "--results", str(results))
     assert code == 0, err
@@ -112,14 +127,21 @@ def test_compressed_code_and_a_named_final_line(tmp_path, capsys):
     out_dir = tmp_path / "export"
     code, out, err = search(capsys, "export", "r", "--results", str(results), "--out", str(out_dir))
     assert code == 0, err
+    exported = out
     assert sorted(os.listdir(out_dir / "source")) == ["records_helper.py", "train_gpt.py"]
     assert (out_dir / "train_gpt.py").read_text().startswith("import lzma as L,base64 as B\n")
-    assert "    SEED=7 python train_gpt.py" in (out_dir / "README.md").read_text()  # no literal default to carry it
     code, out, err = search(capsys, "verify", str(out_dir))
     assert code == 0 and "compressed" in out, err
     best = json.loads((out_dir / "pgolf.json").read_text())
+    assert list(best["data_provenance"]) == [data] and "no validation document occurs in training" in exported
+    assert f"    DATA_DIR={data} SEED=7 python train_gpt.py" in (out_dir / "README.md").read_text()  # no literal defaults
     final = run_exported(out_dir, {"SEED": "7"})
     assert final.startswith("quantized_ttt_phased") and f"val_bpb:{best['val_bpb_exact']:.8f}" in final
+    # A validation document planted in the training shards: export and verify refuse, naming it.
+    write_split(data, [[1, 20, 21], val[1], [1, 22, 23, 24]], val)
+    for command in (("verify", str(out_dir)), ("export", "r", "--results", str(results), "--out", str(out_dir), "--replace")):
+        code, out, err = search(capsys, *command)
+        assert code != 0 and "data provenance: " in err and "validation document 1" in err and "at token 3" in err, err
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -54,28 +54,6 @@ def _launch_command(launch: dict, ranks: int) -> str:
     return f"{prefix + ' ' if prefix else ''}{runner} {SCRIPT_NAME}"
 
 
-def check_data_provenance(env: dict, log) -> dict:
-    """The provenance check (pgolf/provenance.py) on every shard folder a fixed variable names: a validation
-    document in the training shards, or a validation split of the wrong size, refuses the export."""
-    from pgolf.provenance import ProvenanceError, check_split, dataset_dirs
-
-    checked = {}
-    for name, value in env.items():
-        if not (os.path.isabs(value) and os.path.isdir(value)):
-            continue
-        try:
-            folders = dataset_dirs(value)
-        except ProvenanceError:
-            continue  # not a data folder
-        for folder in folders:
-            report = check_split(folder)
-            if report.refusal():
-                raise ScriptError(f"data provenance: {report.refusal()}; nothing written")
-            log(report.summary())
-            checked[folder] = report.summary()
-    return checked
-
-
 def export_script_trial(directory: str, settings, trial, out: str, replace: bool = False, refusal: str | None = None,
                         log=lambda line: None) -> dict:
     from search.study import trial_dir
@@ -93,7 +71,9 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
     artifact = os.path.join(source_dir, metrics["artifact_file"])
     if not os.path.isfile(artifact) or os.path.getsize(artifact) != metrics["model_bytes"]:
         raise ScriptError(f"trial {trial.number}'s artifact {metrics['artifact_file']} is missing or changed since the trial")
-    provenance = check_data_provenance(metrics["script_env"], log)
+    from search.submit.provenance import check_data_folders  # the data folders the fixed variables name
+
+    provenance = check_data_folders([v for v in metrics["script_env"].values() if os.path.isabs(v) and os.path.isdir(v)], log)
     with staged_dir(out, replace=replace, flag="--replace") as stage:
         # Compressed: the readable copy and its counted files go into source/, the loader built from them is
         # train_gpt.py, and only counted files the loader does not bundle (not Python modules) sit beside it.
@@ -198,6 +178,9 @@ def verify_script_export(folder: str, record: dict) -> dict:
         raise VerifyError(f"counted files hold {total:,} bytes, not the {record['artifact_bytes']:,} the export recorded")
     if _sha256(artifact) != record["model_sha256"]:
         raise VerifyError(f"{record['artifact']} is not the model the trial scored: it was altered after export")
+    from search.submit.provenance import check_data_folders
+
+    check_data_folders(list(record.get("data_provenance", {})))  # a leak planted since the export is refused
     readable = script
     if record["code_form"] == "compressed":
         from pgolf.selfextract import build

@@ -24,6 +24,7 @@ from pgolf.staging import staged_dir
 from pgolf.submission import MODEL_FILE
 from search.budget.reruns import best_configuration
 from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
+from search.submit.provenance import check_data_folders, shard_folder
 from search.runner import startup_trials
 
 COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
@@ -80,6 +81,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
                          f"artifact_bytes {metrics['artifact_bytes']:,}: the trial folder was changed")
     caps = settings.space.get("caps", {})
+    data_provenance = check_data_folders([shard_folder(trial_data(directory, trial.number)["val_pattern"])], log)
     with staged_dir(out, replace=replace, flag="--replace") as stage:  # export's --force means "even if infeasible"
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
@@ -99,7 +101,8 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
             digest = hashlib.sha256(f.read()).hexdigest()
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
                       "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"], "model_sha256": digest,
-                      "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
+                      "data": trial_data(directory, trial.number), "data_provenance": data_provenance,
+                      "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:

@@ -18,6 +18,7 @@ from pgolf.datasets import DataPaths, resolve_data
 from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
 from search.submit.export import COUNTED_FILES, SOURCE_FILE
+from search.submit.provenance import check_data_folders, shard_folder
 
 # Runs the script as __main__ with every socket connection refused.
 NO_NETWORK_RUNNER = (
@@ -107,6 +108,7 @@ def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, de
     if counted > cap:
         raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
     expected, origin = recorded_score(folder, source)
+    check_data_folders([shard_folder(data.val_pattern)])  # a validation document in the training shards: refused
     result = run_eval_only(folder, data, device)
     found = re.search(r"final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", result.stdout)
     if not found:
