@@ -22,6 +22,7 @@ take, a missing script, a bad final_tag, a compressed form that does not build.
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass, field
 
 from pgolf.config import RunConfig, TrainConfig
@@ -115,7 +116,7 @@ def _script_spec(table: dict, base_dir: str) -> ScriptSpec:
         raise SpaceError(f"script.code must be one of {', '.join(CODE_FORMS)}, got {spec.code!r}")
     if spec.report_every_seconds < 0:
         raise SpaceError(f"script.report_every_seconds must be >= 0, got {spec.report_every_seconds:g}")
-    if spec.interpreter and not os.path.isfile(os.path.expanduser(spec.interpreter)):
+    if spec.interpreter and not (os.path.isfile(os.path.expanduser(spec.interpreter)) or shutil.which(spec.interpreter)):
         raise SpaceError(f"script.interpreter: {spec.interpreter} does not exist")
     compile_final_tag(spec.final_tag or None)
     return spec
@@ -200,7 +201,7 @@ def script_space_from_dict(data: dict, source: str) -> Space:
 
 def _within(dim: Dimension, value) -> bool:
     if dim.choices is not None:
-        return value in dim.choices and not any(type(c) is not type(value) and isinstance(c, bool) for c in dim.choices)
+        return any(c == value and type(c) is type(value) for c in dim.choices)
     if isinstance(value, (bool, str)):
         return False
     if dim.is_int and not float(value).is_integer():

@@ -72,6 +72,12 @@ def test_script_study_run_status_export_verify(tmp_path, capsys):
     assert pruned.user_attrs["reason"].startswith(f"pruned at report {len(reports)} (val bpb")
     code, out, err = search(capsys, "status", "s", "--results", str(results))
     assert code == 0 and "pruned at report" in out and "baseline" in out and "the script says" not in out, out
+    # Re-runs with new seeds: the seed goes into the script's seed variable.
+    code, out, err = search(capsys, "resume", "s", "--rerun-top", "1", "--rerun-seeds", "1", "--results", str(results))
+    assert code == 0, err
+    rerun = trials(results, "s")[-1]
+    rerun_metrics = json.loads((results / "s" / "trials" / f"{rerun.number:04d}" / "metrics.json").read_text())
+    assert rerun.user_attrs["seed"] == rerun_metrics["seed"] == int(rerun_metrics["script_env"]["SEED"]) != 1337
     # A name clash with an existing study, of either kind: one line, nothing changed.
     code, out, err = search(capsys, "run", "--space", "demo", "--study", "s", "--results", str(results))
     assert code != 0 and "study 's' already exists" in err and len(err.strip().splitlines()) == 1, err
@@ -208,3 +214,16 @@ def test_an_artifact_over_the_cap_is_a_complete_infeasible_trial(tmp_path, capsy
     assert code == 0 and json.loads((tmp_path / "e" / "pgolf.json").read_text())["forced"], err
     code, out, err = search(capsys, "verify", str(tmp_path / "e"))
     assert code != 0 and "over the 10,000-byte cap" in err, err
+
+
+def test_reports_count_at_equal_training_time_when_the_space_gives_an_interval(tmp_path):
+    from search.script.logs import Progress
+    from search.script.trial import _pruner_callback
+
+    reports = []
+    on_report = _pruner_callback({"script": {"report_every_seconds": 1.0}, "pruner": None}, str(tmp_path), reports, [])
+    for seconds, bpb in ((0.5, 3.0), (1.2, 2.9), (1.7, 2.8), (2.1, 2.7), (None, 2.6), (4.0, 2.5)):
+        assert on_report(Progress(1, seconds, bpb)) is False
+    # Before the first second nothing counts; in one bucket the first report does; bucket 3 was skipped.
+    assert reports == [[1, 2.9], [2, 2.7], [4, 2.5]]
+    assert (tmp_path / "reports.jsonl").read_text().splitlines() == ["[1, 2.9]", "[2, 2.7]", "[4, 2.5]"]

@@ -63,6 +63,8 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
     metrics = read_json(os.path.join(source_dir, "metrics.json"), f"trial {trial.number}'s metrics")
     space = space_from_dict(settings.space, source=settings.space_source)
     spec = space.script
+    if metrics.get("script_sha256") not in (None, _sha256(spec.path)):
+        raise ScriptError(f"{spec.path} changed since trial {trial.number} ran it: its export would not be the trained script")
     with open(spec.path, encoding="utf-8") as f:
         original = f.read()
     baked, launch_vars = _baked_values(spec, metrics)

@@ -40,6 +40,13 @@ def code_bytes(script: str, counted: list[str], form: str) -> int:
     return sum(os.path.getsize(p) for p in [script, *counted])
 
 
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 class ScriptTrialFailed(Exception):
     def __init__(self, reason: str, tail: list[str]):
         super().__init__(reason)
@@ -115,6 +122,7 @@ def run_script_trial(directory: str) -> dict:
                "step_ms": 1000 * train / steps if steps else None, "stopped_by": "wallclock" if summary.stopped_early else "iterations",
                "reports": reports, "final_line": summary.final.text.strip(), "script_reported_bytes": summary.reported_total_bytes,
                "script_values": spec["values"], "script_env": spec["env"], "seed": spec.get("seed"),
+               "script_sha256": file_sha256(spec["path"]),
                "trial_seconds": time.time() - entered}
     if not math.isfinite(metrics["val_bpb_post"]):  # score() refuses these; kept as a guard for the ranking
         raise ScriptTrialFailed(f"the script's final score is {metrics['val_bpb_post']}", run.tail)

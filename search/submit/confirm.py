@@ -96,6 +96,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     if ranks < 1:
         raise StudyError(f"--ranks must be at least 1, got {ranks}")
     directory, settings, trial = find_trial(name, results, number)
+    if "script" in settings.space:  # not yet: a script study re-runs seeds with search.rerun_top instead
+        raise StudyError(f"study {name!r} runs a script: confirm retrains engine configurations; use --rerun-top N with `search resume`")
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
     config = config_from_dict(trial.user_attrs["config"])
