@@ -23,8 +23,7 @@ sys.path.insert(0, ROOT)
 from optuna.trial import TrialState  # noqa: E402
 
 from search.coordinator import best_feasible  # noqa: E402
-from search.runner import startup_trials  # noqa: E402
-from search.study import load_settings, open_study  # noqa: E402
+from search.study import open_existing_study  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "out", "results")
 
@@ -50,8 +49,7 @@ def run_arm(name: str, space: str, extra: list[str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{name}: {done.stderr.strip().splitlines()[-1]}")
     wall = time.time() - started
-    directory, settings = load_settings(name, RESULTS)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    directory, _, study = open_existing_study(name, RESULTS)
     trained = [t for t in study.trials if t.user_attrs.get("stage") not in ("rejected", None)]
     starts, startups = [], []
     for t in trained:

@@ -63,9 +63,9 @@ def run_one(index: int, budget: str, config: dict, data_root: str) -> dict:
     cfg = config_from_dict(config)
     with tempfile.TemporaryDirectory() as out:
         m = run(cfg, resolve_data(data_root, cfg.model.vocab_size), out, device="cpu", force=True, echo=False)
-    return {"config": index, "key": config_key(config), "budget": budget, "steps": m["steps"], "val_bpb_pre": m["val_bpb_pre"], "val_bpb_post": m["val_bpb_post"],
-            "val_history": m["val_history"], "warmup": cfg.train.lr_warmup_steps, "warmdown_iters": cfg.train.warmdown_iters,
-            "ms_per_step": m["ms_per_step"], "train": config["train"], "model": config["model"], "commit": _commit()}
+    return {"config": index, "key": config_key(config), "budget": budget, "steps": m.steps, "val_bpb_pre": m.val_bpb_pre, "val_bpb_post": m.val_bpb_post,
+            "val_history": m.val_history, "warmup": cfg.train.lr_warmup_steps, "warmdown_iters": cfg.train.warmdown_iters,
+            "ms_per_step": m.ms_per_step, "train": config["train"], "model": config["model"], "commit": _commit()}
 
 
 def _commit() -> str:

@@ -90,9 +90,9 @@ def run_one(arm: str, seed: int, data_root: str) -> dict:
     data = resolve_data(data_root, config.model.vocab_size)
     with tempfile.TemporaryDirectory() as out:
         m = run(config, data, out, device="cpu", force=True, echo=False)
-    return {"arm": arm, "seed": seed, "overrides": ARMS[arm][1], "config_key": config_key(config), "commit": commit(), "val_bpb_post": m["val_bpb_post"],
-            "val_bpb_pre": m["val_bpb_pre"], "artifact_bytes": m["artifact_bytes"], "steps": m["steps"],
-            "ms_per_step": 1000 * m["train_seconds"] / max(m["steps"], 1), "threads": int(os.environ.get("OMP_NUM_THREADS", 0) or 0)}
+    return {"arm": arm, "seed": seed, "overrides": ARMS[arm][1], "config_key": config_key(config), "commit": commit(), "val_bpb_post": m.val_bpb_post,
+            "val_bpb_pre": m.val_bpb_pre, "artifact_bytes": m.artifact_bytes, "steps": m.steps,
+            "ms_per_step": 1000 * m.train_seconds / max(m.steps, 1), "threads": int(os.environ.get("OMP_NUM_THREADS", 0) or 0)}
 
 
 def table(records: list[dict], seeds: list[int], arms: list[str], markdown: bool = False, ms_seeds: list[int] | None = None) -> str:

@@ -14,8 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from search.outputs.pages import scored_trials  # noqa: E402
-from search.runner import startup_trials  # noqa: E402
-from search.study import load_settings, open_study  # noqa: E402
+from search.study import open_existing_study  # noqa: E402
 
 
 def main() -> None:
@@ -23,8 +22,7 @@ def main() -> None:
     parser.add_argument("study")
     parser.add_argument("--results", default="results")
     args = parser.parse_args()
-    _, settings = load_settings(args.study, args.results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    _, settings, study = open_existing_study(args.study, args.results)
     cap = settings.space["caps"]["artifact_bytes"]
     rows = [(t.number, t.user_attrs["predicted_bytes"], t.user_attrs["artifact_bytes"]) for t in scored_trials(study)
             if "predicted_bytes" in t.user_attrs]

@@ -16,7 +16,6 @@ too busy for the tiny runs. Prints a per-seed table and paired differences
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pgolf.cli import apply_overrides  # noqa: E402
 from pgolf.config import config_to_dict  # noqa: E402
 from pgolf.configfiles import resolve_config  # noqa: E402
 from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
+from pgolf.metrics import RunMetrics, read_metrics_file  # noqa: E402
 from pgolf.run import run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,15 +46,14 @@ def arm_overrides(arm: str, clip: float, lambdas: dict) -> list[str]:
 PROXY = ["model.model_dim=128", "model.num_layers=2", "train.seq_len=128", "train.batch_tokens=4096"]
 
 
-def run_arm(arm: str, seed: int, clip: float, lambdas: dict, runs: str, data_root: str, proxy: bool = False) -> dict:
+def run_arm(arm: str, seed: int, clip: float, lambdas: dict, runs: str, data_root: str, proxy: bool = False) -> RunMetrics:
     overrides = (PROXY if proxy else []) + arm_overrides(arm, clip, lambdas) + [f"train.seed={seed}"]
     config = apply_overrides(resolve_config("tiny"), overrides)
     out = os.path.join(runs, f"{arm}-{seed}")
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.isfile(metrics_path):
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-        if metrics["config"] == config_to_dict(config):
+        metrics = read_metrics_file(metrics_path)
+        if metrics.config == config_to_dict(config):
             return metrics
     data = resolve_data(data_root, config.model.vocab_size)
     print(f"running {arm} seed {seed} ...", flush=True)
@@ -89,14 +88,14 @@ def main() -> None:
              f"E = B + embedding QAT int5 clip {args.clip:g}",
              f"{'arm':<4}{'seed':>6}{'post bpb':>11}{'pre bpb':>10}{'gap':>9}{'model bytes':>13}{'entropy B':>11}{'train loss':>12}"]
     for (arm, seed), m in sorted(results.items()):
-        lines.append(f"{arm:<4}{seed:>6}{m['val_bpb_post']:>11.4f}{m['val_bpb_pre']:>10.4f}{m['quant_gap_bpb']:>+9.4f}"
-                     f"{m['model_bytes']:>13,}{m['int_symbol_entropy_bytes']:>11,}{m['final_train_loss']:>12.4f}")
+        lines.append(f"{arm:<4}{seed:>6}{m.val_bpb_post:>11.4f}{m.val_bpb_pre:>10.4f}{m.quant_gap_bpb:>+9.4f}"
+                     f"{m.model_bytes:>13,}{m.int_symbol_entropy_bytes:>11,}{m.final_train_loss:>12.4f}")
     lines.append("")
     for arm in ("A", "B", "C", "D", "E"):
         got = [m for (a, _), m in results.items() if a == arm]
         if got:
-            lines.append(f"mean {arm}: post bpb {statistics.mean(m['val_bpb_post'] for m in got):.4f}, "
-                         f"model bytes {statistics.mean(m['model_bytes'] for m in got):,.0f} (n={len(got)})")
+            lines.append(f"mean {arm}: post bpb {statistics.mean(m.val_bpb_post for m in got):.4f}, "
+                         f"model bytes {statistics.mean(m.model_bytes for m in got):,.0f} (n={len(got)})")
 
     def column(arm, seeds, key):
         return [results[arm, s][key] for s in seeds]

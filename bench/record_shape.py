@@ -34,7 +34,7 @@ def trained(name: str, seed: int, seconds: float, data_root: str, out: str) -> d
     data = resolve_data(data_root, base.model.vocab_size)
     probe = apply_overrides(base, ["train.iterations=12", "train.warmdown_iters=0", "train.log_every=0", f"train.seed={seed}"])
     m = run(probe, data, os.path.join(out, "probe"), device="cpu", force=True, echo=False)
-    steps = seconds / (m["train_seconds"] / m["steps"])
+    steps = seconds / (m.train_seconds / m.steps)
     config = apply_overrides(base, ["train.iterations=100000", f"train.max_wallclock_seconds={seconds}", f"train.seed={seed}",
                                     f"train.warmdown_iters={max(1, round(ARMS[name] * steps))}", "train.log_every=0"])
     return run(config, data, os.path.join(out, "run"), device="cpu", force=True, echo=False)
@@ -55,11 +55,11 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as out:
                 m = trained(name, seed, seconds, args.data, out)
                 a = allocate_checkpoint(os.path.join(out, "run"), demo.caps.artifact_bytes, os.path.join(out, "alloc"), args.data,
-                                        seq_len=m["config"]["train"]["seq_len"], eval_seconds=demo.caps.eval_seconds, options=options,
+                                        seq_len=m.config["train"]["seq_len"], eval_seconds=demo.caps.eval_seconds, options=options,
                                         device="cpu", log=lambda *_: None)
-            rows[name, seed] = {"steps": m["steps"], "pre": m["val_bpb_pre"], "post": a["val_bpb_post"], "bytes": a["artifact_bytes"],
+            rows[name, seed] = {"steps": m.steps, "pre": m.val_bpb_pre, "post": a["val_bpb_post"], "bytes": a["artifact_bytes"],
                                 "chosen": a["chosen"]}
-            print(f"{name:<14} seed {seed}: {m['steps']} steps, pre {m['val_bpb_pre']:.4f}, at the cap {a['val_bpb_post']:.4f} "
+            print(f"{name:<14} seed {seed}: {m.steps} steps, pre {m.val_bpb_pre:.4f}, at the cap {a['val_bpb_post']:.4f} "
                   f"({a['artifact_bytes']:,} bytes, {a['chosen']})", flush=True)
     mean, se, diffs = paired_difference([rows["tiny", s]["post"] for s in args.seeds], [rows["frontier_tiny", s]["post"] for s in args.seeds])
     for name in ARMS:

@@ -27,8 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from search.coordinator import best_feasible  # noqa: E402
-from search.runner import startup_trials  # noqa: E402
-from search.study import load_settings, open_study  # noqa: E402
+from search.study import open_existing_study  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "out", "results")
 RECORDS = os.path.join(ROOT, "bench", "records", "search_efficiency.jsonl")
@@ -38,8 +37,7 @@ def run_arm(name: str, extra: list[str], space: str = "demo") -> dict:
     started = time.time()
     subprocess.run([sys.executable, "-m", "search.cli", "run", "--space", space, "--study", name, "--results", RESULTS] + extra,
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, settings = load_settings(name, RESULTS)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    _, _, study = open_existing_study(name, RESULTS)
     best = best_feasible(study)
     return {"study": name, "space": space, "best_bpb": best.values[0] if best else None, "best_trial": best.number if best else None,
             "trials": len(study.trials), "seconds": time.time() - started}

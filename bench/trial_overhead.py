@@ -18,13 +18,12 @@ sys.path.insert(0, ROOT)
 
 from search.budget.phases import TRAINING, trial_phases, wall_seconds  # noqa: E402
 from search.budget.reruns import RERUN_ATTR, is_scored  # noqa: E402
-from search.runner import startup_trials  # noqa: E402
-from search.study import RESULTS_DIR, load_settings, open_study  # noqa: E402
+from search.study import RESULTS_DIR, open_existing_study  # noqa: E402
 
 
 def study_table(name: str, results: str, which: str = "all") -> str:
-    _, settings = load_settings(name, results)
-    trials = [t for t in open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False) if is_scored(t)
+    _, _, study = open_existing_study(name, results)
+    trials = [t for t in study.get_trials(deepcopy=False) if is_scored(t)
               and (which == "all" or (RERUN_ATTR in t.user_attrs) == (which == "reruns"))]
     if not trials:
         return f"{name}: no completed trial"

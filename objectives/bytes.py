@@ -1,7 +1,8 @@
 """Predict a config's artifact bytes before training: parameter counts x bits x calibrated compression.
 
 For each tensor the model will have (shapes from the config alone), the stored form follows the same
-rules as pgolf.quant; its compressed size comes from a calibration table measured on real trained
+rules as pgolf.quant; its compressed size comes from the predictor table (`Calibration`, stored as
+objectives/calibration.json; not the layers' H that GPTQ/AWQ calibrate on), measured on real trained
 weights: compressed bits per weight of integer symbols for each (role, bits, clip), and compressed
 bytes per fp16 value / per row scale. Code bytes are exact (the script is assembled). A study refines
 its calibration from its own trained checkpoints (see `measure_calibration`), so predictions improve as
@@ -20,7 +21,7 @@ import zstandard
 from pgolf.artifact import byte_shuffle
 from pgolf.assemble import code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
-from pgolf.model import EMBEDDING_PREFIXES, GPT, is_control_tensor
+from pgolf.model import GPT, tensor_role
 from pgolf.quant import quantize_tensor
 from pgolf.storage import MatrixFormat, matrix_format, outlier_count
 
@@ -46,7 +47,8 @@ def tensor_infos(model_cfg) -> list[TensorInfo]:
         model = GPT(model_cfg)
     infos = []
     for name, t in model.state_dict().items():
-        role = "control" if is_control_tensor(name) else "embedding" if name.startswith(EMBEDDING_PREFIXES) else "matrix" if t.ndim == 2 else "other"
+        kind = tensor_role(name).kind
+        role = "control" if kind == "gain" else "embedding" if kind == "embedding" else "matrix" if t.ndim == 2 else "other"
         infos.append(TensorInfo(name, tuple(t.shape), t.numel(), t.shape[0] if t.ndim == 2 else 1, role))
     return infos
 
@@ -68,6 +70,10 @@ class Calibration:
     outlier_bytes: float = 2.9
     factor_bytes_per_value: float = 1.88  # fp16 low-rank factor values
     int8_factor_bytes_per_value: float = 0.98  # int8 ones, row scales included
+
+    def symbol_bits_ratio(self, quantizer: str) -> float:
+        """Compressed symbol bits under a quantizer of pgolf/storage.py's QUANTIZERS, relative to RTN's."""
+        return {"rtn": 1.0, "gptq": self.gptq_bits_ratio}[quantizer]
 
     def fp16_bytes(self, role: str) -> float:
         """Compressed bytes per fp16 value for tensors of this role."""
@@ -92,10 +98,6 @@ class Calibration:
                    fp16_bytes_per_value=statistics.median(o["fp16_bytes_per_value"] for o in observations),
                    scale_bytes_per_row=statistics.median(o["scale_bytes_per_row"] for o in observations),
                    observations=len(observations))
-
-    def to_dict(self) -> dict:
-        return {"bits_per_weight": self.bits_per_weight, "fp16_bytes_per_value": self.fp16_bytes_per_value,
-                "scale_bytes_per_row": self.scale_bytes_per_row, "observations": self.observations}
 
 
 def load_calibration(path: str = DEFAULT_CALIBRATION) -> Calibration:
@@ -127,7 +129,7 @@ def rtn_sizes(state_dict: dict, bits_options, clip_options, names=None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     names = names if names is not None else [n for n, t in state_dict.items() if t.ndim == 2 and t.is_floating_point()
-                                             and not is_control_tensor(n)]
+                                             and tensor_role(n).kind != "gain"]
     jobs = [(n, b, c) for n in names for b in bits_options for c in ([0.0] if b == 16 else clip_options)]
 
     def size(job):
@@ -147,14 +149,14 @@ def rtn_sizes(state_dict: dict, bits_options, clip_options, names=None) -> dict:
 def measure_calibration(state_dict: dict, bits_options, clip_options, sizes: dict | None = None) -> dict:
     """Compressed bits per weight of each (role, bits, clip) on real weights, plus fp16 and scale costs.
     `sizes`: a rtn_sizes table already measured for these weights (else measured here)."""
-    names = [n for n, t in state_dict.items() if t.ndim == 2 and not is_control_tensor(n) and t.numel() >= 4096]
+    names = [n for n, t in state_dict.items() if t.ndim == 2 and tensor_role(n).kind != "gain" and t.numel() >= 4096]
     widths = sorted(set(bits_options) | {16})
     sizes = sizes if sizes is not None else rtn_sizes(state_dict, widths, clip_options, names)
     sums: dict = {}
     fp16_bytes = fp16_values = scale_bytes = scale_rows = 0
     for name in names:
         t = state_dict[name]
-        role = "embedding" if name.startswith(EMBEDDING_PREFIXES) else "matrix"
+        role = "embedding" if tensor_role(name).kind == "embedding" else "matrix"
         half_bytes = sizes[(name, 16, 0.0)][0]
         fp16_bytes += half_bytes
         fp16_values += t.numel()
@@ -179,7 +181,7 @@ def measure_calibration(state_dict: dict, bits_options, clip_options, sizes: dic
 
 def predict_model_bytes(model_cfg, quant: QuantConfig, calibration: Calibration) -> int:
     """Predicted compressed model-file bytes for a model config stored under `quant`."""
-    from pgolf.config import pattern_value
+    from pgolf.quant import pattern_value
 
     total = FIXED_OVERHEAD
     for info in tensor_infos(model_cfg):
@@ -193,7 +195,7 @@ def predict_model_bytes(model_cfg, quant: QuantConfig, calibration: Calibration)
             continue
         clip = float(pattern_value(quant.clip, info.name, 0.0))
         fmt = matrix_format(info.name, bits, clip, quant) if len(info.shape) == 2 else MatrixFormat(bits, clip)
-        symbol_bits = calibration.int_bits(info.role, bits, clip) * (calibration.gptq_bits_ratio if fmt.quantizer == "gptq" else 1.0)
+        symbol_bits = calibration.int_bits(info.role, bits, clip) * calibration.symbol_bits_ratio(fmt.quantizer)
         total += symbol_bits * info.numel / 8 + calibration.scale_bytes_per_row * info.rows
         total += _format_bytes(fmt, info, calibration)
     return int(round(total))

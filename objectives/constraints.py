@@ -48,6 +48,7 @@ def record_constraints(trial, constraints: dict) -> None:
     - people, on the dashboard's trial page, which lists user attributes but not constraints."""
     for key in CONSTRAINT_KEYS:
         trial.set_constraint(key, constraints[key])
+    # Optuna 5 has no public Trial.set_system_attr, nor a public trial id: the storage call needs _trial_id.
     trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR, [constraints[k] for k in CONSTRAINT_KEYS])
     trial.set_user_attr("constraints", {k: constraints[k] for k in CONSTRAINT_KEYS})
 

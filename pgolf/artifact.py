@@ -18,18 +18,20 @@ import zlib
 import numpy as np
 import zstandard
 
+from pgolf.entropy_codec import EntropyCodecError, decode_frame, encode_frame
 from pgolf.quant import TENSOR_GROUPS, StoredTensor, tensor_group
+from pgolf.storage import TENSOR_AXES
 
 MAGIC = b"PGOLFMDL"
 FORMAT_VERSION = 1
-COMPRESSOR_IDS = {"zstd": 1, "lzma": 2}
+COMPRESSOR_IDS = {"zstd": 1, "lzma": 2, "rans": 3}
 PREFIX = struct.Struct("<8sHBB")
 FRAME = struct.Struct("<III")
 MAX_RAW_BYTES = 1 << 31
 ARRAY_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "bool"}
 # Arrays of the matrix formats in pgolf/storage.py, beside the symbols "q" and row scales "scale".
 EXTRA_ROLES = ("col_scale", "outlier_gaps", "outlier_values", "lr_a", "lr_b", "lr_a_scale", "lr_b_scale")
-PLAIN_FORMAT = {"quantizer": "rtn", "awq": 0.0, "outliers": 0.0, "rank": 0}
+PLAIN_FORMAT = {axis.name: axis.default for axis in TENSOR_AXES}
 RESTORE_DTYPES = ARRAY_DTYPES | {"bfloat16", "float64"}
 
 
@@ -37,7 +39,10 @@ class ArtifactError(ValueError):
     """A model file that is empty, truncated, altered, not a pgolf artifact of a known version, or holds NaN/inf."""
 
 
-def compress(raw: bytes, compressor: str, level: int) -> bytes:
+def compress(raw: bytes, compressor: str, level: int, matrices=()) -> bytes:
+    """matrices: (offset, symbols, bits) of raw's integer matrices, for "rans" (zstd at `level` for the rest)."""
+    if compressor == "rans":
+        return encode_frame(raw, list(matrices), level)
     if compressor == "zstd":
         return zstandard.ZstdCompressor(level=level).compress(raw)
     if compressor == "lzma":
@@ -49,9 +54,11 @@ def _decompress(blob: bytes, compressor: str, raw_len: int) -> bytes:
     try:
         if compressor == "zstd":
             raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw_len)
+        elif compressor == "rans":
+            raw = decode_frame(blob, raw_len)
         else:
             raw = lzma.LZMADecompressor().decompress(blob, max_length=raw_len)
-    except (zstandard.ZstdError, lzma.LZMAError) as exc:
+    except (zstandard.ZstdError, lzma.LZMAError, EntropyCodecError) as exc:
         raise ArtifactError(f"corrupt compressed frame ({exc})") from None
     return raw
 
@@ -84,7 +91,7 @@ def _stored_arrays(entry: StoredTensor) -> list[tuple[str, np.ndarray, str]]:
 
 def _format_fields(entry: StoredTensor) -> dict:
     """The matrix-format fields of a directory entry; none for a plain one, so such files are unchanged."""
-    fields = {"quantizer": entry.quantizer, "awq": entry.awq, "outliers": entry.outliers, "rank": entry.rank}
+    fields = {axis.name: getattr(entry, axis.name) for axis in TENSOR_AXES}
     return {"format": fields} if fields != PLAIN_FORMAT else {}
 
 
@@ -97,18 +104,21 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
     if compressor not in COMPRESSOR_IDS:
         raise ArtifactError(f"unknown compressor {compressor!r}")
     payloads = {g: bytearray() for g in TENSOR_GROUPS}
+    matrices = {g: [] for g in TENSOR_GROUPS}
     directory = []
     for entry in stored:
         arrays = []
         for role, arr, group in _stored_arrays(entry):
             data = byte_shuffle(arr)
+            if role == "q":
+                matrices[group].append((len(payloads[group]), arr, entry.bits))
             arrays.append([role, group, len(payloads[group]), len(data), str(arr.dtype), list(arr.shape)])
             payloads[group] += data
         directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
                           "bits": entry.bits, "clip": entry.clip, "arrays": arrays, **_format_fields(entry)})
     header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
     raws = [header] + [bytes(payloads[g]) for g in TENSOR_GROUPS]
-    frames = [compress(raw, compressor, level) for raw in raws]
+    frames = [compress(raw, compressor, level, matrices.get(g, ())) for g, raw in zip(("directory",) + TENSOR_GROUPS, raws)]
     table = b"".join(FRAME.pack(len(raw), len(frame), zlib.crc32(raw)) for raw, frame in zip(raws, frames))
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, COMPRESSOR_IDS[compressor], len(frames))
     blob = prefix + table + b"".join(frames)
@@ -165,8 +175,8 @@ def _read_entry(item: dict, payloads: dict) -> StoredTensor:
     if entry.kind not in ("int", "float16", "float32", "raw") or entry.dtype not in RESTORE_DTYPES:
         raise ArtifactError(f"tensor {entry.name}: unknown kind {entry.kind!r} or dtype {entry.dtype!r}")
     fmt = item.get("format", PLAIN_FORMAT)
-    entry.quantizer, entry.awq = str(fmt["quantizer"]), float(fmt["awq"])
-    entry.outliers, entry.rank = float(fmt["outliers"]), int(fmt["rank"])
+    for axis in TENSOR_AXES:
+        setattr(entry, axis.name, axis.kind(fmt[axis.name]))
     for role, group, offset, nbytes, dtype, shape in item["arrays"]:
         if group not in payloads or dtype not in ARRAY_DTYPES or role not in ("q", "scale", "data", *EXTRA_ROLES):
             raise ArtifactError(f"tensor {entry.name}: bad array descriptor")

@@ -2,15 +2,16 @@
 
 A config is four sections (model, train, quant, eval). Each is a dataclass with the defaults of the
 official baseline; `config_from_dict` validates a nested dict (e.g. parsed TOML) and names any unknown
-key or bad value. This module is part of the exported submission script, so it uses only the standard
-library and carries no package-relative imports.
+key or bad value. This module is part of the exported submission script, so it carries no package-relative
+imports. The values a matrix-format table may hold are described with the formats, in pgolf/storage.py.
 """
 
 import dataclasses
-import fnmatch
 import math
 import tomllib
 from dataclasses import dataclass, field
+
+from pgolf.storage import format_table_error
 
 
 class ConfigError(ValueError):
@@ -153,7 +154,7 @@ class QuantConfig:
     gptq_damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
     gptq_block: int = 128  # columns updated together
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
-    compressor: str = "zstd"  # zstd | lzma
+    compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
 
 
@@ -205,10 +206,7 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
-QUANTIZERS = ("rtn", "gptq")
-MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
-MAX_CORRECTION_RANK = 64
-COMPRESSORS = ("zstd", "lzma")
+COMPRESSORS = ("zstd", "lzma", "rans")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
@@ -299,6 +297,44 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@dataclass(frozen=True)
+class ModuleRule:
+    """A record module's structural rule on one key, evaluated for one config: `validate` rejects the config with
+    `message` where it does not hold, and a sampled trial takes the `repaired` value (space/sample.py)."""
+    key: str  # section.name
+    holds: bool
+    message: str
+    repaired: object
+
+
+def module_rules(m: ModelConfig, t: TrainConfig) -> list[ModuleRule]:
+    """The rules that tie the record modules to the model's shape (and QAT's extras to QAT), written once for both
+    rejecting and repairing: a new module adds its rules here. Needs positive num_heads (checked before)."""
+    head_dim = m.model_dim // m.num_heads
+    rotary = m.rotary_dims()
+    rules = [ModuleRule(f"model.{key}", 0 <= getattr(m, key) <= m.num_layers,
+                        f"model.{key} must be in [0, model.num_layers {m.num_layers}], got {getattr(m, key)}",
+                        min(getattr(m, key), m.num_layers)) for key in ("parallel_last", "xsa_last")]
+    rules.append(ModuleRule("model.rotary_fraction", 0 < m.rotary_fraction <= 1 and rotary >= 2 and rotary % 2 == 0,
+                            f"model.rotary_fraction {m.rotary_fraction} must rotate an even number (>= 2) of the head's dims, got {rotary}",
+                            min(max(2, 2 * round(m.rotary_fraction * head_dim / 2)), head_dim) / head_dim))
+    rules.append(ModuleRule("model.attn_gate_window", m.attn_gate != "sparse" or 1 <= m.attn_gate_window <= m.model_dim,
+                            f"model.attn_gate_window must be in [1, model.model_dim], got {m.attn_gate_window}",
+                            min(m.attn_gate_window, m.model_dim)))
+    for key, off in (("loop_lora_rank", 0), ("loop_boundary_norm", False)):  # per-repeat extras of the shared segment
+        value = getattr(m, key)
+        rules.append(ModuleRule(f"model.{key}", m.loop_len > 0 or not value,
+                                f"model.{key} = {value} needs a shared segment (model.loop_len > 0)", value if m.loop_len > 0 else off))
+    rules.append(ModuleRule("model.embed_rank", 0 <= m.embed_rank < m.model_dim,
+                            f"model.embed_rank must be in [0, model.model_dim), got {m.embed_rank}",
+                            0 if m.embed_rank >= m.model_dim else m.embed_rank))
+    for key, off in (("qat_embed_bits", 0), ("rate_lambda", 0.0)):  # both act on the fake-quantized weights
+        value = getattr(t, key)
+        rules.append(ModuleRule(f"train.{key}", value == 0 or t.qat_fraction > 0, f"train.{key} needs QAT (train.qat_fraction > 0)",
+                                value if t.qat_fraction > 0 else off))
+    return rules
+
+
 def validate(config: RunConfig) -> None:
     """Reject configurations that cannot be built or trained, naming the offending key."""
     m, t, q, e = config.model, config.train, config.quant, config.eval
@@ -316,20 +352,10 @@ def validate(config: RunConfig) -> None:
            f"shared segment [{m.loop_start}, {m.loop_start + m.loop_len}) exceeds model.num_layers {m.num_layers}")
     _check(m.loop_repeats >= 1, f"model.loop_repeats must be at least 1, got {m.loop_repeats}")
     _check(m.loop_len > 0 or m.loop_repeats == 1, "model.loop_repeats > 1 needs a shared segment (model.loop_len > 0)")
-    for key in ("parallel_last", "xsa_last"):
-        _check(0 <= getattr(m, key) <= m.num_layers, f"model.{key} must be in [0, model.num_layers {m.num_layers}], got {getattr(m, key)}")
     _check(0 <= m.bos_id < m.vocab_size, f"model.bos_id must be a token id below model.vocab_size, got {m.bos_id}")
     _check(0 <= m.mlp_leaky_slope <= 1, f"model.mlp_leaky_slope must be in [0, 1], got {m.mlp_leaky_slope}")
-    rotary = m.rotary_dims()
-    _check(0 < m.rotary_fraction <= 1 and rotary >= 2 and rotary % 2 == 0,
-           f"model.rotary_fraction {m.rotary_fraction} must rotate an even number (>= 2) of the head's dims, got {rotary}")
     _check(m.attn_gate in ("off", "full", "sparse"), f"model.attn_gate must be off, full or sparse, got {m.attn_gate!r}")
-    _check(m.attn_gate != "sparse" or 1 <= m.attn_gate_window <= m.model_dim,
-           f"model.attn_gate_window must be in [1, model.model_dim], got {m.attn_gate_window}")
     _check(m.loop_lora_rank >= 0, f"model.loop_lora_rank must be non-negative, got {m.loop_lora_rank}")
-    for key in ("loop_lora_rank", "loop_boundary_norm"):
-        _check(m.loop_len > 0 or not getattr(m, key), f"model.{key} = {getattr(m, key)} needs a shared segment (model.loop_len > 0)")
-    _check(0 <= m.embed_rank < m.model_dim, f"model.embed_rank must be in [0, model.model_dim), got {m.embed_rank}")
     _check(m.tie_embeddings or m.embed_rank == 0, f"model.embed_rank = {m.embed_rank} needs model.tie_embeddings = true")
     _check(t.seq_len >= 2, f"train.seq_len must be at least 2, got {t.seq_len}")
     _check(t.batch_tokens > 0 and t.batch_tokens % t.seq_len == 0,
@@ -353,9 +379,7 @@ def validate(config: RunConfig) -> None:
     _check(t.qat_clip >= 0, f"train.qat_clip must be non-negative, got {t.qat_clip}")
     _check(t.qat_embed_bits == 0 or 2 <= t.qat_embed_bits <= 8, f"train.qat_embed_bits must be 0 (off) or 2..8, got {t.qat_embed_bits}")
     _check(t.qat_embed_clip >= 0, f"train.qat_embed_clip must be non-negative, got {t.qat_embed_clip}")
-    _check(t.qat_embed_bits == 0 or t.qat_fraction > 0, "train.qat_embed_bits needs QAT (train.qat_fraction > 0)")
     _check(t.rate_lambda >= 0, f"train.rate_lambda must be non-negative, got {t.rate_lambda}")
-    _check(t.rate_lambda == 0 or t.qat_fraction > 0, "train.rate_lambda needs QAT (train.qat_fraction > 0)")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _check(0 <= t.lr_floor <= 1, f"train.lr_floor must be in [0, 1], got {t.lr_floor}")
     _check(t.muon_ns in MUON_NS, f"train.muon_ns must be one of {', '.join(MUON_NS)}, got {t.muon_ns!r}")
@@ -365,6 +389,8 @@ def validate(config: RunConfig) -> None:
         _check(isinstance(n, int) and not isinstance(n, bool) and n >= 2 and t.batch_tokens % (t.data_spans * n) == 0
                and micro % n == 0, f"train.seq_len_stages length {n!r} must be an integer >= 2 that cuts each of the "
                f"train.data_spans {t.data_spans} spans of train.batch_tokens {t.batch_tokens} (and each micro-batch) into whole sequences")
+    for rule in module_rules(m, t):
+        _check(rule.holds, rule.message)
     for pattern, bits in q.bits.items():
         _check(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANT_BITS_ALLOWED,
                f"quant.bits[{pattern!r}] = {bits!r}: allowed are {', '.join(map(str, QUANT_BITS_ALLOWED))}")
@@ -372,22 +398,13 @@ def validate(config: RunConfig) -> None:
         _check(isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 0,
                f"quant.clip[{pattern!r}] = {k!r}: must be a non-negative number (0 = percentile clip)")
     _check(0 < q.clip_percentile <= 100, "quant.clip_percentile must be in (0, 100]")
-    for pattern, name in q.quantizer.items():
-        _check(name in QUANTIZERS, f"quant.quantizer[{pattern!r}] = {name!r}: allowed are {', '.join(QUANTIZERS)}")
-    for pattern, a in q.awq.items():
-        _check(_is_number(a) and 0 <= a <= 1, f"quant.awq[{pattern!r}] = {a!r}: must be an exponent in [0, 1] (0 = off)")
-    for pattern, fraction in q.outliers.items():
-        _check(_is_number(fraction) and 0 <= fraction <= MAX_OUTLIER_FRACTION,
-               f"quant.outliers[{pattern!r}] = {fraction!r}: must be a fraction in [0, {MAX_OUTLIER_FRACTION}]")
-    for pattern, rank in q.rank.items():
-        _check(isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank <= MAX_CORRECTION_RANK,
-               f"quant.rank[{pattern!r}] = {rank!r}: must be an integer in [0, {MAX_CORRECTION_RANK}]")
-    _check(q.rank_bits in (8, 16), f"quant.rank_bits must be 8 or 16, got {q.rank_bits}")
+    format_error = format_table_error(q)  # quantizer, awq, outliers, rank, rank_bits: the axes of pgolf/storage.py
+    _check(format_error is None, format_error)
     _check(q.calib_tokens >= 1, f"quant.calib_tokens must be positive, got {q.calib_tokens}")
     _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
     _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
-    level_range = range(1, 23) if q.compressor == "zstd" else range(0, 10)
+    level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")
     seq = config.eval_seq_len()
     _check(seq >= 2, f"eval.seq_len must be at least 2, got {seq}")
@@ -410,11 +427,3 @@ def validate(config: RunConfig) -> None:
         _check(e.ttt_phase_tokens == 0 or e.ttt_reset == "never",
                "eval.ttt_phase_tokens needs eval.ttt_reset = never (adapters reset at each document have no later phase)")
 
-
-def pattern_value(patterns: dict, name: str, default):
-    """The value of the last glob pattern matching `name` (later entries override earlier ones)."""
-    value = default
-    for pattern, v in patterns.items():
-        if fnmatch.fnmatchcase(name, pattern):
-            value = v
-    return value

@@ -21,18 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgolf.bpb import TokenizerError, load_tokenizer
+from pgolf.datacache import BOS_ID, DataError, _publish, cache_dir  # noqa: F401 (BOS_ID, cache_dir: for importers)
 from pgolf.shards import ShardError, write_shard
 
-BOS_ID = 1
 SHARD_TOKENS = 100_000_000  # the challenge's shard size
 TOKENIZER_SETTINGS = dict(model_type="bpe", character_coverage=0.999, split_digits=True, byte_fallback=True,
                           hard_vocab_limit=False, add_dummy_prefix=False, normalization_rule_name="nmt_nfkc",
                           pad_id=0, bos_id=1, eos_id=2, unk_id=3)
 BUILD_VERSION = 1  # bump when the build recipe changes, so old cache entries are not reused
-
-
-class DataError(ValueError):
-    """Data that cannot be found or built; the message names the path."""
 
 
 class ShardsWithoutTokenizer(DataError):
@@ -51,16 +47,23 @@ class DataPaths:
         return f"train {self.train_pattern}, val {self.val_pattern}, tokenizer {self.tokenizer}"
 
 
-def cache_dir() -> str:
-    return os.environ.get("PGOLF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pgolf")
-
-
-def default_data_root() -> str:
+def shared_data_root() -> str:
     """PGOLF_DATA, else the shared data folder beside the project checkout (../shared/data)."""
     if os.environ.get("PGOLF_DATA"):
         return os.environ["PGOLF_DATA"]
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.normpath(os.path.join(here, "..", "shared", "data"))
+
+
+def default_data_root() -> str:
+    """PGOLF_DATA, else ../shared/data beside the checkout when it is there, else the demo's data folder in the
+    cache, which resolve_data prepares on first use (pgolf/demo_data.py). Only a path: nothing is fetched here."""
+    shared = shared_data_root()
+    if os.environ.get("PGOLF_DATA") or os.path.isdir(shared):
+        return shared
+    from pgolf.demo_data import demo_data_root  # imported here: demo_data builds on this module
+
+    return demo_data_root()
 
 
 def _official_layout(root: str, vocab_size: int) -> DataPaths | None:
@@ -92,7 +95,11 @@ def document_files(root: str) -> tuple[str, str] | None:
 def resolve_data(root: str, vocab_size: int, tokenizer: str | None = None) -> DataPaths:
     """Shards and tokenizer for `vocab_size` under `root`, building and caching them if needed."""
     if not os.path.isdir(root):
-        raise DataError(f"data directory {root} does not exist")
+        from pgolf.demo_data import is_demo_root, prepare_demo_data
+
+        if not is_demo_root(root):
+            raise DataError(f"data directory {root} does not exist")
+        prepare_demo_data(root)  # the default where no data is beside the checkout: fetched once
     paths = _shard_dir_layout(root, tokenizer, vocab_size)
     if paths is None and tokenizer is None:
         paths = _official_layout(root, vocab_size)
@@ -155,15 +162,6 @@ def train_tokenizer(train_docs: str, vocab_size: int) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model
-
-
-def _publish(staging: str, target: str) -> None:
-    # A rename is atomic: concurrent builders of the same entry race harmlessly, readers never see half of one.
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if not os.path.isdir(target):
-            raise
 
 
 def encode_documents(texts: list[str], tokenizer_path: str) -> np.ndarray:

@@ -4,8 +4,9 @@ Chunked: the split is cut into sequences of seq_len; every target is scored once
 available inside its chunk. Sliding window: windows of seq_len advance by `stride`; each window scores
 only its last `stride` targets (the first window scores all of its targets), so every target is scored
 exactly once with at least seq_len - stride tokens of context. Both report eval seconds. With eval.ttt on,
-the model also adapts on each chunk after scoring it (pgolf/ttt.py). A Trace records per-target losses for
-the legality probe (search/submit/legality.py).
+the model also adapts on each chunk after scoring it (pgolf/ttt.py). Each mode is one entry of EVAL_MODES: it
+cuts its share of the stream into stretches and records each into the ScoringPass, which holds what the pass
+reads and adds up; its Trace keeps per-target losses for the legality probe (search/submit/legality.py).
 """
 
 import math
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pgolf.bpb import bits_per_byte
+from pgolf.config import EvalConfig
 from pgolf.model import token_losses
 from pgolf.ttt import eval_ttt
 
@@ -32,10 +34,6 @@ class EvalResult:
     tokens: int
     bytes: int
     seconds: float
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,91 +82,126 @@ class Trace:
             self.dist[int(targets[i])] = (-torch.log_softmax(logits[i].detach().float(), -1)).to("cpu", torch.float64)
 
 
-def evaluate_bpb(
-    model: nn.Module,
-    val_tokens: Tensor,
-    luts,
-    seq_len: int,
-    stride: int = 0,
-    batch_tokens: int = 524_288,
-    repeats: int | None = None,
-    autocast: bool = True,
-    device: torch.device | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    ttt=None,
-    trace: Trace | None = None,
-) -> EvalResult:
-    """ttt: the eval settings when they turn test-time training on (pgolf/ttt.py), else None."""
-    device = device or next(model.parameters()).device
-    luts = luts.to(device)
+class ScoringPass:
+    """One scoring of a token stream: what it reads (model, tokens, byte tables, eval settings), where it runs (the
+    device and this process's share of the stream), and what it adds up (loss nats, targets and bytes in `sums`, and
+    each target's loss in the trace when the legality probe asks for one)."""
+
+    def __init__(self, model: nn.Module, tokens: Tensor, luts, settings: EvalConfig, runtime=None, trace: Trace | None = None):
+        """runtime: device, rank and world_size (pgolf/submission.py's Runtime); None = one process on the model's
+        device."""
+        self.model, self.tokens, self.settings, self.trace = model, tokens, settings, trace
+        self.device = runtime.device if runtime is not None else next(model.parameters()).device
+        self.rank, self.world_size = (runtime.rank, runtime.world_size) if runtime is not None else (0, 1)
+        self.luts = luts.to(self.device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss nats, targets, bytes
+
+    def share(self, items):
+        """This process's contiguous share of a sequence (ranks in order cover it once)."""
+        return items[len(items) * self.rank // self.world_size : len(items) * (self.rank + 1) // self.world_size]
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.settings.autocast)
+
+    def record(self, first, x: Tensor, y: Tensor, nll: Tensor, scored: Tensor | None = None,
+               logits: Tensor | None = None) -> None:
+        """Adds one scored stretch: rows x -> y read from the stream at tokens first[r] on (so y[r, c] is target
+        first[r] + c), their per-target losses nll [rows, T], the targets that count (scored; None: all of them) and,
+        for the trace, the logits [rows * T, vocab]. A stretch scored whole counts as the official eval_val counts
+        it, its mean loss times its targets; then nll may be that mean alone when there is no trace."""
+        nll = nll.detach()
+        if scored is None:
+            loss = (nll if nll.dim() == 0 else nll.mean()).to(torch.float64) * float(y.numel())
+            prev, target = x.reshape(-1), y.reshape(-1)
+        else:
+            loss = nll[scored].to(torch.float64).sum()
+            prev, target = x[scored], y[scored]
+        self.sums[0] += loss
+        self.sums[1] += target.numel()
+        self.sums[2] += self.luts.target_bytes(prev, target).to(torch.float64).sum()
+        if self.trace is not None:
+            positions = torch.as_tensor(first, dtype=torch.int64)[:, None] + torch.arange(nll.shape[1])
+            if scored is None:
+                self.trace.add(positions.reshape(-1), nll.reshape(-1), logits)
+            else:
+                self.trace.add(positions[scored.cpu()], nll[scored], logits[scored.reshape(-1)])
+
+    def result(self, seconds: float) -> EvalResult:
+        loss_sum, tokens, byte_count = (float(v) for v in self.sums.tolist())
+        if not math.isfinite(loss_sum):
+            raise NonFiniteScore(f"evaluation loss is {loss_sum / tokens} over {int(tokens):,} validation tokens: "
+                                 "the model's outputs are not finite")
+        return EvalResult(loss=loss_sum / tokens, bpb=bits_per_byte(loss_sum, tokens, byte_count), tokens=int(tokens),
+                          bytes=int(byte_count), seconds=seconds)
+
+
+def evaluate_bpb(model: nn.Module, val_tokens: Tensor, luts, settings: EvalConfig, runtime=None,
+                 trace: Trace | None = None) -> EvalResult:
+    """The bpb of val_tokens under the eval settings (seq_len and repeats resolved), scored in the mode they choose;
+    runtime and trace as for ScoringPass."""
+    scoring = ScoringPass(model, val_tokens, luts, settings, runtime, trace)
+    mode = eval_mode(settings)
     was_training = model.training
     model.eval()
-    synchronize(device)
+    synchronize(scoring.device)
     t0 = time.perf_counter()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss nats, tokens, bytes
-    with torch.inference_mode(ttt is None):  # TTT takes gradients; the plain passes need none
-        if ttt is not None:
-            eval_ttt(model, val_tokens, luts, ttt, seq_len, repeats, autocast, device, rank, world_size, sums, trace)
-        elif stride == 0 or stride >= seq_len:
-            _eval_chunks(model, val_tokens, luts, seq_len, batch_tokens, repeats, autocast, device, rank, world_size, sums, trace)
-        else:
-            _eval_windows(model, val_tokens, luts, seq_len, stride, batch_tokens, repeats, autocast, device, rank, world_size, sums, trace)
-    _all_reduce(sums)
-    synchronize(device)
+    with torch.inference_mode(mode != "ttt"):  # TTT takes gradients; the plain passes need none
+        EVAL_MODES[mode](scoring)
+    _all_reduce(scoring.sums)
+    synchronize(scoring.device)
     seconds = time.perf_counter() - t0
     model.train(was_training)
-    loss_sum, tokens, byte_count = (float(v) for v in sums.tolist())
-    if not math.isfinite(loss_sum):
-        raise NonFiniteScore(f"evaluation loss is {loss_sum / tokens} over {int(tokens):,} validation tokens: "
-                             "the model's outputs are not finite")
-    return EvalResult(loss=loss_sum / tokens, bpb=bits_per_byte(loss_sum, tokens, byte_count), tokens=int(tokens),
-                      bytes=int(byte_count), seconds=seconds)
+    return scoring.result(seconds)
 
 
-def _eval_chunks(model, val_tokens, luts, seq_len, batch_tokens, repeats, autocast, device, rank, world_size, sums, trace=None):
+def _eval_chunks(scoring: ScoringPass) -> None:
     # Mirrors the official eval_val: mean CE per batch of whole sequences, weighted by its token count.
-    batch_seqs = max(batch_tokens // seq_len, 1)
-    total_seqs = (val_tokens.numel() - 1) // seq_len
-    first, last = total_seqs * rank // world_size, total_seqs * (rank + 1) // world_size
-    for s in range(first, last, batch_seqs):
-        e = min(s + batch_seqs, last)
-        local = val_tokens[s * seq_len : e * seq_len + 1].to(device=device, dtype=torch.int64)
+    tokens, seq_len = scoring.tokens, scoring.settings.seq_len
+    batch_seqs = max(scoring.settings.batch_tokens // seq_len, 1)
+    total_seqs = (tokens.numel() - 1) // seq_len
+    mine = scoring.share(range(total_seqs))
+    for s in range(mine.start, mine.stop, batch_seqs):
+        e = min(s + batch_seqs, mine.stop)
+        local = tokens[s * seq_len : e * seq_len + 1].to(device=scoring.device, dtype=torch.int64)
         x = local[:-1].reshape(-1, seq_len)
         y = local[1:].reshape(-1, seq_len)
-        with _autocast(device, autocast):
-            if trace is None:
-                loss = model(x, y, repeats=repeats).detach()
+        with scoring.autocast():
+            if scoring.trace is None:  # the fused mean: all the official count needs
+                nll, logits = scoring.model(x, y, repeats=scoring.settings.repeats), None
             else:  # per token for the probe; the mean of the same values
-                nll, logits = token_losses(model, x, y, repeats)
-                trace.add(torch.arange(s * seq_len, e * seq_len), nll.reshape(-1), logits)
-                loss = nll.mean()
-        count = float(y.numel())
-        sums[0] += loss.to(torch.float64) * count
-        sums[1] += count
-        sums[2] += luts.target_bytes(x.reshape(-1), y.reshape(-1)).to(torch.float64).sum()
+                nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
+        scoring.record([r * seq_len for r in range(s, e)], x, y, nll, logits=logits)
 
 
-def _eval_windows(model, val_tokens, luts, seq_len, stride, batch_tokens, repeats, autocast, device, rank, world_size, sums, trace=None):
-    num_targets = val_tokens.numel() - 1
+def _eval_windows(scoring: ScoringPass) -> None:
+    tokens, seq_len, stride = scoring.tokens, scoring.settings.seq_len, scoring.settings.stride
+    num_targets = tokens.numel() - 1
     windows = window_starts(num_targets, seq_len, stride)
-    windows = windows[len(windows) * rank // world_size : len(windows) * (rank + 1) // world_size]
-    batch = max(batch_tokens // seq_len, 1)
+    windows = scoring.share(windows)
+    batch = max(scoring.settings.batch_tokens // seq_len, 1)
     for b in range(0, len(windows), batch):
         group = windows[b : b + batch]
-        x = torch.stack([val_tokens[s : s + seq_len] for s, _ in group]).to(device=device, dtype=torch.int64)
-        y = torch.stack([val_tokens[s + 1 : s + seq_len + 1] for s, _ in group]).to(device=device, dtype=torch.int64)
-        with _autocast(device, autocast):
-            if trace is None:
-                nll = model(x, y, repeats=repeats, reduction="none").reshape(len(group), seq_len)
+        x = torch.stack([tokens[s : s + seq_len] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
+        y = torch.stack([tokens[s + 1 : s + seq_len + 1] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
+        with scoring.autocast():
+            if scoring.trace is None:
+                nll = scoring.model(x, y, repeats=scoring.settings.repeats, reduction="none").reshape(len(group), seq_len)
+                logits = None
             else:
-                nll, logits = token_losses(model, x, y, repeats)
+                nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
         scored = torch.zeros_like(nll, dtype=torch.bool)
         for row, (_, offset) in enumerate(group):
             scored[row, offset:] = True
-        if trace is not None:
-            trace.add(torch.cat([torch.arange(s + offset, s + seq_len) for s, offset in group]), nll[scored],
-                      logits[scored.reshape(-1)])
-        sums[0] += nll[scored].to(torch.float64).sum()
-        sums[1] += scored.sum().to(torch.float64)
-        sums[2] += luts.target_bytes(x[scored], y[scored]).to(torch.float64).sum()
+        scoring.record([s for s, _ in group], x, y, nll, scored, logits)
+
+
+# The eval modes: each scores its process's share of the stream into a ScoringPass. TTT's entry looks its function
+# up when called, for pgolf/ttt.py is left out of an exported script whose config does not turn TTT on.
+EVAL_MODES = {"chunked": _eval_chunks, "windowed": _eval_windows, "ttt": lambda scoring: eval_ttt(scoring)}
+
+
+def eval_mode(settings: EvalConfig) -> str:
+    """Which of EVAL_MODES the eval settings choose."""
+    if settings.ttt != "off":
+        return "ttt"
+    return "chunked" if settings.stride == 0 or settings.stride >= settings.seq_len else "windowed"

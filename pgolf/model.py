@@ -18,6 +18,8 @@ blocks, a norm between repeats, and a factored tied embedding. Their gains and g
 tensors (Adam, stored in fp32); their matrices are stored and allocated like the others.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -360,6 +362,28 @@ def full_precision(model: "GPT") -> "GPT":
 
 def is_control_tensor(name: str) -> bool:
     return any(pattern in name for pattern in CONTROL_TENSOR_PATTERNS)
+
+
+class Role(NamedTuple):
+    """What a state-dict tensor is, from its name alone: the one place its optimizer, storage and allocation unit
+    are decided from. kind: "gain" (control tensors: gains, mixes, gates; fp32, Adam), "embedding" (the token-side
+    matrices: embedding, untied head, factored up-projection), "block" (any other tensor of a block: its
+    matrices and LoRA deltas) or "other" (any other top-level tensor). block: the block's index (gains of a
+    block too), else None. part: the block's submodule ("attn", "mlp"), "" when the tensor sits on the block."""
+    kind: str
+    block: int | None = None
+    part: str = ""
+
+
+def tensor_role(name: str) -> Role:
+    parts = name.split(".")
+    block = int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
+    part = parts[2] if block is not None and len(parts) > 3 else ""
+    if is_control_tensor(name):
+        return Role("gain", block, part)
+    if name.startswith(EMBEDDING_PREFIXES):
+        return Role("embedding")
+    return Role("other" if block is None else "block", block, part)
 
 
 def count_params(model: nn.Module) -> int:

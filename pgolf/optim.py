@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pgolf.fused import fused_ops_enabled
-from pgolf.model import is_control_tensor
+from pgolf.model import tensor_role
 
 
 # Newton-Schulz schedules: the input is divided by (norm_scale x its Frobenius norm + eps), then each iteration
@@ -91,13 +91,14 @@ class Muon(torch.optim.Optimizer):
 
 def build_optimizers(model, cfg) -> tuple[list[torch.optim.Optimizer], Muon]:
     """The baseline's parameter split: embedding / untied head / block matrices / scalars."""
-    block_params = list(model.blocks.named_parameters())
-    matrices = [p for name, p in block_params if p.ndim == 2 and not is_control_tensor(name)]
-    scalars = [p for name, p in block_params if p.ndim < 2 or is_control_tensor(name)]
+    roles = [(tensor_role(name), p) for name, p in model.named_parameters()]
+    block_params = [(role, p) for role, p in roles if role.block is not None]
+    matrices = [p for role, p in block_params if p.ndim == 2 and role.kind == "block"]
+    scalars = [p for role, p in block_params if p.ndim < 2 or role.kind == "gain"]
     if model.skip_weights.numel() > 0:
         scalars.append(model.skip_weights)
     # The model-level gains of the record modules (SmearGate, logit rescale) are scalars too.
-    scalars += [p for name, p in model.named_parameters() if "." not in name and p is not model.skip_weights and is_control_tensor(name)]
+    scalars += [p for role, p in roles if role.kind == "gain" and role.block is None and p is not model.skip_weights]
     # Fused Adam does its arithmetic in fp32 even for the bf16 embedding, as the official run does.
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
 

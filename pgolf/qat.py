@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
+from pgolf.model import tensor_role
 
 QAT_PROGRESS_TOLERANCE = 1e-9  # so that e.g. step 140 of 200 counts as reaching 1 - 0.3
 
@@ -44,12 +44,12 @@ def qat_due(step: int, elapsed_s: float, cfg) -> bool:
 
 def qat_matrix_names(model: nn.Module) -> list[str]:
     """The block matrices (the ones Muon trains), as named in the model's state dict."""
-    return [f"blocks.{name}" for name, p in model.blocks.named_parameters() if p.ndim == 2 and not is_control_tensor(name)]
+    return [name for name, p in model.named_parameters() if p.ndim == 2 and tensor_role(name).kind == "block"]
 
 
 def qat_embedding_names(model: nn.Module) -> list[str]:
     """The token-side matrices, as named in the model's state dict."""
-    return [name for name, p in model.named_parameters() if p.ndim == 2 and name.startswith(EMBEDDING_PREFIXES)]
+    return [name for name, p in model.named_parameters() if p.ndim == 2 and tensor_role(name).kind == "embedding"]
 
 
 def qat_row_steps(w: Tensor, bits: int, clip_k: float) -> Tensor:

@@ -11,14 +11,14 @@ Clip rule: k > 0 clips each row at k * row std (step k * std / qmax); k = 0 is t
 clip_percentile-th percentile of |w| per row, scale floored at 1/qmax).
 """
 
+import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pgolf.config import pattern_value
-from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
+from pgolf.model import tensor_role
 
 TENSOR_GROUPS = ("embedding", "attention", "mlp", "other")
 
@@ -49,20 +49,30 @@ class StoredTensor:
 
 
 def tensor_group(name: str) -> str:
-    if name.startswith(EMBEDDING_PREFIXES):
+    role = tensor_role(name)
+    if role.kind == "embedding":
         return "embedding"
-    if ".attn." in name and name.endswith(".weight"):  # its matrices (and their per-repeat deltas)
+    if role.part == "attn" and name.endswith(".weight"):  # its matrices (and their per-repeat deltas)
         return "attention"
-    if ".mlp." in name:
+    if role.part == "mlp":
         return "mlp"
     return "other"
+
+
+def pattern_value(patterns: dict, name: str, default):
+    """The value of the last glob pattern matching `name` (later entries override earlier ones)."""
+    value = default
+    for pattern, v in patterns.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            value = v
+    return value
 
 
 def tensor_plan(name: str, t: Tensor, quant) -> tuple[str, int, float]:
     """(kind, bits, clip multiplier) for one tensor under a QuantConfig."""
     if not t.is_floating_point():
         return "raw", 0, 0.0
-    if is_control_tensor(name):
+    if tensor_role(name).kind == "gain":
         return "float32", 32, 0.0
     if t.numel() <= quant.keep_float_max_numel:
         return "float16", 16, 0.0

@@ -6,11 +6,10 @@ Files in OUT (written to a staging folder first; OUT appears only when everythin
     final_model.pgolf  the compressed model; its size is model_bytes
     checkpoint.pgolf   float weights (lossless, for re-allocation and export)
     train.log          the run's log
-    metrics.json       the figures (see `run`)
+    metrics.json       the figures (pgolf.metrics.RunMetrics)
 """
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -26,13 +25,11 @@ from pgolf.config import RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.files import FileFormatError, read_json
-from pgolf.model import count_params
+from pgolf.metrics import METRICS_FILE, RunMetrics, pipeline_metrics, write_metrics
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
-from pgolf.submission import (MODEL_FILE, export_trained, load_model, process_group_scope, score, setup_runtime,
-                               share_from_main, train_model)
+from pgolf.submission import MODEL_FILE, load_model, process_group_scope, read_file, score, setup_runtime, train_pack_score
 
-METRICS_FILE = "metrics.json"
 SCRIPT_FILE = "train_gpt.py"
 
 
@@ -51,7 +48,7 @@ class RunLog:
 
 
 def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = None, force: bool = False,
-        on_val=None, echo: bool = True) -> dict:
+        on_val=None, echo: bool = True) -> RunMetrics:
     """Train, round-trip and score `config`; returns (and writes) its metrics.
 
     Under torchrun every rank trains and scores its share; rank 0 alone writes OUT.
@@ -65,8 +62,14 @@ def run(config: RunConfig, data: DataPaths, out_dir: str, device: str | None = N
             return _run(config, data, stage, runtime, on_val, RunLog(os.path.join(stage, "train.log"), echo))
 
 
-def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val, log) -> dict:
-    """The run itself; `stage` is the folder to write (None on ranks other than 0, which write nothing)."""
+def subset_validator(config: RunConfig, data: DataPaths, runtime):
+    """The validation reports' score while training (a run's and a trial's): bpb on the first train.val_tokens tokens."""
+    return lambda model: score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
+
+
+def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val, log) -> RunMetrics:
+    """The run itself; `stage` is the folder to write (None on ranks other than 0, which write nothing and return
+    the post-roundtrip score alone)."""
 
     def write(name: str, content: str | bytes) -> None:
         if stage is not None:
@@ -77,50 +80,28 @@ def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val,
     script = assemble_script(config_to_dict(config))
     write(SCRIPT_FILE, script)
     log(f"pgolf run: {data.describe()} on {runtime.device}" + (f", {runtime.world_size} ranks" if runtime.world_size > 1 else ""))
-
-    def validate_subset(model):
-        return score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=config.train.val_tokens).bpb
-
-    model, result = train_model(config, data.train_pattern, runtime, validate_fn=validate_subset, on_val=on_val, log=log)
-    log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({result.stopped_by})")
-    if stage is not None:
-        write(CHECKPOINT_FILE, checkpoint_bytes(model, config))
-    pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime)
-    log(f"pre-quant val_loss {pre.loss:.8f} val_bpb {pre.bpb:.8f}")
-
-    if stage is not None:
-        blob, sizes, stored, calibration_seconds = export_trained(model, config, data.train_pattern, runtime.device)
-        if calibration_seconds:
-            result.train_seconds += calibration_seconds
-            log(f"calibration and quantization {calibration_seconds:.1f}s, counted as training: {result.train_seconds:.1f}s")
-        write(MODEL_FILE, blob)
-    params = count_params(model)
-    del model
-    # Every rank scores the bytes rank 0 wrote, read back from its file.
-    metrics = rescore_blob(share_from_main(runtime, read_model_file(stage) if stage is not None else None), data, runtime)
+    outcome = train_pack_score(config, data, runtime, stage and os.path.join(stage, MODEL_FILE), log=log, on_val=on_val,
+                               validate_fn=subset_validator(config, data, runtime),
+                               after_training=None if stage is None else lambda model, _: write(CHECKPOINT_FILE, checkpoint_bytes(model, config)))
+    post, result = outcome.post, outcome.trained
     if stage is None:
-        return metrics
-    code = len(script.encode("utf-8"))
-    metrics.update(
-        val_bpb_pre=pre.bpb, val_loss_pre=pre.loss, quant_gap_bpb=metrics["val_bpb_post"] - pre.bpb,
-        artifact_bytes=len(blob) + code, code_bytes=code, model_bytes=len(blob),
-        bytes_by_group=dict(sizes, code=code), int_symbol_entropy_bytes=math.ceil(symbol_entropy_bits(stored) / 8),
-        train_seconds=result.train_seconds, steps=result.steps, train_tokens=result.train_tokens,
-        ms_per_step=1000 * result.train_seconds / max(result.steps, 1), stopped_by=result.stopped_by,
-        median_step_ms=1000 * statistics.median(result.step_seconds[5:] or result.step_seconds or [0.0]),
-        final_train_loss=result.final_train_loss, val_history=result.val_history,
-        params=params, world_size=runtime.world_size,
-        data=dataclasses.asdict(data), config=config_to_dict(config),
-        device=str(runtime.device), torch=torch.__version__, host=platform.node(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )
+        return RunMetrics(val_bpb_post=post.bpb, val_loss_post=post.loss, eval_seconds=post.seconds)
+    metrics = pipeline_metrics(outcome, len(script.encode("utf-8")))
+    metrics.quant_gap_bpb = post.bpb - outcome.pre.bpb
+    metrics.val_tokens, metrics.val_bytes, metrics.eval = post.tokens, post.bytes, dataclasses.asdict(outcome.post_eval)
+    metrics.int_symbol_entropy_bytes = math.ceil(symbol_entropy_bits(outcome.packed.stored) / 8)
+    metrics.median_step_ms = 1000 * statistics.median(result.step_seconds[5:] or result.step_seconds or [0.0])
+    metrics.final_train_loss, metrics.val_history, metrics.world_size = result.final_train_loss, result.val_history, runtime.world_size
+    metrics.data, metrics.config = dataclasses.asdict(data), config_to_dict(config)
+    metrics.device, metrics.torch, metrics.host = str(runtime.device), torch.__version__, platform.node()
+    metrics.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     log(summary(metrics))
-    write(METRICS_FILE, json.dumps(metrics, indent=2))
+    write_metrics(stage, metrics)
     return metrics
 
 
 def read_model_file(out_dir: str) -> bytes:
-    with open(os.path.join(out_dir, MODEL_FILE), "rb") as f:
-        return f.read()
+    return read_file(os.path.join(out_dir, MODEL_FILE))
 
 
 def rescore(out_dir: str, data: DataPaths, runtime, change_eval=None) -> dict:
@@ -140,12 +121,12 @@ def rescore_blob(blob: bytes, data: DataPaths, runtime, change_eval=None) -> dic
             "val_tokens": post.tokens, "val_bytes": post.bytes, "eval": dataclasses.asdict(eval_cfg)}
 
 
-def summary(m: dict) -> str:
-    groups = ", ".join(f"{k} {v:,}" for k, v in m["bytes_by_group"].items())
-    return (f"val_bpb pre {m['val_bpb_pre']:.4f} post {m['val_bpb_post']:.4f} (gap {m['quant_gap_bpb']:+.4f})\n"
-            f"artifact {m['artifact_bytes']:,} bytes = model {m['model_bytes']:,} + code {m['code_bytes']:,} ({groups})\n"
-            f"{m['params']:,} params, {m['steps']} steps, {m['train_tokens']:,} tokens, train {m['train_seconds']:.1f}s "
-            f"({m['ms_per_step']:.0f} ms/step), eval {m['eval_seconds']:.1f}s")
+def summary(m: RunMetrics) -> str:
+    groups = ", ".join(f"{k} {v:,}" for k, v in m.bytes_by_group.items())
+    return (f"val_bpb pre {m.val_bpb_pre:.4f} post {m.val_bpb_post:.4f} (gap {m.quant_gap_bpb:+.4f})\n"
+            f"artifact {m.artifact_bytes:,} bytes = model {m.model_bytes:,} + code {m.code_bytes:,} ({groups})\n"
+            f"{m.params:,} params, {m.steps} steps, {m.train_tokens:,} tokens, train {m.train_seconds:.1f}s "
+            f"({m.ms_per_step:.0f} ms/step), eval {m.eval_seconds:.1f}s")
 
 
 def read_metrics(out_dir: str) -> dict:

@@ -15,47 +15,117 @@ A block or embedding matrix is stored as a `MatrixFormat` (from the QuantConfig'
   weights input channels by their rms activation (the output error is what matters).
 GPTQ, AWQ and the correction need H = X^T X of the layer's inputs over training tokens (`needs_calibration`).
 Other tensors follow `tensor_plan` (pgolf/quant.py) unchanged.
+
+A format's axes are described once, in FORMAT_AXES, which the config, the space, `search allocate`, the
+allocation, the artifact and the byte predictor read; the quantizers are one registry, QUANTIZERS.
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pgolf.config import pattern_value
 from pgolf.gptq import gptq_quantize
-from pgolf.quant import StoredTensor, dequantize_tensor, quantize_tensor, row_scales, tensor_plan
+from pgolf.quant import StoredTensor, dequantize_tensor, pattern_value, quantize_tensor, row_scales, tensor_plan
+
+
+def _rtn_symbols(w: Tensor, rest: Tensor, hessian, bits: int, clip: float, clip_percentile: float, keep, gptq):
+    q, scale16 = quantize_tensor(rest, bits, clip, clip_percentile)
+    return q, scale16, (w.half().float() * keep if keep is not None else None)
+
+
+def _gptq_symbols(w: Tensor, rest: Tensor, hessian, bits: int, clip: float, clip_percentile: float, keep, gptq):
+    damp, block, act_order = gptq
+    scale = row_scales(rest, bits, clip, clip_percentile)
+    return gptq_quantize(w, hessian, bits, clip, clip_percentile, damp, block, act_order, scale, keep)
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """symbols(w, rest = w without its kept outliers, H, bits, clip, clip_percentile, keep, gptq) -> (int8 symbols,
+    fp16 row scales, w's kept values as stored or None)."""
+    symbols: Callable
+    calibrates: bool  # needs H of the layer's inputs (collected after training, on training tokens)
+
+
+QUANTIZERS = {"rtn": Quantizer(_rtn_symbols, False), "gptq": Quantizer(_gptq_symbols, True)}
+MAX_OUTLIER_FRACTION = 0.05  # beyond this a matrix is cheaper stored in fp16 outright
+MAX_CORRECTION_RANK = 64
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class FormatAxis:
+    """name: its QuantConfig key (a glob table, or one value when not per_tensor), MatrixFormat/StoredTensor field
+    and directory key; space_key: the [allocation] list a study chooses from, and `search allocate`'s flag."""
+    name: str
+    space_key: str
+    kind: type
+    default: object  # off: the matrix is stored as before the axis existed
+    valid: Callable
+    rule: str  # what a config value must be, for its error line
+    rule_many: str  # what the space's list must hold
+    help: str  # the flag's help
+    label: Callable = str  # a value in a candidate's format label, e.g. "out0.005"
+    calibrates: Callable = lambda value: False  # whether a value needs the layer's input statistics
+    per_tensor: bool = True
+
+
+FORMAT_AXES = (
+    FormatAxis("quantizer", "quantizers", str, "rtn", lambda v: v in QUANTIZERS, f"allowed are {', '.join(QUANTIZERS)}",
+               " / ".join(QUANTIZERS), "how symbols are chosen: " + ", ".join(QUANTIZERS) + " or several, comma-separated",
+               calibrates=lambda v: QUANTIZERS[v].calibrates),
+    FormatAxis("awq", "awq", float, 0.0, lambda v: _number(v) and 0 <= v <= 1, "must be an exponent in [0, 1] (0 = off)",
+               "exponents in [0, 1] (0 = off)", "AWQ-lite exponents, e.g. 0,0.5 (0 = off)", lambda v: f"awq{v:g}", lambda v: v > 0),
+    FormatAxis("outliers", "outliers", float, 0.0, lambda v: _number(v) and 0 <= v <= MAX_OUTLIER_FRACTION,
+               f"must be a fraction in [0, {MAX_OUTLIER_FRACTION}]", f"fractions in [0, {MAX_OUTLIER_FRACTION}] of a matrix's weights",
+               "fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005", lambda v: f"out{v:g}"),
+    # The correction's SVD weights input channels by their activations: it calibrates too.
+    FormatAxis("rank", "ranks", int, 0, lambda v: _integer(v) and 0 <= v <= MAX_CORRECTION_RANK,
+               f"must be an integer in [0, {MAX_CORRECTION_RANK}]", f"integers in [0, {MAX_CORRECTION_RANK}]",
+               "ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)", lambda v: f"r{v}", lambda v: v > 0),
+    FormatAxis("rank_bits", "rank_bits", int, 16, lambda v: v in (8, 16), "8 or 16", "8 or 16",
+               "the correction's factors: 16 = fp16, 8 = int8 with per-row scales", per_tensor=False),
+)
+TENSOR_AXES = tuple(a for a in FORMAT_AXES if a.per_tensor)
 
 
 @dataclass(frozen=True)
 class MatrixFormat:
     bits: int
     clip: float
-    quantizer: str = "rtn"  # rtn | gptq
+    # One field per FORMAT_AXES entry, in its order, with its default (tests/test_storage.py holds them together).
+    quantizer: str = "rtn"
     awq: float = 0.0  # exponent of the per-input-channel scaling (0 = off)
     outliers: float = 0.0  # fraction of weights kept exact in fp16
     rank: int = 0  # rank of the error correction (0 = none)
     rank_bits: int = 16  # 16 = fp16 factors, 8 = int8 factors with per-row scales
 
     def needs_calibration(self) -> bool:
-        # The correction's SVD weights input channels by their activations: it calibrates too.
-        return self.quantizer == "gptq" or self.awq > 0 or self.rank > 0
+        return any(axis.calibrates(getattr(self, axis.name)) for axis in FORMAT_AXES)
 
     def is_plain(self) -> bool:
         """Stored exactly as before these options existed (RTN symbols and row scales only)."""
-        return not self.needs_calibration() and self.outliers == 0
+        return all(getattr(self, axis.name) == axis.default for axis in TENSOR_AXES)
 
 
 def matrix_format(name: str, bits: int, clip: float, quant) -> MatrixFormat:
-    return MatrixFormat(bits, clip, str(pattern_value(quant.quantizer, name, "rtn")), float(pattern_value(quant.awq, name, 0.0)),
-                        float(pattern_value(quant.outliers, name, 0.0)), int(pattern_value(quant.rank, name, 0)), quant.rank_bits)
+    return MatrixFormat(bits, clip, **{axis.name: axis.kind(pattern_value(getattr(quant, axis.name), name, axis.default))
+                                       if axis.per_tensor else getattr(quant, axis.name) for axis in FORMAT_AXES})
 
 
 def calibrates(quant) -> bool:
     """Whether any pattern of the config names a format that calibrates (GPTQ, AWQ, a correction)."""
-    return (any(v == "gptq" for v in quant.quantizer.values()) or any(a > 0 for a in quant.awq.values())
-            or any(r > 0 for r in quant.rank.values()))
+    return any(axis.calibrates(v) for axis in TENSOR_AXES for v in getattr(quant, axis.name).values())
 
 
 def needs_calibration(state_dict: dict, quant) -> list[str]:
@@ -66,6 +136,20 @@ def needs_calibration(state_dict: dict, quant) -> list[str]:
         if kind == "int" and t.ndim == 2 and matrix_format(name, bits, clip, quant).needs_calibration():
             names.append(name)
     return names
+
+
+def format_table_error(quant) -> str | None:
+    """The error line for the first value of the config's format tables that its axis does not allow (None: all fine)."""
+    for axis in FORMAT_AXES:
+        table = getattr(quant, axis.name)
+        if not axis.per_tensor:
+            if not axis.valid(table):
+                return f"quant.{axis.name} must be {axis.rule}, got {table}"
+            continue
+        for pattern, value in table.items():
+            if not axis.valid(value):
+                return f"quant.{axis.name}[{pattern!r}] = {value!r}: {axis.rule}"
+    return None
 
 
 def outlier_count(numel: int, fraction: float) -> int:
@@ -92,7 +176,8 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
     device = hessian.device if hessian is not None else torch.device("cpu")  # GPTQ and the SVD run where H is
     W = w.detach().float().to(device)
     H = hessian.detach().double() if hessian is not None else None
-    entry.quantizer, entry.awq, entry.outliers, entry.rank = fmt.quantizer, fmt.awq, fmt.outliers, fmt.rank
+    for axis in TENSOR_AXES:
+        setattr(entry, axis.name, getattr(fmt, axis.name))
     col = None
     if fmt.awq > 0:
         col = _awq_scales(H, rows, fmt.awq)
@@ -107,13 +192,7 @@ def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percent
         keep[flat] = True
         keep = keep.view_as(W)
     rest = W.masked_fill(keep, 0.0) if keep is not None else W  # outliers must not stretch the row scales
-    if fmt.quantizer == "gptq":
-        damp, block, act_order = gptq
-        scale = row_scales(rest, fmt.bits, fmt.clip, clip_percentile)
-        q, scale16, kept = gptq_quantize(W, H, fmt.bits, fmt.clip, clip_percentile, damp, block, act_order, scale, keep)
-    else:
-        q, scale16 = quantize_tensor(rest, fmt.bits, fmt.clip, clip_percentile)
-        kept = W.half().float() * keep if keep is not None else None
+    q, scale16, kept = QUANTIZERS[fmt.quantizer].symbols(W, rest, H, fmt.bits, fmt.clip, clip_percentile, keep, gptq)
     entry.q, entry.scale = q.cpu().numpy(), scale16.cpu().numpy()
     if keep is not None:
         positions = keep.reshape(-1).nonzero().squeeze(1)

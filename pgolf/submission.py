@@ -1,6 +1,7 @@
 """One submission, end to end: train -> quantize -> compress -> reload -> score; or score a model file.
 
-`pgolf run` calls these functions, and the exported standalone `train_gpt.py` is these modules
+`train_pack_score` is that pipeline, once: `pgolf run`, a search trial (its allocation passed in as the
+post-training step) and the exported standalone `train_gpt.py` all call it. The script is these modules
 concatenated with the trial's CONFIG filled in, ending in `main()`. Settings come from CONFIG and
 can be overridden by environment variables in the challenge's style:
     DATA_PATH (shard folder), TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, MODEL_PATH,
@@ -24,12 +25,12 @@ import torch.distributed as dist
 from pgolf.artifact import ArtifactError, pack, unpack
 from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, eval_settings, model_settings, validate
-from pgolf.evaluate import NonFiniteScore, Trace, evaluate_bpb
-from pgolf.model import GPT
+from pgolf.evaluate import EvalResult, NonFiniteScore, Trace, evaluate_bpb
+from pgolf.model import GPT, count_params
 from pgolf.gptq import CalibrationError, calibration_batches, check_calibration, collect_hessians
 from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
-from pgolf.train import TrainingDiverged, keep_freed_memory, train
+from pgolf.train import TrainResult, TrainingDiverged, keep_freed_memory, train
 
 CONFIG: dict = {}  # the standalone script carries its trial's configuration here
 MODEL_FILE = "final_model.pgolf"
@@ -213,10 +214,7 @@ def score(model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: st
 
 def score_tokens(model: GPT, eval_cfg: EvalConfig, tokens, luts, runtime: Runtime, trace=None):
     """The submission's evaluation of a token stream: every score, and the legality probe, goes through here."""
-    return evaluate_bpb(model, tokens, luts, eval_cfg.seq_len, stride=eval_cfg.stride, batch_tokens=eval_cfg.batch_tokens,
-                        repeats=eval_cfg.repeats, autocast=eval_cfg.autocast, device=runtime.device,
-                        rank=runtime.rank, world_size=runtime.world_size, ttt=eval_cfg if eval_cfg.ttt != "off" else None,
-                        trace=trace)
+    return evaluate_bpb(model, tokens, luts, eval_cfg, runtime, trace)
 
 
 def run_probe(probe_dir: str, model: GPT, eval_cfg: EvalConfig, val_pattern: str, tokenizer_path: str, runtime: Runtime) -> None:
@@ -242,6 +240,98 @@ def run_probe(probe_dir: str, model: GPT, eval_cfg: EvalConfig, val_pattern: str
     np.save(os.path.join(probe_dir, "counts.npy"), trace.count.clamp(max=255).numpy().astype(np.uint8))
 
 
+@dataclasses.dataclass
+class DataFiles:
+    """Where a run's tokens come from (a DataPaths of pgolf/datasets.py has the same fields and serves as well)."""
+    train_pattern: str
+    val_pattern: str
+    tokenizer: str
+
+
+@dataclasses.dataclass
+class Packed:
+    """A trained model in its stored form: the model file's bytes and what it took to make them."""
+    blob: bytes
+    sizes: dict  # compressed bytes per tensor group
+    seconds: float = 0.0  # calibration and quantization after training: they read training data, so they count as training
+    stored: list | None = None  # the stored tensors, where the step kept them
+    post: EvalResult | None = None  # the score of `blob` loaded back, where the step measured it already (to choose it)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the pipeline measured. On ranks other than 0 `packed` is None; so it is where the post-training step
+    found nothing to store (then there is no model file and no post score)."""
+    trained: TrainResult
+    params: int
+    pre: EvalResult
+    pre_limit: int = 0  # the float model was scored on the first pre_limit validation tokens (0: all of them)
+    packed: Packed | None = None
+    post: EvalResult | None = None
+    post_eval: EvalConfig | None = None  # the eval settings the model file carried, where the pipeline scored it
+
+    @property
+    def train_seconds(self) -> float:
+        """What the training cap counts: the training and the post-training calibration and quantization."""
+        return self.trained.train_seconds + (self.packed.seconds if self.packed else 0.0)
+
+
+def quantize_and_pack(config: RunConfig, files, runtime: Runtime):
+    """The post-training step of a run and of the script: calibrate where a format needs it, quantize, pack."""
+
+    def step(model: GPT, trained: TrainResult, pre: EvalResult) -> Packed:
+        blob, sizes, stored, seconds = export_trained(model, config, files.train_pattern, runtime.device)
+        return Packed(blob, sizes, seconds, stored)
+
+    return step
+
+
+def train_pack_score(config: RunConfig, files, runtime: Runtime, model_path: str | None, *, log=print, validate_fn=None,
+                     on_val=None, pre_tokens: int = 0, after_training=None, post_training=None) -> Outcome:
+    """Train -> score the float model (on its first pre_tokens validation tokens; 0: all) -> on rank 0, the post-training
+    step (`post_training(model, trained, pre)` -> Packed or None; default: quantize_and_pack) -> the model file written
+    to model_path -> every rank scores the bytes read back from it. after_training(model, trained) runs first (rank 0
+    writes a checkpoint there, say). Training time includes the post-training step's seconds (Outcome.train_seconds)."""
+    model, trained = train_model(config, files.train_pattern, runtime, validate_fn=validate_fn, on_val=on_val, log=log)
+    log(f"trained steps:{trained.steps} train_time:{trained.train_seconds:.1f}s stopped_by:{trained.stopped_by}")
+    if after_training is not None:
+        after_training(model, trained)
+    pre = score(model, config.resolved_eval(), files.val_pattern, files.tokenizer, runtime, limit=pre_tokens)
+    log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}" + (f" tokens:{pre.tokens}" if pre_tokens else ""))
+    outcome = Outcome(trained, count_params(model), pre, pre_tokens)
+    if runtime.is_main:
+        outcome.packed = (post_training or quantize_and_pack(config, files, runtime))(model, trained, pre)
+    del model
+    packed = outcome.packed
+    if packed is not None:
+        if packed.seconds:
+            log(f"calibration and quantization: {packed.seconds:.1f}s (counted as training) train_time:{outcome.train_seconds:.1f}s")
+        with open(model_path + ".tmp", "wb") as f:
+            f.write(packed.blob)
+        os.replace(model_path + ".tmp", model_path)
+        log(f"model_bytes:{len(packed.blob)} by_group:{packed.sizes}")
+    outcome.post = share_from_main(runtime, packed.post if packed else None)
+    if outcome.post is None:
+        # Every rank scores the bytes rank 0 wrote, read back from its file.
+        blob = share_from_main(runtime, read_file(model_path) if packed else None)
+        if blob is None:
+            return outcome
+        fresh, _, outcome.post_eval = load_model(blob, runtime.device)
+        outcome.post = score(fresh, outcome.post_eval, files.val_pattern, files.tokenizer, runtime)
+    log_final_score(outcome.post, log)
+    return outcome
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def log_final_score(post: EvalResult, log) -> None:
+    log(f"final_roundtrip val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f} eval_time:{post.seconds:.1f}s")
+    log(f"final_roundtrip_exact val_loss:{post.loss!r} val_bpb:{post.bpb!r}")
+
+
 def config_with_env(data: dict) -> RunConfig:
     config = config_from_dict(data)
     for var, (section, key, kind) in ENV_OVERRIDES.items():
@@ -254,52 +344,36 @@ def config_with_env(data: dict) -> RunConfig:
 def main() -> None:
     config = config_with_env(CONFIG)
     data_path = os.environ.get("DATA_PATH", f"./data/datasets/fineweb10B_sp{config.model.vocab_size}")
-    tokenizer_path = os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model")
+    files = DataFiles(os.path.join(data_path, "fineweb_train_*.bin"), os.path.join(data_path, "fineweb_val_*.bin"),
+                      os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model"))
     model_path = os.environ.get("MODEL_PATH", MODEL_FILE)
     runtime = setup_runtime()
     with process_group_scope(runtime):
-        run_script(config, data_path, tokenizer_path, model_path, runtime)
+        run_script(config, files, model_path, runtime)
 
 
-def run_script(config: RunConfig, data_path: str, tokenizer_path: str, model_path: str, runtime: Runtime) -> None:
-    train_pattern = os.path.join(data_path, "fineweb_train_*.bin")
-    val_pattern = os.path.join(data_path, "fineweb_val_*.bin")
+def run_script(config: RunConfig, files: DataFiles, model_path: str, runtime: Runtime) -> None:
+    """Train, store and score (the record beside the model file ties that score to its bytes), or with EVAL_ONLY=1
+    score the model file at model_path; PROBE_DIR then runs the legality probe on it instead of scoring."""
     log = print if runtime.is_main else (lambda *_: None)
-    training = os.environ.get("EVAL_ONLY", "0") != "1"
-    if training:
+    if os.environ.get("EVAL_ONLY", "0") != "1":
         code_bytes = os.path.getsize(__file__)
-        model, result = train_model(config, train_pattern, runtime, log=log)
-        log(f"trained steps:{result.steps} train_time:{result.train_seconds:.1f}s stopped_by:{result.stopped_by}")
-        pre = score(model, config.resolved_eval(), val_pattern, tokenizer_path, runtime)
-        log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}")
+        outcome = train_pack_score(config, files, runtime, model_path, log=log)
         if runtime.is_main:
-            blob, sizes, _, calibration_seconds = export_trained(model, config, train_pattern, runtime.device)
-            if calibration_seconds:
-                result.train_seconds += calibration_seconds
-                log(f"calibration and quantization: {calibration_seconds:.1f}s (counted as training) "
-                    f"train_time:{result.train_seconds:.1f}s")
-            with open(model_path + ".tmp", "wb") as f:
-                f.write(blob)
-            os.replace(model_path + ".tmp", model_path)
-            log(f"model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{len(blob) + code_bytes} by_group:{sizes}")
-        if runtime.world_size > 1:
-            dist.barrier()
+            log(f"code_bytes:{code_bytes} total_bytes:{len(outcome.packed.blob) + code_bytes}")
+            # The score of the model file just written, tied to its bytes by their hash (what `verify` checks).
+            post = outcome.post
+            record = {"val_bpb": post.bpb, "val_loss": post.loss, "model_sha256": hashlib.sha256(outcome.packed.blob).hexdigest(),
+                      "model_bytes": len(outcome.packed.blob), "code_bytes": code_bytes, "train_seconds": outcome.train_seconds,
+                      "steps": outcome.trained.steps, "eval_seconds": post.seconds}
+            with open(model_path + RESULT_SUFFIX, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2)
+        return
     model, _, eval_cfg = load_model_file(model_path, runtime.device)
     if os.environ.get("PROBE_DIR"):
-        run_probe(os.environ["PROBE_DIR"], model, eval_cfg, val_pattern, tokenizer_path, runtime)
+        run_probe(os.environ["PROBE_DIR"], model, eval_cfg, files.val_pattern, files.tokenizer, runtime)
         return
-    started = time.perf_counter()
-    post = score(model, eval_cfg, val_pattern, tokenizer_path, runtime)
-    log(f"final_roundtrip val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f} eval_time:{time.perf_counter() - started:.1f}s")
-    log(f"final_roundtrip_exact val_loss:{post.loss!r} val_bpb:{post.bpb!r}")
-    if training and runtime.is_main:
-        # The score of the model file just written, tied to its bytes by their hash (what `verify` checks).
-        with open(model_path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        record = {"val_bpb": post.bpb, "val_loss": post.loss, "model_sha256": digest, "model_bytes": os.path.getsize(model_path),
-                  "code_bytes": code_bytes, "train_seconds": result.train_seconds, "steps": result.steps, "eval_seconds": post.seconds}
-        with open(model_path + RESULT_SUFFIX, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+    log_final_score(score(model, eval_cfg, files.val_pattern, files.tokenizer, runtime), log)
 
 
 if __name__ == "__main__":

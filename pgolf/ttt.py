@@ -34,14 +34,15 @@ class Segment:
     floor: int  # earliest token a window may read
 
 
-def ttt_segments(val_tokens: Tensor, num_targets: int, cfg, bos_id: int, rank: int, world_size: int) -> list[Segment]:
+def ttt_segments(scoring) -> list[Segment]:
     """Per document (target t, which reads token t, belongs to the document holding token t), or one stream per rank."""
-    if cfg.ttt_reset == "never":
-        return [Segment(num_targets * rank // world_size, num_targets * (rank + 1) // world_size, 0)]
-    starts = (val_tokens[:num_targets] == bos_id).nonzero().flatten().tolist()
+    num_targets = scoring.tokens.numel() - 1
+    if scoring.settings.ttt_reset == "never":
+        stream = scoring.share(range(num_targets))
+        return [Segment(stream.start, stream.stop, 0)]
+    starts = (scoring.tokens[:num_targets] == scoring.model.cfg.bos_id).nonzero().flatten().tolist()
     bounds = sorted(set([0] + starts)) + [num_targets]
-    docs = [Segment(a, b, a) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return docs[len(docs) * rank // world_size : len(docs) * (rank + 1) // world_size]
+    return scoring.share([Segment(a, b, a) for a, b in zip(bounds, bounds[1:]) if b > a])
 
 
 class LoraAdapters:
@@ -127,46 +128,32 @@ def _optimizer(cfg, params: list[Tensor]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.ttt_lr, betas=(0.9, 0.95))
 
 
-class _Scorer:
-    """Window scoring shared by the adapting and the frozen passes; adds to the (loss, tokens, bytes) sums."""
+def _forward(scoring, windows: list[tuple[int, int, int]]) -> tuple:
+    """The losses of windows (u, v, floor): tokens [max(floor, v - seq_len), v) read, targets u..v-1 marked. Returns
+    ScoringPass.record's arguments (first token of each row, inputs, targets, nll [rows, T], scored mask, logits);
+    rows are right-padded (causal: harmless)."""
+    seq_len = scoring.settings.seq_len
+    starts = [max(floor, v - seq_len) for _, v, floor in windows]
+    width = max(v - s for (_, v, _), s in zip(windows, starts))
+    x = torch.zeros(len(windows), width, dtype=torch.int64)
+    y = torch.zeros_like(x)
+    mask = torch.zeros(len(windows), width, dtype=torch.bool)
+    for row, ((u, v, _), s) in enumerate(zip(windows, starts)):
+        x[row, : v - s] = scoring.tokens[s:v]
+        y[row, : v - s] = scoring.tokens[s + 1 : v + 1]
+        mask[row, u - s : v - s] = True
+    x, y, mask = x.to(scoring.device), y.to(scoring.device), mask.to(scoring.device)
+    with scoring.autocast():
+        nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
+    return starts, x, y, nll, mask, logits
 
-    def __init__(self, model, tokens, luts, cfg, seq_len, repeats, autocast, device, sums, trace):
-        self.model, self.tokens, self.luts, self.cfg = model, tokens, luts, cfg
-        self.seq_len, self.repeats, self.autocast, self.device = seq_len, repeats, autocast, device
-        self.sums, self.trace = sums, trace
 
-    def nll(self, windows: list[tuple[int, int, int]]) -> tuple[Tensor, ...]:
-        """Per-token losses of windows (u, v, floor): tokens [max(floor, v - seq_len), v) read, targets u..v-1
-        marked. Returns (nll [rows, T], scored mask, inputs, targets, logits); rows are right-padded (causal:
-        harmless)."""
-        starts = [max(floor, v - self.seq_len) for _, v, floor in windows]
-        width = max(v - s for (_, v, _), s in zip(windows, starts))
-        x = torch.zeros(len(windows), width, dtype=torch.int64)
-        y = torch.zeros_like(x)
-        mask = torch.zeros(len(windows), width, dtype=torch.bool)
-        for row, ((u, v, _), s) in enumerate(zip(windows, starts)):
-            x[row, : v - s] = self.tokens[s:v]
-            y[row, : v - s] = self.tokens[s + 1 : v + 1]
-            mask[row, u - s : v - s] = True
-        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            nll, logits = token_losses(self.model, x, y, self.repeats)
-        return nll, mask, x, y, logits
-
-    def record(self, windows, nll: Tensor, mask: Tensor, x: Tensor, y: Tensor, logits: Tensor) -> None:
-        nll = nll.detach()
-        self.sums[0] += nll[mask].to(torch.float64).sum()
-        self.sums[1] += mask.sum().to(torch.float64)
-        self.sums[2] += self.luts.target_bytes(x[mask], y[mask]).to(torch.float64).sum()
-        if self.trace is not None:
-            targets = torch.cat([torch.arange(u, v) for u, v, _ in windows])
-            self.trace.add(targets, nll[mask], logits[mask.reshape(-1)])
-
-    def score(self, windows, rows: Tensor | None, adapters) -> None:
-        with torch.no_grad():
-            if adapters is not None and rows is not None:
-                adapters.select(rows)
-            self.record(windows, *self.nll(windows))
+def _score(scoring, windows, rows: Tensor | None, adapters) -> None:
+    """Windows scored with the weights as they are (each row with adapter row `rows[i]`), recorded, no update."""
+    with torch.no_grad():
+        if adapters is not None and rows is not None:
+            adapters.select(rows)
+        scoring.record(*_forward(scoring, windows))
 
 
 def _window(u: int, length: int, end: int, floor: int, seq_len: int) -> tuple[int, int, int]:
@@ -181,69 +168,69 @@ def _step_windows(chunk: tuple[int, int, int], step: int, seq_len: int) -> list[
     return [_window(u, step, b, floor, seq_len) for u in range(a, b, step)]
 
 
-def eval_ttt(model, val_tokens, luts, cfg, seq_len, repeats, autocast, device, rank, world_size, sums, trace=None) -> None:
-    """Score-first TTT over the split (cfg: the eval settings); adds to sums like the plain passes."""
-    num_targets = val_tokens.numel() - 1
-    segments = ttt_segments(val_tokens, num_targets, cfg, model.cfg.bos_id, rank, world_size)
-    scorer = _Scorer(model, val_tokens, luts, cfg, seq_len, repeats, autocast, device, sums, trace)
+def eval_ttt(scoring) -> None:
+    """Score-first TTT over this process's share of the stream, recorded into scoring (pgolf/evaluate.py's
+    ScoringPass; its eval settings turn TTT on) like the plain passes."""
+    cfg = scoring.settings
+    segments = ttt_segments(scoring)
     step = cfg.stride if 0 < cfg.stride < cfg.ttt_chunk else cfg.ttt_chunk
     # Documents side by side with LoRA (each row its own adapters); full tensors are shared: one at a time.
-    rows_per_batch = max(cfg.batch_tokens // seq_len, 1) if cfg.ttt == "lora" else 1
-    frozen = [p for p in model.parameters() if p.requires_grad]
+    rows_per_batch = max(cfg.batch_tokens // cfg.seq_len, 1) if cfg.ttt == "lora" else 1
+    frozen = [p for p in scoring.model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
         for first in range(0, len(segments), rows_per_batch):
-            _adapt_batch(model, segments[first : first + rows_per_batch], scorer, cfg, step, rows_per_batch, device)
+            _adapt_batch(scoring, segments[first : first + rows_per_batch], step, rows_per_batch)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def _adapt_batch(model, segments: list[Segment], scorer: _Scorer, cfg, step: int, batch_rows: int, device) -> None:
-    chunk = cfg.ttt_chunk
+def _adapt_batch(scoring, segments: list[Segment], step: int, batch_rows: int) -> None:
+    cfg, seq_len, chunk, device = scoring.settings, scoring.settings.seq_len, scoring.settings.ttt_chunk, scoring.device
     if cfg.ttt == "lora":
-        adapters = LoraAdapters(model, cfg.ttt_targets, cfg.ttt_rank, [s.start for s in segments], device)
+        adapters = LoraAdapters(scoring.model, cfg.ttt_targets, cfg.ttt_rank, [s.start for s in segments], device)
     else:
-        adapters = TensorAdapters(model, cfg.ttt_targets)
+        adapters = TensorAdapters(scoring.model, cfg.ttt_targets)
     optimizer = _optimizer(cfg, adapters.parameters())
     try:
         for c in range(max(math.ceil((s.end - s.start) / chunk) for s in segments)):
             live = [(i, s) for i, s in enumerate(segments) if s.start + c * chunk < s.end]
             spans = [(s.start + c * chunk, min(s.start + (c + 1) * chunk, s.end), s.floor) for _, s in live]
-            chunks = [_window(a, chunk, b, floor, scorer.seq_len) for a, b, floor in spans]
+            chunks = [_window(a, chunk, b, floor, seq_len) for a, b, floor in spans]
             rows = torch.tensor([i for i, _ in live], device=device)
             if cfg.ttt_phase_tokens and c * chunk >= cfg.ttt_phase_tokens:
                 # Phase two: adaptation is over; the rest of the stream is scored with the adapted weights, batched.
-                rest = [w for s in segments for w in _step_windows((s.start + c * chunk, s.end, s.floor), step, scorer.seq_len)]
+                rest = [w for s in segments for w in _step_windows((s.start + c * chunk, s.end, s.floor), step, seq_len)]
                 for b in range(0, len(rest), batch_rows):
-                    scorer.score(rest[b : b + batch_rows], rows[:1].expand(len(rest[b : b + batch_rows])), adapters)
+                    _score(scoring, rest[b : b + batch_rows], rows[:1].expand(len(rest[b : b + batch_rows])), adapters)
                 return
             # One window per chunk: the first step's forward pass is also the chunk's score (taken before its update).
             single = step >= chunk and cfg.ttt_steps > 0
             if not single:
-                _score_chunks(scorer, adapters, live, spans, step, device)
-            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
+                _score_chunks(scoring, adapters, live, spans, step)
+            _train_chunks(scoring, adapters, optimizer, rows, chunks, score_first_step=single)
     finally:
         adapters.close()
 
 
-def _score_chunks(scorer: _Scorer, adapters, live: list, spans: list, step: int, device) -> None:
+def _score_chunks(scoring, adapters, live: list, spans: list, step: int) -> None:
     """Every window of each row's chunk (spans: first target, end, floor), scored with the weights as they are."""
-    per_row = [_step_windows(span, step, scorer.seq_len) for span in spans]
+    per_row = [_step_windows(span, step, scoring.settings.seq_len) for span in spans]
     for k in range(max(len(w) for w in per_row)):
         windows = [w[k] for w in per_row if len(w) > k]
-        owners = torch.tensor([i for (i, _), w in zip(live, per_row) if len(w) > k], device=device)
+        owners = torch.tensor([i for (i, _), w in zip(live, per_row) if len(w) > k], device=scoring.device)
         if windows:
-            scorer.score(windows, owners, adapters)
+            _score(scoring, windows, owners, adapters)
 
 
-def _train_chunks(scorer: _Scorer, adapters, optimizer, rows: Tensor, chunks: list, steps: int, score_first_step: bool) -> None:
-    for k in range(steps):
+def _train_chunks(scoring, adapters, optimizer, rows: Tensor, chunks: list, score_first_step: bool) -> None:
+    for k in range(scoring.settings.ttt_steps):
         adapters.select(rows)
-        nll, mask, x, y, logits = scorer.nll(chunks)
+        first, x, y, nll, mask, logits = _forward(scoring, chunks)
         if score_first_step and k == 0:
-            scorer.record(chunks, nll, mask, x, y, logits)
+            scoring.record(first, x, y, nll, mask, logits)
         per_row = (nll * mask).sum(1) / mask.sum(1)
         optimizer.zero_grad(set_to_none=True)
         per_row.sum().backward()  # a sum: each row's adapters get exactly its own chunk's gradient

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up (if needed), then run the demo study on the real FineWeb sample in ../shared/data
-# (about 10 minutes on 2 CPU cores), then write its Pareto page and report. Extra arguments go to `search run`.
+# The main job: set up (if needed), then run the demo study on the real FineWeb sample in ../shared/data, or
+# where that is absent on the demo's data cut once from the official shards (pgolf/demo_data.py; PGOLF_DATA
+# overrides both) (about 10 minutes on 2 CPU cores), then write its Pareto page and report. Extra arguments go
+# to `search run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGOLF_SKIP_BROWSER=1 PGOLF_SKIP_POSTGRES=1 ./scripts/setup.sh  # the demo needs neither (the tests do)

@@ -8,7 +8,9 @@ from pgolf import cli as pgolf_cli
 from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, absolute_paths, ranged
 from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
+from pgolf.storage import FORMAT_AXES
 
+from search.backends import BACKENDS
 from search.script import ScriptError
 from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
 from search.submit.verify import VerifyError
@@ -100,6 +102,10 @@ def cmd_confirm(args) -> int:
     return 0
 
 
+def format_flag(axis) -> str:
+    return "--" + axis.space_key.replace("_", "-")
+
+
 def cmd_allocate(args) -> int:
     from search.allocation.command import allocate_checkpoint, format_table, parse_list
 
@@ -107,9 +113,9 @@ def cmd_allocate(args) -> int:
         ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),
         ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
         ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity),
-        ("quantizers", args.quantizers.split(",") if args.quantizers else None), ("awq", parse_list(args.awq, "--awq", float)),
-        ("outliers", parse_list(args.outliers, "--outliers", float)), ("ranks", parse_list(args.ranks, "--ranks")),
-        ("rank_bits", args.rank_bits), ("sensitivity", args.sensitivity)) if value is not None}
+        *((axis.space_key, parse_list(getattr(args, axis.space_key), format_flag(axis), axis.kind) if axis.per_tensor
+           else getattr(args, axis.space_key)) for axis in FORMAT_AXES),
+        ("sensitivity", args.sensitivity)) if value is not None}
     out = args.out or f"allocation-{args.cap}"
     # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
     check_target(os.path.abspath(out), args.replace, "--replace")
@@ -131,7 +137,7 @@ def add_run_options(p, resume: bool) -> None:
     p.add_argument("--trials", type=COUNT, help="total finished trials the study should reach" + ("" if resume else " (default: the space's)"))
     p.add_argument("--timeout", type=SECONDS, help="stop starting trials after this many seconds" + ("" if resume else " (default: the space's)"))
     p.add_argument("--workers", type=COUNT, help="trials running at once (default: 1)")
-    p.add_argument("--backend", choices=("local", "tune"), help="where trials run: local processes, or Ray Tune trials "
+    p.add_argument("--backend", choices=tuple(BACKENDS), help="where trials run: local processes, or Ray Tune trials "
                    "on a Ray cluster (default: " + ("the study's" if resume else "local") + ")")
     p.add_argument("--address", help="tune: the Ray cluster's HOST:PORT (default: start a Ray on this machine)")
     p.add_argument("--scheduler", choices=("fifo", "asha"), help="tune: asha stops trials early by Tune's ASHA over the "
@@ -227,11 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
     p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
     p.add_argument("--granularity", choices=GRANULARITIES)
-    p.add_argument("--quantizers", help="how symbols are chosen: rtn, gptq or rtn,gptq (GPTQ/AWQ calibrate on training tokens)")
-    p.add_argument("--awq", help="AWQ-lite exponents to try, e.g. 0,0.5 (0 = off)")
-    p.add_argument("--outliers", help="fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005")
-    p.add_argument("--ranks", help="ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)")
-    p.add_argument("--rank-bits", type=int, choices=(8, 16), help="correction factors in 16 (fp16) or 8 (int8) bits")
+    for axis in FORMAT_AXES:  # the matrix formats' axes, each a list to choose from (GPTQ/AWQ/ranks calibrate on training tokens)
+        p.add_argument(format_flag(axis), type=None if axis.per_tensor else axis.kind, help=axis.help)
     p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS,
                    help="each unit's loss increase: measured, one forward per unit (default), or a diagonal-Fisher estimate "
                         "from one backward pass")

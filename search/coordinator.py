@@ -1,7 +1,7 @@
 """The study loop: ask Optuna for a config, reject what cannot fit, run the rest, tell the outcome.
 
 Ask/tell stays here, so constraints and pruning work the same with every backend: the local backend's loop
-(local_loop) and Ray Tune's searcher (search/backends/tune.py) both start trials with prepare_next and tell
+(LocalBackend.drive) and Ray Tune's searcher (search/backends/tune.py) both start trials with prepare_next and tell
 them with finish:
 - ask: the space turns the trial into a config; the byte predictor rejects, before any training, a
   config whose cheapest allowed allocation is over the byte cap (told PRUNED, with its constraints and
@@ -29,19 +29,20 @@ import time
 from contextlib import contextmanager
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._heartbeat import is_heartbeat_enabled  # Optuna 5.1 exports no public test of heartbeat support
 from optuna.trial import TrialState
 
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
 from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values, record_constraints
 from pgolf.config import QuantConfig, config_to_dict
+from pgolf.metrics import RunMetrics, recorded_names
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import make_backend
 from search.backends.process import Job
-from search.budget.fidelity import extrapolation_spec, proxy_config, pruner_spec
+from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
-from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, study_command, trial_dir
+from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
 from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
@@ -163,7 +164,7 @@ class Coordinator:
                     return None
                 trial = self.study.ask()
                 trial.set_user_attr("owner", self.owner)
-                self.beat(trial._trial_id)
+                self.beat(trial)
             if self.space.script is not None:  # a script trial: its environment, no byte prediction (search/script/study.py)
                 from search.script.study import prepare_script_trial
 
@@ -205,14 +206,12 @@ class Coordinator:
         final = trial_dir(self.directory, trial.number)
         staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
         os.chmod(staging, 0o755)
-        request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": trial._trial_id,
+        request = {"study": self.settings.name, "storage": self.settings.storage, "trial_id": storage_trial_id(trial),
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
                    "device": self.device,
-                   # A re-run measures seed noise of a configuration already chosen: it is never stopped early.
-                   # A Tune scheduler (ASHA) stops trials itself, from the same reports.
-                   "pruner": None if RERUN_ATTR in trial.user_attrs or self.backend.stops_trials else pruner_spec(self.space, self.settings.objectives),
+                   "pruner": trial_pruning(self.space, self.settings.objectives, RERUN_ATTR in trial.user_attrs, self.backend.stops_trials),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
@@ -221,6 +220,7 @@ class Coordinator:
 
     # -- tell -----------------------------------------------------------------------------------
     def collect(self) -> None:
+        """Tell every trial whose process the backend reports ended."""
         for number, (job, trial) in list(self.jobs.items()):
             code = self.backend.poll(job)
             if code is None:
@@ -260,46 +260,46 @@ class Coordinator:
         self.record_complete(trial, final, result)
 
     def record_complete(self, trial, final: str, result: dict) -> None:
-        m = result["metrics"]
+        m = RunMetrics.from_dict(result["metrics"])
         calibration_path = os.path.join(final, "calibration.json")
         if os.path.exists(calibration_path):
             with open(calibration_path, encoding="utf-8") as f:
                 trial.set_user_attr("calibration", json.load(f))
-        for key in ("val_bpb_pre", "val_bpb_pre_subset", "subset_tokens", "steps", "step_ms", "params", "train_tokens", "train_seconds",
-                    "stopped_by", "allocation_seconds", "trial_seconds", "reports", "phases"):
-            if key in m:
-                trial.set_user_attr(key, m[key])
+        self._record_metrics(trial, m, "trained")
         if result["status"] == "infeasible":
             # Trained, but no allowed allocation fits the byte cap: nothing was packed, so there is no
             # post-roundtrip bpb, and the excess is unknown (one byte over stands for "over the cap").
             trial.set_user_attr("stage", "infeasible")
             trial.set_user_attr("reason", result["reason"])
-            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m["train_seconds"], 0.0)
+            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m.train_seconds, 0.0)
             tell_unscored(self.study, trial, constraint_values(outcome, self.space.caps))
-            self.say(f"trial {trial.number}: infeasible after {m['train_seconds']:.0f}s of training: {result['reason']}")
+            self.say(f"trial {trial.number}: infeasible after {m.train_seconds:.0f}s of training: {result['reason']}")
             return
         trial.set_user_attr("stage", "complete")
-        engine = self.space.script is None  # a script trial has no config, allocation or byte prediction
-        for key in (("val_bpb_post", "artifact_bytes", "model_bytes", "code_bytes", "bytes_by_group", "eval_seconds")
-                    + (("quant_gap_bpb", "allocation", "config") if engine else ())):
-            trial.set_user_attr(key, m[key])
-        # With a proxy budget: the prediction at the target; a script's own word on its bytes, and its environment.
-        for key in ("extrapolated_bpb", "target_steps", "script_reported_bytes", "script_values"):
-            if key in m:
-                trial.set_user_attr(key, m[key])
-        if engine:
+        self._record_metrics(trial, m, "scored")  # with a proxy budget, also the prediction at the target
+        for key in ("script_reported_bytes", "script_values"):  # a script's own word on its bytes, and its environment
+            if key in result["metrics"]:
+                trial.set_user_attr(key, result["metrics"][key])
+        if self.space.script is None:  # a script trial has no config to predict its bytes from
             calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
             from pgolf.config import config_from_dict
 
-            predicted = predict_artifact_bytes(config_from_dict(m["config"]), calibration)
+            predicted = predict_artifact_bytes(config_from_dict(m.config), calibration)
             trial.set_user_attr("predicted_bytes", predicted)
-            trial.set_user_attr("predictor_rel_error", (predicted - m["artifact_bytes"]) / m["artifact_bytes"])
-        outcome = Outcome(m["val_bpb_post"], m["artifact_bytes"], m["train_seconds"], m["eval_seconds"])
+            trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
+        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, m.eval_seconds)
         constraints = constraint_values(outcome, self.space.caps)
         record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))
         self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
                  f"eval {outcome.eval_seconds:.1f}s, {'feasible' if is_feasible(constraints) else 'infeasible'}")
+
+    @staticmethod
+    def _record_metrics(trial, m: RunMetrics, record: str) -> None:
+        """The figures a trial keeps as user attributes (RunMetrics fields marked `record`), those it measured."""
+        for key in recorded_names(record):
+            if getattr(m, key) is not None:
+                trial.set_user_attr(key, getattr(m, key))
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -348,32 +348,13 @@ class Coordinator:
             self.last_progress = time.time()
         if time.time() - self.last_beat >= HEARTBEAT_SECONDS:
             for _, trial in self.jobs.values():
-                self.beat(trial._trial_id)
+                self.beat(trial)
             self.last_beat = time.time()
 
-    def beat(self, trial_id: int) -> None:
+    def beat(self, trial: optuna.trial.Trial) -> None:
         """A trial's heartbeat, on storages that keep them (database URLs; see search/study.py)."""
-        if is_heartbeat_enabled(self.study._storage):
-            self.study._storage.record_heartbeat(trial_id)
-
-    def local_loop(self) -> None:
-        """The local backend's loop: start trials up to the worker count, collect the ended ones."""
-        stop_asking = False
-        while self.stop_signal is None:
-            stop_asking = stop_asking or self.sampling_over(self.rerunning)
-            while not (stop_asking or self.stop_signal) and len(self.jobs) < self.settings.workers:
-                prepared = self.prepare_next(reruns=self.rerunning)
-                if prepared is None:
-                    stop_asking = True
-                else:
-                    self.backend.launch(prepared[0])
-            if not self.jobs and stop_asking:
-                if not self.next_phase():
-                    break
-                stop_asking = False
-            self.collect()
-            self.tick()
-            time.sleep(0.2)  # a finished trial waits at most this long to be told
+        if is_heartbeat_enabled(trial.storage):
+            trial.storage.record_heartbeat(storage_trial_id(trial))
 
     def queue_reruns(self) -> bool:
         """After sampling: queue the re-runs the space asks for (True if any is left to run)."""
@@ -468,11 +449,10 @@ def tell_unscored(study: optuna.Study, trial, constraints: dict) -> None:
 
 
 def best_feasible(study: optuna.Study):
-    """The feasible complete trial with the lowest bpb. Rejected and infeasible trials are PRUNED; the stage
-    check also skips those of studies written when they were told COMPLETE with a placeholder value."""
+    """The feasible complete trial with the lowest bpb (rejected and infeasible trials are PRUNED: tell_unscored)."""
     best = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("stage") != "complete" or not is_feasible(t.constraints):
+        if not is_feasible(t.constraints):
             continue
         if best is None or t.values[0] < best.values[0]:
             best = t
@@ -509,18 +489,22 @@ def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
     this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
     keeps them (a database), else its trial is left alone (it may still be running)."""
+    # These FrozenTrials (no .storage, unlike a Trial) are changed through the study's storage: Study has no public
+    # accessor for it.
     storage = study._storage
-    stale = set(storage._get_stale_trial_ids(study._study_id)) if is_heartbeat_enabled(storage) else set()
+    # Listed without failing them (optuna.storages.fail_stale_trials fails them before a retry could be queued).
+    stale = set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name))) if is_heartbeat_enabled(storage) else set()
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         alive = owner_alive(t.user_attrs.get("owner", ""))
-        if alive or (alive is None and t._trial_id not in stale):
+        trial_id = storage_trial_id(t)
+        if alive or (alive is None and trial_id not in stale):
             continue
         requeue(study, t.number, t.params, t.user_attrs)
         reason = "its study process died mid-trial" if alive is False else "its study process on another machine went silent"
-        storage.set_trial_user_attr(t._trial_id, "reason", f"{reason}; re-run as a new trial")
-        storage.set_trial_user_attr(t._trial_id, "stage", "failed")
-        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "reason", f"{reason}; re-run as a new trial")
+        storage.set_trial_user_attr(trial_id, "stage", "failed")
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         recovered += 1
         print(f"trial {t.number}: left running by a {'dead' if alive is False else 'silent'} process; marked failed and queued again", file=out)
     trials = os.path.join(directory, TRIALS_DIR)

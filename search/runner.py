@@ -8,10 +8,10 @@ import time
 from objectives.bytes import load_calibration, predict_artifact_bytes
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from pgolf.submission import parse_device
-from search.backends import make_backend
+from search.backends import backend_class, make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
-                          study_command, study_dir, check_space_snapshot, STUDY_FILE)
+                          startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, check_dimension_values, suggest_config
 from space.spec import SpaceError, load_space
 
@@ -32,11 +32,6 @@ class DataResolver:
                 raise DataError(f"{self.root} is a folder of shards: a study's --data is a data root holding "
                                 f"tokenizers/ and datasets/<name>_sp<vocab>/ (the layout `pgolf data fetch` writes)") from None
         return self.cache[vocab_size]
-
-
-def startup_trials(trials: int) -> int:
-    """Trials sampled before TPE models the space: a quarter of the budget, between 3 and 10."""
-    return min(10, max(3, trials // 4))
 
 
 def smallest_config(space):
@@ -65,10 +60,7 @@ def _with_reruns(args, space):
     changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds") if getattr(args, k, None) is not None}
     if not changes:
         return space
-    plan = dataclasses.replace(space.search, **changes)
-    if plan.rerun_top < 0 or plan.rerun_seeds < 1:
-        raise SpaceError(f"--rerun-top must be >= 0 and --rerun-seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
-    return dataclasses.replace(space, search=plan)
+    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked both
 
 
 def _tune_options(args, space, settings=None) -> dict:
@@ -80,18 +72,7 @@ def _tune_options(args, space, settings=None) -> dict:
             value = getattr(settings, key) if settings is not None else getattr(space, key, None)
         if value is not None:
             options[key] = value
-    for key in ("gpus_per_trial", "cpus_per_trial"):
-        if options.get(key) is not None and options[key] < 0:
-            raise SpaceError(f"--{key.replace('_', '-')} must be >= 0, got {options[key]:g}")
-    return options
-
-
-def check_backend_options(settings) -> None:
-    if settings.backend != "tune":
-        given = [f"--{k.replace('_', '-')}" for k in ("gpus_per_trial", "cpus_per_trial") if getattr(settings, k) is not None]
-        given += ["--scheduler asha"] if settings.scheduler != "fifo" else []
-        if given:
-            raise StudyError(f"{', '.join(given)}: for the tune backend (--backend tune); local trials use this machine's CPUs or GPU")
+    return options  # flags are range-checked by the parser, the space's values by the space loader
 
 
 def _device(args, space) -> str | None:
@@ -124,7 +105,7 @@ def start_study(args) -> None:
                              data=data.root, **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
-    check_backend_options(settings)
+    backend_class(settings.backend).check_options(settings)
     if settings.backend == "local" and _device(args, space):
         parse_device(_device(args, space))  # a device this machine lacks fails here, not as failed trials
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
@@ -152,13 +133,11 @@ def resume_study(args) -> None:
     for key in ("trials", "timeout", "workers", "backend", "address"):
         if getattr(args, key, None) is not None:
             setattr(settings, key, getattr(args, key))
-    if settings.backend == "ray":  # the plain ray.remote backend, retired: Tune runs such a study now
-        settings.backend = "tune"
     for key, value in _tune_options(args, space, settings).items():
         setattr(settings, key, value)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
-    check_backend_options(settings)
+    backend_class(settings.backend).check_options(settings)
     settings.data = _data_root(args, space, settings.data)  # kept, like the other overrides
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)

@@ -156,15 +156,15 @@ def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: i
 
 
 def study_pruner(settings: StudySettings):
-    """The pruner of the study's own space ([search] table); the median rule if that space no longer loads
-    (status, export and the pages still open such a study; `search resume` refuses it elsewhere)."""
-    from search.budget.fidelity import make_pruner, pruner_spec
+    """The pruner of the study's own space ([search] table); none if that space no longer loads (status, export
+    and the pages, which never prune, still open such a study; `search resume` refuses it elsewhere)."""
+    from search.budget.fidelity import PrunerSpec
     from space.spec import space_from_dict
 
     try:
-        return make_pruner(pruner_spec(space_from_dict(settings.space, source=settings.space_source), settings.objectives))
+        return PrunerSpec.of(space_from_dict(settings.space, source=settings.space_source), settings.objectives).optuna_pruner()
     except SpaceError:
-        return make_pruner(None)
+        return optuna.pruners.NopPruner()
 
 
 def save_settings(directory: str, settings: StudySettings) -> None:
@@ -186,6 +186,17 @@ def load_settings(name: str, root: str | None = None) -> tuple[str, StudySetting
         return directory, StudySettings(**settings)
     except TypeError as exc:
         raise StudyError(f"{path} is damaged ({exc})") from None
+
+
+def startup_trials(trials: int) -> int:
+    """Trials sampled before TPE models the space: a quarter of the budget, between 3 and 10."""
+    return min(10, max(3, trials // 4))
+
+
+def open_existing_study(name: str, root: str | None = None) -> tuple[str, StudySettings, optuna.Study]:
+    """(folder, settings, Optuna study) of a study on disk: how status, pareto, report, export and confirm open it."""
+    directory, settings = load_settings(name, root)
+    return directory, settings, open_study(settings, startup_trials(settings.trials), create=False)
 
 
 def open_study(settings: StudySettings, startup_trials: int, create: bool) -> optuna.Study:
@@ -214,6 +225,12 @@ def open_study(settings: StudySettings, startup_trials: int, create: bool) -> op
                          f"here: choose another --study name") from None
     except KeyError:
         raise StudyError(f"study {settings.name!r} is not in storage {settings.storage}") from None
+
+
+def storage_trial_id(trial) -> int:
+    """A trial's id in its storage, which storage calls and optuna.trial.Trial(study, id) take (its `number` is
+    unique within a study only)."""
+    return trial._trial_id  # Optuna 5.1 exposes the id on neither Trial nor FrozenTrial
 
 
 def trial_dir(directory: str, number: int) -> str:

@@ -13,17 +13,19 @@ import sys
 import time
 import traceback
 
+from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
-from pgolf.model import count_params
-from pgolf.run import METRICS_FILE, RunLog
+from pgolf.evaluate import EvalResult
+from pgolf.metrics import pipeline_metrics, write_metrics
+from pgolf.run import SCRIPT_FILE, RunLog, subset_validator
 from pgolf.gptq import check_calibration
-from pgolf.submission import load_model, score, setup_runtime, train_model
+from pgolf.submission import MODEL_FILE, Packed, load_model, score, setup_runtime, train_pack_score
 
 from objectives.bytes import measure_calibration, rtn_sizes
-from search.allocation import FormatChoices, allocate, write_candidate
+from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
 from space.spec import AllocationSpace, Caps
@@ -58,21 +60,20 @@ def placement(device) -> dict:
 
 def _reporter(request: dict):
     """on_val callback: report to the study and raise TrialPruned when its pruner says so (None: no pruning)."""
-    spec = request.get("pruner")
-    if not spec or spec["pruner"] == "none":
+    from search.budget.fidelity import NONE, PARETO, PrunerSpec, pareto_reporter
+
+    spec = PrunerSpec(**request["pruner"]) if request.get("pruner") else None
+    if spec is None or spec.mechanism == NONE:
         return None
     import optuna
 
-    from search.budget.fidelity import make_pruner, pareto_reporter, prunes_pareto
     from search.study import open_storage
 
     # The study's pruner is not stored with it: build the one the coordinator uses, from the same spec.
-    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=make_pruner(spec))
-    if prunes_pareto(spec):
-        return pareto_reporter(study, request["trial_id"], spec)
-    if spec["objectives"] != "bpb":
-        return None
-    trial = optuna.trial.Trial(study, request["trial_id"])
+    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=spec.optuna_pruner())
+    trial = optuna.trial.Trial(study, request["trial_id"])  # the trial the coordinator asked for, by its storage id
+    if spec.mechanism == PARETO:
+        return pareto_reporter(trial, spec)
 
     def on_val(index: int, bpb: float) -> None:
         trial.report(bpb, index)
@@ -82,6 +83,80 @@ def _reporter(request: dict):
     return on_val
 
 
+class TrialSteps:
+    """One trial's settings, folder, log and phase clock, and the steps it passes to the pipeline (train_pack_score):
+    timed validation reports to the pruner, the checkpoint and option bytes after training, and the post-training
+    allocation, which chooses the stored form by scoring candidates from their bytes."""
+
+    def __init__(self, directory: str, request: dict, clock: PhaseClock):
+        self.directory, self.request, self.clock = directory, request, clock
+        self.config = config_from_dict(request["config"])
+        self.data = DataPaths(**request["data"])
+        self.caps = Caps(**request["caps"])
+        self.alloc_space = AllocationSpace(**request["allocation"])
+        self.log = RunLog(os.path.join(directory, "train.log"), echo=False)
+        self.runtime = setup_runtime(request.get("device"))
+        self.reports: list = []
+        self.sizes: dict = {}  # every RTN option's bytes (measured after training)
+        self.allocation = self.best = None  # the allocation's result and its chosen candidate (None: nothing fits)
+        self._on_val = _reporter(request)
+        self._validate_subset = subset_validator(self.config, self.data, self.runtime)
+
+    def write_json(self, name: str, data) -> None:
+        _write_json(self.directory, name, data)
+
+    def validate(self, model) -> float:
+        started = time.perf_counter()
+        bpb = self._validate_subset(model)
+        self.clock.add("validation reports", time.perf_counter() - started)
+        return bpb
+
+    def report(self, step: int, bpb: float) -> None:
+        # Reports come every val_every_seconds of training (every val_every steps at a fixed-compute proxy): the
+        # k-th report of every trial is at the same training time, or step, which is what the pruner compares.
+        self.reports.append((len(self.reports) + 1, bpb))
+        with open(os.path.join(self.directory, REPORTS_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(self.reports[-1]) + "\n")
+        if self._on_val is not None:
+            self._on_val(len(self.reports), bpb)
+
+    def after_training(self, model, trained) -> None:
+        # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
+        validation = self.clock.seconds.pop("validation reports", 0.0)
+        self.clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
+        with open(os.path.join(self.directory, CHECKPOINT_FILE), "wb") as f:
+            f.write(checkpoint_bytes(model, self.config))
+        self.clock.lap("checkpoint")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # One table of every RTN option's bytes: the study's byte calibration and the allocation both read it.
+        space = self.alloc_space
+        widths = sorted(set(space.bits) | set(space.embedding_bits))
+        self.sizes = rtn_sizes(state, sorted(set(widths) | {16}), space.clip)
+        self.write_json("calibration.json", measure_calibration(state, widths, space.clip, self.sizes))
+        self.clock.lap("option bytes")
+
+    def allocate_storage(self, model, trained, pre) -> Packed | None:
+        """The post-training step: the chosen candidate's bytes, with the score they were chosen by (None: no
+        candidate was scored)."""
+        self.clock.lap("pre-quant score")
+        config = self.config
+        self.allocation = allocate(AllocationRequest(model, config, self.alloc_space, self.caps, self.data, self.runtime,
+                                                     seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
+                                                     train_seconds=trained.train_seconds, sizes=self.sizes), log=self.log)
+        self.clock.last = time.perf_counter()
+        for name, seconds in self.allocation.phases.items():
+            self.clock.add(f"allocation: {name}", seconds)
+        self.write_json("allocation.json", self.allocation.record())
+        # No feasible candidate: the smallest scored one (infeasible on eval or training time) is recorded; candidates
+        # over the byte cap are never scored, so with only those the trial is infeasible.
+        self.best = best = self.allocation.best or min((c for c in self.allocation.candidates if c.val_bpb == c.val_bpb),
+                                                       key=lambda c: c.artifact_bytes, default=None)
+        if best is None:
+            return None
+        post = EvalResult(loss=best.val_loss, bpb=best.val_bpb, tokens=0, bytes=0, seconds=best.eval_seconds)
+        return Packed(best.blob, best.byte_groups, best.post_training_seconds, post=post)
+
+
 def run_trial(directory: str) -> dict:
     entered = time.time()
     with open(os.path.join(directory, REQUEST_FILE), encoding="utf-8") as f:
@@ -89,112 +164,61 @@ def run_trial(directory: str) -> dict:
     clock = PhaseClock()
     if "launched_at" in request:  # process start and imports: from the coordinator's launch to here
         clock.add("start-up", max(entered - request["launched_at"], 0.0))
-    config = config_from_dict(request["config"])
-    data = DataPaths(**request["data"])
-    caps = Caps(**request["caps"])
-    alloc_space = AllocationSpace(**request["allocation"])
-    log = RunLog(os.path.join(directory, "train.log"), echo=False)
-    runtime = setup_runtime(request.get("device"))
-    _write_json(directory, PLACEMENT_FILE, placement(runtime.device))
+    steps = TrialSteps(directory, request, clock)
+    config, data, runtime, log = steps.config, steps.data, steps.runtime, steps.log
+    steps.write_json(PLACEMENT_FILE, placement(runtime.device))
     log(f"trial {request['trial_number']} of {request['study']} on {runtime.device}: {data.describe()}")
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(config))
-    reports = []
-    on_val = _reporter(request)
-    subset = config.train.val_tokens
-
-    def validate(model):
-        started = time.perf_counter()
-        bpb = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset).bpb
-        clock.add("validation reports", time.perf_counter() - started)
-        return bpb
-
-    def report(step, bpb):
-        # Reports come every val_every_seconds of training (every val_every steps at a fixed-compute proxy): the
-        # k-th report of every trial is at the same training time, or step, which is what the pruner compares.
-        reports.append((len(reports) + 1, bpb))
-        with open(os.path.join(directory, REPORTS_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(reports[-1]) + "\n")
-        if on_val is not None:
-            on_val(len(reports), bpb)
-
     import optuna
 
     started = time.perf_counter()
-    if FormatChoices.of(alloc_space).extended:  # the allocation calibrates after training: fail now, not then
+    if FormatChoices.of(steps.alloc_space).extended:  # the allocation calibrates after training: fail now, not then
         check_calibration(data.train_pattern, config.train.seq_len, config.quant.calib_tokens)
     clock.lap("setup")
     try:
-        model, trained = train_model(config, data.train_pattern, runtime, validate_fn=validate, on_val=report, log=log)
+        # The float model is scored on the reports' validation subset: the quantization gap is measured there, and the
+        # whole split is scored once, for the chosen allocation.
+        outcome = train_pack_score(config, data, runtime, os.path.join(directory, MODEL_FILE), log=log, validate_fn=steps.validate,
+                                   on_val=steps.report, pre_tokens=config.train.val_tokens, after_training=steps.after_training,
+                                   post_training=steps.allocate_storage)
     except optuna.TrialPruned as exc:
         log(str(exc))
-        result = {"status": "pruned", "reports": reports, "reason": str(exc)}
-        _write_json(directory, RESULT_FILE, result)
+        result = {"status": "pruned", "reports": steps.reports, "reason": str(exc)}
+        steps.write_json(RESULT_FILE, result)
         return result
-    # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
-    validation = clock.seconds.pop("validation reports", 0.0)
-    clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
-    log(f"trained {trained.steps} steps in {trained.train_seconds:.1f}s ({trained.stopped_by})")
-    with open(os.path.join(directory, CHECKPOINT_FILE), "wb") as f:
-        f.write(checkpoint_bytes(model, config))
-    clock.lap("checkpoint")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # One table of every RTN option's bytes: the study's byte calibration and the allocation both read it.
-    widths = sorted(set(alloc_space.bits) | set(alloc_space.embedding_bits))
-    sizes = rtn_sizes(state, sorted(set(widths) | {16}), alloc_space.clip)
-    _write_json(directory, "calibration.json", measure_calibration(state, widths, alloc_space.clip, sizes))
-    clock.lap("option bytes")
-    # The float model on the same validation subset the reports use: the quantization gap is measured there,
-    # and the whole split is scored once, for the chosen allocation.
-    pre = score(model, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset)
-    log(f"pre-quant val_bpb {pre.bpb:.6f} on {pre.tokens:,} validation tokens")
-    clock.lap("pre-quant score")
-    allocation = allocate(model, config, alloc_space, caps, data, runtime, log=log,
-                          seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
-                          train_seconds=trained.train_seconds, sizes=sizes)
-    clock.last = time.perf_counter()
-    for name, seconds in allocation.phases.items():
-        clock.add(f"allocation: {name}", seconds)
-    _write_json(directory, "allocation.json", allocation.record())
-    # No feasible candidate: the smallest scored one (infeasible on eval or training time) is recorded; candidates
-    # over the byte cap are never scored, so with only those the trial is infeasible.
-    best = allocation.best or min((c for c in allocation.candidates if c.val_bpb == c.val_bpb), key=lambda c: c.artifact_bytes, default=None)
-    metrics = {"train_seconds": trained.train_seconds, "steps": trained.steps, "step_ms": 1000 * trained.train_seconds / max(trained.steps, 1),
-               "train_tokens": trained.train_tokens, "stopped_by": trained.stopped_by, "params": count_params(model),
-               "reports": reports, "allocation_seconds": allocation.seconds, **_pre_metrics(pre, subset)}
+    return _finish(steps, outcome, started)
+
+
+def _finish(steps: TrialSteps, outcome, started: float) -> dict:
+    """metrics.json and result.json of a trained trial; a complete one also gets the script and config of its allocation."""
+    best, config, clock = steps.best, steps.config, steps.clock
+    metrics = pipeline_metrics(outcome, best.byte_groups["code"] if best else 0)
+    metrics.reports, metrics.allocation_seconds = steps.reports, steps.allocation.seconds
     if best is None:
-        clock.lap("write")
-        metrics.update(phases=clock.seconds, trial_seconds=time.perf_counter() - started)
-        result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap", "metrics": metrics}
-        _write_json(directory, METRICS_FILE, metrics)
-        _write_json(directory, RESULT_FILE, result)
-        return result
-    gap = quantization_gap(best, config, data, runtime, subset, pre)
-    clock.lap("quantization gap")
-    if request.get("extrapolate"):
-        prediction = predict_at_target(request["extrapolate"], trained, config, best.val_bpb, gap)
-        if prediction:
-            metrics.update(prediction)
-            log(f"extrapolated to {prediction['target_steps']:.0f} steps: val_bpb {prediction['extrapolated_bpb']:.4f}")
-    write_candidate(directory, best)
-    # A submission calibrates and quantizes (GPTQ, AWQ) after training, on training data: training time.
-    metrics["train_seconds"] = trained.train_seconds + best.post_training_seconds
-    metrics.update(post_training_seconds=best.post_training_seconds, val_bpb_post=best.val_bpb, val_loss_post=best.val_loss, artifact_bytes=best.artifact_bytes, model_bytes=len(best.blob),
-                   code_bytes=best.byte_groups["code"], bytes_by_group=best.byte_groups, eval_seconds=best.eval_seconds,
-                   quant_gap_bpb=gap, allocation=best.label, config=config_to_dict(best.config), feasible=best.feasible)
+        result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap"}
+    else:
+        metrics.quant_gap_bpb = quantization_gap(best, config, steps.data, steps.runtime, config.train.val_tokens, outcome.pre)
+        clock.lap("quantization gap")
+        if steps.request.get("extrapolate"):
+            prediction = predict_at_target(steps.request["extrapolate"], outcome.trained, config, best.val_bpb, metrics.quant_gap_bpb)
+            if prediction:
+                metrics.extrapolated_bpb, metrics.target_steps, metrics.curve = (prediction["extrapolated_bpb"], prediction["target_steps"],
+                                                                                 prediction["curve"])
+                steps.log(f"extrapolated to {metrics.target_steps:.0f} steps: val_bpb {metrics.extrapolated_bpb:.4f}")
+        # The pipeline wrote the model file; the script and config that go with it (the allocation's formats and eval settings).
+        with open(os.path.join(steps.directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
+            f.write(assemble_script(config_to_dict(best.config)))
+        with open(os.path.join(steps.directory, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(config_to_toml(best.config))
+        metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(best.config), best.feasible
+        result = {"status": "complete"}
     clock.lap("write")
-    metrics.update(phases=clock.seconds, trial_seconds=time.perf_counter() - started)
-    _write_json(directory, METRICS_FILE, metrics)
-    result = {"status": "complete", "metrics": metrics}
-    _write_json(directory, RESULT_FILE, result)
+    metrics.phases, metrics.trial_seconds = clock.seconds, time.perf_counter() - started
+    write_metrics(steps.directory, metrics)
+    result["metrics"] = metrics.to_dict()
+    steps.write_json(RESULT_FILE, result)
     return result
-
-
-def _pre_metrics(pre, subset: int) -> dict:
-    """The float model's score: the whole split when the reports use it (val_tokens 0), else the subset's."""
-    if subset <= 0:
-        return {"val_bpb_pre": pre.bpb}
-    return {"val_bpb_pre_subset": pre.bpb, "subset_tokens": pre.tokens}
 
 
 def quantization_gap(best, config, data, runtime, subset: int, pre) -> float:

@@ -9,11 +9,12 @@ sampling (an Optuna trial), replaying stored params, and enqueued points. Struct
 - the record modules follow the sampled shape: parallel_last and xsa_last count at most num_layers blocks,
   the shared segment's deltas and boundary norm exist only with a segment, rotary_fraction is rounded to an
   even number (at least 2) of head dims, the attention gate's window to at most model_dim, and an
-  embed_rank of model_dim or more means the full embedding;
+  embed_rank of model_dim or more means the full embedding; without QAT there is no rate term and no
+  fake-quantized embedding (these rules live in pgolf.config.module_rules, which also rejects config files);
 - training stops at the space's train-seconds cap.
 """
 
-from pgolf.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from pgolf.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict, module_rules
 
 from space.spec import CONDITIONAL_DIMS, Dimension, Space, SpaceError
 
@@ -51,18 +52,12 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
 
 
-def _fit_modules(model: dict) -> None:
-    """The record-module keys made valid for the sampled shape (the rules in the module docstring)."""
-    for key in ("parallel_last", "xsa_last"):
-        model[key] = min(model[key], model["num_layers"])
-    if model["loop_len"] == 0:
-        model["loop_lora_rank"], model["loop_boundary_norm"] = 0, False
-    head_dim = model["model_dim"] // model["num_heads"]
-    rotated = max(2, 2 * round(model["rotary_fraction"] * head_dim / 2))
-    model["rotary_fraction"] = min(rotated, head_dim) / head_dim
-    model["attn_gate_window"] = min(model["attn_gate_window"], model["model_dim"])
-    if model["embed_rank"] >= model["model_dim"]:
-        model["embed_rank"] = 0
+def _fit_modules(data: dict) -> None:
+    """The record-module keys made valid for the sampled shape: every rule's repaired value (pgolf.config.module_rules,
+    the same rules that reject a config file)."""
+    for rule in module_rules(ModelConfig(**data["model"]), TrainConfig(**data["train"])):
+        section, name = rule.key.split(".")
+        data[section][name] = rule.repaired
 
 
 def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
@@ -88,21 +83,14 @@ def suggest_config(space: Space, trial) -> tuple[RunConfig, dict]:
     model["num_kv_heads"] = _largest_divisor_at_most(model["num_heads"], model["num_kv_heads"])
     unit = 2 * model["num_heads"]
     model["model_dim"] = max(unit, int(round(model["model_dim"] / unit)) * unit)
-    _fit_modules(model)
+    _fit_modules(data)
     train = data["train"]
-    if train["qat_fraction"] == 0:
-        train["rate_lambda"] = 0.0  # the rate term acts on the fake-quantized matrices: none without QAT
-        train["qat_embed_bits"] = 0  # nor is the embedding fake-quantized
     if train["max_wallclock_seconds"] <= 0 or train["max_wallclock_seconds"] > space.caps.train_seconds:
         train["max_wallclock_seconds"] = space.caps.train_seconds
     try:
         return config_from_dict(data), values
     except ConfigError as exc:
         raise SpaceError(f"sampled configuration is invalid: {exc}") from None
-
-
-def baseline_config(space: Space) -> RunConfig:
-    return suggest_config(space, ParamSource(space.baseline))[0]
 
 
 def check_dimension_values(space: Space) -> None:

@@ -28,9 +28,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from pgolf.config import (COMPRESSORS, MAX_CORRECTION_RANK, MAX_TTT_RANK, MAX_OUTLIER_FRACTION, QUANT_BITS_ALLOWED, QUANTIZERS, ConfigError,
-                          RunConfig, config_from_dict, config_to_dict)
+from pgolf.config import COMPRESSORS, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config
+from pgolf.storage import FORMAT_AXES
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 GRANULARITIES = ("kind", "layer", "tensor")
@@ -81,8 +81,9 @@ class AllocationSpace:
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
     sensitivity: str = "forward"  # how: forward (one pass per unit) | fisher (one backward pass); search/allocation/sensitivity.py
     confirm_top: int = 2  # allocations confirmed on the full validation split
-    # Matrix formats beyond RTN a unit may take (pgolf/storage.py); every combination is an option.
-    quantizers: list = field(default_factory=lambda: ["rtn"])  # rtn | gptq
+    # Matrix formats beyond RTN a unit may take: one key per axis of pgolf/storage.py's FORMAT_AXES (its space_key,
+    # its default alone by default); every combination is an option.
+    quantizers: list = field(default_factory=lambda: ["rtn"])  # names of pgolf/storage.py's QUANTIZERS
     awq: list = field(default_factory=lambda: [0.0])  # AWQ-lite exponents (0 = off)
     outliers: list = field(default_factory=lambda: [0.0])  # fractions of weights kept exact in fp16
     ranks: list = field(default_factory=lambda: [0])  # ranks of the low-rank error correction (0 = none)
@@ -246,19 +247,14 @@ def _dimension(key: str, spec) -> Dimension:
 
 
 def _check_formats(alloc: AllocationSpace) -> None:
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if not alloc.quantizers or any(q not in QUANTIZERS for q in alloc.quantizers):
-        raise SpaceError(f"allocation.quantizers must list {' / '.join(QUANTIZERS)}, got {alloc.quantizers}")
-    if not alloc.awq or any(not number(a) or not 0 <= a <= 1 for a in alloc.awq):
-        raise SpaceError(f"allocation.awq must list exponents in [0, 1] (0 = off), got {alloc.awq}")
-    if not alloc.outliers or any(not number(o) or not 0 <= o <= MAX_OUTLIER_FRACTION for o in alloc.outliers):
-        raise SpaceError(f"allocation.outliers must list fractions in [0, {MAX_OUTLIER_FRACTION}] of a matrix's weights, got {alloc.outliers}")
-    if not alloc.ranks or any(not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= MAX_CORRECTION_RANK for r in alloc.ranks):
-        raise SpaceError(f"allocation.ranks must list integers in [0, {MAX_CORRECTION_RANK}], got {alloc.ranks}")
-    if alloc.rank_bits not in (8, 16):
-        raise SpaceError(f"allocation.rank_bits must be 8 or 16, got {alloc.rank_bits}")
+    """The format lists against their axes (pgolf/storage.py's FORMAT_AXES)."""
+    for axis in FORMAT_AXES:
+        values = getattr(alloc, axis.space_key)
+        if not axis.per_tensor:
+            if not axis.valid(values):
+                raise SpaceError(f"allocation.{axis.space_key} must be {axis.rule}, got {values}")
+        elif not values or not all(axis.valid(v) for v in values):
+            raise SpaceError(f"allocation.{axis.space_key} must list {axis.rule_many}, got {values}")
 
 
 def allocation_from_dict(values: dict) -> AllocationSpace:
@@ -327,9 +323,8 @@ def space_from_dict(data: dict, source: str = "") -> Space:
         if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial"):
             raise SpaceError(f"unknown key run.{key}")
     resources = {key: _typed(f"run.{key}", run[key], float) for key in ("gpus_per_trial", "cpus_per_trial") if key in run}
-    for key, value in resources.items():
-        if value < 0:
-            raise SpaceError(f"run.{key} must be >= 0, got {value:g}")
+    if resources.get("gpus_per_trial", 0) < 0 or resources.get("cpus_per_trial", 1) <= 0:
+        raise SpaceError(f"run.gpus_per_trial must be >= 0 and run.cpus_per_trial > 0, got {resources}")
     device = _typed("run.device", run.get("device", "auto"), str)
     if device not in ("auto", "cpu", "cuda"):
         raise SpaceError(f"run.device must be auto, cpu or cuda, got {device!r}")

@@ -4,15 +4,15 @@ the negative controls of the legality check (tests and bench/legality_exports.py
 # Test-time training that adapts on each chunk before scoring it.
 ADAPT_THEN_SCORE = (
     """            if not single:
-                _score_chunks(scorer, adapters, live, spans, step, device)
-            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=single)
+                _score_chunks(scoring, adapters, live, spans, step)
+            _train_chunks(scoring, adapters, optimizer, rows, chunks, score_first_step=single)
 """,
-    """            _train_chunks(scorer, adapters, optimizer, rows, chunks, cfg.ttt_steps, score_first_step=False)
-            _score_chunks(scorer, adapters, live, spans, step, device)
+    """            _train_chunks(scoring, adapters, optimizer, rows, chunks, score_first_step=False)
+            _score_chunks(scoring, adapters, live, spans, step)
 """)
 
 # Chunked evaluation that leaves the last sequence of the split unscored.
-SKIPPED_TAIL = ("    total_seqs = (val_tokens.numel() - 1) // seq_len\n", "    total_seqs = (val_tokens.numel() - 1) // seq_len - 1\n")
+SKIPPED_TAIL = ("    total_seqs = (tokens.numel() - 1) // seq_len\n", "    total_seqs = (tokens.numel() - 1) // seq_len - 1\n")
 
 # Sliding-window evaluation (a stride below the sequence) that drops its last window.
 SKIPPED_LAST_WINDOW = ("    windows = window_starts(num_targets, seq_len, stride)\n",

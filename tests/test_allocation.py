@@ -81,13 +81,13 @@ def test_every_allowed_format_is_an_option_with_measured_bytes_and_error(officia
 
 def test_fisher_sensitivities_rank_the_units_as_measured_ones_do_and_leave_the_model_as_it_was():
     from search.allocation.options import make_units, unit_options
-    from search.allocation.sensitivity import calibration_tokens, measure_sensitivities
+    from search.allocation.sensitivity import heldout_tokens, measure_sensitivities
 
     model, _ = load_any_checkpoint(OFFICIAL, seq_len=256)
     model = model.float().eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     units = make_units(state, "layer")
-    tokens = calibration_tokens(TRAIN_PATTERN, 1024, 4096, 256)
+    tokens = heldout_tokens(TRAIN_PATTERN, 1024, 4096, 256)
     found = {}
     for method in ("forward", "fisher"):
         options = {u.name: unit_options(state, u, [4, 8], [12.85]) for u in units}
@@ -127,13 +127,41 @@ def test_one_size_table_gives_the_options_and_the_byte_calibration():
 
 
 
-def test_rank_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tmp_path):
+@pytest.mark.parametrize("granularity", ["kind", "layer", "tensor"])
+def test_a_matrix_outside_the_blocks_is_a_unit_of_its_own_under_every_granularity(granularity):
+    from objectives.bytes import rtn_sizes
+    from pgolf.config import ModelConfig
+    from pgolf.model import GPT
+    from pgolf.storage import quantize_state_dict
+    from search.allocation.options import make_units, unit_options
+
+    torch.manual_seed(0)
+    state = GPT(ModelConfig(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, vocab_size=128)).state_dict()
+    state["bigram.weight"] = torch.randn(128, 64) * 0.02  # a top-level matrix in no block (a bigram table, say)
+    units = make_units(state, granularity)
+    assert [(u.name, u.tensors, u.embedding) for u in units if "bigram.weight" in u.tensors] == \
+        [("bigram.weight", ["bigram.weight"], False)]
+    held = sorted(n for u in units for n in u.tensors)
+    assert held == sorted(n for n, t in state.items() if t.ndim == 2 and not n.endswith(("resid_mix", "skip_weights")))
+    bigram = next(u for u in units if u.name == "bigram.weight")
+    sizes = rtn_sizes(state, [4, 8], [12.85], ["bigram.weight"])
+    options = unit_options(state, bigram, [4, 8], [12.85])
+    assert [(o.bits, o.bytes) for o in options] == [(b, sum(sizes[("bigram.weight", b, 12.85)][:2])) for b in (4, 8)]
+    assert 0 < options[0].bytes < options[1].bytes
+    # Its pick reaches the tensor: the unit's name is the glob the allocation writes into the quant tables.
+    picks = [options[0] if u is bigram else unit_options(state, u, [8], [0.0])[0] for u in units]
+    stored = {e.name: e for e in quantize_state_dict(state, allocation_quant(units, picks, "zstd", 22))}
+    assert stored["bigram.weight"].bits == 4 and stored["bigram.weight"].clip == 12.85
+    assert all(stored[n].bits == 8 for u in units if u is not bigram for n in u.tensors)
+
+
+def test_order_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tmp_path):
     from conftest import TOKENIZER, VAL_PATTERN, small_config
     from pgolf.datasets import DataPaths
     from pgolf.run import read_model_file, run
     from pgolf.shards import validation_tokens
     from pgolf.submission import setup_runtime
-    from search.allocation.candidates import PREFIX_START, rank_on_prefix
+    from search.allocation.candidates import PREFIX_START, order_on_prefix
 
     data = DataPaths(train_pattern=TRAIN_PATTERN, val_pattern=VAL_PATTERN, tokenizer=TOKENIZER, vocab_size=1024)
     candidates = []
@@ -143,7 +171,7 @@ def test_rank_on_prefix_puts_the_int8_packing_ahead_of_int2_on_a_short_prefix(tm
         candidate = Candidate(f"int{bits}", config, 0, 0.0)
         candidate.blob = read_model_file(str(tmp_path / f"int{bits}"))
         candidates.append(candidate)
-    ranked = rank_on_prefix(candidates, data, setup_runtime("cpu"))
+    ranked = order_on_prefix(candidates, data, setup_runtime("cpu"))
     assert [c.label for c in ranked] == ["int8", "int2"]
     # Told apart on the first prefix (whole sequences of the model's eval length, +1 target), not the whole split.
     seq_len = 64

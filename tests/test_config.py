@@ -1,7 +1,8 @@
 import pytest
 
 from pgolf.cli import apply_overrides
-from pgolf.config import ConfigError, RunConfig, config_from_dict, load_config_file, pattern_value
+from pgolf.config import ConfigError, RunConfig, config_from_dict, load_config_file
+from pgolf.quant import pattern_value
 from pgolf.configfiles import config_to_toml, resolve_config
 
 

@@ -28,10 +28,10 @@ DATA = DataPaths(train_pattern=TRAIN_PATTERN, val_pattern=VAL_PATTERN, tokenizer
 def test_a_run_on_the_gpu_scores_the_same_bytes_on_gpu_and_cpu(tmp_path):
     config = small_config(train=dict(iterations=20), model=dict(loop_start=0, loop_len=2, loop_repeats=2))
     metrics = run(config, DATA, str(tmp_path / "gpu"), device=DEVICE)
-    assert metrics["steps"] == 20 and metrics["val_bpb_post"] < 8.0
+    assert metrics.steps == 20 and metrics.val_bpb_post < 8.0
     on_cpu = rescore(str(tmp_path / "gpu"), DATA, setup_runtime("cpu"))
     # bf16 matmuls on the GPU against fp32 on the CPU: the same model, scored within bf16 rounding.
-    assert abs(on_cpu["val_bpb_post"] - metrics["val_bpb_post"]) < 0.02, (on_cpu, metrics["val_bpb_post"])
+    assert abs(on_cpu["val_bpb_post"] - metrics.val_bpb_post) < 0.02, (on_cpu, metrics.val_bpb_post)
 
 
 def test_an_exported_script_trains_and_scores_on_the_gpu(tmp_path):

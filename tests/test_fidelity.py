@@ -5,8 +5,10 @@ import os
 import optuna
 import pytest
 
-from search.budget.fidelity import front_ranks, is_rung, make_pruner, pareto_reporter, promoted, pruner_spec
-from space.spec import SpaceError, load_space, space_from_dict
+import dataclasses
+
+from search.budget.fidelity import OPTUNA, PARETO, PRUNERS, PrunerSpec, front_ranks, pareto_reporter, promoted
+from space.spec import PRUNERS as SPACE_PRUNERS, SpaceError, load_space, space_from_dict
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "space", "presets", "demo.toml")
 
@@ -30,22 +32,34 @@ def test_fronts_and_promotion_by_non_dominated_rank():
 
 
 def test_rungs_follow_the_reduction_factor():
-    spec = {"min_resource": 2, "reduction_factor": 3}
-    assert [r for r in range(1, 20) if is_rung(spec, r)] == [2, 6, 18]
+    spec = PrunerSpec("successive_halving", "bpb", min_resource=2, max_resource=20, reduction_factor=3, min_seconds=0.0)
+    assert [r for r in range(1, 20) if spec.is_rung(r)] == [2, 6, 18]
 
 
 def test_the_space_names_the_pruner_and_its_budgets():
-    spec = pruner_spec(demo_with({"pruner": "successive_halving", "min_seconds": 20.0, "reduction_factor": 2}), "bpb")
-    assert spec["min_resource"] == 2 and spec["max_resource"] == 4  # reports every 10 s of a 40 s cap
-    assert isinstance(make_pruner(spec), optuna.pruners.SuccessiveHalvingPruner)
-    assert isinstance(make_pruner(dict(spec, pruner="hyperband")), optuna.pruners.HyperbandPruner)
-    assert isinstance(make_pruner(dict(spec, objectives="bpb,bytes")), optuna.pruners.NopPruner)  # Pareto: pareto_reporter
-    default = pruner_spec(load_space("demo"), "bpb")
-    assert default["pruner"] == "median" and isinstance(make_pruner(default), optuna.pruners.MedianPruner)
+    spec = PrunerSpec.of(demo_with({"pruner": "successive_halving", "min_seconds": 20.0, "reduction_factor": 2}), "bpb")
+    assert spec.min_resource == 2 and spec.max_resource == 4  # reports every 10 s of a 40 s cap
+    assert isinstance(spec.optuna_pruner(), optuna.pruners.SuccessiveHalvingPruner) and spec.mechanism == OPTUNA
+    assert isinstance(dataclasses.replace(spec, pruner="hyperband").optuna_pruner(), optuna.pruners.HyperbandPruner)
+    pareto = dataclasses.replace(spec, objectives="bpb,bytes")
+    assert isinstance(pareto.optuna_pruner(), optuna.pruners.NopPruner) and pareto.mechanism == PARETO  # pareto_reporter
+    default = PrunerSpec.of(load_space("demo"), "bpb")
+    assert default.pruner == "median" and isinstance(default.optuna_pruner(), optuna.pruners.MedianPruner)
     for bad, message in (({"pruner": "asha"}, "search.pruner must be one of"), ({"reduction_factor": 1}, "reduction_factor"),
                          ({"rerun_seeds": 0}, "rerun_seeds"), ({"budget": 3}, "unknown key")):
         with pytest.raises(SpaceError, match=message):
             demo_with(bad)
+
+
+def test_every_pruner_a_space_may_name_has_one_rule_and_one_mechanism():
+    assert set(PRUNERS) == set(SPACE_PRUNERS)
+    spec = PrunerSpec("none", "bpb", min_resource=1, max_resource=4, reduction_factor=3, min_seconds=0.0)
+    mechanisms = {(name, objectives): dataclasses.replace(spec, pruner=name, objectives=objectives).mechanism
+                  for name in PRUNERS for objectives in ("bpb", "bpb,bytes")}
+    assert mechanisms == {("median", "bpb"): "optuna", ("median", "bpb,bytes"): "none",  # Optuna prunes one objective only
+                          ("successive_halving", "bpb"): "optuna", ("successive_halving", "bpb,bytes"): "pareto",
+                          ("hyperband", "bpb"): "optuna", ("hyperband", "bpb,bytes"): "pareto",
+                          ("none", "bpb"): "none", ("none", "bpb,bytes"): "none"}
 
 
 def test_successive_halving_stops_a_trial_outside_the_best_third_at_its_rung(tmp_path):
@@ -54,7 +68,7 @@ def test_successive_halving_stops_a_trial_outside_the_best_third_at_its_rung(tmp
     spec = {"pruner": "successive_halving", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3,
             "min_seconds": 0.0}
     storage = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="p", storage=storage, pruner=make_pruner(spec))
+    study = optuna.create_study(study_name="p", storage=storage, pruner=PrunerSpec(**spec).optuna_pruner())
     for value in (1.0, 1.1, 1.2):
         done = study.ask()
         done.report(value, 1)
@@ -66,18 +80,17 @@ def test_successive_halving_stops_a_trial_outside_the_best_third_at_its_rung(tmp
 
 
 def test_a_pareto_study_promotes_by_front(tmp_path):
-    spec = {"pruner": "successive_halving", "objectives": "bpb,bytes", "min_resource": 1, "max_resource": 4, "reduction_factor": 2,
-            "min_seconds": 0.0}
+    spec = PrunerSpec("successive_halving", "bpb,bytes", min_resource=1, max_resource=4, reduction_factor=2, min_seconds=0.0)
     study = optuna.create_study(study_name="q", storage=f"sqlite:///{tmp_path}/q.db", directions=["minimize", "minimize"])
     trials = []
     for predicted in (100, 200, 300):
         t = study.ask()
         t.set_user_attr("predicted_min_bytes", predicted)
         trials.append(t)
-    pareto_reporter(study, trials[0]._trial_id, spec)(1, 2.0)  # alone at the rung: on
-    pareto_reporter(study, trials[1]._trial_id, spec)(1, 1.0)  # cheaper in bpb, dearer in bytes: also on the front
+    pareto_reporter(trials[0], spec)(1, 2.0)  # alone at the rung: on
+    pareto_reporter(trials[1], spec)(1, 1.0)  # cheaper in bpb, dearer in bytes: also on the front
     with pytest.raises(optuna.TrialPruned, match="non-dominated rank"):
-        pareto_reporter(study, trials[2]._trial_id, spec)(1, 2.5)  # dominated by both
+        pareto_reporter(trials[2], spec)(1, 2.5)  # dominated by both
 
 
 def test_a_fixed_compute_proxy_study_reports_its_extrapolation(tmp_path):

@@ -59,3 +59,15 @@ def test_rms_norm_is_bitwise_the_library_one_in_evaluation():
             with torch.inference_mode():
                 assert torch.equal(rms_norm(x), torch.nn.functional.rms_norm(x, (x.size(-1),)))
 
+
+
+def test_a_tensor_role_is_decided_from_its_name_alone():
+    from pgolf.model import Role, tensor_role
+
+    assert tensor_role("blocks.3.attn.c_q.weight") == Role("block", 3, "attn")
+    assert tensor_role("blocks.1.mlp.fc.lora_b.0.weight") == Role("block", 1, "mlp")  # a per-repeat delta
+    assert tensor_role("blocks.2.attn.q_gain") == Role("gain", 2, "attn")
+    assert tensor_role("blocks.0.resid_mix") == Role("gain", 0, "")
+    assert tensor_role("skip_weights") == Role("gain") and tensor_role("smear_gate") == Role("gain")
+    assert tensor_role("tok_emb.weight") == tensor_role("lm_head.weight") == tensor_role("embed_proj.weight") == Role("embedding")
+    assert tensor_role("bigram.weight") == Role("other")  # a top-level matrix in no block

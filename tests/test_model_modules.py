@@ -262,13 +262,13 @@ def test_fisher_sensitivities_reach_every_unit_of_a_model_with_every_module_on()
     # The LoRA deltas of a shared block, the factored embedding and the gates all get gradients through one
     # backward pass (the shared block's over both repeats), so no unit is left at 0 or NaN.
     from search.allocation.options import unit_options
-    from search.allocation.sensitivity import calibration_tokens, measure_sensitivities
+    from search.allocation.sensitivity import heldout_tokens, measure_sensitivities
 
     model = perturbed(model_of(**ALL_ON))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     units = make_units(state, "layer")
     options = {u.name: unit_options(state, u, [3, 8], [8.0]) for u in units}
-    tokens = calibration_tokens(TRAIN_PATTERN, 1024, 1024, 64)
+    tokens = heldout_tokens(TRAIN_PATTERN, 1024, 1024, 64)
     found = measure_sensitivities(model, state, units, options, tokens, 64, 2, True, torch.device("cpu"), method="fisher")
     assert set(found) == {u.name for u in units} and all(math.isfinite(v) and v > 0 for v in found.values()), found
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -7,6 +7,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from pgolf.metrics import RunMetrics
 from search.submit.confirm import step_comparison
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, configurations, queue_reruns, ranking_lines
 from test_search import load, micro_with, search
@@ -39,7 +40,7 @@ def test_the_best_configurations_are_queued_once_and_ranked_by_their_mean(tmp_pa
 
 
 def test_a_rerun_that_trained_materially_fewer_steps_is_flagged():
-    rows = step_comparison(124, 40.0, [{"steps": 29, "train_seconds": 40.0}, {"steps": 120, "train_seconds": 39.0}])
+    rows = step_comparison(124, 40.0, [RunMetrics(steps=29, train_seconds=40.0), RunMetrics(steps=120, train_seconds=39.0)])
     assert [r["differs"] for r in rows] == [True, False]
     assert round(rows[0]["step_ms"]) == 1379 and round(rows[0]["original_step_ms"]) == 323
 

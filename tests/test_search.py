@@ -150,18 +150,18 @@ def test_bad_inputs_are_clear_and_keep_what_is_stored(tmp_path):
 
 def test_trial_process_prunes_with_the_studys_pruner(tmp_path):
     # The worker loads the study itself; Optuna does not store the pruner, so it must be given again.
-    from search.budget.fidelity import make_pruner
+    from search.budget.fidelity import PrunerSpec
     from search.trial import _reporter
 
+    spec = {"pruner": "median", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3, "min_seconds": 0.0}
     storage = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="p", storage=storage, pruner=make_pruner(None))
+    study = optuna.create_study(study_name="p", storage=storage, pruner=PrunerSpec(**spec).optuna_pruner())
     for value in (1.0, 1.1):
         done = study.ask()
         done.report(value, 1)
         done.report(value, 2)
         study.tell(done, value)
     trial = study.ask()
-    spec = {"pruner": "median", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3, "min_seconds": 0.0}
     on_val = _reporter({"pruner": spec, "study": "p", "storage": storage, "trial_id": trial._trial_id})
     on_val(1, 9.0)  # never on the first report, however bad
     with pytest.raises(optuna.TrialPruned):

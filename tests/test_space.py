@@ -2,10 +2,15 @@ import os
 
 import pytest
 
-from space.sample import ParamSource, baseline_config, suggest_config
+from space.sample import ParamSource, suggest_config
 from space.spec import SpaceError, load_space, space_from_dict
 
 MICRO = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
+
+
+def baseline_config(space):
+    """The config of the space's [baseline] values, as the study's first trial samples it."""
+    return suggest_config(space, ParamSource(space.baseline))[0]
 
 
 def test_presets_load_and_their_baselines_are_the_documented_shapes():
@@ -55,3 +60,40 @@ def test_invalid_toml_names_the_file(tmp_path):
     path.write_text("[caps\n")
     with pytest.raises(SpaceError, match=r"s.toml: not valid TOML"):
         load_space(str(path))
+
+
+# One case per record-module rule (pgolf.config.module_rules), on the tiny shape (4 blocks x 256, 4 heads of 64, no
+# shared segment, no QAT): values that break it.
+BROKEN_MODULES = {
+    "model.parallel_last": {"model.parallel_last": 5},
+    "model.xsa_last": {"model.xsa_last": 9},
+    "model.rotary_fraction": {"model.rotary_fraction": 0.3},  # 19.2 of 64 dims: an odd count
+    "model.attn_gate_window": {"model.attn_gate": "sparse", "model.attn_gate_window": 300},
+    "model.loop_lora_rank": {"model.loop_lora_rank": 4},
+    "model.loop_boundary_norm": {"model.loop_boundary_norm": True},
+    "model.embed_rank": {"model.embed_rank": 256},
+    "train.qat_embed_bits": {"train.qat_embed_bits": 6},
+    "train.rate_lambda": {"train.rate_lambda": 0.1},
+}
+
+
+def test_every_module_rule_rejects_a_config_file_and_repairs_a_sampled_trial(tmp_path):
+    from pgolf.config import ConfigError, config_to_dict, load_config_file, module_rules
+    from pgolf.configfiles import config_to_toml, resolve_config
+
+    tiny = resolve_config("tiny")
+    assert {rule.key for rule in module_rules(tiny.model, tiny.train)} == set(BROKEN_MODULES)  # a new rule gets a case here
+    for key, values in BROKEN_MODULES.items():
+        data = config_to_dict(tiny)
+        for name, value in values.items():
+            section, field = name.split(".")
+            data[section][field] = value
+        path = tmp_path / "broken.toml"
+        path.write_text(config_to_toml(type(tiny)(**{s: type(getattr(tiny, s))(**v) for s, v in data.items()})))
+        with pytest.raises(ConfigError, match=rf"^{tmp_path / 'broken.toml'}: {key}\b"):
+            load_config_file(str(path))
+        space = space_from_dict({"name": "t", "caps": {"artifact_bytes": 100_000}, "run": {"base": "tiny"},
+                                 "dims": {name: {"choices": [value]} for name, value in values.items()}})
+        config, _ = suggest_config(space, ParamSource({}))  # valid: config_from_dict accepted it
+        section, field = key.split(".")
+        assert getattr(getattr(config, section), field) != values[key], key

@@ -479,3 +479,29 @@ def test_exported_script_with_gptq_outliers_and_rank_trains_standalone_and_verif
     assert report["origin"] == "the training run that wrote it" and report["difference"] == 0.0
     assert report["val_bpb"] == record["val_bpb"]
     assert unpack(blob)[0] == model_meta(config)
+
+
+def test_every_dataclass_that_holds_a_format_has_one_field_per_axis_with_its_default():
+    from objectives.bytes import Calibration
+    from pgolf.quant import StoredTensor
+    from pgolf.storage import FORMAT_AXES, QUANTIZERS, TENSOR_AXES
+    from search.allocation.options import FormatChoices, Option
+    from space.spec import AllocationSpace
+
+    def defaults(cls) -> dict:
+        return {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+    for axis in FORMAT_AXES:  # a new axis needs its field in each of these, with the axis's default
+        assert defaults(MatrixFormat).get(axis.name) == axis.default, f"MatrixFormat.{axis.name}"
+        assert defaults(QuantConfig).get(axis.name) == ({"*": axis.default} if axis.per_tensor else axis.default), f"QuantConfig.{axis.name}"
+        assert defaults(AllocationSpace).get(axis.space_key) == ([axis.default] if axis.per_tensor else axis.default), \
+            f"AllocationSpace.{axis.space_key}"
+        assert defaults(FormatChoices).get(axis.space_key) == ((axis.default,) if axis.per_tensor else axis.default), \
+            f"FormatChoices.{axis.space_key}"
+        assert axis.valid(axis.default) and not axis.calibrates(axis.default)
+    for axis in TENSOR_AXES:
+        assert defaults(StoredTensor).get(axis.name) == axis.default, f"StoredTensor.{axis.name}"
+        assert defaults(Option).get(axis.name) == axis.default, f"Option.{axis.name}"
+    assert [name for name in QUANTIZERS if not Calibration().symbol_bits_ratio(name) > 0] == []  # each has its byte constant
+    assert [f.name for f in dataclasses.fields(MatrixFormat)] == ["bits", "clip"] + [a.name for a in FORMAT_AXES]

@@ -197,7 +197,7 @@ def test_every_key_on_trains_exports_and_the_script_compiles(tmp_path):
                                      muon_ns="polar_express", weight_decay=0.04, qat_fraction=0.34, qat_bits=6, rate_lambda=0.01,
                                      qat_embed_bits=7, qat_embed_clip=14.0, max_wallclock_seconds=600.0))
     metrics = run(config, DATA, str(tmp_path / "out"), device="cpu", echo=False)
-    assert metrics["steps"] == 6 and math.isfinite(metrics["val_bpb_post"]) and metrics["val_bpb_post"] < 10
+    assert metrics.steps == 6 and math.isfinite(metrics.val_bpb_post) and metrics.val_bpb_post < 10
     log = (tmp_path / "out" / "train.log").read_text()
     assert "step 2/6 seq_len 32 (stage 2/3)" in log and "step 4/6 seq_len 64 (stage 3/3)" in log and "step 4/6 qat on: int6 clip 0 embedding int7 clip 14" in log
     script = (tmp_path / "out" / "train_gpt.py").read_text()

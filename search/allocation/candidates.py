@@ -17,7 +17,7 @@ from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore, Trace
 from pgolf.run import SCRIPT_FILE
 from pgolf.shards import validation_tokens
-from pgolf.storage import needs_calibration, quantize_state_dict
+from pgolf.storage import TENSOR_AXES, needs_calibration, quantize_state_dict
 from pgolf.submission import MODEL_FILE, load_model, model_meta, score, score_tokens
 
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
@@ -34,7 +34,7 @@ class Candidate:
     val_loss: float = math.nan
     eval_seconds: float = math.nan
     feasible: bool = False
-    post_training_seconds: float = 0.0  # calibration + quantization a submission runs after training (0 for RTN)
+    post_training_seconds: float = 0.0  # collecting H + quantization a submission runs after training (0 for RTN)
     formats: list = field(default_factory=list)  # the formats beyond plain RTN among its picks
     subset_tokens: int = 0  # validation prefix it was ranked on against the other candidates (0: not ranked)
     blob: bytes = field(default=b"", repr=False)
@@ -42,7 +42,7 @@ class Candidate:
 
     def summary(self) -> dict:
         q = self.config.quant
-        formats = {k: getattr(q, k) for k in ("quantizer", "awq", "outliers", "rank") if getattr(q, k) != getattr(QuantConfig(), k)}
+        formats = {a.name: getattr(q, a.name) for a in TENSOR_AXES if getattr(q, a.name) != getattr(QuantConfig(), a.name)}
         return {"label": self.label, "bits": q.bits, "clip": q.clip, **formats, "post_training_seconds": self.post_training_seconds,
                 "compressor": self.config.quant.compressor, "eval_repeats": self.config.eval.repeats,
                 "eval_stride": self.config.eval.stride, "predicted_bytes": self.predicted_bytes,
@@ -101,16 +101,17 @@ def confirm_within_cap(propose, pack, budget: int, cap: int, attempts: int = 3) 
     return candidate
 
 
-def pack_candidate(model, candidate: Candidate, space_alloc, calibration=None, calibration_seconds: float = 0.0) -> None:
+def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hessian_seconds: float = 0.0) -> None:
     """Pack with each allowed compressor and keep the smallest: the candidate's real bytes.
-    A candidate whose formats need calibration costs a submission that calibration and its quantization
-    after training: timed here, it counts against the training cap."""
+    A candidate whose formats need the layers' H (hessians: (H, rows) per matrix, collected in hessian_seconds)
+    costs a submission that collection and its quantization after training: timed here, it counts against
+    the training cap."""
     packed = []
     state = model.state_dict()
-    calibrated = bool(needs_calibration(state, candidate.config.quant))
+    needs_hessians = bool(needs_calibration(state, candidate.config.quant))
     # Quantize once (GPTQ is the costly part); only the packing differs between compressors.
     started = time.perf_counter()
-    stored = quantize_state_dict(state, candidate.config.quant, *(calibration if calibrated else (None, None)))
+    stored = quantize_state_dict(state, candidate.config.quant, *(hessians if needs_hessians else (None, None)))
     quantize_seconds = time.perf_counter() - started
     for compressor in space_alloc.compressors:
         level = space_alloc.level if compressor == "zstd" else 9
@@ -119,7 +120,7 @@ def pack_candidate(model, candidate: Candidate, space_alloc, calibration=None, c
         blob, groups = pack(stored, model_meta(trial), compressor, level)
         packed.append((len(blob), blob, groups, trial, quantize_seconds + time.perf_counter() - started))
     _, blob, groups, candidate.config, export_seconds = min(packed, key=lambda p: p[0])
-    candidate.post_training_seconds = calibration_seconds + export_seconds if calibrated else 0.0
+    candidate.post_training_seconds = hessian_seconds + export_seconds if needs_hessians else 0.0
     code = code_bytes(config_to_dict(candidate.config))
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
@@ -129,7 +130,7 @@ PREFIX_START = 16_384  # validation tokens the first comparison of candidates re
 PREFIX_Z = 3.0  # standard errors the paired per-token loss difference must clear to decide on a prefix
 
 
-def rank_on_prefix(candidates: list, data, runtime) -> list:
+def order_on_prefix(candidates: list, data, runtime) -> list:
     """Packed candidates ordered by their post-roundtrip loss on a validation prefix just long enough to tell the
     first two apart: their paired per-token loss difference must clear PREFIX_Z standard errors (tokens within
     a document are correlated, so the margin is wide), else the prefix grows 4x; a prefix past a quarter of the

@@ -16,7 +16,7 @@ from pgolf.config import QuantConfig, config_to_dict
 from pgolf.datasets import resolve_data
 from pgolf.staging import staged_dir
 from pgolf.submission import export_model, load_model, score, setup_runtime
-from search.allocation import allocate, write_candidate
+from search.allocation import AllocationRequest, allocate, write_candidate
 from space.spec import Caps, SpaceError, allocation_from_dict
 
 
@@ -44,7 +44,7 @@ def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer
     caps = Caps(artifact_bytes=cap, train_seconds=math.inf, eval_seconds=eval_seconds)
     rows = [_uniform_int8(model, config, data, runtime)]
     log(f"{rows[0]['label']}: {rows[0]['artifact_bytes']:,} bytes, val_bpb {rows[0]['val_bpb']:.6f}")
-    result = allocate(model, config, alloc_space, caps, data, runtime, log=log)
+    result = allocate(AllocationRequest(model, config, alloc_space, caps, data, runtime), log=log)
     for candidate in result.candidates:
         summary = candidate.summary()  # val_bpb None: not scored
         rows.append({k: summary[k] for k in ("label", "artifact_bytes", "val_bpb", "eval_seconds", "feasible")})

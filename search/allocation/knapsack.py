@@ -8,7 +8,7 @@ import numpy as np
 
 from objectives.bytes import compressed_floats
 from pgolf.config import QuantConfig
-from pgolf.storage import quantize_state_dict
+from pgolf.storage import TENSOR_AXES, quantize_state_dict
 from search.allocation.options import Option, Unit, stored_bytes
 
 
@@ -50,14 +50,14 @@ def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, l
     """The QuantConfig of one pick per unit; the format tables list only units that leave the default, so
     an RTN-only allocation is the same config as before those tables existed."""
     base = base or QuantConfig()
-    tables = {"bits": {"*": 8}, "clip": {"*": 0.0}, "quantizer": {"*": "rtn"}, "awq": {"*": 0.0}, "outliers": {"*": 0.0}, "rank": {"*": 0}}
+    tables = {"bits": {"*": 8}, "clip": {"*": 0.0}, **{axis.name: {"*": axis.default} for axis in TENSOR_AXES}}
     for unit, opt in zip(units, chosen):
         tables["bits"][unit.name], tables["clip"][unit.name] = opt.bits, opt.clip
-        for key, value in (("quantizer", opt.quantizer), ("awq", opt.awq), ("outliers", opt.outliers), ("rank", opt.rank)):
-            if value != tables[key]["*"]:
-                tables[key][unit.name] = value
-    calibration = {k: getattr(base, k) for k in ("calib_tokens", "gptq_damp", "gptq_block", "gptq_act_order")}
-    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, **calibration,
+        for axis in TENSOR_AXES:
+            if getattr(opt, axis.name) != axis.default:
+                tables[axis.name][unit.name] = getattr(opt, axis.name)
+    collection = {k: getattr(base, k) for k in ("calib_tokens", "gptq_damp", "gptq_block", "gptq_act_order")}  # of H, and GPTQ's
+    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, **collection,
                        rank_bits=rank_bits if any(o.rank for o in chosen) else QuantConfig.rank_bits)
 
 

@@ -1,5 +1,5 @@
 """A unit's storage options and what each costs: bytes (the real stored arrays, compressed as
-objectives.bytes estimates them) and error (weight MSE, or the output error on calibration activations).
+objectives.bytes estimates them) and error (weight MSE, or the output error given H = X^T X of the layer's inputs).
 
 A unit is what the allocation gives one choice: the embedding, attention or MLP of a layer (granularity
 "layer"), of every layer ("kind"), or one matrix ("tensor"). An option is one storage format of pgolf/storage.py:
@@ -15,9 +15,10 @@ import torch
 
 from objectives.bytes import RTN_PERCENTILE, compressed_floats, compressed_symbols, rtn_sizes
 from pgolf.artifact import EXTRA_ROLES, byte_shuffle
-from pgolf.model import EMBEDDING_PREFIXES, is_control_tensor
+from pgolf.model import tensor_role
 from pgolf.quant import StoredTensor, quantize_tensor
-from pgolf.storage import MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, restore_matrix, store_matrix
+from pgolf.storage import (FORMAT_AXES, TENSOR_AXES, MatrixFormat, attach_correction, factors_from_basis, input_rms, low_rank_basis, restore_matrix,
+                           store_matrix)
 
 PERCENTILE = RTN_PERCENTILE
 FORMAT_ENTRY_BYTES = 30  # compressed directory bytes of a matrix's format fields, measured on real files
@@ -36,8 +37,9 @@ class Option:
     bits: int
     clip: float
     bytes: int
-    mse: float  # the unit's error at this option: weight MSE, or with calibration the output error
+    mse: float  # the unit's error at this option: weight MSE, or with the layers' H the output error
     damage: float = 0.0
+    # One field per per-tensor axis of pgolf/storage.py's FORMAT_AXES, with its default.
     quantizer: str = "rtn"
     awq: float = 0.0
     outliers: float = 0.0
@@ -45,35 +47,29 @@ class Option:
 
     @property
     def plain(self) -> bool:
-        return self.quantizer == "rtn" and self.awq == 0 and self.outliers == 0 and self.rank == 0
+        return all(getattr(self, axis.name) == axis.default for axis in TENSOR_AXES)
 
     def format_label(self) -> str:
         """The formats beyond plain RTN, e.g. "gptq+out0.005+r4" ("" when plain)."""
-        extras = [self.quantizer] if self.quantizer != "rtn" else []
-        extras += [f"awq{self.awq:g}"] * (self.awq > 0) + [f"out{self.outliers:g}"] * (self.outliers > 0) + [f"r{self.rank}"] * (self.rank > 0)
-        return "+".join(extras)
+        return "+".join(axis.label(getattr(self, axis.name)) for axis in TENSOR_AXES if getattr(self, axis.name) != axis.default)
 
 
 def make_units(state: dict, granularity: str) -> list[Unit]:
-    names = [n for n, t in state.items() if t.ndim == 2 and t.is_floating_point() and not is_control_tensor(n)]
-    embedding = [n for n in names if n.startswith(EMBEDDING_PREFIXES)]
-    blocks = [n for n in names if n not in embedding]
-    units = [Unit(name, [name], embedding=True) for name in embedding]
-    if granularity == "tensor":
-        return units + [Unit(n, [n]) for n in blocks]
-    if granularity == "kind":
-        for kind in ("attn", "mlp"):
-            members = [n for n in blocks if f".{kind}." in n]
-            if members:
-                units.append(Unit(f"blocks.*.{kind}.*", members))
-        return units
-    layers = sorted({int(n.split(".")[1]) for n in blocks})
+    """The embedding matrices one unit each; the block matrices grouped by granularity (each matrix, each
+    submodule of each layer, or each submodule over every layer); any other matrix one unit of its own."""
+    roles = {n: tensor_role(n) for n, t in state.items() if t.ndim == 2 and t.is_floating_point()}
+    matrices = [n for n, role in roles.items() if role.kind != "gain"]
+    units = [Unit(n, [n], embedding=True) for n in matrices if roles[n].kind == "embedding"]
+    grouped = [n for n in matrices if roles[n].kind == "block" and roles[n].part and granularity != "tensor"]
+    alone = [Unit(n, [n]) for n in matrices if roles[n].kind != "embedding" and n not in grouped]
+    parts = list(dict.fromkeys(["attn", "mlp"] + [roles[n].part for n in grouped]))
+    layers = ["*"] if granularity == "kind" else sorted({roles[n].block for n in grouped})
     for layer in layers:
-        for kind in ("attn", "mlp"):
-            members = [n for n in blocks if n.startswith(f"blocks.{layer}.{kind}.")]
+        for part in parts:
+            members = [n for n in grouped if roles[n].part == part and layer in ("*", roles[n].block)]
             if members:
-                units.append(Unit(f"blocks.{layer}.{kind}.*", members))
-    return units
+                units.append(Unit(f"blocks.{layer}.{part}.*", members))
+    return units + alone
 
 
 def rtn_restored(t: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
@@ -97,7 +93,8 @@ def unit_options(state: dict, unit: Unit, bits_options, clip_options, sizes: dic
 
 @dataclass
 class FormatChoices:
-    """The matrix formats a study may use beyond plain RTN (the space's [allocation] table)."""
+    """The matrix formats a study may use beyond plain RTN (the space's [allocation] table): one field per axis
+    of pgolf/storage.py's FORMAT_AXES, named by its space_key (a tuple of values, or one value when not per tensor)."""
     quantizers: tuple = ("rtn",)
     awq: tuple = (0.0,)
     outliers: tuple = (0.0,)
@@ -106,16 +103,19 @@ class FormatChoices:
 
     @classmethod
     def of(cls, space_alloc) -> "FormatChoices":
-        return cls(tuple(space_alloc.quantizers), tuple(space_alloc.awq), tuple(space_alloc.outliers), tuple(space_alloc.ranks),
-                   space_alloc.rank_bits)
+        return cls(**{axis.space_key: tuple(getattr(space_alloc, axis.space_key)) if axis.per_tensor else getattr(space_alloc, axis.space_key)
+                      for axis in FORMAT_AXES})
+
+    def values(self, axis) -> tuple:
+        return getattr(self, axis.space_key)
 
     @property
     def extended(self) -> bool:
-        return self != FormatChoices(rank_bits=self.rank_bits)
+        return any(self.values(axis) != (axis.default,) for axis in TENSOR_AXES)
 
     @property
-    def calibrated(self) -> bool:
-        return "gptq" in self.quantizers or any(a > 0 for a in self.awq) or any(r > 0 for r in self.ranks)
+    def needs_hessians(self) -> bool:
+        return any(axis.calibrates(v) for axis in TENSOR_AXES for v in self.values(axis))
 
 
 def stored_bytes(entry: StoredTensor) -> int:
@@ -140,10 +140,13 @@ def output_error(delta: torch.Tensor, hessian: torch.Tensor, rows: int) -> float
 
 def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choices: FormatChoices, quant,
                       hessians: dict, rows: dict) -> list[Option]:
-    """Every allowed (bits, clip, quantizer, awq, outliers, rank) of a unit, its bytes and its error:
-    output error on the calibration activations where every tensor of the unit has them, else weight MSE.
-    Ranks reuse one SVD of each base format's residual."""
-    calibrated = all(n in hessians for n in unit.tensors)
+    """Every allowed bits x clip x format of a unit (every combination of the axes' values), its bytes and its error:
+    output error on the layers' input statistics where every tensor of the unit has them, else weight MSE.
+    Corrections of every rank reuse one SVD of each base format's residual."""
+    with_inputs = all(n in hessians for n in unit.tensors)
+    base_axes = [axis for axis in TENSOR_AXES if axis.name != "rank"]  # the correction is fitted after the rest
+    names = [axis.name for axis in base_axes] + ["rank"]
+    plain = tuple(axis.default for axis in base_axes)
     options: dict = {}
     for name in unit.tensors:
         w = state[name].detach().float().cpu()
@@ -151,16 +154,16 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
         weight = input_rms(H, n) if H is not None else None
 
         def error(delta):
-            return output_error(delta, H, n) if calibrated else float(delta.pow(2).sum())
+            return output_error(delta, H, n) if with_inputs else float(delta.pow(2).sum())
 
         for bits in bits_options:
             if bits == 16:
                 half = w.to(torch.float16)
-                _add(options, (16, 0.0, "rtn", 0.0, 0.0, 0), compressed_floats(half.numpy()), error(w - half.float()))
+                _add(options, (16, 0.0, *plain, 0), compressed_floats(half.numpy()), error(w - half.float()))
                 continue
-            for clip, quantizer, awq, outliers in itertools.product(clip_options, choices.quantizers, choices.awq, choices.outliers):
-                fmt = MatrixFormat(bits, clip, quantizer, awq, outliers)
-                if fmt.needs_calibration() and not calibrated:
+            for clip, *values in itertools.product(clip_options, *(choices.values(axis) for axis in base_axes)):
+                fmt = MatrixFormat(bits, clip, **dict(zip(names, values)))
+                if fmt.needs_calibration() and not with_inputs:
                     continue
                 entry = StoredTensor(name=name, kind="int", shape=tuple(w.shape), dtype="float32", bits=bits, clip=clip)
                 if fmt.is_plain():
@@ -170,15 +173,15 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
                     store_matrix(entry, w, fmt, PERCENTILE, H, n, (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
                 residual = w - restore_matrix(entry, torch.float32)
                 base_bytes = stored_bytes(entry)
-                _add(options, (bits, clip, quantizer, awq, outliers, 0), base_bytes, error(residual))
+                _add(options, (bits, clip, *values, 0), base_bytes, error(residual))
                 ranks = [r for r in choices.ranks if r > 0]
-                if ranks and calibrated:
+                if ranks and with_inputs:
                     basis = low_rank_basis(residual.to(weight.device), weight)
                     for rank in ranks:
                         attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
                         corrected = w - restore_matrix(entry, torch.float32)
-                        _add(options, (bits, clip, quantizer, awq, outliers, rank), stored_bytes(entry), error(corrected))
-    return [Option(b, c, size, err, quantizer=qz, awq=a, outliers=o, rank=r) for (b, c, qz, a, o, r), (size, err, count) in options.items()
+                        _add(options, (bits, clip, *values, rank), stored_bytes(entry), error(corrected))
+    return [Option(b, c, size, err, **dict(zip(names, values))) for (b, c, *values), (size, err, count) in options.items()
             if count == len(unit.tensors)]
 
 

@@ -21,7 +21,7 @@ from pgolf.shards import TokenStream, token_count
 from search.allocation.options import rtn_restored
 
 
-def calibration_tokens(train_pattern: str, vocab_size: int, count: int, seq_len: int) -> torch.Tensor:
+def heldout_tokens(train_pattern: str, vocab_size: int, count: int, seq_len: int) -> torch.Tensor:
     """The last `count` tokens (whole sequences) of the training split: held out from the start of it."""
     stream = TokenStream(train_pattern, vocab_size)
     total = token_count(train_pattern)

@@ -2,23 +2,42 @@
 
 import os
 import subprocess
+import time
 
+from search.backends.base import Backend
 from search.backends.process import Job, trial_process_setup, worker_command, worker_env
 
 
-class LocalBackend:
-    """Trials as child processes on this machine, `threads` CPU threads each."""
+class LocalBackend(Backend):
+    """Trials as child processes on this machine, up to the study's worker count at once, with an equal share of
+    its CPU threads each. Trials stop early through the study's own Optuna pruner."""
 
     name = "local"
-    stops_trials = False  # trials stop early through the study's own Optuna pruner
 
-    def __init__(self, workers: int):
-        self.threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    def __init__(self, settings):
+        self.threads = max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
 
     def drive(self, coordinator) -> None:
-        coordinator.local_loop()
+        """Start trials up to the worker count, collect the ended ones."""
+        c = coordinator
+        stop_asking = False
+        while c.stop_signal is None:
+            stop_asking = stop_asking or c.sampling_over(c.rerunning)
+            while not (stop_asking or c.stop_signal) and len(c.jobs) < c.settings.workers:
+                prepared = c.prepare_next(reruns=c.rerunning)
+                if prepared is None:
+                    stop_asking = True
+                else:
+                    self._launch(prepared[0])
+            if not c.jobs and stop_asking:
+                if not c.next_phase():
+                    break
+                stop_asking = False
+            c.collect()
+            c.tick()
+            time.sleep(0.2)  # a finished trial waits at most this long to be told
 
-    def launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> None:
         log = open(os.path.join(job.directory, "worker.log"), "wb")
         job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
                                       env=worker_env(self.threads), preexec_fn=trial_process_setup,
@@ -32,6 +51,3 @@ class LocalBackend:
         if job.handle.poll() is None:
             job.handle.kill()
             job.handle.wait()
-
-    def shutdown(self) -> None:
-        pass

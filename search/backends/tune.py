@@ -29,8 +29,9 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
+from search.backends.base import Backend
 from search.backends.process import Job, trial_process_setup, worker_command, worker_env
-from search.budget.fidelity import pruner_spec
+from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
 from search.trial import REQUEST_FILE, RESULT_FILE, read_reports
 
@@ -47,6 +48,12 @@ def parse_address(address: str) -> tuple[str, int]:
     if not port.isdigit():
         raise StudyError(f"Ray address {address!r} is not HOST:PORT")
     return host, int(port)
+
+
+def ray_token_available() -> bool:
+    """Whether this machine holds a Ray cluster token where Ray looks for one (its variable, its file)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
 def connect(address: str | None) -> bool:
@@ -74,7 +81,13 @@ def connect(address: str | None) -> bool:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {str(exc).strip().splitlines()[0]}") from None
+        # `ray start --head` turns token authentication on (Ray 2.60), and a driver given an address sends the
+        # token only when told to; Ray's refusal does not say so, and a cluster without tokens cannot be told apart
+        # before joining, so the remedy is named rather than guessed.
+        hint = (" (a cluster started by `ray start --head` checks a token: set RAY_AUTH_MODE=token here, with the "
+                "head's ~/.ray/auth_token copied to this machine or RAY_AUTH_TOKEN set)"
+                if address and "RAY_AUTH_MODE" not in os.environ and ray_token_available() else "")
+        raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {str(exc).strip().splitlines()[0]}{hint}") from None
     return True
 
 
@@ -94,13 +107,13 @@ def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
 
 def asha_settings(space, objectives: str) -> dict:
     """ASHA's rungs in validation reports, from the same [search] table the Optuna pruners read."""
-    spec = pruner_spec(space, objectives)
-    return dict(time_attr="report", metric="val_bpb", mode="min", grace_period=spec["min_resource"],
-                reduction_factor=max(2, spec["reduction_factor"]), max_t=spec["max_resource"] + 1,
+    spec = PrunerSpec.of(space, objectives)
+    return dict(time_attr="report", metric="val_bpb", mode="min", grace_period=spec.min_resource,
+                reduction_factor=max(2, spec.reduction_factor), max_t=spec.max_resource + 1,
                 stop_last_trials=False)  # a trial that reached its last report has finished training: never cut it
 
 
-class TuneBackend:
+class TuneBackend(Backend):
     """Trials as Ray Tune trials (one Tune experiment per `search run` / `search resume`)."""
 
     name = "tune"
@@ -143,6 +156,10 @@ class TuneBackend:
                                       failure_config=tune.FailureConfig(max_failures=RETRIES), stop=StopOnSignal(coordinator),
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), Ticker(coordinator)], verbose=0))
         tuner.fit()
+
+    @classmethod
+    def check_options(cls, settings) -> None:
+        pass  # the scheduler and per-trial resources are Tune's (__init__ checks the scheduler's name)
 
     def cancel(self, job: Job) -> None:
         pass  # Tune stops its own trials (when the experiment ends, every trial actor and its process go with it)

@@ -11,48 +11,92 @@ promotes by non-dominated rank instead: at each rung a trial goes on if it is am
 that reached that rung, ranked by (non-dominated front of (report bpb, predicted bytes), report bpb).
 """
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import optuna
 
 RUNG_ATTR = "rung_{}"  # user attribute of a Pareto trial at a rung: [report bpb, predicted bytes]
 
-
-def pruner_spec(space, objectives: str) -> dict:
-    """What the coordinator and each trial process build their pruner from (it is not kept in the storage)."""
-    plan = space.search
-    every = space.base.train.val_every_seconds
-    first = max(1, math.ceil(plan.min_seconds / every)) if every > 0 and plan.min_seconds > 0 else 1
-    last = max(first, math.floor(space.caps.train_seconds / every)) if every > 0 else first
-    return {"pruner": plan.pruner, "objectives": objectives, "min_resource": first, "max_resource": last,
-            "reduction_factor": plan.reduction_factor, "min_seconds": plan.min_seconds}
+# How a trial stops early (PrunerSpec.mechanism): the study's Optuna pruner on every report (single-objective
+# studies: Optuna prunes no other), promotion at rungs by non-dominated rank (pareto_reporter), or never.
+OPTUNA, PARETO, NONE = "optuna", "pareto", "none"
 
 
-def make_pruner(spec: dict | None):
-    """The Optuna pruner of a spec; None = the median rule studies had before the [search] table existed."""
-    spec = spec or {"pruner": "median", "objectives": "bpb", "min_resource": 1, "min_seconds": 0.0}
-    if spec["objectives"] != "bpb" or spec["pruner"] == "none":
-        return optuna.pruners.NopPruner()
-    if spec["pruner"] == "median":  # never on the first two reports unless min_seconds says later
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 if not spec["min_seconds"] else spec["min_resource"] - 1)
-    if spec["pruner"] == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec["min_resource"], reduction_factor=spec["reduction_factor"])
-    if spec["pruner"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=spec["min_resource"], max_resource=spec["max_resource"],
-                                              reduction_factor=spec["reduction_factor"])
-    raise ValueError(f"unknown pruner {spec['pruner']!r}")
+@dataclass(frozen=True)
+class PrunerSpec:
+    """What the coordinator and each trial process build their pruner from, in validation reports (a trial's
+    request carries it as a dict; it is not kept in the storage)."""
+
+    pruner: str  # a key of PRUNERS
+    objectives: str  # bpb | bpb,bytes
+    min_resource: int  # the first report that may stop a trial (the first rung)
+    max_resource: int  # the last report within the training cap
+    reduction_factor: int  # one in this many goes on at each rung
+    min_seconds: float  # training seconds before the first rung (0 = the first report)
+
+    @classmethod
+    def of(cls, space, objectives: str) -> "PrunerSpec":
+        """The spec of a space's [search] table, for a study with these objectives."""
+        plan = space.search
+        every = space.base.train.val_every_seconds
+        first = max(1, math.ceil(plan.min_seconds / every)) if every > 0 and plan.min_seconds > 0 else 1
+        last = max(first, math.floor(space.caps.train_seconds / every)) if every > 0 else first
+        return cls(pruner=plan.pruner, objectives=objectives, min_resource=first, max_resource=last,
+                   reduction_factor=plan.reduction_factor, min_seconds=plan.min_seconds)
+
+    @property
+    def mechanism(self) -> str:
+        """OPTUNA, PARETO or NONE: the one place that decides how a trial of this study stops early."""
+        rule = PRUNERS[self.pruner]
+        if rule.build is None:
+            return NONE
+        if self.objectives == "bpb":
+            return OPTUNA
+        return PARETO if rule.rungs else NONE
+
+    def optuna_pruner(self) -> optuna.pruners.BasePruner:
+        """The study's Optuna pruner (NopPruner where trials do not stop through Optuna)."""
+        return PRUNERS[self.pruner].build(self) if self.mechanism == OPTUNA else optuna.pruners.NopPruner()
+
+    def is_rung(self, report: int) -> bool:
+        """Report indices min_resource * eta^k are rungs."""
+        r = self.min_resource
+        while r < report:
+            r *= self.reduction_factor
+        return r == report
 
 
-def prunes_pareto(spec: dict | None) -> bool:
-    return bool(spec) and spec["objectives"] != "bpb" and spec["pruner"] in ("successive_halving", "hyperband")
+@dataclass(frozen=True)
+class Pruner:
+    """One rule of the space's search.pruner."""
+
+    build: Callable[[PrunerSpec], optuna.pruners.BasePruner] | None  # its Optuna pruner; None: it never stops a trial
+    rungs: bool  # stops trials only at rungs (PrunerSpec.is_rung), where a Pareto study promotes by non-dominated rank
 
 
-def is_rung(spec: dict, report: int) -> bool:
-    """Report indices min_resource * eta^k are rungs."""
-    r, eta = spec["min_resource"], spec["reduction_factor"]
-    while r < report:
-        r *= eta
-    return r == report
+# search.pruner's rules (space/spec.py's PRUNERS lists the same names, to check a space file).
+PRUNERS = {
+    # Never on the first two reports unless min_seconds says later.
+    "median": Pruner(lambda s: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 if not s.min_seconds else s.min_resource - 1),
+                     rungs=False),
+    "successive_halving": Pruner(lambda s: optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_resource,
+                                                                                  reduction_factor=s.reduction_factor), rungs=True),
+    "hyperband": Pruner(lambda s: optuna.pruners.HyperbandPruner(min_resource=s.min_resource, max_resource=s.max_resource,
+                                                                 reduction_factor=s.reduction_factor), rungs=True),
+    "none": Pruner(None, rungs=False),
+}
+
+
+def trial_pruning(space, objectives: str, rerun: bool, backend_stops_trials: bool) -> dict | None:
+    """The pruner spec a trial's request carries, as a dict; None when nothing in the trial stops it early: a
+    re-run measures seed noise of a configuration already chosen, and a backend scheduler (Tune's ASHA) stops
+    trials itself, from the same reports."""
+    if rerun or backend_stops_trials:
+        return None
+    return dataclasses.asdict(PrunerSpec.of(space, objectives))
 
 
 def front_ranks(points: list[tuple]) -> list[int]:
@@ -78,20 +122,20 @@ def promoted(own: tuple, others: list[tuple], reduction_factor: int) -> bool:
     return order.index(0) < math.ceil(len(points) / reduction_factor)
 
 
-def pareto_reporter(study: optuna.Study, trial_id: int, spec: dict):
+def pareto_reporter(trial: optuna.trial.Trial, spec: PrunerSpec):
     """on_val(report, bpb) for a Pareto study: at each rung, record this trial's point and stop it unless promoted."""
-    trial = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_id)
+    study = trial.study
     predicted_bytes = trial.user_attrs.get("predicted_min_bytes", 0)
 
     def on_val(report: int, bpb: float) -> None:
-        if not is_rung(spec, report):
+        if not spec.is_rung(report):
             return
         key = RUNG_ATTR.format(report)
-        study._storage.set_trial_user_attr(trial_id, key, [bpb, predicted_bytes])
-        others = [tuple(t.user_attrs[key]) for t in study.get_trials(deepcopy=False) if t._trial_id != trial_id and key in t.user_attrs]
-        if not promoted((bpb, predicted_bytes), others, spec["reduction_factor"]):
+        trial.set_user_attr(key, [bpb, predicted_bytes])
+        others = [tuple(t.user_attrs[key]) for t in study.get_trials(deepcopy=False) if t.number != trial.number and key in t.user_attrs]
+        if not promoted((bpb, predicted_bytes), others, spec.reduction_factor):
             raise optuna.TrialPruned(f"pruned at rung {report} (val bpb {bpb:.4f}, {predicted_bytes:,} predicted bytes: "
-                                     f"not in the best 1/{spec['reduction_factor']} by non-dominated rank of {len(others) + 1})")
+                                     f"not in the best 1/{spec.reduction_factor} by non-dominated rank of {len(others) + 1})")
 
     return on_val
 
@@ -103,8 +147,6 @@ def proxy_config(config, plan, caps):
     """The trial's config at the space's proxy budget (unchanged without one): proxy_steps trains exactly that many
     steps with no wallclock cap, reporting every proxy_steps / PROXY_REPORTS steps; proxy_seconds caps training
     there. The warmdown keeps its fraction of training."""
-    import dataclasses
-
     if plan.proxy_steps:
         ratio = plan.proxy_steps / plan.target_steps
         train = dataclasses.replace(config.train, iterations=plan.proxy_steps, max_wallclock_seconds=0.0, val_every_seconds=0.0,

@@ -42,11 +42,8 @@ def wall_seconds(trial) -> float | None:
 
 def trial_phases(attrs: dict, wall: float | None = None) -> dict:
     """Seconds per phase of a finished trial (its user attributes or metrics), with the wall time no phase
-    covers as OUTSIDE; older trials, recorded before phases were, get the coarse split they have."""
+    covers as OUTSIDE."""
     phases = dict(attrs.get("phases") or {})
-    if not phases:
-        train, alloc = attrs.get("train_seconds", 0.0), attrs.get("allocation_seconds", 0.0)
-        phases = {TRAINING: train, "allocation": alloc, "other trial work": max(attrs.get("trial_seconds", 0.0) - train - alloc, 0.0)}
     if wall is not None:
         phases[OUTSIDE] = max(wall - sum(phases.values()), 0.0)
     return phases

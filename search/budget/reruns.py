@@ -58,8 +58,8 @@ def params_key(trial) -> str:
 
 
 def is_scored(t) -> bool:
-    """A complete trial with a post-roundtrip bpb (not a rejected or infeasible one told as complete by older code)."""
-    return t.state == TrialState.COMPLETE and t.user_attrs.get("stage") == "complete"
+    """A trial with a post-roundtrip bpb: COMPLETE (one without, rejected or infeasible, is told PRUNED: tell_unscored)."""
+    return t.state == TrialState.COMPLETE
 
 
 def configurations(study: optuna.Study) -> list[Configuration]:

@@ -7,8 +7,7 @@ import plotly.graph_objects as go
 
 from objectives.constraints import is_feasible
 from search.outputs.pages import hover_text, pareto_front, scored_trials, write_page
-from search.runner import startup_trials
-from search.study import load_settings, open_study
+from search.study import open_existing_study
 
 
 def _scatter(trials, x_key, name, symbol, color, size=10):
@@ -38,8 +37,7 @@ def trade_off_figure(trials, x_key: str, x_title: str, cap: float, front=None) -
 
 
 def pareto_page(name: str, results: str, out: str | None = None) -> str:
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    directory, settings, study = open_existing_study(name, results)
     caps = settings.space.get("caps", {})
     trials = [t for t in scored_trials(study) if "train_seconds" in t.user_attrs]
     front = pareto_front(trials)

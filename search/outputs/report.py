@@ -15,9 +15,8 @@ from pgolf.files import FileFormatError, read_json
 from search.budget.reruns import best_configuration, ranking_lines
 from search.budget.phases import trial_phases, wall_seconds
 from search.outputs.pages import hover_text, scored_trials, table, write_page
-from search.runner import startup_trials
 from search.outputs.status import trial_rows, trial_stage
-from search.study import load_settings, open_study, trial_dir
+from search.study import open_existing_study, trial_dir
 
 
 def history_figure(trials) -> go.Figure:
@@ -126,8 +125,7 @@ def phases_figure(trials) -> go.Figure:
 
 
 def report_page(name: str, results: str, out: str | None = None) -> str:
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    directory, settings, study = open_existing_study(name, results)
     trials = scored_trials(study)
     rows = trial_rows(study)
     states = {}

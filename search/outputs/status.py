@@ -5,9 +5,9 @@ import math
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible
+from pgolf.metrics import RunMetrics
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, best_configuration, ranking_lines
-from search.study import load_settings, open_study
-from search.runner import startup_trials
+from search.study import open_existing_study
 
 
 def trial_stage(t) -> str:
@@ -24,12 +24,13 @@ def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         stage = trial_stage(t)
-        reports = t.user_attrs.get("reports") or []
+        m = RunMetrics.from_dict(t.user_attrs)  # the figures the coordinator recorded (those the trial measured)
+        reports = m.reports or []
         bpb = t.values[0] if stage == "complete" else reports[-1][1] if stage == "pruned" and reports else math.nan
         rows.append({
             "number": t.number, "state": stage, "bpb": bpb,
-            "bytes": t.user_attrs.get("artifact_bytes", t.user_attrs.get("predicted_min_bytes") if stage == "rejected" else None),
-            "extrapolated": t.user_attrs.get("extrapolated_bpb"), "train_s": t.user_attrs.get("train_seconds"), "eval_s": t.user_attrs.get("eval_seconds"),
+            "bytes": m.artifact_bytes if m.artifact_bytes is not None else t.user_attrs.get("predicted_min_bytes") if stage == "rejected" else None,
+            "extrapolated": m.extrapolated_bpb, "train_s": m.train_seconds, "eval_s": m.eval_seconds,
             "feasible": is_feasible(t.constraints) if t.constraints else None,  # a pruned or running trial has none
             "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
             "retry_of": t.user_attrs.get("retry_of"), "rerun_of": t.user_attrs.get(RERUN_ATTR), "seed": t.user_attrs.get(SEED_ATTR),
@@ -55,8 +56,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_status(name: str, results: str) -> None:
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    directory, settings, study = open_existing_study(name, results)
     print(f"study {name} ({settings.objectives}, sampler {settings.sampler}, storage {settings.storage})")
     rows = trial_rows(study)
     # With a proxy budget: each trial's bpb extrapolated to the target budget beside the proxy's real one.

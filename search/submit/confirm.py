@@ -13,6 +13,7 @@ import sys
 
 from pgolf.configfiles import config_to_toml
 from pgolf.config import config_from_dict
+from pgolf.metrics import RunMetrics
 from pgolf.run import read_metrics
 from search.submit.export import find_trial
 from search.study import StudyError, trial_data
@@ -24,13 +25,13 @@ RECORD_P_VALUE = 0.01
 STEP_TOLERANCE = 0.10
 
 
-def step_comparison(original_steps: int, original_seconds: float, runs: list[dict]) -> list[dict]:
+def step_comparison(original_steps: int, original_seconds: float, runs: list[RunMetrics]) -> list[dict]:
     """Each run's steps and ms/step beside the original's; `differs` when the steps are off by more than
     STEP_TOLERANCE."""
     rows = []
     for m in runs:
-        ratio = m["steps"] / max(original_steps, 1)
-        rows.append({"steps": m["steps"], "step_ms": 1000 * m["train_seconds"] / max(m["steps"], 1), "original_steps": original_steps,
+        ratio = m.steps / max(original_steps, 1)
+        rows.append({"steps": m.steps, "step_ms": 1000 * m.train_seconds / max(m.steps, 1), "original_steps": original_steps,
                      "original_step_ms": 1000 * original_seconds / max(original_steps, 1), "ratio": ratio,
                      "differs": abs(ratio - 1.0) > STEP_TOLERANCE})
     return rows
@@ -95,24 +96,25 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     rank a share of every step's batch, as the exported script runs."""
     if ranks < 1:
         raise StudyError(f"--ranks must be at least 1, got {ranks}")
-    directory, settings, trial = find_trial(name, results, number)
+    directory, settings, study, trial = find_trial(name, results, number)
     if "script" in settings.space:  # not yet: a script study re-runs seeds with search.rerun_top instead
         raise StudyError(f"study {name!r} runs a script: confirm retrains engine configurations; use --rerun-top N with `search resume`")
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
-    config = config_from_dict(trial.user_attrs["config"])
-    original_steps = trial.user_attrs.get("steps", 0)
+    recorded = RunMetrics.from_dict(trial.user_attrs)  # a study of an earlier commit recorded ms_per_step as step_ms
+    config = config_from_dict(recorded.config)
+    original_steps = recorded.steps or 0
     # The trial's pure training time (the recorded train_seconds includes calibration and quantization after it).
-    original_seconds = trial.user_attrs.get("step_ms", 0.0) * original_steps / 1000 or trial.user_attrs.get("train_seconds", 0.0)
+    original_seconds = (recorded.ms_per_step or 0.0) * original_steps / 1000 or recorded.train_seconds or 0.0
     if same_steps:
         if not original_steps:
             raise StudyError(f"trial {trial.number} recorded no step count: it cannot be re-run at the same steps")
         config.train.iterations, config.train.max_wallclock_seconds = original_steps, 0.0
     if reference_bpb is None:
-        baseline = next((t for t in _study_trials(settings) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
+        baseline = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
         if baseline is None:
             raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
-        reference_bpb = baseline.user_attrs["val_bpb_post"]
+        reference_bpb = RunMetrics.from_dict(baseline.user_attrs).val_bpb_post
         log(f"reference: the study's baseline trial {baseline.number}, bpb {reference_bpb:.6f}")
     seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
     runs = []
@@ -133,21 +135,21 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             code, stderr = run_child(command)
             if code != 0:
                 raise StudyError(f"seed {seed} failed: {(stderr.strip() or 'no output').splitlines()[-1]}")
-        metrics = read_metrics(out)
+        metrics = RunMetrics.from_dict(read_metrics(out))
         runs.append(metrics)
-        log(f"seed {seed}: val_bpb {metrics['val_bpb_post']:.6f} val_loss {metrics['val_loss_post']:.6f} nats, "
-            f"{metrics['artifact_bytes']:,} bytes, {metrics['steps']} steps at {1000 * metrics['train_seconds'] / max(metrics['steps'], 1):.0f} ms/step")
+        log(f"seed {seed}: val_bpb {metrics.val_bpb_post:.6f} val_loss {metrics.val_loss_post:.6f} nats, "
+            f"{metrics.artifact_bytes:,} bytes, {metrics.steps} steps at {1000 * metrics.train_seconds / max(metrics.steps, 1):.0f} ms/step")
     # bpb = nats / ln 2 * tokens/bytes, and tokens/bytes is a property of the validation text.
-    nats_per_bpb = math.log(2.0) * runs[0]["val_bytes"] / runs[0]["val_tokens"]
+    nats_per_bpb = math.log(2.0) * runs[0].val_bytes / runs[0].val_tokens
     reference_nats = reference_bpb * nats_per_bpb
-    test = one_sided_test([m["val_loss_post"] for m in runs], reference_nats)
-    bpbs = [m["val_bpb_post"] for m in runs]
+    test = one_sided_test([m.val_loss_post for m in runs], reference_nats)
+    bpbs = [m.val_bpb_post for m in runs]
     summary = {"trial": trial.number, "seeds": seed_list, "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
                "std_bpb": statistics.stdev(bpbs) if len(bpbs) > 1 else float("nan"), "reference_bpb": reference_bpb,
                "reference_nats": reference_nats, "mean_nats": test["mean"], "std_nats": test["std"],
                "improvement_nats": reference_nats - test["mean"], "t": test["t"], "p": test["p"],
                "record": bool(test["p"] < RECORD_P_VALUE) if not math.isnan(test["p"]) else False,
-               "max_bytes": max(m["artifact_bytes"] for m in runs),
+               "max_bytes": max(m.artifact_bytes for m in runs),
                "steps": step_comparison(original_steps, original_seconds, runs) if original_steps else []}
     return summary
 
@@ -166,11 +168,3 @@ def run_child(command: list[str]) -> tuple[int, str]:
                 child.kill()
             raise
     return child.returncode, stderr
-
-
-def _study_trials(settings):
-    from search.runner import startup_trials
-    from search.study import open_study
-
-    return open_study(settings, startup_trials(settings.trials), create=False).get_trials(deepcopy=False)
-

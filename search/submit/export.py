@@ -19,35 +19,29 @@ from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
 from pgolf.files import read_json
-from pgolf.run import SCRIPT_FILE
+from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir
-from pgolf.submission import MODEL_FILE
 from search.budget.reruns import best_configuration
-from search.study import StudyError, load_settings, open_study, trial_data, trial_dir
+from search.study import StudyError, open_existing_study, trial_data, trial_dir
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
+from search.submit.legality import check_legality
 from search.submit.provenance import check_data_folders, shard_folder
-from search.runner import startup_trials
 
-COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)
-# What the submission files and README are written from.
-METRICS_KEYS = ("config", "val_bpb_post", "artifact_bytes", "code_bytes", "model_bytes", "bytes_by_group",
-                "train_seconds", "steps", "train_tokens", "eval_seconds")
-SOURCE_FILE = "pgolf.json"
 
 
 def find_trial(name: str, results: str, number: int | None):
-    """(study dir, settings, frozen trial): the given trial, else the best feasible one."""
-    directory, settings = load_settings(name, results)
-    study = open_study(settings, startup_trials(settings.trials), create=False)
+    """(study dir, settings, study, frozen trial): the given trial, else the best feasible one."""
+    directory, settings, study = open_existing_study(name, results)
     if number is None:  # the best configuration: by its mean over seeds once the best ones were re-run
         best = best_configuration(study)
         trial = best.original if best else None
         if trial is None:
             raise StudyError(f"study {name!r} has no feasible complete trial yet (pass --trial N to pick one)")
-        return directory, settings, trial
+        return directory, settings, study, trial
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None:
         raise StudyError(f"study {name!r} has no trial {number} (it has {len(study.trials)} trials)")
-    return directory, settings, trial
+    return directory, settings, study, trial
 
 
 def _refusal(trial) -> str | None:
@@ -63,7 +57,7 @@ def _refusal(trial) -> str | None:
 def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False,
                  legality: bool = True, log=lambda line: None) -> dict:
     """legality: measure the four legality conditions on the staged folder first; a failure writes nothing."""
-    directory, settings, trial = find_trial(name, results, number)
+    directory, settings, _, trial = find_trial(name, results, number)
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
@@ -72,42 +66,40 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
 
         return export_script_trial(directory, settings, trial, out, replace, refusal, log)
     source = trial_dir(directory, trial.number)
-    metrics = read_json(os.path.join(source, "metrics.json"), f"trial {trial.number}'s metrics")
-    missing = [key for key in METRICS_KEYS if key not in metrics]
+    metrics = RunMetrics.from_dict(read_json(os.path.join(source, METRICS_FILE), f"trial {trial.number}'s metrics"))
+    missing = metrics.missing(EXPORT_NAMES)  # what the submission files and README are written from
     if missing:
         raise StudyError(f"trial {trial.number}'s metrics.json lacks {missing[0]!r}: the trial folder was changed")
     sizes = {f: os.path.getsize(os.path.join(source, f)) for f in COUNTED_FILES}
-    if sum(sizes.values()) != metrics["artifact_bytes"]:
+    if sum(sizes.values()) != metrics.artifact_bytes:
         raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
-                         f"artifact_bytes {metrics['artifact_bytes']:,}: the trial folder was changed")
+                         f"artifact_bytes {metrics.artifact_bytes:,}: the trial folder was changed")
     caps = settings.space.get("caps", {})
     data_provenance = check_data_folders([shard_folder(trial_data(directory, trial.number)["val_pattern"])], log)
     with staged_dir(out, replace=replace, flag="--replace") as stage:  # export's --force means "even if infeasible"
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
-        config = metrics["config"]
+        config = metrics.config
         submission = {
             "author": "YOUR NAME", "github_id": "YOUR_GITHUB_ID",
             "name": f"pgolf {name} trial {trial.number}",
             "blurb": _blurb(config, metrics),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "val_loss": metrics.get("val_loss_post"), "val_bpb": metrics["val_bpb_post"],
-            "bytes_total": metrics["artifact_bytes"], "bytes_code": metrics["code_bytes"],
-            "bytes_model": metrics["model_bytes"],
+            "val_loss": metrics.val_loss_post, "val_bpb": metrics.val_bpb_post,
+            "bytes_total": metrics.artifact_bytes, "bytes_code": metrics.code_bytes,
+            "bytes_model": metrics.model_bytes,
         }
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
         with open(os.path.join(source, MODEL_FILE), "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
-                      "val_bpb_exact": metrics["val_bpb_post"], "artifact_bytes": metrics["artifact_bytes"], "model_sha256": digest,
+                      "val_bpb_exact": metrics.val_bpb_post, "artifact_bytes": metrics.artifact_bytes, "model_sha256": digest,
                       "data": trial_data(directory, trial.number), "data_provenance": data_provenance,
                       "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
-            from search.submit.legality import check_legality  # imports this module
-
             conditions = check_legality(stage)
             for condition in conditions:
                 log(condition.line())
@@ -122,25 +114,25 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     return submission
 
 
-def _blurb(config: dict, metrics: dict) -> str:
+def _blurb(config: dict, metrics: RunMetrics) -> str:
     m = config["model"]
     loop = (f", blocks {m['loop_start']}-{m['loop_start'] + m['loop_len'] - 1} looped x{m['loop_repeats']} "
             f"(eval x{config['eval']['repeats']})") if m["loop_len"] else ""
     return (f"{m['num_layers']}x{m['model_dim']}, {m['num_heads']} heads / {m['num_kv_heads']} KV, MLP {m['mlp_mult']:g}x, "
-            f"sp{m['vocab_size']}{loop}; per-layer bit allocation ({metrics.get('allocation', '')}), "
+            f"sp{m['vocab_size']}{loop}; per-layer bit allocation ({metrics.allocation or ''}), "
             f"{config['quant']['compressor']}; found by a pgolf search.")
 
 
-def readme(name: str, number: int, metrics: dict, provenance: dict) -> str:
-    config = metrics["config"]
-    groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics["bytes_by_group"].items())
+def readme(name: str, number: int, metrics: RunMetrics, provenance: dict) -> str:
+    config = metrics.config
+    groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics.bytes_by_group.items())
     bits = "\n".join(f"| `{p}` | {b} | {config['quant']['clip'].get(p, 0.0):g} |" for p, b in config["quant"]["bits"].items())
     data = provenance["data"]
     return f"""# pgolf {name}, trial {number}
 
-Post-roundtrip val_bpb **{metrics['val_bpb_post']:.6f}** ({pre_quant_text(metrics)}) at
-**{metrics['artifact_bytes']:,} bytes** = code {metrics['code_bytes']:,} + model {metrics['model_bytes']:,}.
-Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps, {metrics['train_tokens']:,} tokens), evaluation {metrics['eval_seconds']:.1f} s,
+Post-roundtrip val_bpb **{metrics.val_bpb_post:.6f}** ({pre_quant_text(metrics.to_dict())}) at
+**{metrics.artifact_bytes:,} bytes** = code {metrics.code_bytes:,} + model {metrics.model_bytes:,}.
+Training {metrics.train_seconds:.1f} s ({metrics.steps} steps, {metrics.train_tokens:,} tokens), evaluation {metrics.eval_seconds:.1f} s,
 on the machine that ran the search ({data['train_pattern']}).
 
 ## Model

@@ -24,7 +24,7 @@ import numpy as np
 from pgolf.artifact import unpack
 from pgolf.config import EvalConfig, ModelConfig
 from pgolf.shards import validation_tokens
-from search.submit.export import COUNTED_FILES
+from search.submit.files import MODEL_FILE
 from search.submit.verify import VerifyError, export_data, run_eval_only
 
 
@@ -39,12 +39,12 @@ class Condition:
 
 
 def _settings(folder: str) -> tuple[ModelConfig, EvalConfig]:
-    with open(os.path.join(folder, COUNTED_FILES[1]), "rb") as f:
+    with open(os.path.join(folder, MODEL_FILE), "rb") as f:
         meta, _ = unpack(f.read())
     try:
         return ModelConfig(**meta["model"]), EvalConfig(**meta["eval"])
     except (KeyError, TypeError) as exc:
-        raise VerifyError(f"{COUNTED_FILES[1]} has malformed settings ({exc})") from None
+        raise VerifyError(f"{MODEL_FILE} has malformed settings ({exc})") from None
 
 
 def _chunk(evaluation: EvalConfig) -> int:

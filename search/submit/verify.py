@@ -17,7 +17,7 @@ import sys
 from pgolf.datasets import DataPaths, resolve_data
 from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
-from search.submit.export import COUNTED_FILES, SOURCE_FILE
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SCRIPT_FILE, SOURCE_FILE
 from search.submit.provenance import check_data_folders, shard_folder
 
 # Runs the script as __main__ with every socket connection refused.
@@ -45,9 +45,9 @@ def _recorded_bpb(value, path: str) -> float:
 
 def recorded_score(folder: str, source: dict) -> tuple[float, str]:
     """(bpb recorded for the model file as it is now, where that record came from)."""
-    with open(os.path.join(folder, COUNTED_FILES[1]), "rb") as f:
+    with open(os.path.join(folder, MODEL_FILE), "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    retrained = os.path.join(folder, COUNTED_FILES[1] + RESULT_SUFFIX)
+    retrained = os.path.join(folder, MODEL_FILE + RESULT_SUFFIX)
     if os.path.exists(retrained):
         record = read_json(retrained, "training result")
         if record.get("model_sha256") == digest:
@@ -55,7 +55,7 @@ def recorded_score(folder: str, source: dict) -> tuple[float, str]:
     if source.get("model_sha256") == digest:
         return (_recorded_bpb(source.get("val_bpb_exact"), os.path.join(folder, SOURCE_FILE)),
                 f"trial {source.get('trial')} of study {source.get('study')}")
-    raise VerifyError(f"{COUNTED_FILES[1]} matches no recorded score: it was altered or truncated after it was written")
+    raise VerifyError(f"{MODEL_FILE} matches no recorded score: it was altered or truncated after it was written")
 
 
 def export_data(folder: str, data_root: str | None = None, tokenizer: str | None = None) -> DataPaths:
@@ -76,12 +76,12 @@ def export_data(folder: str, data_root: str | None = None, tokenizer: str | None
 def run_eval_only(folder: str, data: DataPaths, device: str | None = None, env: dict | None = None,
                   task: str = "score the model") -> subprocess.CompletedProcess:
     """The folder's own train_gpt.py in eval-only mode, in a fresh process whose sockets cannot connect."""
-    env = dict(os.environ, EVAL_ONLY="1", MODEL_PATH=os.path.abspath(os.path.join(folder, COUNTED_FILES[1])),
+    env = dict(os.environ, EVAL_ONLY="1", MODEL_PATH=os.path.abspath(os.path.join(folder, MODEL_FILE)),
                DATA_PATH=os.path.dirname(data.val_pattern), TOKENIZER_PATH=data.tokenizer, HF_HUB_OFFLINE="1", PYTHONPATH="",
                **(env or {}))
     if device:
         env["DEVICE"] = device
-    result = subprocess.run([sys.executable, "-c", NO_NETWORK_RUNNER, os.path.abspath(os.path.join(folder, COUNTED_FILES[0]))],
+    result = subprocess.run([sys.executable, "-c", NO_NETWORK_RUNNER, os.path.abspath(os.path.join(folder, SCRIPT_FILE))],
                             cwd=folder, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()[-1]

@@ -1,0 +1,31 @@
+"""The backend registry: every backend implements the one interface, and the CLI offers exactly the registered ones."""
+
+import pytest
+
+from search.backends import BACKENDS, backend_class
+from search.backends.base import Backend
+from search.cli import build_parser
+from search.study import StudyError, StudySettings
+
+
+def test_every_registered_backend_implements_the_interface_under_its_own_name():
+    for name in BACKENDS:
+        cls = backend_class(name)
+        assert issubclass(cls, Backend) and not cls.__abstractmethods__ and cls.name == name
+
+
+def test_the_cli_offers_the_registered_backends_and_an_unknown_one_is_one_clear_error():
+    for command in (["run"], ["resume", "s"]):
+        for name in BACKENDS:
+            assert build_parser().parse_args(command + ["--backend", name]).backend == name
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(command + ["--backend", "ray"])
+    with pytest.raises(StudyError, match=r"^unknown backend 'ray' \(use local or tune\)$"):
+        backend_class("ray")  # the plain ray.remote backend, retired for Tune
+
+
+def test_local_trials_refuse_the_cluster_options():
+    settings = StudySettings(name="s", space={}, space_source="", storage="sqlite:///x.db", gpus_per_trial=1.0, scheduler="asha")
+    with pytest.raises(StudyError, match=r"--gpus-per-trial, --scheduler asha: for the tune backend"):
+        backend_class("local").check_options(settings)
+    backend_class("tune").check_options(settings)  # Tune reads them
