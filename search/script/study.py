@@ -10,13 +10,13 @@ import time
 from optuna.trial import TrialState
 
 from search.backends.process import Job
-from search.budget.fidelity import pruner_spec
+from search.budget.fidelity import trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR
 from search.script import ScriptError
 from search.script.knobs import read_script
 from search.script.run import script_command
 from search.script.trial import KIND
-from search.study import trial_dir
+from search.study import storage_trial_id, trial_dir
 from space.script import env_strings, suggest_env
 
 # A script that outlives its training and evaluation caps by this much is stopped and its trial fails as over time.
@@ -54,11 +54,11 @@ def script_request(coordinator, trial, values: dict) -> dict:
               "command": script_command(spec.path, spec.ranks, spec.interpreter or None), "env": env, "values": values,
               "seed": seed, "time_limit": time_limit(space.caps)}
     settings = coordinator.settings
-    return {"kind": KIND, "study": settings.name, "storage": settings.storage, "trial_id": trial._trial_id,
+    return {"kind": KIND, "study": settings.name, "storage": settings.storage, "trial_id": storage_trial_id(trial),
             "trial_number": trial.number, "caps": {"artifact_bytes": space.caps.artifact_bytes, "train_seconds": space.caps.train_seconds,
                                                    "eval_seconds": space.caps.eval_seconds},
-            # A re-run measures seed noise of a configuration already chosen: it is never stopped early.
-            "pruner": None if RERUN_ATTR in trial.user_attrs or coordinator.backend.stops_trials else pruner_spec(space, settings.objectives),
+            # The pruner spec an engine trial's request carries (None for a re-run or where the backend stops trials).
+            "pruner": trial_pruning(space, settings.objectives, RERUN_ATTR in trial.user_attrs, coordinator.backend.stops_trials),
             "script": script, "launched_at": time.time()}
 
 
