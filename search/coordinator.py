@@ -43,7 +43,7 @@ from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
-from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
+from search.trialfiles import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
 

@@ -17,13 +17,12 @@ import time
 import traceback
 
 from search.script import ScriptError
+from search.trialfiles import PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, placement
 
 KIND = "script"  # request["kind"] of a script trial; engine trials have none
 
 
 def is_script_trial(directory: str) -> bool:
-    from search.trial import REQUEST_FILE
-
     try:
         with open(os.path.join(directory, REQUEST_FILE), encoding="utf-8") as f:
             return json.load(f).get("kind") == KIND
@@ -55,10 +54,8 @@ class ScriptTrialFailed(Exception):
 
 def _pruner_callback(request: dict, directory: str, reports: list, pruned: list):
     """on_report(progress) for run_script: the report goes to reports.jsonl and to the study's pruner (the one
-    engine trials use: search/trial.py), True when the pruner stops the trial."""
+    engine trials use: search/trialfiles.py), True when the pruner stops the trial."""
     import optuna
-
-    from search.trial import REPORTS_FILE, _reporter
 
     on_val = _reporter(request)
     every = request["script"]["report_every_seconds"]
@@ -91,7 +88,6 @@ def _pruner_callback(request: dict, directory: str, reports: list, pruned: list)
 
 def run_script_trial(directory: str) -> dict:
     from search.script.run import run_script
-    from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE, _write_json, placement
 
     entered = time.time()
     with open(os.path.join(directory, REQUEST_FILE), encoding="utf-8") as f:
