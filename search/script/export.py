@@ -23,10 +23,11 @@ from pgolf.staging import staged_dir
 from search.script import ScriptError
 from search.script.defaults import rewrite_defaults
 from search.script.knobs import CONVERTERS, env_value, read_knobs
+from search.submit.files import SCRIPT_FILE, SOURCE_FILE, VerifyError
 
-SCRIPT_NAME = "train_gpt.py"
+SCRIPT_NAME = SCRIPT_FILE  # the counted script, named as in an engine export
 SOURCE_DIR = "source"  # compressed code: the readable files train_gpt.py was built from
-RECORD_FILE = "pgolf.json"
+RECORD_FILE = SOURCE_FILE  # the export record, where verify looks for its kind
 
 
 def _sha256(path: str) -> str:
@@ -164,8 +165,6 @@ def _env_default(knob) -> str | None:
 
 def verify_script_export(folder: str, record: dict) -> dict:
     """Bytes within the cap and equal to the record; the artifact the one scored; the copy's defaults the trial's."""
-    from search.submit.verify import VerifyError
-
     script = os.path.join(folder, SCRIPT_NAME)
     artifact = os.path.join(folder, record["artifact"])
     for path in (script, artifact, *[os.path.join(folder, c) for c in record["counted"]]):

@@ -17,7 +17,7 @@ import sys
 from pgolf.datasets import DataPaths, resolve_data
 from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
-from search.submit.files import COUNTED_FILES, MODEL_FILE, SCRIPT_FILE, SOURCE_FILE
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SCRIPT_FILE, SOURCE_FILE, VerifyError  # VerifyError: importable from here too
 from search.submit.provenance import check_data_folders, shard_folder
 
 # Runs the script as __main__ with every socket connection refused.
@@ -31,10 +31,6 @@ NO_NETWORK_RUNNER = (
     "sys.argv = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
-
-
-class VerifyError(ValueError):
-    """The submission does not verify; the message says which check failed."""
 
 
 def _recorded_bpb(value, path: str) -> float:
