@@ -29,8 +29,8 @@ from pgolf.config import RunConfig, TrainConfig
 from search.script import ScriptError
 from search.script.knobs import check_read, env_value, read_script
 from search.script.logs import compile_final_tag
-from space.spec import (AllocationSpace, Caps, Dimension, Space, SpaceError, _check_baseline, _dataclass_from, _table, _typed,
-                        search_plan_from_dict)
+from space.core import (AllocationSpace, Caps, Dimension, Space, SpaceError, _check_baseline, _dataclass_from, _table, _typed,
+                        search_plan_from_dict, suggest_value)
 
 CODE_FORMS = ("plain", "compressed")
 
@@ -57,9 +57,7 @@ class ScriptSpec:
 def suggest_env(space: Space, trial) -> dict:
     """A trial's dimension values (as sampled: ints, floats, strings), in file order; `trial` is an Optuna
     Trial or space.sample.ParamSource."""
-    from space.sample import _suggest
-
-    return {dim.key: _suggest(trial, dim) for dim in space.dims}
+    return {dim.key: suggest_value(trial, dim) for dim in space.dims}
 
 
 def env_strings(space: Space, values: dict) -> dict[str, str]:
