@@ -106,16 +106,17 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
 
 class Coordinator:
     def __init__(self, directory: str, settings, space: Space, study: optuna.Study, data, device: str | None,
-                 out=sys.stdout, backend=None):
+                 out=None, backend=None):
         """`data(vocab_size)` gives the DataPaths a trial of that vocab trains and scores on; `backend` is
-        make_backend(settings) unless given (made before the study is created, so a bad cluster stores nothing)."""
+        make_backend(settings) unless given (made before the study is created, so a bad cluster stores nothing); `out`
+        is where progress goes, sys.stdout as it is when the coordinator is made unless given."""
         self.directory = directory
         self.settings = settings
         self.space = space
         self.study = study
         self.data = data
         self.device = device
-        self.out = out
+        self.out = out if out is not None else sys.stdout
         self.owner = process_identity(os.getpid())
         self.backend = backend or make_backend(settings)
         self.jobs: dict[int, tuple[Job, optuna.trial.Trial]] = {}
@@ -485,7 +486,7 @@ def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) ->
     return True
 
 
-def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
+def recover_stale(study: optuna.Study, directory: str, out=None) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
     this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
     keeps them (a database), else its trial is left alone (it may still be running)."""
