@@ -19,6 +19,7 @@ import shutil
 import time
 
 from pgolf.files import read_json
+from pgolf.metrics import METRICS_FILE
 from pgolf.staging import staged_dir
 from search.script import ScriptError
 from search.script.defaults import rewrite_defaults
@@ -61,7 +62,8 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
     from space.spec import space_from_dict
 
     source_dir = trial_dir(directory, trial.number)
-    metrics = read_json(os.path.join(source_dir, "metrics.json"), f"trial {trial.number}'s metrics")
+    # Read whole: the script's own keys (script_env, script_sha256, artifact_file) are not RunMetrics fields.
+    metrics = read_json(os.path.join(source_dir, METRICS_FILE), f"trial {trial.number}'s metrics")
     space = space_from_dict(settings.space, source=settings.space_source)
     spec = space.script
     if metrics.get("script_sha256") not in (None, _sha256(spec.path)):

@@ -115,14 +115,14 @@ def run_script_trial(directory: str) -> dict:
                "bytes_by_group": {"code": code, "model": run.artifact_bytes}, "code_form": spec["code"],
                "artifact_file": os.path.relpath(run.artifact, directory),
                "train_seconds": train, "eval_seconds": evaluation, "steps": steps,
-               "step_ms": 1000 * train / steps if steps else None, "stopped_by": "wallclock" if summary.stopped_early else "iterations",
+               "ms_per_step": 1000 * train / steps if steps else None, "stopped_by": "wallclock" if summary.stopped_early else "iterations",
                "reports": reports, "final_line": summary.final.text.strip(), "script_reported_bytes": summary.reported_total_bytes,
                "script_values": spec["values"], "script_env": spec["env"], "seed": spec.get("seed"),
                "script_sha256": file_sha256(spec["path"]),
                "trial_seconds": time.time() - entered}
     if not math.isfinite(metrics["val_bpb_post"]):  # score() refuses these; kept as a guard for the ranking
         raise ScriptTrialFailed(f"the script's final score is {metrics['val_bpb_post']}", run.tail)
-    from pgolf.run import METRICS_FILE
+    from pgolf.metrics import METRICS_FILE
 
     _write_json(directory, METRICS_FILE, metrics)
     result = {"status": "complete", "metrics": metrics}
