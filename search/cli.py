@@ -77,6 +77,9 @@ def cmd_verify(args) -> int:
         print(f"{args.dir}: " + (f"fails {', '.join(failed)}" if failed else "passes all four legality conditions"))
         return 1 if failed else 0
     report = verify(args.dir, args.data, args.tolerance, args.device, args.tokenizer)
+    if "line" in report:  # a script export: its own line (search/script/export.py)
+        print(report["line"])
+        return 0
     print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
           f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
           f"(difference {report['difference']:.1e})")

@@ -43,7 +43,7 @@ from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
-from search.trial import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
+from search.trialfiles import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
 from space.spec import Space, SpaceError
 
@@ -106,16 +106,17 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
 
 class Coordinator:
     def __init__(self, directory: str, settings, space: Space, study: optuna.Study, data, device: str | None,
-                 out=sys.stdout, backend=None):
+                 out=None, backend=None):
         """`data(vocab_size)` gives the DataPaths a trial of that vocab trains and scores on; `backend` is
-        make_backend(settings) unless given (made before the study is created, so a bad cluster stores nothing)."""
+        make_backend(settings) unless given (made before the study is created, so a bad cluster stores nothing); `out`
+        is where progress goes, sys.stdout as it is when the coordinator is made unless given."""
         self.directory = directory
         self.settings = settings
         self.space = space
         self.study = study
         self.data = data
         self.device = device
-        self.out = out
+        self.out = out if out is not None else sys.stdout
         self.owner = process_identity(os.getpid())
         self.backend = backend or make_backend(settings)
         self.jobs: dict[int, tuple[Job, optuna.trial.Trial]] = {}
@@ -165,6 +166,14 @@ class Coordinator:
                 trial = self.study.ask()
                 trial.set_user_attr("owner", self.owner)
                 self.beat(trial)
+            if self.space.script is not None:  # a script trial: its environment, no byte prediction (search/script/study.py)
+                from search.script.study import prepare_script_trial
+
+                job = prepare_script_trial(self, trial)
+                if job is None:
+                    continue
+                self.jobs[trial.number] = (job, trial)
+                return job, trial
             try:
                 config, values = suggest_config(self.space, trial)
             except SpaceError as exc:
@@ -269,12 +278,16 @@ class Coordinator:
             return
         trial.set_user_attr("stage", "complete")
         self._record_metrics(trial, m, "scored")  # with a proxy budget, also the prediction at the target
-        calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
-        from pgolf.config import config_from_dict
+        for key in ("script_reported_bytes", "script_values"):  # a script's own word on its bytes, and its environment
+            if key in result["metrics"]:
+                trial.set_user_attr(key, result["metrics"][key])
+        if self.space.script is None:  # a script trial has no config to predict its bytes from
+            calibration = study_calibration(self.study, before=trial.datetime_start.timestamp())
+            from pgolf.config import config_from_dict
 
-        predicted = predict_artifact_bytes(config_from_dict(m.config), calibration)
-        trial.set_user_attr("predicted_bytes", predicted)
-        trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
+            predicted = predict_artifact_bytes(config_from_dict(m.config), calibration)
+            trial.set_user_attr("predicted_bytes", predicted)
+            trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
         outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, m.eval_seconds)
         constraints = constraint_values(outcome, self.space.caps)
         record_constraints(trial, constraints)
@@ -473,7 +486,7 @@ def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) ->
     return True
 
 
-def recover_stale(study: optuna.Study, directory: str, out=sys.stdout) -> int:
+def recover_stale(study: optuna.Study, directory: str, out=None) -> int:
     """Fail RUNNING trials whose owner process is gone, and enqueue their configs to run again. An owner on
     this machine is checked by its process identity; one elsewhere by the trial's heartbeat, where the storage
     keeps them (a database), else its trial is left alone (it may still be running)."""

@@ -91,11 +91,12 @@ def start_study(args) -> None:
         raise StudyError(f"{exc} (the default name starts with the space's name {space.name!r}): pass --study NAME") from None
     if os.path.exists(os.path.join(directory, STUDY_FILE)):
         raise StudyError(f"study {name!r} already exists in {directory}: use {study_command('resume', name, args.results)}")
-    check_dimension_values(space)
-    check_caps_reachable(space)
     data = DataResolver(_data_root(args, space))
-    for vocab in sorted({smallest_config(space).model.vocab_size, space.base.model.vocab_size}):
-        data(vocab)  # bad data fails here, before anything is stored
+    if space.script is None:  # a script space was checked as it loaded (space/script.py); its script reads its own data
+        check_dimension_values(space)
+        check_caps_reachable(space)
+        for vocab in sorted({smallest_config(space).model.vocab_size, space.base.model.vocab_size}):
+            data(vocab)  # bad data fails here, before anything is stored
     workers = args.workers or 1
     settings = StudySettings(name=name, space=_raw_space(space), space_source=space.source,
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,

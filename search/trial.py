@@ -8,7 +8,6 @@ or NaN leaves no result.json; the coordinator then fails this trial alone.
 
 import json
 import os
-import socket
 import sys
 import time
 import traceback
@@ -28,60 +27,8 @@ from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
+from search.trialfiles import PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, placement
 from space.spec import AllocationSpace, Caps
-
-REQUEST_FILE = "request.json"
-RESULT_FILE = "result.json"
-REPORTS_FILE = "reports.jsonl"  # one [index, bpb] line per validation report, as it is made (Tune reads them live)
-PLACEMENT_FILE = "placement.json"  # where the trial ran: host, Ray node, CUDA_VISIBLE_DEVICES, device
-
-
-def _write_json(directory: str, name: str, data) -> None:
-    path = os.path.join(directory, name)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def read_reports(directory: str) -> list[list]:
-    """The validation reports a trial has made so far (a line still being written is left for the next read)."""
-    try:
-        with open(os.path.join(directory, REPORTS_FILE), encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in lines[:-1] if line]
-
-
-def placement(device) -> dict:
-    return {"host": socket.gethostname(), "node": os.environ.get("PGOLF_NODE") or socket.gethostname(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": str(device)}
-
-
-def _reporter(request: dict):
-    """on_val callback: report to the study and raise TrialPruned when its pruner says so (None: no pruning)."""
-    from search.budget.fidelity import NONE, PARETO, PrunerSpec, pareto_reporter
-
-    spec = PrunerSpec(**request["pruner"]) if request.get("pruner") else None
-    if spec is None or spec.mechanism == NONE:
-        return None
-    import optuna
-
-    from search.study import open_storage
-
-    # The study's pruner is not stored with it: build the one the coordinator uses, from the same spec.
-    study = optuna.load_study(study_name=request["study"], storage=open_storage(request["storage"]), pruner=spec.optuna_pruner())
-    trial = optuna.trial.Trial(study, request["trial_id"])  # the trial the coordinator asked for, by its storage id
-    if spec.mechanism == PARETO:
-        return pareto_reporter(trial, spec)
-
-    def on_val(index: int, bpb: float) -> None:
-        trial.report(bpb, index)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at report {index} (val bpb {bpb:.4f})")
-
-    return on_val
-
 
 class TrialSteps:
     """One trial's settings, folder, log and phase clock, and the steps it passes to the pipeline (train_pack_score):
@@ -235,6 +182,10 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["PGOLF_THREADS"]))
+    from search.script.trial import is_script_trial, script_trial_main
+
+    if is_script_trial(directory):  # a user's training script, run as it is (search/script/trial.py)
+        return script_trial_main(directory)
     try:
         run_trial(directory)
     except Exception as exc:  # the process boundary: any failure fails this trial, with its reason kept

@@ -16,7 +16,8 @@ sampling (an Optuna trial), replaying stored params, and enqueued points. Struct
 
 from pgolf.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict, module_rules
 
-from space.spec import CONDITIONAL_DIMS, Dimension, Space, SpaceError
+from space.core import suggest_value as _suggest
+from space.spec import CONDITIONAL_DIMS, Space, SpaceError
 
 
 class ParamSource:
@@ -36,16 +37,6 @@ class ParamSource:
 
     def suggest_float(self, name, low, high, step=None, log=False):
         return min(max(float(self._get(name, low)), low), high)
-
-
-def _suggest(trial, dim: Dimension, high=None):
-    if dim.choices is not None:
-        return trial.suggest_categorical(dim.key, dim.choices)
-    top = dim.high if high is None else min(dim.high, high)
-    low = min(dim.low, top)
-    if dim.is_int:
-        return trial.suggest_int(dim.key, int(low), int(top), step=int(dim.step or 1), log=dim.log)
-    return trial.suggest_float(dim.key, float(low), float(top), step=dim.step, log=dim.log)
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -22,165 +22,20 @@ meaning the same data (./data, where `pgolf data fetch` writes by default). A st
 it starts and keeps it, so `search resume` reads the same data from any folder.
 """
 
-import dataclasses
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
 
 from pgolf.config import COMPRESSORS, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config
 from pgolf.storage import FORMAT_AXES
+# The space's types and table readers (space/core.py, shared with space/script.py), importable from here as before.
+from space.core import (CONDITIONAL_DIMS, PRUNERS, AllocationSpace, Caps, Dimension, SearchPlan, Space, SpaceError, _check_baseline,
+                        _dataclass_from, _table, _typed, search_plan_from_dict)
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 GRANULARITIES = ("kind", "layer", "tensor")
-CONDITIONAL_DIMS = ("model.loop_len", "model.loop_start")
-
-
-class SpaceError(ValueError):
-    """A space file that cannot be used; the message names the key."""
-
-
-@dataclass
-class Caps:
-    artifact_bytes: int = 16_000_000
-    train_seconds: float = 600.0
-    eval_seconds: float = 600.0
-
-
-@dataclass
-class Dimension:
-    key: str = ""  # "section.name" of a RunConfig field
-    choices: list | None = None
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-
-    @property
-    def is_int(self) -> bool:
-        return self.choices is None and isinstance(self.low, int) and isinstance(self.high, int)
-
-    def values_bound(self) -> tuple:
-        """(smallest, largest) value this dimension can produce."""
-        if self.choices is not None:
-            return min(self.choices), max(self.choices)
-        return self.low, self.high
-
-
-@dataclass
-class AllocationSpace:
-    bits: list = field(default_factory=lambda: [4, 5, 6, 8])  # integer widths the allocation may give a unit
-    embedding_bits: list = field(default_factory=lambda: [6, 8, 16])  # widths for the embedding / head
-    clip: list = field(default_factory=lambda: [0.0, 8.0, 12.85, 20.0])  # clip multipliers tried (0 = percentile)
-    granularity: str = "layer"  # one choice per: tensor kind | kind per layer | tensor
-    eval_repeats: list = field(default_factory=list)  # eval unroll counts tried ([] = training's)
-    eval_stride: list = field(default_factory=lambda: [0])  # sliding-window strides tried (0 = chunks)
-    compressors: list = field(default_factory=lambda: ["zstd"])
-    level: int = 22
-    calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
-    sensitivity: str = "forward"  # how: forward (one pass per unit) | fisher (one backward pass); search/allocation/sensitivity.py
-    confirm_top: int = 2  # allocations confirmed on the full validation split
-    # Matrix formats beyond RTN a unit may take: one key per axis of pgolf/storage.py's FORMAT_AXES (its space_key,
-    # its default alone by default); every combination is an option.
-    quantizers: list = field(default_factory=lambda: ["rtn"])  # names of pgolf/storage.py's QUANTIZERS
-    awq: list = field(default_factory=lambda: [0.0])  # AWQ-lite exponents (0 = off)
-    outliers: list = field(default_factory=lambda: [0.0])  # fractions of weights kept exact in fp16
-    ranks: list = field(default_factory=lambda: [0])  # ranks of the low-rank error correction (0 = none)
-    rank_bits: int = 16  # the correction's factors: 16 = fp16, 8 = int8
-    # Score-first test-time training (pgolf/ttt.py) the allocation may turn on; [] = none. The other eval.ttt_*
-    # keys (mode, targets, optimizer, lr, steps, reset) come from the base config.
-    ttt_chunk: list = field(default_factory=list)  # chunk lengths tried
-    ttt_rank: list = field(default_factory=lambda: [8])  # LoRA ranks tried
-
-
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
 SENSITIVITY_METHODS = ("forward", "fisher")
-
-
-@dataclass
-class SearchPlan:
-    """How a study spends its budget (the space's [search] table; search/budget/fidelity.py acts on it)."""
-    # Multi-fidelity over training time, fed by the validation reports (one each base.train.val_every_seconds).
-    pruner: str = "median"  # median | successive_halving | hyperband | none
-    min_seconds: float = 0.0  # training seconds before the first rung (0 = the first report)
-    reduction_factor: int = 3  # successive halving / hyperband: one in this many goes on at each rung
-    # Noise-aware ranking: once sampling ends, the best `rerun_top` configurations train again with
-    # `rerun_seeds` new seeds each; status and export rank configurations by their mean over seeds.
-    rerun_top: int = 0
-    rerun_seeds: int = 2
-    # A proxy budget: every trial trains `proxy_steps` steps (fixed compute, no wallclock cap: it ranks the same
-    # on any machine) or `proxy_seconds`, its warmdown scaled to the same fraction of training, and its bpb at
-    # the target budget (`target_steps`, or `target_seconds`, default the training cap) is extrapolated
-    # (search/budget/extrapolate.py) with the gap's growth exponent `gap_growth`. 0 = trials train at the target.
-    proxy_steps: int = 0
-    target_steps: int = 0
-    proxy_seconds: float = 0.0
-    target_seconds: float = 0.0
-    gap_growth: float = 0.0
-
-
-@dataclass
-class Space:
-    name: str
-    description: str
-    caps: Caps
-    base: RunConfig
-    dims: list
-    baseline: dict
-    allocation: AllocationSpace
-    data: str = ""
-    device: str = "auto"
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float | None = None
-    source: str = ""
-    trials: int = 10
-    timeout: float | None = None
-    search: SearchPlan = field(default_factory=SearchPlan)
-
-    def dim(self, key: str) -> Dimension | None:
-        return next((d for d in self.dims if d.key == key), None)
-
-
-def _fields(cls) -> dict:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _typed(where: str, value, kind):
-    checks = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool), list: lambda v: isinstance(v, list)}
-    if not checks[kind](value):
-        name = kind if isinstance(kind, str) else kind.__name__
-        raise SpaceError(f"{where} must be {'an ' + name if name == 'int' else 'a ' + name if name != 'list' else 'a list'}, got {value!r}")
-    return float(value) if kind is float else value
-
-
-def _kind(annotation):
-    """The checked kind of a dataclass field: its type without Optional; numbers keep int vs float."""
-    text = str(annotation)
-    if text.startswith("list") or annotation is list:
-        return list
-    if "float" in text and "None" in text:
-        return "number"
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(text, annotation)
-
-
-def _table(where: str, value) -> dict:
-    if not isinstance(value, dict):
-        raise SpaceError(f"{where} must be a table")
-    return value
-
-
-def _dataclass_from(where: str, cls, values: dict):
-    known = _fields(cls)
-    kwargs = {}
-    for key, value in _table(where, values).items():
-        if key not in known:
-            raise SpaceError(f"unknown key {where}.{key}")
-        kwargs[key] = _typed(f"{where}.{key}", value, _kind(known[key].type))
-    return cls(**kwargs)
 
 
 def config_keys() -> dict:
@@ -284,28 +139,15 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
     return alloc
 
 
-def search_plan_from_dict(values: dict) -> SearchPlan:
-    plan = _dataclass_from("search", SearchPlan, values)
-    if plan.pruner not in PRUNERS:
-        raise SpaceError(f"search.pruner must be one of {', '.join(PRUNERS)}, got {plan.pruner!r}")
-    if plan.min_seconds < 0 or plan.reduction_factor < 2:
-        raise SpaceError(f"search.min_seconds must be >= 0 and search.reduction_factor >= 2, got {plan.min_seconds} and {plan.reduction_factor}")
-    if plan.rerun_top < 0 or plan.rerun_seeds < 1:
-        raise SpaceError(f"search.rerun_top must be >= 0 and search.rerun_seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
-    if plan.proxy_steps and plan.proxy_seconds:
-        raise SpaceError("search: a proxy budget is proxy_steps or proxy_seconds, not both")
-    if plan.proxy_steps < 0 or plan.proxy_seconds < 0 or (plan.proxy_steps and plan.target_steps <= plan.proxy_steps):
-        raise SpaceError(f"search: proxy_steps must be positive and below target_steps, got {plan.proxy_steps} and {plan.target_steps}")
-    if plan.proxy_seconds and plan.target_seconds and plan.target_seconds <= plan.proxy_seconds:
-        raise SpaceError(f"search: proxy_seconds must be below target_seconds, got {plan.proxy_seconds} and {plan.target_seconds}")
-    return plan
-
-
 def space_from_dict(data: dict, source: str = "") -> Space:
     data = dict(_table("space", data))
     found = _nonfinite_number(data, "space")
     if found:
         raise SpaceError(f"{found.removeprefix('space.')} is not a finite number (nan and inf mean nothing in a space file)")
+    if "script" in data:  # trials run a user's training script: space/script.py reads the rest
+        from space.script import script_space_from_dict
+
+        return script_space_from_dict(data, source)
     known = {"name", "description", "trials", "timeout", "caps", "run", "base", "dims", "baseline", "allocation", "search"}
     for key in data:
         if key not in known:
@@ -360,17 +202,6 @@ def space_from_dict(data: dict, source: str = "") -> Space:
             raise SpaceError(f"allocation.ttt_chunk {longer} longer than the eval sequence length {base.eval_seq_len()}: "
                              "a chunk is scored by windows of that length")
     return space
-
-
-def _check_baseline(space: Space) -> None:
-    for key, value in space.baseline.items():
-        dim = space.dim(key)
-        if dim is None:
-            raise SpaceError(f"baseline.{key}: not a dimension of the space")
-        if dim.choices is not None and value not in dim.choices:
-            raise SpaceError(f"baseline.{key} = {value!r} is not one of its choices {dim.choices}")
-        if dim.choices is None and not (dim.low <= value <= dim.high):
-            raise SpaceError(f"baseline.{key} = {value!r} is outside [{dim.low}, {dim.high}]")
 
 
 def presets() -> list[str]:

@@ -63,7 +63,7 @@ def test_every_pruner_a_space_may_name_has_one_rule_and_one_mechanism():
 
 
 def test_successive_halving_stops_a_trial_outside_the_best_third_at_its_rung(tmp_path):
-    from search.trial import _reporter
+    from search.trialfiles import _reporter
 
     spec = {"pruner": "successive_halving", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3,
             "min_seconds": 0.0}

@@ -151,7 +151,7 @@ def test_bad_inputs_are_clear_and_keep_what_is_stored(tmp_path):
 def test_trial_process_prunes_with_the_studys_pruner(tmp_path):
     # The worker loads the study itself; Optuna does not store the pruner, so it must be given again.
     from search.budget.fidelity import PrunerSpec
-    from search.trial import _reporter
+    from search.trialfiles import _reporter
 
     spec = {"pruner": "median", "objectives": "bpb", "min_resource": 1, "max_resource": 4, "reduction_factor": 3, "min_seconds": 0.0}
     storage = f"sqlite:///{tmp_path}/study.db"

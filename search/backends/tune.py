@@ -33,7 +33,7 @@ from search.backends.base import Backend
 from search.backends.process import Job, trial_process_setup, worker_command, worker_env
 from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
-from search.trial import REQUEST_FILE, RESULT_FILE, read_reports
+from search.trialfiles import REQUEST_FILE, RESULT_FILE, read_reports
 
 SCHEDULERS = ("fifo", "asha")
 RETRIES = 2  # Tune restarts a trial this many times when its process or node dies

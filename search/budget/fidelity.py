@@ -77,7 +77,7 @@ class Pruner:
     rungs: bool  # stops trials only at rungs (PrunerSpec.is_rung), where a Pareto study promotes by non-dominated rank
 
 
-# search.pruner's rules (space/spec.py's PRUNERS lists the same names, to check a space file).
+# search.pruner's rules (space/core.py's PRUNERS lists the same names, to check a space file).
 PRUNERS = {
     # Never on the first two reports unless min_seconds says later.
     "median": Pruner(lambda s: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 if not s.min_seconds else s.min_resource - 1),

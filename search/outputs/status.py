@@ -35,6 +35,7 @@ def trial_rows(study) -> list[dict]:
             "baseline": bool(t.user_attrs.get("baseline")), "reason": t.user_attrs.get("reason", ""),
             "retry_of": t.user_attrs.get("retry_of"), "rerun_of": t.user_attrs.get(RERUN_ATTR), "seed": t.user_attrs.get(SEED_ATTR),
             "ran_on": placement_label(t.user_attrs.get("placement")),
+            "script_bytes": t.user_attrs.get("script_reported_bytes"),  # a script trial's own "Total submission size"
         })
     return rows
 
@@ -71,6 +72,8 @@ def print_status(name: str, results: str) -> None:
             note = (note + f" seed {row['seed']} of trial {row['rerun_of']}'s configuration").strip()
         if row["retry_of"] is not None:
             note = (note + f" retry of trial {row['retry_of']}").strip()
+        if row.get("script_bytes") is not None and row["bytes"] is not None and row["script_bytes"] != row["bytes"]:
+            note = (note + f" the script says {row['script_bytes']:,} bytes").strip()  # pgolf's measurement ranks
         if row["reason"] and row["state"] in ("rejected", "failed", "pruned", "infeasible"):
             note = (note + " " + row["reason"]).strip()
         feasible = "-" if row["feasible"] is None else "yes" if row["feasible"] else "no"

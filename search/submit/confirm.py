@@ -96,7 +96,9 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     rank a share of every step's batch, as the exported script runs."""
     if ranks < 1:
         raise StudyError(f"--ranks must be at least 1, got {ranks}")
-    directory, _, study, trial = find_trial(name, results, number)
+    directory, settings, study, trial = find_trial(name, results, number)
+    if "script" in settings.space:  # not yet: a script study re-runs seeds with search.rerun_top instead
+        raise StudyError(f"study {name!r} runs a script: confirm retrains engine configurations; use --rerun-top N with `search resume`")
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
     recorded = RunMetrics.from_dict(trial.user_attrs)  # a study of an earlier commit recorded ms_per_step as step_ms

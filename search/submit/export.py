@@ -25,6 +25,7 @@ from search.budget.reruns import best_configuration
 from search.study import StudyError, open_existing_study, trial_data, trial_dir
 from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
 from search.submit.legality import check_legality
+from search.submit.provenance import check_data_folders, shard_folder
 
 
 
@@ -60,6 +61,10 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
+    if "script" in settings.space:  # a script study's trial: search/script/export.py
+        from search.script.export import export_script_trial
+
+        return export_script_trial(directory, settings, trial, out, replace, refusal, log)
     source = trial_dir(directory, trial.number)
     metrics = RunMetrics.from_dict(read_json(os.path.join(source, METRICS_FILE), f"trial {trial.number}'s metrics"))
     missing = metrics.missing(EXPORT_NAMES)  # what the submission files and README are written from
@@ -70,6 +75,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         raise StudyError(f"trial {trial.number}'s files ({sum(sizes.values()):,} bytes) do not match its recorded "
                          f"artifact_bytes {metrics.artifact_bytes:,}: the trial folder was changed")
     caps = settings.space.get("caps", {})
+    data_provenance = check_data_folders([shard_folder(trial_data(directory, trial.number)["val_pattern"])], log)
     with staged_dir(out, replace=replace, flag="--replace") as stage:  # export's --force means "even if infeasible"
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
@@ -89,7 +95,8 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
             digest = hashlib.sha256(f.read()).hexdigest()
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
                       "val_bpb_exact": metrics.val_bpb_post, "artifact_bytes": metrics.artifact_bytes, "model_sha256": digest,
-                      "data": trial_data(directory, trial.number), "forced": bool(refusal), "refusal": refusal}
+                      "data": trial_data(directory, trial.number), "data_provenance": data_provenance,
+                      "forced": bool(refusal), "refusal": refusal}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:

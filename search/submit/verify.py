@@ -17,7 +17,8 @@ import sys
 from pgolf.datasets import DataPaths, resolve_data
 from pgolf.files import read_json
 from pgolf.submission import RESULT_SUFFIX
-from search.submit.files import COUNTED_FILES, MODEL_FILE, SCRIPT_FILE, SOURCE_FILE
+from search.submit.files import COUNTED_FILES, MODEL_FILE, SCRIPT_FILE, SOURCE_FILE, VerifyError  # VerifyError: importable from here too
+from search.submit.provenance import check_data_folders, shard_folder
 
 # Runs the script as __main__ with every socket connection refused.
 NO_NETWORK_RUNNER = (
@@ -30,10 +31,6 @@ NO_NETWORK_RUNNER = (
     "sys.argv = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
-
-
-class VerifyError(ValueError):
-    """The submission does not verify; the message says which check failed."""
 
 
 def _recorded_bpb(value, path: str) -> float:
@@ -91,6 +88,11 @@ def run_eval_only(folder: str, data: DataPaths, device: str | None = None, env: 
 def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
            tokenizer: str | None = None) -> dict:
     """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
+    record_path = os.path.join(folder, SOURCE_FILE)
+    if os.path.isfile(record_path) and read_json(record_path, "export record").get("kind") == "script":
+        from search.script.export import verify_script_export  # a script study's export
+
+        return verify_script_export(folder, read_json(record_path, "export record"))
     data = export_data(folder, data_root, tokenizer)
     source_path = os.path.join(folder, SOURCE_FILE)
     source = read_json(source_path, "export record")
@@ -102,6 +104,7 @@ def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, de
     if counted > cap:
         raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
     expected, origin = recorded_score(folder, source)
+    check_data_folders([shard_folder(data.val_pattern)])  # a validation document in the training shards: refused
     result = run_eval_only(folder, data, device)
     found = re.search(r"final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", result.stdout)
     if not found:
