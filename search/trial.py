@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
@@ -27,7 +26,8 @@ from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
-from search.trialfiles import PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, placement
+from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
+                               placement)
 from space.spec import AllocationSpace, Caps
 
 class TrialSteps:
@@ -188,11 +188,8 @@ def main() -> int:
         return script_trial_main(directory)
     try:
         run_trial(directory)
-    except Exception as exc:  # the process boundary: any failure fails this trial, with its reason kept
-        with open(os.path.join(directory, "error.txt"), "w", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
-        print(f"trial failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception:  # the process boundary: any failure fails this trial, with its reason kept
+        return fail_at_boundary(directory)
     return 0
 
 

@@ -7,6 +7,8 @@ search.script.trial without the two importing each other.
 import json
 import os
 import socket
+import sys
+import traceback
 
 REQUEST_FILE = "request.json"
 RESULT_FILE = "result.json"
@@ -59,3 +61,13 @@ def _reporter(request: dict):
             raise optuna.TrialPruned(f"pruned at report {index} (val bpb {bpb:.4f})")
 
     return on_val
+
+
+def fail_at_boundary(directory: str) -> int:
+    """The trial process's boundary: any failure fails this trial only, its traceback kept in error.txt and one
+    line on stderr; returns the exit status. Call from inside an `except Exception` block."""
+    exc = sys.exc_info()[1]
+    with open(os.path.join(directory, "error.txt"), "w", encoding="utf-8") as f:
+        f.write(traceback.format_exc())
+    print(f"trial failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1

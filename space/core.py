@@ -188,6 +188,20 @@ def _check_baseline(space: Space) -> None:
             raise SpaceError(f"baseline.{key} = {value!r} is outside [{dim.low}, {dim.high}]")
 
 
+def check_range(where: str, dim: Dimension) -> None:
+    """A low/high dimension: both bounds, numbers, a non-empty range, log only above 0, a positive step without log."""
+    if dim.low is None or dim.high is None:
+        raise SpaceError(f"{where}: needs choices = [...] or low and high")
+    if any(isinstance(v, (str, bool)) for v in (dim.low, dim.high)):
+        raise SpaceError(f"{where}: low and high must be numbers")
+    if dim.low > dim.high:
+        raise SpaceError(f"{where}: empty range, low {dim.low} > high {dim.high}")
+    if dim.log and dim.low <= 0:
+        raise SpaceError(f"{where}: a log range needs low > 0")
+    if dim.step is not None and (dim.step <= 0 or dim.log):
+        raise SpaceError(f"{where}: step must be positive and cannot be combined with log")
+
+
 def suggest_value(trial, dim: Dimension, high=None):
     """One dimension's value from `trial` (an Optuna Trial or space.sample.ParamSource), at most `high` if given."""
     if dim.choices is not None:

@@ -30,7 +30,7 @@ from search.script import ScriptError
 from search.script.knobs import check_read, env_value, read_script
 from search.script.logs import compile_final_tag
 from space.core import (AllocationSpace, Caps, Dimension, Space, SpaceError, _check_baseline, _dataclass_from, _table, _typed,
-                        search_plan_from_dict, suggest_value)
+                        search_plan_from_dict, suggest_value, check_range)
 
 CODE_FORMS = ("plain", "compressed")
 
@@ -76,16 +76,7 @@ def _dimension(name: str, spec: dict, knobs) -> Dimension:
             raise SpaceError(f"{where}: give a non-empty choices list, or low and high, not both")
         values = dim.choices
     else:
-        if dim.low is None or dim.high is None:
-            raise SpaceError(f"{where}: needs choices = [...] or low and high")
-        if isinstance(dim.low, str) or isinstance(dim.high, str) or isinstance(dim.low, bool) or isinstance(dim.high, bool):
-            raise SpaceError(f"{where}: low and high must be numbers")
-        if dim.low > dim.high:
-            raise SpaceError(f"{where}: empty range, low {dim.low} > high {dim.high}")
-        if dim.log and dim.low <= 0:
-            raise SpaceError(f"{where}: a log range needs low > 0")
-        if dim.step is not None and (dim.step <= 0 or dim.log):
-            raise SpaceError(f"{where}: step must be positive and cannot be combined with log")
+        check_range(where, dim)
         values = [dim.low, dim.high]
     for value in values:
         env_value(knobs.get(name), value, where)  # 1.5 for an int(...) read is refused here

@@ -31,7 +31,7 @@ from pgolf.configfiles import resolve_config
 from pgolf.storage import FORMAT_AXES
 # The space's types and table readers (space/core.py, shared with space/script.py), importable from here as before.
 from space.core import (CONDITIONAL_DIMS, PRUNERS, AllocationSpace, Caps, Dimension, SearchPlan, Space, SpaceError, _check_baseline,
-                        _dataclass_from, _table, _typed, search_plan_from_dict)
+                        _dataclass_from, _table, _typed, search_plan_from_dict, check_range)
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 GRANULARITIES = ("kind", "layer", "tensor")
@@ -89,14 +89,7 @@ def _dimension(key: str, spec) -> Dimension:
         if dim.low is not None or dim.high is not None:
             raise SpaceError(f"{where}: give either choices or low/high, not both")
         return dim
-    if dim.low is None or dim.high is None:
-        raise SpaceError(f"{where}: needs choices = [...] or low and high")
-    if dim.low > dim.high:
-        raise SpaceError(f"{where}: empty range, low {dim.low} > high {dim.high}")
-    if dim.log and dim.low <= 0:
-        raise SpaceError(f"{where}: a log range needs low > 0")
-    if dim.step is not None and (dim.step <= 0 or dim.log):
-        raise SpaceError(f"{where}: step must be positive and cannot be combined with log")
+    check_range(where, dim)
     return dim
 
 

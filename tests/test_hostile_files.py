@@ -515,7 +515,9 @@ def test_a_trial_with_a_nonfinite_score_fails_with_its_reason(tmp_path, monkeypa
     (tmp_path / "request.json").write_text(json.dumps(request))
     trained = types.SimpleNamespace(steps=1, train_tokens=1024, train_seconds=0.1, stopped_by="iterations")
     # Training that ends with weights holding NaN (the loss check of training let them through).
-    monkeypatch.setattr(trial_module, "train_model", lambda config, *a, **k: (nan_model(config), trained))
+    import pgolf.submission  # the pipeline every trial runs trains through it
+
+    monkeypatch.setattr(pgolf.submission, "train_model", lambda config, *a, **k: (nan_model(config), trained))
     monkeypatch.setattr("sys.argv", ["search.trial", str(tmp_path)])
     assert trial_module.main() == 1
     # The first score after training is the float model's on the reports' validation subset (val_tokens).

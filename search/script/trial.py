@@ -14,10 +14,10 @@ import math
 import os
 import sys
 import time
-import traceback
 
 from search.script import ScriptError
-from search.trialfiles import PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, placement
+from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
+                               placement)
 
 KIND = "script"  # request["kind"] of a script trial; engine trials have none
 
@@ -140,9 +140,6 @@ def script_trial_main(directory: str) -> int:
             f.write(f"{exc}\n\nlast lines of train.log:\n" + "\n".join(tail) + "\n")
         print(f"{exc} (train.log's last line: {tail[-1][:160] if tail else '-'})", file=sys.stderr)
         return 1
-    except Exception as exc:  # the process boundary: any failure fails this trial, with its reason kept
-        with open(os.path.join(directory, "error.txt"), "w", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
-        print(f"trial failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception:  # the process boundary: any failure fails this trial, with its reason kept
+        return fail_at_boundary(directory)
     return 0
