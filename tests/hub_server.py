@@ -11,7 +11,6 @@ official layout, with shards (several times the demo's cut) repeated from DATA's
 """
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 import numpy as np
+
+from pgolf.datasets import _file_digest  # the content hash the data cache already keys on
 
 REMOTE_ROOT = "matched_10B_docs2m_seed1337"  # pgolf/fetch.py's: the official files' folder in the repo
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the served folder's one "commit"
@@ -48,14 +49,6 @@ class HubServer:
 
     def gets(self) -> list[tuple[str, str, str | None]]:
         return [r for r in self.requests if r[0] == "GET"]
-
-
-def _etag(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shard_file(path: str, tokens) -> None:
@@ -112,7 +105,7 @@ def _handler(server: HubServer):
         def _headers(self, status: int, local: str, length: int, content_range: str | None = None) -> None:
             self.send_response(status)
             self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("ETag", f'"{_etag(local)}"')
+            self.send_header("ETag", f'"{_file_digest(local)}"')
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(length))
