@@ -75,6 +75,14 @@ def _tune_options(args, space, settings=None) -> dict:
     return options  # flags are range-checked by the parser, the space's values by the space loader
 
 
+def check_run_options(settings, args, space) -> None:
+    """The backend's own option checks; on the local backend, a device this machine lacks fails here, before
+    anything is stored, not as failed trials (a Tune head may have no GPU where its nodes do)."""
+    backend_class(settings.backend).check_options(settings)
+    if settings.backend == "local" and _device(args, space):
+        parse_device(_device(args, space))
+
+
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
@@ -105,9 +113,7 @@ def start_study(args) -> None:
                              data=data.root, **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
-    backend_class(settings.backend).check_options(settings)
-    if settings.backend == "local" and _device(args, space):
-        parse_device(_device(args, space))  # a device this machine lacks fails here, not as failed trials
+    check_run_options(settings, args, space)
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
@@ -137,7 +143,7 @@ def resume_study(args) -> None:
         setattr(settings, key, value)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
-    backend_class(settings.backend).check_options(settings)
+    check_run_options(settings, args, space)
     settings.data = _data_root(args, space, settings.data)  # kept, like the other overrides
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)
