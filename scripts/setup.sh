@@ -19,9 +19,12 @@ for package in ("pgolf", "space", "objectives", "search"):
     spec = importlib.util.find_spec(package)
     if spec is None or not os.path.realpath(spec.origin).startswith(root):
         sys.exit(1)
+installed_extras = {"dev", "postgres"}  # what `pip install -e .[dev]` brings; other extras (brotli) are optional
 try:
     for requirement in md.requires("pgolf"):
-        md.version(re.match(r"[A-Za-z0-9._-]+", requirement).group())
+        extra = re.search(r'extra == "([^"]+)"', requirement)
+        if extra is None or extra.group(1) in installed_extras:
+            md.version(re.match(r"[A-Za-z0-9._-]+", requirement).group())
 except md.PackageNotFoundError:
     sys.exit(1)
 print(", ".join(f"{name} {md.version(name)}" for name in ("torch", "optuna", "ray", "optuna-dashboard")))
