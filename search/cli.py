@@ -76,13 +76,21 @@ def cmd_verify(args) -> int:
         failed = [c.name for c in conditions if not c.passed]
         print(f"{args.dir}: " + (f"fails {', '.join(failed)}" if failed else "passes all four legality conditions"))
         return 1 if failed else 0
-    report = verify(args.dir, args.data, args.tolerance, args.device, args.tokenizer)
+    # Without --run the tolerance is the eval-only re-score's (default: exact); with it, the run's (default: the seed spread).
+    report = verify(args.dir, args.data, 0.0 if args.run or args.tolerance is None else args.tolerance, args.device, args.tokenizer)
     if "line" in report:  # a script export: its own line (search/script/export.py)
         print(report["line"])
-        return 0
-    print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
-          f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
-          f"(difference {report['difference']:.1e})")
+    else:
+        print(f"verified {args.dir}: {report['counted_bytes']:,} bytes <= cap {report['cap_bytes']:,}; val_bpb "
+              f"{report['val_bpb']!r} equals the {report['recorded_bpb']!r} recorded by {report['origin']} "
+              f"(difference {report['difference']:.1e})")
+    if args.run:
+        from pgolf.files import read_json
+        from search.submit.files import SOURCE_FILE
+        from search.submit.from_scratch import run_from_scratch
+
+        record = read_json(os.path.join(args.dir, SOURCE_FILE), "export record")
+        print(run_from_scratch(args.dir, record, args.tolerance, args.data, args.tokenizer, args.device)["line"])
     return 0
 
 
@@ -201,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--data", help="data root or shard folder (default: the data the trial was scored on)")
     p.add_argument("--tokenizer", help="SentencePiece .model for the shards (default: found under --data; without --data, the recorded one)")
-    p.add_argument("--tolerance", type=SECONDS, default=0.0, help="allowed bpb difference (default: exact)")
-    p.add_argument("--legality", action="store_true",
-                   help="instead, measure the four legality conditions on the export's own evaluation (exit 1 on a failure)")
+    p.add_argument("--tolerance", type=SECONDS, help="allowed bpb difference (default: exact; with --run, 3 x the seed spread "
+                   "the study measured, 0.005 where it measured none)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--legality", action="store_true",
+                      help="instead, measure the four legality conditions on the export's own evaluation (exit 1 on a failure)")
+    mode.add_argument("--run", action="store_true", help="also train it from scratch as its README launches it, in a temporary "
+                      "folder, and compare the score with the trial's (see --tolerance)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_verify)
 
@@ -214,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=POSITIVE, help="reference bpb (default: the study's baseline trial)")
     p.add_argument("--same-steps", action="store_true",
                    help="train exactly the trial's step count with no wallclock cap, so a busy machine trains the same model")
-    p.add_argument("--ranks", type=COUNT, default=1, help="run each seed under torchrun with N ranks on this machine "
-                   "(N GPUs with --device cuda, gloo processes on the CPU; 8 on an 8-GPU node as the challenge runs)")
+    p.add_argument("--ranks", type=COUNT, help="run each seed under torchrun with N ranks on this machine "
+                   "(N GPUs with --device cuda, gloo processes on the CPU; 8 on an 8-GPU node as the challenge runs; "
+                   "default: 1, a script study's [script] ranks)")
     p.add_argument("--device")
     p.add_argument("--results", default=RESULTS_DIR)
     p.set_defaults(func=cmd_confirm)

@@ -76,11 +76,16 @@ def _tune_options(args, space, settings=None) -> dict:
 
 
 def check_run_options(settings, args, space) -> None:
-    """The backend's own option checks; on the local backend, a device this machine lacks fails here, before
-    anything is stored, not as failed trials (a Tune head may have no GPU where its nodes do)."""
+    """The backend's own option checks; on the local backend, a device this machine lacks, or more GPUs for the
+    concurrent trials than it shows, fails here, before anything is stored, not as failed trials (a Tune head may
+    have no GPU where its nodes do)."""
     backend_class(settings.backend).check_options(settings)
     if settings.backend == "local" and _device(args, space):
         parse_device(_device(args, space))
+    if settings.backend == "local":
+        from search.backends.devices import gpus_per_trial
+
+        gpus_per_trial(settings, space, _device(args, space))
 
 
 def _device(args, space) -> str | None:

@@ -17,11 +17,12 @@ class Backend(ABC):
 
     name: ClassVar[str]  # the --backend value, and the key in BACKENDS
     stops_trials: bool = False  # True: the backend's own scheduler stops trials early; the study's pruner stays out
+    options: ClassVar[tuple[str, ...]] = ()  # the CLUSTER_OPTIONS this backend reads too (local: gpus_per_trial)
 
     @classmethod
     def check_options(cls, settings) -> None:
         """Refuse, before anything is stored, the study settings this backend does not read (the cluster's)."""
-        given = [f"--{k.replace('_', '-')}" for k in CLUSTER_OPTIONS if getattr(settings, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in CLUSTER_OPTIONS if k not in cls.options and getattr(settings, k) is not None]
         given += ["--scheduler asha"] if settings.scheduler != "fifo" else []
         if given:
             raise StudyError(f"{', '.join(given)}: for the tune backend (--backend tune); {cls.name} trials use this machine's CPUs or GPU")

@@ -5,21 +5,29 @@ import subprocess
 import time
 
 from search.backends.base import Backend
+from search.backends.devices import DevicePool, gpus_per_trial, visible_gpus
 from search.backends.process import Job, trial_process_setup, worker_command, worker_env
 
 
 class LocalBackend(Backend):
     """Trials as child processes on this machine, up to the study's worker count at once, with an equal share of
-    its CPU threads each. Trials stop early through the study's own Optuna pruner."""
+    its CPU threads each and, where GPUs are visible, GPUs of their own (devices.py). Trials stop early through the
+    study's own Optuna pruner."""
 
     name = "local"
+    options = ("gpus_per_trial",)
 
     def __init__(self, settings):
+        self.settings = settings
         self.threads = max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
+        self.pool: DevicePool | None = None
 
     def drive(self, coordinator) -> None:
         """Start trials up to the worker count, collect the ended ones."""
         c = coordinator
+        per_trial = gpus_per_trial(self.settings, c.space, c.device)  # checked before the study was created
+        if per_trial is not None:
+            self.pool = DevicePool(visible_gpus()[0], per_trial)
         stop_asking = False
         while c.stop_signal is None:
             stop_asking = stop_asking or c.sampling_over(c.rerunning)
@@ -38,16 +46,29 @@ class LocalBackend(Backend):
             time.sleep(0.2)  # a finished trial waits at most this long to be told
 
     def _launch(self, job: Job) -> None:
-        log = open(os.path.join(job.directory, "worker.log"), "wb")
-        job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
-                                      env=worker_env(self.threads), preexec_fn=trial_process_setup,
-                                      cwd=os.getcwd())
-        log.close()
+        # The trial's GPUs, as Ray gives a Tune trial its own: the trial records them in placement.json.
+        extra = {"CUDA_VISIBLE_DEVICES": self.pool.take(job.number)} if self.pool is not None else {}
+        try:
+            with open(os.path.join(job.directory, "worker.log"), "wb") as log:
+                job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
+                                              env=worker_env(self.threads, extra), preexec_fn=trial_process_setup,
+                                              cwd=os.getcwd())
+        except BaseException:
+            self._release(job)
+            raise
+
+    def _release(self, job: Job) -> None:
+        if self.pool is not None:
+            self.pool.give_back(job.number)
 
     def poll(self, job: Job) -> int | None:
-        return job.handle.poll()
+        code = job.handle.poll()
+        if code is not None:  # ended (completed, pruned or failed): its GPUs go to the next trial
+            self._release(job)
+        return code
 
     def cancel(self, job: Job) -> None:
         if job.handle.poll() is None:
             job.handle.kill()
             job.handle.wait()
+        self._release(job)

@@ -122,3 +122,18 @@ def ranking_lines(study: optuna.Study) -> list[str]:
     changed = [c.original.number for c in by_mean] != [c.original.number for c in by_single]
     lines.append("the ranking changed with the re-runs" if changed else "the ranking held with the re-runs")
     return lines
+
+
+def seed_spread(study: optuna.Study, trial) -> dict:
+    """The spread of post-roundtrip bpb over training seeds that the study measured, to judge a new run of `trial`'s
+    configuration by: the standard deviation of that configuration's scores when it has two or more (the trial and
+    its re-runs), else the pooled one of the study's configurations that have; std None where none has."""
+    groups = [c for c in configurations(study) if c.rerun]
+    own = next((c for c in groups if c.key == params_key(trial)), None)
+    if own is not None:
+        return {"std": statistics.stdev(own.values), "seeds": len(own.values), "of": f"trial {own.original.number}'s configuration"}
+    if groups:
+        dof = sum(len(c.values) - 1 for c in groups)
+        pooled = math.sqrt(sum(statistics.variance(c.values) * (len(c.values) - 1) for c in groups) / dof)
+        return {"std": pooled, "seeds": sum(len(c.values) for c in groups), "of": f"pooled over {len(groups)} re-run configuration(s)"}
+    return {"std": None, "seeds": 1, "of": "no configuration of the study ran on two seeds"}

@@ -57,7 +57,8 @@ def _launch_command(launch: dict, ranks: int) -> str:
 
 
 def export_script_trial(directory: str, settings, trial, out: str, replace: bool = False, refusal: str | None = None,
-                        log=lambda line: None) -> dict:
+                        log=lambda line: None, spread: dict | None = None) -> dict:
+    """`spread`: the seed spread the study measured (search/budget/reruns.py seed_spread), for `search verify --run`."""
     from search.study import trial_dir
     from space.spec import space_from_dict
 
@@ -123,12 +124,23 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
                   "model_sha256": _sha256(artifact), "counted": [os.path.relpath(p, stage) for p in counted],
                   "sources": [os.path.relpath(p, os.path.dirname(spec.path)) for p in spec.counted_paths()],
                   "defaults": defaults, "launch": launch_vars,
-                  "ranks": spec.ranks, "data_provenance": provenance, "forced": bool(refusal), "refusal": refusal}
+                  "ranks": spec.ranks, "data_provenance": provenance, "forced": bool(refusal), "refusal": refusal,
+                  "run": _run_settings(spec, metrics, space.caps), "seed_spread": spread}
         with open(os.path.join(stage, RECORD_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
         with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
             f.write(_readme(settings.name, trial.number, metrics, record, original, spec))
     return submission
+
+
+def _run_settings(spec, metrics: dict, caps) -> dict:
+    """How `search verify --run` runs the copy as the trial ran: its interpreter and final line, the training cap the
+    study trained under (the copy keeps the script's own), and when to give up on it."""
+    from search.script.study import time_limit
+
+    cap = metrics["script_env"].get(spec.wallclock_var) if spec.wallclock_var else None
+    return {"interpreter": spec.interpreter, "final_tag": spec.final_tag, "train_cap": {spec.wallclock_var: cap} if cap else {},
+            "time_limit": time_limit(caps)}
 
 
 def _readme(name: str, number: int, metrics: dict, record: dict, original: str, spec) -> str:
@@ -155,7 +167,8 @@ Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps), evaluation
 
 ## Verify
 `search verify .` checks that the counted files are within the {record['cap_bytes']:,}-byte cap and that the copy's
-defaults are the trial's settings.
+defaults are the trial's settings; `search verify --run .` also runs the launch command above in a temporary folder
+(with the study's training cap) and compares its score with the trial's, within the seed spread the study measured.
 """
 
 

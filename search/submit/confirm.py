@@ -2,7 +2,8 @@
 does: a record must beat the reference by at least 0.005 nats with p < 0.01 (one-sided t-test).
 
 Each seed is a full `pgolf run` of the trial's config (its allocation and eval settings fixed) in a
-process of its own, under results/<study>/confirm/<trial>-seed<k>/.
+process of its own, or for a script study its script run as the trial ran it with the new seed
+(search/script/confirm.py), under results/<study>/confirm/<trial>-seed<k>/; seeds are ones the study never used.
 """
 
 import math
@@ -16,6 +17,7 @@ from pgolf.config import config_from_dict
 from pgolf.metrics import RunMetrics
 from pgolf.run import read_metrics
 from search.submit.export import find_trial
+from search.budget.reruns import SEED_ATTR
 from search.study import StudyError, trial_data
 
 RECORD_MARGIN_NATS = 0.005
@@ -88,59 +90,97 @@ def one_sided_test(losses: list[float], reference_nats: float, margin: float = R
     return {"mean": mean, "std": std, "t": t, "p": student_t_cdf(t, n - 1)}
 
 
+def fresh_seeds(count: int, used: set) -> list[int]:
+    """The `count` smallest positive seeds that are not in `used` (the seeds the study trained with)."""
+    seeds, seed = [], 0
+    while len(seeds) < count:
+        seed += 1
+        if seed not in used:
+            seeds.append(seed)
+    return seeds
+
+
+def study_seeds(study) -> set:
+    """The seeds the study's re-runs trained with (its other trials train with their configuration's seed)."""
+    return {int(t.user_attrs[SEED_ATTR]) for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SEED_ATTR) is not None}
+
+
+class EngineSeeds:
+    """Each seed a full `pgolf run` of an engine trial's config (its allocation and eval settings fixed), in a process
+    of its own; under torchrun with `ranks` > 1."""
+
+    def __init__(self, directory: str, trial, recorded: RunMetrics, same_steps: bool, ranks: int, device: str | None):
+        self.directory, self.trial, self.ranks, self.device = directory, trial, ranks, device
+        self.config = config_from_dict(recorded.config)
+        self.seed = self.config.train.seed  # the trial's own
+        if same_steps:
+            if not recorded.steps:
+                raise StudyError(f"trial {trial.number} recorded no step count: it cannot be re-run at the same steps")
+            self.config.train.iterations, self.config.train.max_wallclock_seconds = recorded.steps, 0.0
+
+    def train(self, seed: int, out: str) -> None:
+        config = self.config
+        config.train.seed = seed
+        config_path = out + ".toml"
+        os.makedirs(os.path.dirname(config_path), exist_ok=True)
+        with open(config_path, "w", encoding="utf-8") as f:
+            f.write(config_to_toml(config))
+        data = trial_data(self.directory, self.trial.number)
+        launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.ranks}"] if self.ranks > 1 else [])
+        command = launcher + ["-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
+                              "--tokenizer", data["tokenizer"], "--out", out, "--force"] + (["--device", self.device] if self.device else [])
+        code, stderr = run_child(command)
+        if code != 0:
+            raise StudyError(f"seed {seed} failed: {(stderr.strip() or 'no output').splitlines()[-1]}")
+
+
 def confirm(name: str, results: str, number: int | None, seeds: int, reference_bpb: float | None, device: str | None = None,
-            log=print, same_steps: bool = False, ranks: int = 1) -> dict:
+            log=print, same_steps: bool = False, ranks: int | None = None) -> dict:
     """same_steps: train exactly the trial's step count, with no wallclock cap (a fixed-compute re-run: how
     busy the machine is no longer changes what is trained; its training time is then not checked).
     ranks: each run under torchrun with this many ranks on this machine (the challenge's 8 GPUs: ranks=8), each
-    rank a share of every step's batch, as the exported script runs."""
-    if ranks < 1:
+    rank a share of every step's batch, as the exported script runs (default 1; a script study: its script's ranks).
+    A script study's trial runs its script with its study's environment and a new seed (search/script/confirm.py);
+    either kind trains with seeds the study never used."""
+    if ranks is not None and ranks < 1:
         raise StudyError(f"--ranks must be at least 1, got {ranks}")
     directory, settings, study, trial = find_trial(name, results, number)
-    if "script" in settings.space:  # not yet: a script study re-runs seeds with search.rerun_top instead
-        raise StudyError(f"study {name!r} runs a script: confirm retrains engine configurations; use --rerun-top N with `search resume`")
     if trial.user_attrs.get("stage") != "complete":
         raise StudyError(f"trial {trial.number} has no final configuration to confirm ({trial.user_attrs.get('stage')})")
     recorded = RunMetrics.from_dict(trial.user_attrs)  # a study of an earlier commit recorded ms_per_step as step_ms
-    config = config_from_dict(recorded.config)
+    if "script" in settings.space:
+        from search.script.confirm import ScriptSeeds
+
+        runner = ScriptSeeds(directory, settings, trial, same_steps, ranks, device)
+    else:
+        runner = EngineSeeds(directory, trial, recorded, same_steps, ranks or 1, device)
     original_steps = recorded.steps or 0
     # The trial's pure training time (the recorded train_seconds includes calibration and quantization after it).
     original_seconds = (recorded.ms_per_step or 0.0) * original_steps / 1000 or recorded.train_seconds or 0.0
-    if same_steps:
-        if not original_steps:
-            raise StudyError(f"trial {trial.number} recorded no step count: it cannot be re-run at the same steps")
-        config.train.iterations, config.train.max_wallclock_seconds = original_steps, 0.0
     if reference_bpb is None:
         baseline = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline") and t.user_attrs.get("stage") == "complete"), None)
         if baseline is None:
             raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
         reference_bpb = RunMetrics.from_dict(baseline.user_attrs).val_bpb_post
         log(f"reference: the study's baseline trial {baseline.number}, bpb {reference_bpb:.6f}")
-    seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
+    seed_list = fresh_seeds(seeds, {runner.seed} | study_seeds(study))
     runs = []
     for seed in seed_list:
         out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else "")
-                           + (f"-ranks{ranks}" if ranks > 1 else ""))
+                           + (f"-ranks{runner.ranks}" if runner.ranks > 1 else ""))
         if not os.path.exists(os.path.join(out, "metrics.json")):
-            config.train.seed = seed
-            config_path = out + ".toml"
-            os.makedirs(os.path.dirname(config_path), exist_ok=True)
-            with open(config_path, "w", encoding="utf-8") as f:
-                f.write(config_to_toml(config))
-            data = trial_data(directory, trial.number)
-            launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [])
-            command = launcher + ["-m", "pgolf.cli", "run", config_path, "--data", os.path.dirname(data["train_pattern"]),
-                       "--tokenizer", data["tokenizer"], "--out", out, "--force"] + (["--device", device] if device else [])
             log(f"seed {seed}: training ({out})")
-            code, stderr = run_child(command)
-            if code != 0:
-                raise StudyError(f"seed {seed} failed: {(stderr.strip() or 'no output').splitlines()[-1]}")
+            runner.train(seed, out)
         metrics = RunMetrics.from_dict(read_metrics(out))
         runs.append(metrics)
         log(f"seed {seed}: val_bpb {metrics.val_bpb_post:.6f} val_loss {metrics.val_loss_post:.6f} nats, "
             f"{metrics.artifact_bytes:,} bytes, {metrics.steps} steps at {1000 * metrics.train_seconds / max(metrics.steps, 1):.0f} ms/step")
-    # bpb = nats / ln 2 * tokens/bytes, and tokens/bytes is a property of the validation text.
-    nats_per_bpb = math.log(2.0) * runs[0].val_bytes / runs[0].val_tokens
+    if any(m.val_loss_post is None for m in runs):
+        raise StudyError("a run's final line gives no val_loss: the record test compares losses in nats")
+    # bpb = nats / ln 2 * tokens/bytes, and tokens/bytes is a property of the validation text (a script's log gives
+    # both scores of its final line instead: their ratio).
+    nats_per_bpb = (math.log(2.0) * runs[0].val_bytes / runs[0].val_tokens if runs[0].val_tokens
+                    else runs[0].val_loss_post / runs[0].val_bpb_post)
     reference_nats = reference_bpb * nats_per_bpb
     test = one_sided_test([m.val_loss_post for m in runs], reference_nats)
     bpbs = [m.val_bpb_post for m in runs]

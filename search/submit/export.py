@@ -21,7 +21,7 @@ from objectives.constraints import is_feasible, named_constraints, pre_quant_tex
 from pgolf.files import read_json
 from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir
-from search.budget.reruns import best_configuration
+from search.budget.reruns import best_configuration, seed_spread
 from search.study import StudyError, open_existing_study, trial_data, trial_dir
 from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
 from search.submit.legality import check_legality
@@ -57,14 +57,15 @@ def _refusal(trial) -> str | None:
 def export_trial(name: str, results: str, number: int | None, out: str, force: bool = False, replace: bool = False,
                  legality: bool = True, log=lambda line: None) -> dict:
     """legality: measure the four legality conditions on the staged folder first; a failure writes nothing."""
-    directory, settings, _, trial = find_trial(name, results, number)
+    directory, settings, study, trial = find_trial(name, results, number)
     refusal = _refusal(trial)
     if refusal and (not force or trial.state != TrialState.COMPLETE or trial.user_attrs.get("stage") != "complete"):
         raise StudyError(refusal + ("" if "no artifact" in refusal else "; pass --force to export it anyway"))
+    spread = seed_spread(study, trial)  # what `search verify --run` judges a run from scratch by
     if "script" in settings.space:  # a script study's trial: search/script/export.py
         from search.script.export import export_script_trial
 
-        return export_script_trial(directory, settings, trial, out, replace, refusal, log)
+        return export_script_trial(directory, settings, trial, out, replace, refusal, log, spread=spread)
     source = trial_dir(directory, trial.number)
     metrics = RunMetrics.from_dict(read_json(os.path.join(source, METRICS_FILE), f"trial {trial.number}'s metrics"))
     missing = metrics.missing(EXPORT_NAMES)  # what the submission files and README are written from
@@ -96,7 +97,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
                       "val_bpb_exact": metrics.val_bpb_post, "artifact_bytes": metrics.artifact_bytes, "model_sha256": digest,
                       "data": trial_data(directory, trial.number), "data_provenance": data_provenance,
-                      "forced": bool(refusal), "refusal": refusal}
+                      "forced": bool(refusal), "refusal": refusal, "seed_spread": spread}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
