@@ -128,12 +128,16 @@ def seed_spread(study: optuna.Study, trial) -> dict:
     """The spread of post-roundtrip bpb over training seeds that the study measured, to judge a new run of `trial`'s
     configuration by: the standard deviation of that configuration's scores when it has two or more (the trial and
     its re-runs), else the pooled one of the study's configurations that have; std None where none has."""
-    groups = [c for c in configurations(study) if c.rerun]
-    own = next((c for c in groups if c.key == params_key(trial)), None)
-    if own is not None:
-        return {"std": statistics.stdev(own.values), "seeds": len(own.values), "of": f"trial {own.original.number}'s configuration"}
+    # Seeds: a configuration's first trial and its re-runs (a repeat the sampler proposed trains the same seed again).
+    seeded = {c.key: (c.original.number, [t.values[0] for t in c.trials if t is c.original or RERUN_ATTR in t.user_attrs])
+              for c in configurations(study)}
+    groups = {key: group for key, group in seeded.items() if len(group[1]) > 1}
+    if params_key(trial) in groups:
+        number, values = groups[params_key(trial)]
+        return {"std": statistics.stdev(values), "seeds": len(values), "of": f"trial {number}'s configuration"}
     if groups:
-        dof = sum(len(c.values) - 1 for c in groups)
-        pooled = math.sqrt(sum(statistics.variance(c.values) * (len(c.values) - 1) for c in groups) / dof)
-        return {"std": pooled, "seeds": sum(len(c.values) for c in groups), "of": f"pooled over {len(groups)} re-run configuration(s)"}
+        dof = sum(len(values) - 1 for _, values in groups.values())
+        pooled = math.sqrt(sum(statistics.variance(values) * (len(values) - 1) for _, values in groups.values()) / dof)
+        return {"std": pooled, "seeds": sum(len(values) for _, values in groups.values()),
+                "of": f"pooled over {len(groups)} re-run configuration(s)"}
     return {"std": None, "seeds": 1, "of": "no configuration of the study ran on two seeds"}
