@@ -6,6 +6,8 @@ import json
 import os
 import re
 
+import pytest
+
 from conftest import run_cli
 from test_script_study import official_space, search, trials
 
@@ -86,6 +88,7 @@ def test_confirm_of_a_script_study_runs_new_seeds_and_tests_them(tmp_path, capsy
         assert code != 0 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.timeout(900)  # the micro study first, when no other test of the session made it
 def test_verify_run_trains_an_engine_export_from_scratch(micro_study, tmp_path):
     results, name = micro_study
     out = tmp_path / "submission"

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -92,10 +93,12 @@ def connect(address: str | None) -> bool:
 
 
 def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial: the settings', else 1 GPU where the cluster has GPUs and an equal share of its
-    CPUs. Refused in one line when no single node has that much (Tune would wait for it forever)."""
+    """(CPUs, GPUs) per trial: the settings', else 1 GPU where the cluster has GPUs (a script trial: one per rank of
+    its torchrun) and an equal share of its CPUs. Refused in one line when no single node has that much (Tune would
+    wait for it forever)."""
     total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes), "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (1.0 if total["GPU"] >= 1 else 0.0)
+    ranks = float(settings.space.get("script", {}).get("ranks", 1))
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (ranks if total["GPU"] >= 1 else 0.0)
     cpus = settings.cpus_per_trial or max(1.0, float(int(total["CPU"] // max(settings.workers, 1))))
     if not any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
         largest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
@@ -308,8 +311,13 @@ def run_on_node(config: dict) -> None:
         raise RuntimeError(f"{directory} is not visible on node {socket.gethostname()}: the tune backend needs the "
                            f"study's results folder on a filesystem every node shares")
     for name in os.listdir(directory):  # a retry (its node died) starts from the request alone
-        if name != REQUEST_FILE:
-            os.remove(os.path.join(directory, name))
+        path = os.path.join(directory, name)
+        if name == REQUEST_FILE:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):  # a script trial's script may write folders (logs/, ...)
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     env = worker_env(config["threads"], {"PGOLF_NODE": ray.get_runtime_context().get_node_id()})
     with open(os.path.join(directory, "worker.log"), "wb") as log:
         process = subprocess.Popen(worker_command(directory), stdout=log, stderr=subprocess.STDOUT, env=env,
