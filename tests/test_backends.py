@@ -25,7 +25,9 @@ def test_the_cli_offers_the_registered_backends_and_an_unknown_one_is_one_clear_
 
 
 def test_local_trials_refuse_the_cluster_options():
-    settings = StudySettings(name="s", space={}, space_source="", storage="sqlite:///x.db", gpus_per_trial=1.0, scheduler="asha")
-    with pytest.raises(StudyError, match=r"--gpus-per-trial, --scheduler asha: for the tune backend"):
+    settings = StudySettings(name="s", space={}, space_source="", storage="sqlite:///x.db", cpus_per_trial=1.0, scheduler="asha")
+    with pytest.raises(StudyError, match=r"--cpus-per-trial, --scheduler asha: for the tune backend"):
         backend_class("local").check_options(settings)
     backend_class("tune").check_options(settings)  # Tune reads them
+    # GPUs per trial: the local backend shares this machine's out (tests/test_devices.py)
+    backend_class("local").check_options(StudySettings(name="s", space={}, space_source="", storage="sqlite:///x.db", gpus_per_trial=1.0))
