@@ -168,7 +168,9 @@ Score the shipped model only (no training):
 ## Verify
 `search verify .` re-scores final_model.pgolf with this folder's train_gpt.py in a fresh process with the network
 blocked, checks that train_gpt.py + final_model.pgolf are within the {provenance['cap_bytes']:,}-byte cap and that the
-bpb equals the recorded {provenance['val_bpb_exact']!r} on the same data. `search verify --legality .` measures the
+bpb equals the recorded {provenance['val_bpb_exact']!r} on the same data; `search verify --run .` also trains it from scratch
+in a temporary folder and compares that score with the trial's, within the seed spread the study measured.
+`search verify --legality .` measures the
 four conditions reviewers check (causal, normalised, score before update, every token scored once){_legality(provenance)}
 """
 
