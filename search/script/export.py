@@ -50,7 +50,7 @@ def _baked_values(spec, metrics: dict) -> tuple[dict, dict]:
     return baked, launch
 
 
-def _launch_command(launch: dict, ranks: int) -> str:
+def launch_command(launch: dict, ranks: int) -> str:
     prefix = " ".join(f"{name}={shlex.quote(value)}" for name, value in launch.items())
     runner = f"torchrun --standalone --nproc_per_node={ranks}" if ranks > 1 else "python"
     return f"{prefix + ' ' if prefix else ''}{runner} {SCRIPT_NAME}"
@@ -163,7 +163,7 @@ Training {metrics['train_seconds']:.1f} s ({metrics['steps']} steps), evaluation
 
 ## Launch
 
-    {_launch_command(record['launch'], record['ranks'])}
+    {launch_command(record['launch'], record['ranks'])}
 
 ## Verify
 `search verify .` checks that the counted files are within the {record['cap_bytes']:,}-byte cap and that the copy's

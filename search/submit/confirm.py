@@ -16,9 +16,9 @@ from pgolf.configfiles import config_to_toml
 from pgolf.config import config_from_dict
 from pgolf.metrics import RunMetrics
 from pgolf.run import read_metrics
-from search.submit.export import find_trial
 from search.budget.reruns import SEED_ATTR
 from search.study import StudyError, trial_data
+from search.submit.export import find_trial
 
 RECORD_MARGIN_NATS = 0.005
 RECORD_P_VALUE = 0.01

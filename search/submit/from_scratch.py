@@ -40,7 +40,7 @@ def tolerance_of(record: dict, given: float | None) -> tuple[float, str]:
 def _launch(folder: str, record: dict, data_root: str | None, tokenizer: str | None, device: str | None) -> dict:
     """The command, environment, final line, artifact and time limit of the export's own launch."""
     if record.get("kind") == "script":
-        from search.script.export import _launch_command
+        from search.script.export import launch_command
         from search.script.run import script_command
 
         if data_root or tokenizer or device:
@@ -48,7 +48,7 @@ def _launch(folder: str, record: dict, data_root: str | None, tokenizer: str | N
         run = record.get("run") or {}
         env = {**record.get("launch", {}), **run.get("train_cap", {})}
         return {"command": script_command(SCRIPT_FILE, record.get("ranks", 1), run.get("interpreter") or None), "env": env,
-                "shown": _launch_command(env, record.get("ranks", 1)), "final_tag": run.get("final_tag") or None,
+                "shown": launch_command(env, record.get("ranks", 1)), "final_tag": run.get("final_tag") or None,
                 "artifact": record["artifact"], "time_limit": run.get("time_limit")}
     from search.submit.verify import export_data
 
