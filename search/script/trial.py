@@ -88,7 +88,8 @@ def _pruner_callback(request: dict, directory: str, reports: list, pruned: list)
 
 def rank_threads(ranks: int) -> dict:
     """The CPU threads of each of the script's ranks: the trial's share (PGOLF_THREADS, set by the backend) split
-    among them, so that N ranks on a CPU do not each take the whole share (torchrun keeps an OMP_NUM_THREADS it is given)."""
+    among them, so that N ranks on a CPU do not each take the whole share (torchrun keeps an OMP_NUM_THREADS it is given;
+    one the space fixes in [script.env] wins)."""
     threads = int(os.environ.get("PGOLF_THREADS") or 0)
     return {"OMP_NUM_THREADS": str(max(1, threads // ranks))} if threads and ranks > 1 else {}
 
@@ -102,7 +103,7 @@ def run_script_trial(directory: str) -> dict:
     spec = request["script"]
     _write_json(directory, PLACEMENT_FILE, placement(f"script ({spec['ranks']} rank{'s' if spec['ranks'] > 1 else ''})"))
     reports, pruned = [], []
-    run = run_script(spec["command"], directory, {**spec["env"], **rank_threads(spec["ranks"])}, os.path.join(directory, "train.log"),
+    run = run_script(spec["command"], directory, {**rank_threads(spec["ranks"]), **spec["env"]}, os.path.join(directory, "train.log"),
                      final_tag=spec["final_tag"] or None, artifact_glob=spec["artifact"], time_limit=spec["time_limit"],
                      on_report=_pruner_callback(request, directory, reports, pruned))
     if run.outcome == "pruned":
