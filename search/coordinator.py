@@ -41,7 +41,7 @@ from pgolf.staging import Interrupted
 from search.backends import make_backend
 from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
-from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
+from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns, trial_ranks
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
 from search.trialfiles import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
@@ -211,7 +211,7 @@ class Coordinator:
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
-                   "device": self.device,
+                   "device": self.device, "ranks": trial_ranks(trial, self.settings),
                    "pruner": trial_pruning(self.space, self.settings.objectives, RERUN_ATTR in trial.user_attrs, self.backend.stops_trials),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:

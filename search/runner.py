@@ -13,7 +13,9 @@ from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, check_dimension_values, suggest_config
-from space.spec import SpaceError, load_space
+from pgolf.config import ConfigError
+from pgolf.train import batch_plan
+from space.spec import SpaceError, check_ranks_per_trial, load_space
 
 
 class DataResolver:
@@ -75,10 +77,25 @@ def _tune_options(args, space, settings=None) -> dict:
     return options  # flags are range-checked by the parser, the space's values by the space loader
 
 
+def _ranks_per_trial(args, space, settings=None) -> int:
+    """--ranks-per-trial, else the stored study's, else the space's run.ranks_per_trial."""
+    if getattr(args, "ranks_per_trial", None) is not None:
+        if space.script is not None:
+            raise SpaceError("--ranks-per-trial is for engine spaces: a script space sets its ranks in [script] ranks")
+        return check_ranks_per_trial(args.ranks_per_trial, "--ranks-per-trial")
+    return settings.ranks_per_trial if settings is not None else space.ranks_per_trial
+
+
 def check_run_options(settings, args, space) -> None:
     """The backend's own option checks; on the local backend, a device this machine lacks fails here, before
-    anything is stored, not as failed trials (a Tune head may have no GPU where its nodes do)."""
+    anything is stored, not as failed trials (a Tune head may have no GPU where its nodes do). A base config whose
+    step does not split over the trial's ranks fails here too."""
     backend_class(settings.backend).check_options(settings)
+    if space.script is None and settings.ranks_per_trial > 1:
+        try:
+            batch_plan(space.base.train, settings.ranks_per_trial)
+        except ConfigError as exc:
+            raise SpaceError(f"{settings.ranks_per_trial} ranks per trial: {exc}") from None
     if settings.backend == "local" and _device(args, space):
         parse_device(_device(args, space))
 
@@ -110,7 +127,7 @@ def start_study(args) -> None:
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,
                              sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or space.trials,
                              timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address,
-                             data=data.root, **_tune_options(args, space))
+                             data=data.root, ranks_per_trial=_ranks_per_trial(args, space), **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     check_run_options(settings, args, space)
@@ -127,7 +144,8 @@ def start_study(args) -> None:
         study.enqueue_trial(space.baseline, user_attrs={"baseline": True})
     save_settings(directory, settings)
     print(f"study {name}: space {space.name}, {settings.trials} trials, sampler {settings.sampler}, objectives "
-          f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}, caps "
+          f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}"
+          f"{f' x {settings.ranks_per_trial} ranks' if settings.ranks_per_trial > 1 else ''}, caps "
           f"{space.caps.artifact_bytes:,} bytes / train {space.caps.train_seconds:g}s / eval {space.caps.eval_seconds:g}s")
     Coordinator(directory, settings, space, study, data, _device(args, space), backend=backend).run()
     print(f"results in {directory}; {study_command('status', name, args.results)} for the table")
@@ -141,6 +159,7 @@ def resume_study(args) -> None:
             setattr(settings, key, getattr(args, key))
     for key, value in _tune_options(args, space, settings).items():
         setattr(settings, key, value)
+    settings.ranks_per_trial = _ranks_per_trial(args, space, settings)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
     check_run_options(settings, args, space)

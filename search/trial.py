@@ -20,12 +20,13 @@ from pgolf.evaluate import EvalResult
 from pgolf.metrics import pipeline_metrics, write_metrics
 from pgolf.run import SCRIPT_FILE, RunLog, subset_validator
 from pgolf.gptq import check_calibration
-from pgolf.submission import MODEL_FILE, Packed, load_model, score, setup_runtime, train_pack_score
+from pgolf.submission import MODEL_FILE, Packed, exit_process, load_model, score, setup_runtime, train_pack_score
 
 from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
+from search.ranks import RankGroup, is_extra_rank, leave_training_group, run_extra_rank
 from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
                                placement)
 from space.spec import AllocationSpace, Caps
@@ -68,6 +69,7 @@ class TrialSteps:
             self._on_val(len(self.reports), bpb)
 
     def after_training(self, model, trained) -> None:
+        leave_training_group(self.runtime)  # with N ranks: rank 0 allocates and scores alone, as a one-rank trial
         # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
         validation = self.clock.seconds.pop("validation reports", 0.0)
         self.clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
@@ -109,11 +111,22 @@ def run_trial(directory: str) -> dict:
     with open(os.path.join(directory, REQUEST_FILE), encoding="utf-8") as f:
         request = json.load(f)
     clock = PhaseClock()
+    ranks = request.get("ranks", 1)
+    # Ranks 1..N-1 start before this rank sets up its process group (which waits for them all).
+    group = RankGroup(directory, ranks) if ranks > 1 else None
+    try:
+        return _run_trial(directory, request, clock, entered)
+    finally:
+        if group is not None:  # pruned, failed or done: no rank outlives the trial
+            group.end()
+
+
+def _run_trial(directory: str, request: dict, clock: PhaseClock, entered: float) -> dict:
     if "launched_at" in request:  # process start and imports: from the coordinator's launch to here
         clock.add("start-up", max(entered - request["launched_at"], 0.0))
     steps = TrialSteps(directory, request, clock)
     config, data, runtime, log = steps.config, steps.data, steps.runtime, steps.log
-    steps.write_json(PLACEMENT_FILE, placement(runtime.device))
+    steps.write_json(PLACEMENT_FILE, {**placement(runtime.device), "ranks": runtime.world_size})
     log(f"trial {request['trial_number']} of {request['study']} on {runtime.device}: {data.describe()}")
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(config))
@@ -186,11 +199,16 @@ def main() -> int:
 
     if is_script_trial(directory):  # a user's training script, run as it is (search/script/trial.py)
         return script_trial_main(directory)
+    if is_extra_rank():  # rank 1..N-1 of a trial (search/ranks.py): its failure is rank 0's to report
+        exit_process(run_extra_rank(directory))
     try:
         run_trial(directory)
+        code = 0
     except Exception:  # the process boundary: any failure fails this trial, with its reason kept
-        return fail_at_boundary(directory)
-    return 0
+        code = fail_at_boundary(directory)
+    if "RANK" in os.environ:  # rank 0 of N: gloo's threads may abort a normal interpreter exit (pgolf/submission.py)
+        exit_process(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ class Space:
     device: str = "auto"
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
+    ranks_per_trial: int = 1  # DDP ranks each trial trains with (space/spec.py: check_ranks_per_trial)
     source: str = ""
     trials: int = 10
     timeout: float | None = None

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 from search.backends.base import Backend
-from search.backends.process import Job, trial_process_setup, worker_command, worker_env
+from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 
 
 class LocalBackend(Backend):
@@ -48,6 +48,4 @@ class LocalBackend(Backend):
         return job.handle.poll()
 
     def cancel(self, job: Job) -> None:
-        if job.handle.poll() is None:
-            job.handle.kill()
-            job.handle.wait()
+        end_process_group(job.handle)

@@ -30,7 +30,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from search.backends.base import Backend
-from search.backends.process import Job, trial_process_setup, worker_command, worker_env
+from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
 from search.trialfiles import REQUEST_FILE, RESULT_FILE, read_reports
@@ -92,10 +92,11 @@ def connect(address: str | None) -> bool:
 
 
 def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial: the settings', else 1 GPU where the cluster has GPUs and an equal share of its
+    """(CPUs, GPUs) per trial: the settings', else 1 GPU per rank where the cluster has GPUs and an equal share of its
     CPUs. Refused in one line when no single node has that much (Tune would wait for it forever)."""
     total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes), "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (1.0 if total["GPU"] >= 1 else 0.0)
+    # One GPU per DDP rank where the cluster has GPUs (search/ranks.py).
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (float(settings.ranks_per_trial) if total["GPU"] >= 1 else 0.0)
     cpus = settings.cpus_per_trial or max(1.0, float(int(total["CPU"] // max(settings.workers, 1))))
     if not any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
         largest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
@@ -327,8 +328,7 @@ def run_on_node(config: dict) -> None:
                 break
             time.sleep(0.2)
     finally:
-        if process.poll() is None:  # stopped by Tune (the scheduler, the study's end): the trial goes too
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # stopped by Tune (the scheduler, the study's end): the trial goes too, every rank of it
+            end_process_group(process)
     # Every result carries the scheduler's metric (Tune checks it); the exit code tells the searcher it ended.
     tune.report({"exit_code": code, "report": last[0], "val_bpb": last[1]})

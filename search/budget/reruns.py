@@ -21,6 +21,7 @@ from objectives.constraints import is_feasible
 
 RERUN_ATTR = "rerun_of"
 SEED_ATTR = "seed"
+RANKS_ATTR = "ranks"  # a trial that trains with other than the study's ranks_per_trial (a promotion ladder's re-run)
 SEED_STRIDE = 1000  # re-run k of a trial trains with seed + k * SEED_STRIDE: clear of the seeds a study samples
 
 
@@ -51,6 +52,11 @@ class Configuration:
     @property
     def rerun(self) -> bool:
         return len(self.trials) > 1
+
+
+def trial_ranks(trial, settings) -> int:
+    """The DDP ranks `trial` trains with: its own, where a re-run set them, else the study's ranks_per_trial."""
+    return int(trial.user_attrs.get(RANKS_ATTR, settings.ranks_per_trial))
 
 
 def params_key(trial) -> str:
