@@ -20,6 +20,10 @@ import threading
 import time
 
 
+class RankFailed(RuntimeError):
+    """Another rank of the trial failed (its own error is in its log, rank<k>.log)."""
+
+
 def rank_threads(threads: int, ranks: int) -> int:
     """CPU threads per rank: the trial's share of the cores, split over its ranks (at least one each)."""
     return max(1, threads // max(ranks, 1))
@@ -78,12 +82,23 @@ class RankGroup:
                 self.children.pop(rank, None)
                 if code != 0 and not self.ending:
                     self.end()
-                    reason = f"rank {rank} of {self.ranks} failed (exit code {code}): {_last_line(self.directory, rank)}"
+                    reason = self._failure(rank, code)
                     with open(os.path.join(self.directory, "error.txt"), "w", encoding="utf-8") as f:
                         f.write(reason + "\n")
                     print(f"trial failed: {reason}", file=sys.stderr, flush=True)
                     os._exit(1)
             time.sleep(0.1)
+
+    def _failure(self, rank: int, code: int) -> str:
+        return f"rank {rank} of {self.ranks} failed (exit code {code}): {_last_line(self.directory, rank)}"
+
+    def failure(self) -> str | None:
+        """Why a rank failed, if one has (rank 0's own error may be only the echo of it: gloo's lost connection)."""
+        for rank, child in list(self.children.items()):
+            code = child.poll()
+            if code not in (None, 0):
+                return self._failure(rank, code)
+        return None
 
     def end(self) -> None:
         """Kill and reap every rank still running (a pruned, failed or finished trial)."""

@@ -26,7 +26,7 @@ from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
-from search.ranks import RankGroup, is_extra_rank, leave_training_group, run_extra_rank
+from search.ranks import RankFailed, RankGroup, is_extra_rank, leave_training_group, run_extra_rank
 from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
                                placement)
 from space.spec import AllocationSpace, Caps
@@ -116,6 +116,11 @@ def run_trial(directory: str) -> dict:
     group = RankGroup(directory, ranks) if ranks > 1 else None
     try:
         return _run_trial(directory, request, clock, entered)
+    except Exception as exc:
+        failed = group.failure() if group is not None else None
+        if failed:  # the cause, not its echo on this rank
+            raise RankFailed(failed) from exc
+        raise
     finally:
         if group is not None:  # pruned, failed or done: no rank outlives the trial
             group.end()
