@@ -59,3 +59,25 @@ def test_micro_batches_give_the_loss_and_gradients_of_one_pass():
         for name in grads:  # the embedding is bf16 (as in the official script): its precision bounds the agreement
             scale = grads[name].abs().max().item()
             assert (micro_grads[name] - grads[name]).abs().max().item() <= 2 ** -7 * scale, name
+
+
+def test_an_out_of_memory_error_is_retried_once_with_half_the_micro_batch_and_the_peak_is_recorded(tmp_path):
+    from search.memory import TEST_OOM_ENV
+    from test_search import load
+
+    space = tmp_path / "steps.toml"  # the micro space by steps, not seconds: the first report comes however busy the machine is
+    with open(MICRO_SPACE, encoding="utf-8") as f:
+        space.write_text(f.read().replace("train_seconds = 3.0", "train_seconds = 600.0").replace("iterations = 100000", "iterations = 4")
+                         .replace("val_every_seconds = 1.0", "val_every = 2"))
+    env = dict(os.environ, **{TEST_OOM_ENV: "1"})  # the first report of the first attempt raises torch.cuda.OutOfMemoryError
+    result = subprocess.run([sys.executable, "-m", "search.cli", "run", "--space", str(space), "--study", "m", "--trials", "1",
+                             "--results", str(tmp_path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    trial = load(tmp_path, "m").trials[0]
+    assert trial.user_attrs["stage"] == "complete"
+    log = (tmp_path / "m" / "trials" / "0000" / "train.log").read_text()
+    assert f"CUDA out of memory ({TEST_OOM_ENV}=1) with 1,024 tokens per pass: retrying once with 512" in log
+    placement = trial.user_attrs["placement"]
+    assert placement["attempts"] == 2 and placement["pass_tokens"] == 512 and placement["ranks"] == 1
+    assert placement["peak_memory_of"] == "ru_maxrss" and 50e6 < placement["peak_memory_bytes"] < 20e9
+    assert "micro_batch_tokens = 512" in (tmp_path / "m" / "trials" / "0000" / "config.toml").read_text()
