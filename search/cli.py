@@ -153,6 +153,9 @@ def add_run_options(p, resume: bool) -> None:
                    "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
     p.add_argument("--rerun-top", type=INDEX, help="after sampling, re-run the best N configurations with new seeds "
                    "(default: the space's search.rerun_top)")
+    p.add_argument("--promote-ranks", type=INDEX, help="a promotion ladder: re-run the --rerun-top best on this many ranks "
+                   "(sampled trials train on --ranks-per-trial at the step-equivalent budget) and rank by those runs "
+                   "(default: the space's search.promote_ranks; 0 = off)")
     p.add_argument("--rerun-seeds", type=COUNT, help="new seeds per re-run configuration (default: the space's search.rerun_seeds)")
     p.add_argument("--results", default=RESULTS_DIR, help="folder holding studies (default: %(default)s)")
 

@@ -59,7 +59,7 @@ def _data_root(args, space, started_with: str | None = None) -> str:
 
 def _with_reruns(args, space):
     """The space with --rerun-top / --rerun-seeds applied (for this invocation; the stored space is unchanged)."""
-    changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds") if getattr(args, k, None) is not None}
+    changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds", "promote_ranks") if getattr(args, k, None) is not None}
     if not changes:
         return space
     return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked both
@@ -91,11 +91,17 @@ def check_run_options(settings, args, space) -> None:
     anything is stored, not as failed trials (a Tune head may have no GPU where its nodes do). A base config whose
     step does not split over the trial's ranks fails here too."""
     backend_class(settings.backend).check_options(settings)
-    if space.script is None and settings.ranks_per_trial > 1:
+    promote = space.search.promote_ranks
+    if promote and space.search.rerun_top < 1:
+        raise SpaceError(f"search.promote_ranks {promote} needs search.rerun_top >= 1 (the configurations it promotes)")
+    if promote and (promote <= settings.ranks_per_trial or space.script is not None):
+        raise SpaceError(f"search.promote_ranks {promote} must be above the {settings.ranks_per_trial} ranks per trial the "
+                         f"study samples with (an engine space's run.ranks_per_trial or --ranks-per-trial)")
+    for ranks in sorted({settings.ranks_per_trial, promote} - {0, 1}) if space.script is None else ():
         try:
-            batch_plan(space.base.train, settings.ranks_per_trial)
+            batch_plan(space.base.train, ranks)
         except ConfigError as exc:
-            raise SpaceError(f"{settings.ranks_per_trial} ranks per trial: {exc}") from None
+            raise SpaceError(f"{ranks} ranks per trial: {exc}") from None
     if settings.backend == "local" and _device(args, space):
         parse_device(_device(args, space))
 

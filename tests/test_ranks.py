@@ -137,3 +137,29 @@ def test_ranks_per_trial_is_checked_where_it_is_read(tmp_path):
                              "--study", "x", "--results", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "3 ranks per trial: train.batch_tokens 1024 does not split over 3 ranks" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_promotion_ladder_samples_on_one_rank_and_ranks_by_its_two_rank_reruns(tmp_path):
+    from search.budget.reruns import RANKS_ATTR, best_configuration
+    from test_search import load
+
+    # The micro space by steps, under caps no busy machine can miss: the ladder's plumbing, not its speed.
+    space = tmp_path / "steps.toml"
+    with open(MICRO_SPACE, encoding="utf-8") as f:
+        space.write_text(f.read().replace("train_seconds = 3.0", "train_seconds = 300.0").replace("eval_seconds = 60.0", "eval_seconds = 600.0")
+                         .replace("iterations = 100000", "iterations = 4").replace("val_every_seconds = 1.0", "val_every = 2"))
+    result = subprocess.run([sys.executable, "-m", "search.cli", "run", "--space", str(space), "--study", "l", "--trials", "2",
+                             "--sampler-seed", "0", "--rerun-top", "1", "--rerun-seeds", "1", "--promote-ranks", "2",
+                             "--results", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "re-running the best 1 configuration(s) on 2 ranks with 1 new seed(s)" in result.stdout
+    study = load(tmp_path, "l")
+    sampled, promoted = study.trials[:2], study.trials[2:]
+    assert [t.user_attrs["placement"]["ranks"] for t in sampled] == [1, 1]
+    # The lower rung trains under twice the cap (the steps 2 ranks train in it) and is held to that cap.
+    assert all(t.user_attrs["config"]["train"]["max_wallclock_seconds"] == 600.0 for t in sampled if "config" in t.user_attrs)
+    assert all(t.constraints["train_seconds"] == pytest.approx(t.user_attrs["train_seconds"] - 600.0) for t in sampled if t.constraints)
+    assert len(promoted) == 1 and promoted[0].user_attrs[RANKS_ATTR] == 2 and promoted[0].user_attrs["placement"]["ranks"] == 2
+    assert promoted[0].user_attrs["config"]["train"]["max_wallclock_seconds"] == 300.0
+    best = best_configuration(study)
+    assert best.values == [promoted[0].values[0]]  # ranked by its full-rank run alone
