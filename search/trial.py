@@ -62,7 +62,7 @@ class TrialSteps:
         """Where the trial ran, its ranks and passes, and (once it has run) the peak memory it reached there."""
         device = self.runtime.device
         self.write_json(PLACEMENT_FILE, {**placement(device), "ranks": self.ranks, "pass_tokens": pass_tokens(self.config, self.ranks, device),
-                                         "attempts": self.attempt, **peak_memory(device)})
+                                         "attempts": self.attempt, "threads_per_rank": torch.get_num_threads(), **peak_memory(device)})
 
     def train_pack_score(self):
         """The pipeline (train_pack_score), retried once with half the micro-batch after a CUDA out-of-memory error.

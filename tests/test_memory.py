@@ -78,6 +78,6 @@ def test_an_out_of_memory_error_is_retried_once_with_half_the_micro_batch_and_th
     log = (tmp_path / "m" / "trials" / "0000" / "train.log").read_text()
     assert f"CUDA out of memory ({TEST_OOM_ENV}=1) with 1,024 tokens per pass: retrying once with 512" in log
     placement = trial.user_attrs["placement"]
-    assert placement["attempts"] == 2 and placement["pass_tokens"] == 512 and placement["ranks"] == 1
+    assert placement["attempts"] == 2 and placement["pass_tokens"] == 512 and placement["ranks"] == 1 and placement["threads_per_rank"] >= 1
     assert placement["peak_memory_of"] == "ru_maxrss" and 50e6 < placement["peak_memory_bytes"] < 20e9
     assert "micro_batch_tokens = 512" in (tmp_path / "m" / "trials" / "0000" / "config.toml").read_text()
