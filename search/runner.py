@@ -6,15 +6,15 @@ import shutil
 import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
+from pgolf.config import ConfigError
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from pgolf.submission import parse_device
+from pgolf.train import batch_plan
 from search.backends import backend_class, make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, check_dimension_values, suggest_config
-from pgolf.config import ConfigError
-from pgolf.train import batch_plan
 from space.spec import SpaceError, check_ranks_per_trial, load_space
 
 
@@ -58,11 +58,11 @@ def _data_root(args, space, started_with: str | None = None) -> str:
 
 
 def _with_reruns(args, space):
-    """The space with --rerun-top / --rerun-seeds applied (for this invocation; the stored space is unchanged)."""
+    """The space with --rerun-top / --rerun-seeds / --promote-ranks applied (for this invocation; the stored space is unchanged)."""
     changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds", "promote_ranks") if getattr(args, k, None) is not None}
     if not changes:
         return space
-    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked both
+    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked them
 
 
 def _tune_options(args, space, settings=None) -> dict:
