@@ -36,7 +36,7 @@ def halved_micro_batch(config, ranks: int, device: torch.device):
     return dataclasses.replace(config, train=dataclasses.replace(train, micro_batch_tokens=half))
 
 
-def test_oom(report: int, attempt: int) -> None:
+def raise_test_oom(report: int, attempt: int) -> None:
     """Raise torch.cuda.OutOfMemoryError at report PGOLF_TEST_OOM_AT_REPORT of a first attempt (tests only)."""
     if attempt == 1 and os.environ.get(TEST_OOM_ENV) == str(report):
         raise torch.cuda.OutOfMemoryError(f"CUDA out of memory ({TEST_OOM_ENV}={report})")

@@ -28,7 +28,7 @@ from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
-from search.memory import halved_micro_batch, pass_tokens, peak_memory, test_oom
+from search.memory import halved_micro_batch, pass_tokens, peak_memory, raise_test_oom
 from search.ranks import RankFailed, RankGroup, is_extra_rank, leave_training_group, run_extra_rank
 from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
                                placement)
@@ -87,7 +87,7 @@ class TrialSteps:
                     torch.cuda.empty_cache()
 
     def validate(self, model) -> float:
-        test_oom(len(self.reports) + 1, self.attempt)
+        raise_test_oom(len(self.reports) + 1, self.attempt)
         started = time.perf_counter()
         bpb = self._validate_subset(model)
         self.clock.add("validation reports", time.perf_counter() - started)
