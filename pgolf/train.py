@@ -27,7 +27,8 @@ from pgolf.model import Rotary
 from pgolf.optim import build_optimizers
 from pgolf.qat import QATForward, qat_due
 
-STEP_HISTORY = 8  # steps whose slowest one budgets the next step against the wallclock cap
+STEP_HISTORY = 8
+GPU_PASS_TOKENS = 65_536  # the official script's forward/backward pass per GPU: 524,288 tokens per step over 8 GPUs  # steps whose slowest one budgets the next step against the wallclock cap
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,11 +70,12 @@ def seq_stage(step: int, elapsed_s: float, cfg) -> int:
     return min(int(progress * n + 1e-9), n - 1)  # the tolerance: step 2 of 6 is a third exactly
 
 
-def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
+def batch_plan(cfg, world_size: int, device_type: str = "cpu") -> tuple[int, int, int]:
     """(tokens per pass, passes per rank, data spans per pass) of one step over `world_size` ranks.
 
     A step's batch_tokens are shared out over the ranks; each rank runs passes of micro_batch_tokens
-    (0 = its whole share at once), as the official script runs 8 / WORLD_SIZE accumulation steps.
+    (0 = its whole share at once on a CPU; on a GPU, passes no larger than GPU_PASS_TOKENS), as the official
+    script runs 8 / WORLD_SIZE accumulation steps.
     A split that would leave a rank a fraction of a sequence is refused before anything trains.
     """
     per_rank, left = divmod(cfg.batch_tokens, world_size)
@@ -85,7 +87,8 @@ def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
         if per_rank % n:
             raise ConfigError(f"train.seq_len_stages length {n} does not divide the {per_rank} tokens per rank of "
                               f"train.batch_tokens {cfg.batch_tokens} over {world_size} ranks")
-    micro_tokens = min(cfg.micro_batch_tokens or per_rank, per_rank)
+    micro_tokens = min(cfg.micro_batch_tokens or (gpu_pass_tokens(per_rank, [cfg.seq_len, *cfg.seq_len_stages])
+                                                  if device_type == "cuda" else per_rank), per_rank)
     if per_rank % micro_tokens:
         raise ConfigError(f"train.micro_batch_tokens {micro_tokens} does not divide the {per_rank} tokens per rank "
                           f"of train.batch_tokens {cfg.batch_tokens} over {world_size} ranks")
@@ -95,6 +98,14 @@ def batch_plan(cfg, world_size: int) -> tuple[int, int, int]:
     passes = world_size * accum
     spans = cfg.data_spans // passes if cfg.data_spans % passes == 0 else 1
     return micro_tokens, accum, spans
+
+
+def gpu_pass_tokens(per_rank: int, lengths: list) -> int:
+    """The largest pass that divides a rank's share into whole sequences of every length and is no larger than
+    the official script's per-GPU pass: its activations then fit where the official script's do."""
+    units = per_rank // math.lcm(*lengths)
+    passes = next((k for k in range(1, units + 1) if units % k == 0 and per_rank // k <= GPU_PASS_TOKENS), units)
+    return per_rank // passes
 
 
 def keep_freed_memory() -> None:
@@ -129,7 +140,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
 
 
 def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> TrainResult:
-    micro_tokens, accum, spans = batch_plan(cfg, world_size)
+    micro_tokens, accum, spans = batch_plan(cfg, world_size, device.type)
     lengths = [*cfg.seq_len_stages, cfg.seq_len]  # training context per stage, at the same tokens per step
     torch.manual_seed(cfg.seed)
     optimizers, muon = build_optimizers(model, cfg)

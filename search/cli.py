@@ -154,11 +154,16 @@ def add_run_options(p, resume: bool) -> None:
                    "else 1 where the cluster has GPUs)")
     p.add_argument("--cpus-per-trial", type=POSITIVE, help="tune: CPUs per trial (default: the space's run.cpus_per_trial, "
                    "else the cluster's CPUs / workers)")
+    p.add_argument("--ranks-per-trial", type=COUNT, help="DDP ranks each trial trains with: GPUs on CUDA, shares of the cores "
+                   "on CPU (default: " + ("the study's" if resume else "the space's run.ranks_per_trial, else 1") + ")")
     p.add_argument("--device", help="device for trials: cpu, cuda (default: the space's run.device)")
     p.add_argument("--data", help="data root (default: " + ("the one the study started with" if resume else
                    "the space's run.data, relative to the working directory; else PGOLF_DATA or ../shared/data") + ")")
     p.add_argument("--rerun-top", type=INDEX, help="after sampling, re-run the best N configurations with new seeds "
                    "(default: the space's search.rerun_top)")
+    p.add_argument("--promote-ranks", type=INDEX, help="a promotion ladder: re-run the --rerun-top best on this many ranks "
+                   "(sampled trials train on --ranks-per-trial at the step-equivalent budget) and rank by those runs "
+                   "(default: the space's search.promote_ranks; 0 = off)")
     p.add_argument("--rerun-seeds", type=COUNT, help="new seeds per re-run configuration (default: the space's search.rerun_seeds)")
     p.add_argument("--results", default=RESULTS_DIR, help="folder holding studies (default: %(default)s)")
 

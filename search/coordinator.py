@@ -41,7 +41,7 @@ from pgolf.staging import Interrupted
 from search.backends import make_backend
 from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
-from search.budget.reruns import RERUN_ATTR, SEED_ATTR, queue_reruns
+from search.budget.reruns import RANKS_ATTR, RERUN_ATTR, SEED_ATTR, queue_reruns, rung_caps, rung_config, trial_ranks
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
 from search.trialfiles import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
@@ -183,6 +183,7 @@ class Coordinator:
             if trial.user_attrs.get(SEED_ATTR) is not None:  # a re-run: the same configuration with a new seed
                 config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=trial.user_attrs[SEED_ATTR]))
             config = proxy_config(config, self.space.search, self.space.caps)
+            config = rung_config(config, trial_ranks(trial, self.settings), self.space.search)  # a ladder's lower rung
             trial.set_user_attr("sampled", values)
             calibration = study_calibration(self.study)
             minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
@@ -211,7 +212,7 @@ class Coordinator:
                    "trial_number": trial.number, "config": config_to_dict(config),
                    "data": dataclasses.asdict(self.data(config.model.vocab_size)),
                    "caps": dataclasses.asdict(self.space.caps), "allocation": dataclasses.asdict(self.space.allocation),
-                   "device": self.device,
+                   "device": self.device, "ranks": trial_ranks(trial, self.settings),
                    "pruner": trial_pruning(self.space, self.settings.objectives, RERUN_ATTR in trial.user_attrs, self.backend.stops_trials),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
@@ -267,13 +268,14 @@ class Coordinator:
             with open(calibration_path, encoding="utf-8") as f:
                 trial.set_user_attr("calibration", json.load(f))
         self._record_metrics(trial, m, "trained")
+        caps = rung_caps(self.space.caps, trial_ranks(trial, self.settings), self.space.search)  # a ladder's lower rung: scaled
         if result["status"] == "infeasible":
             # Trained, but no allowed allocation fits the byte cap: nothing was packed, so there is no
             # post-roundtrip bpb, and the excess is unknown (one byte over stands for "over the cap").
             trial.set_user_attr("stage", "infeasible")
             trial.set_user_attr("reason", result["reason"])
             outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m.train_seconds, 0.0)
-            tell_unscored(self.study, trial, constraint_values(outcome, self.space.caps))
+            tell_unscored(self.study, trial, constraint_values(outcome, caps))
             self.say(f"trial {trial.number}: infeasible after {m.train_seconds:.0f}s of training: {result['reason']}")
             return
         trial.set_user_attr("stage", "complete")
@@ -289,7 +291,7 @@ class Coordinator:
             trial.set_user_attr("predicted_bytes", predicted)
             trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
         outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, m.eval_seconds)
-        constraints = constraint_values(outcome, self.space.caps)
+        constraints = constraint_values(outcome, caps)
         record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))
         self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
@@ -362,10 +364,11 @@ class Coordinator:
         plan = self.space.search
         if plan.rerun_top <= 0 or self.settings.objectives != "bpb":
             return False
-        queued = queue_reruns(self.study, plan.rerun_top, plan.rerun_seeds)
+        queued = queue_reruns(self.study, plan.rerun_top, plan.rerun_seeds, plan.promote_ranks)
         waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if queued:
-            self.say(f"sampling done: re-running the best {plan.rerun_top} configuration(s) with {plan.rerun_seeds} new seed(s) "
+            on = f" on {plan.promote_ranks} ranks" if plan.promote_ranks else ""
+            self.say(f"sampling done: re-running the best {plan.rerun_top} configuration(s){on} with {plan.rerun_seeds} new seed(s) "
                      f"each ({queued} trial(s))")
         return waiting > 0
 
@@ -481,7 +484,7 @@ def requeue(study: optuna.Study, number: int, params: dict, user_attrs: dict) ->
     if any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False)):
         return False
     attrs = {"retry_of": number, **({"baseline": True} if user_attrs.get("baseline") else {}),
-             **{k: user_attrs[k] for k in (RERUN_ATTR, SEED_ATTR) if k in user_attrs}}  # a re-run stays a re-run
+             **{k: user_attrs[k] for k in (RERUN_ATTR, SEED_ATTR, RANKS_ATTR) if k in user_attrs}}  # a re-run stays a re-run
     study.enqueue_trial(params, user_attrs=attrs)
     return True
 

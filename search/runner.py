@@ -6,14 +6,16 @@ import shutil
 import time
 
 from objectives.bytes import load_calibration, predict_artifact_bytes
+from pgolf.config import ConfigError
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from pgolf.submission import parse_device
+from pgolf.train import batch_plan
 from search.backends import backend_class, make_backend
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, check_dimension_values, suggest_config
-from space.spec import SpaceError, load_space
+from space.spec import SpaceError, check_ranks_per_trial, load_space
 
 
 class DataResolver:
@@ -56,11 +58,11 @@ def _data_root(args, space, started_with: str | None = None) -> str:
 
 
 def _with_reruns(args, space):
-    """The space with --rerun-top / --rerun-seeds applied (for this invocation; the stored space is unchanged)."""
-    changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds") if getattr(args, k, None) is not None}
+    """The space with --rerun-top / --rerun-seeds / --promote-ranks applied (for this invocation; the stored space is unchanged)."""
+    changes = {k: getattr(args, k) for k in ("rerun_top", "rerun_seeds", "promote_ranks") if getattr(args, k, None) is not None}
     if not changes:
         return space
-    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked both
+    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))  # the parser checked them
 
 
 def _tune_options(args, space, settings=None) -> dict:
@@ -75,11 +77,31 @@ def _tune_options(args, space, settings=None) -> dict:
     return options  # flags are range-checked by the parser, the space's values by the space loader
 
 
+def _ranks_per_trial(args, space, settings=None) -> int:
+    """--ranks-per-trial, else the stored study's, else the space's run.ranks_per_trial."""
+    if getattr(args, "ranks_per_trial", None) is not None:
+        if space.script is not None:
+            raise SpaceError("--ranks-per-trial is for engine spaces: a script space sets its ranks in [script] ranks")
+        return check_ranks_per_trial(args.ranks_per_trial, "--ranks-per-trial")
+    return settings.ranks_per_trial if settings is not None else space.ranks_per_trial
+
+
 def check_run_options(settings, args, space) -> None:
     """The backend's own option checks; on the local backend, a device this machine lacks, or more GPUs for the
     concurrent trials than it shows, fails here, before anything is stored, not as failed trials (a Tune head may
-    have no GPU where its nodes do)."""
+    have no GPU where its nodes do). A base config whose step does not split over the trial's ranks fails here too."""
     backend_class(settings.backend).check_options(settings)
+    promote = space.search.promote_ranks
+    if promote and space.search.rerun_top < 1:
+        raise SpaceError(f"search.promote_ranks {promote} needs search.rerun_top >= 1 (the configurations it promotes)")
+    if promote and (promote <= settings.ranks_per_trial or space.script is not None):
+        raise SpaceError(f"search.promote_ranks {promote} must be above the {settings.ranks_per_trial} ranks per trial the "
+                         f"study samples with (an engine space's run.ranks_per_trial or --ranks-per-trial)")
+    for ranks in sorted({settings.ranks_per_trial, promote} - {0, 1}) if space.script is None else ():
+        try:
+            batch_plan(space.base.train, ranks)
+        except ConfigError as exc:
+            raise SpaceError(f"{ranks} ranks per trial: {exc}") from None
     if settings.backend == "local" and _device(args, space):
         parse_device(_device(args, space))
     if settings.backend == "local":
@@ -115,7 +137,7 @@ def start_study(args) -> None:
                              storage=args.storage or default_storage(directory, workers), objectives=args.objectives,
                              sampler=args.sampler, sampler_seed=args.sampler_seed, trials=args.trials or space.trials,
                              timeout=args.timeout if args.timeout is not None else space.timeout, workers=workers, backend=args.backend or "local", address=args.address,
-                             data=data.root, **_tune_options(args, space))
+                             data=data.root, ranks_per_trial=_ranks_per_trial(args, space), **_tune_options(args, space))
     if settings.storage.startswith("sqlite") and workers > 1:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     check_run_options(settings, args, space)
@@ -132,7 +154,8 @@ def start_study(args) -> None:
         study.enqueue_trial(space.baseline, user_attrs={"baseline": True})
     save_settings(directory, settings)
     print(f"study {name}: space {space.name}, {settings.trials} trials, sampler {settings.sampler}, objectives "
-          f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}, caps "
+          f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}"
+          f"{f' x {settings.ranks_per_trial} ranks' if settings.ranks_per_trial > 1 else ''}, caps "
           f"{space.caps.artifact_bytes:,} bytes / train {space.caps.train_seconds:g}s / eval {space.caps.eval_seconds:g}s")
     Coordinator(directory, settings, space, study, data, _device(args, space), backend=backend).run()
     print(f"results in {directory}; {study_command('status', name, args.results)} for the table")
@@ -146,6 +169,7 @@ def resume_study(args) -> None:
             setattr(settings, key, getattr(args, key))
     for key, value in _tune_options(args, space, settings).items():
         setattr(settings, key, value)
+    settings.ranks_per_trial = _ranks_per_trial(args, space, settings)
     if settings.storage.startswith("sqlite") and settings.workers > 1:
         raise StudyError(f"study {settings.name!r} uses SQLite, which is for one worker: resume with --workers 1")
     check_run_options(settings, args, space)

@@ -55,6 +55,7 @@ class StudySettings:
     scheduler: str = "fifo"  # tune: fifo (the space's Optuna pruner inside each trial) | asha (Tune's)
     gpus_per_trial: float | None = None  # tune: None = 1 where the cluster has GPUs, else 0
     cpus_per_trial: float | None = None  # tune: None = the cluster's CPUs / workers
+    ranks_per_trial: int = 1  # DDP ranks each trial trains with (search/ranks.py)
     data: str | None = None  # the data root, made absolute when the study starts: a resume reads the same data
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 

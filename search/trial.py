@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+import torch
+
 from pgolf.assemble import assemble_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
@@ -20,12 +22,14 @@ from pgolf.evaluate import EvalResult
 from pgolf.metrics import pipeline_metrics, write_metrics
 from pgolf.run import SCRIPT_FILE, RunLog, subset_validator
 from pgolf.gptq import check_calibration
-from pgolf.submission import MODEL_FILE, Packed, load_model, score, setup_runtime, train_pack_score
+from pgolf.submission import MODEL_FILE, Packed, exit_process, load_model, score, setup_runtime, train_pack_score
 
 from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
+from search.memory import halved_micro_batch, pass_tokens, peak_memory, raise_test_oom
+from search.ranks import RankFailed, RankGroup, is_extra_rank, leave_training_group, run_extra_rank
 from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
                                placement)
 from space.spec import AllocationSpace, Caps
@@ -43,6 +47,8 @@ class TrialSteps:
         self.alloc_space = AllocationSpace(**request["allocation"])
         self.log = RunLog(os.path.join(directory, "train.log"), echo=False)
         self.runtime = setup_runtime(request.get("device"))
+        self.ranks = self.runtime.world_size  # the runtime becomes rank 0's alone after training
+        self.attempt = 1  # 2: retrying with half the micro-batch after a CUDA out-of-memory error
         self.reports: list = []
         self.sizes: dict = {}  # every RTN option's bytes (measured after training)
         self.allocation = self.best = None  # the allocation's result and its chosen candidate (None: nothing fits)
@@ -52,7 +58,36 @@ class TrialSteps:
     def write_json(self, name: str, data) -> None:
         _write_json(self.directory, name, data)
 
+    def write_placement(self) -> None:
+        """Where the trial ran, its ranks and passes, and (once it has run) the peak memory it reached there."""
+        device = self.runtime.device
+        self.write_json(PLACEMENT_FILE, {**placement(device), "ranks": self.ranks, "pass_tokens": pass_tokens(self.config, self.ranks, device),
+                                         "attempts": self.attempt, "threads_per_rank": torch.get_num_threads(), **peak_memory(device)})
+
+    def train_pack_score(self):
+        """The pipeline (train_pack_score), retried once with half the micro-batch after a CUDA out-of-memory error.
+        A trial of several ranks is not retried: the rank that ran out fails it (its reason names the rank)."""
+        while True:
+            try:
+                # The float model is scored on the reports' validation subset: the quantization gap is measured there,
+                # and the whole split is scored once, for the chosen allocation.
+                return train_pack_score(self.config, self.data, self.runtime, os.path.join(self.directory, MODEL_FILE), log=self.log,
+                                        validate_fn=self.validate, on_val=self.report, pre_tokens=self.config.train.val_tokens,
+                                        after_training=self.after_training, post_training=self.allocate_storage)
+            except torch.cuda.OutOfMemoryError as exc:
+                device = self.runtime.device
+                smaller = halved_micro_batch(self.config, self.ranks, device) if self.attempt == 1 and self.ranks == 1 else None
+                if smaller is None:
+                    raise
+                self.log(f"{str(exc).splitlines()[0]} with {pass_tokens(self.config, 1, device):,} tokens per pass: "
+                         f"retrying once with {smaller.train.micro_batch_tokens:,}")
+                self.config, self.attempt, self.reports = smaller, 2, []
+                open(os.path.join(self.directory, REPORTS_FILE), "w").close()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
     def validate(self, model) -> float:
+        raise_test_oom(len(self.reports) + 1, self.attempt)
         started = time.perf_counter()
         bpb = self._validate_subset(model)
         self.clock.add("validation reports", time.perf_counter() - started)
@@ -68,6 +103,7 @@ class TrialSteps:
             self._on_val(len(self.reports), bpb)
 
     def after_training(self, model, trained) -> None:
+        leave_training_group(self.runtime)  # with N ranks: rank 0 allocates and scores alone, as a one-rank trial
         # train_model's wall: model set-up, the training the cap counts, and the validation reports (timed by validate).
         validation = self.clock.seconds.pop("validation reports", 0.0)
         self.clock.lap_parts({"model set-up": None, "training": trained.train_seconds, "validation reports": validation})
@@ -109,11 +145,27 @@ def run_trial(directory: str) -> dict:
     with open(os.path.join(directory, REQUEST_FILE), encoding="utf-8") as f:
         request = json.load(f)
     clock = PhaseClock()
+    ranks = request.get("ranks", 1)
+    # Ranks 1..N-1 start before this rank sets up its process group (which waits for them all).
+    group = RankGroup(directory, ranks) if ranks > 1 else None
+    try:
+        return _run_trial(directory, request, clock, entered)
+    except Exception as exc:
+        failed = group.failure() if group is not None else None
+        if failed:  # the cause, not its echo on this rank
+            raise RankFailed(failed) from exc
+        raise
+    finally:
+        if group is not None:  # pruned, failed or done: no rank outlives the trial
+            group.end()
+
+
+def _run_trial(directory: str, request: dict, clock: PhaseClock, entered: float) -> dict:
     if "launched_at" in request:  # process start and imports: from the coordinator's launch to here
         clock.add("start-up", max(entered - request["launched_at"], 0.0))
     steps = TrialSteps(directory, request, clock)
     config, data, runtime, log = steps.config, steps.data, steps.runtime, steps.log
-    steps.write_json(PLACEMENT_FILE, placement(runtime.device))
+    steps.write_placement()
     log(f"trial {request['trial_number']} of {request['study']} on {runtime.device}: {data.describe()}")
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(config))
@@ -124,13 +176,10 @@ def run_trial(directory: str) -> dict:
         check_calibration(data.train_pattern, config.train.seq_len, config.quant.calib_tokens)
     clock.lap("setup")
     try:
-        # The float model is scored on the reports' validation subset: the quantization gap is measured there, and the
-        # whole split is scored once, for the chosen allocation.
-        outcome = train_pack_score(config, data, runtime, os.path.join(directory, MODEL_FILE), log=log, validate_fn=steps.validate,
-                                   on_val=steps.report, pre_tokens=config.train.val_tokens, after_training=steps.after_training,
-                                   post_training=steps.allocate_storage)
+        outcome = steps.train_pack_score()
     except optuna.TrialPruned as exc:
         log(str(exc))
+        steps.write_placement()
         result = {"status": "pruned", "reports": steps.reports, "reason": str(exc)}
         steps.write_json(RESULT_FILE, result)
         return result
@@ -161,6 +210,7 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
         metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(best.config), best.feasible
         result = {"status": "complete"}
     clock.lap("write")
+    steps.write_placement()
     metrics.phases, metrics.trial_seconds = clock.seconds, time.perf_counter() - started
     write_metrics(steps.directory, metrics)
     result["metrics"] = metrics.to_dict()
@@ -186,11 +236,16 @@ def main() -> int:
 
     if is_script_trial(directory):  # a user's training script, run as it is (search/script/trial.py)
         return script_trial_main(directory)
+    if is_extra_rank():  # rank 1..N-1 of a trial (search/ranks.py): its failure is rank 0's to report
+        exit_process(run_extra_rank(directory))
     try:
         run_trial(directory)
+        code = 0
     except Exception:  # the process boundary: any failure fails this trial, with its reason kept
-        return fail_at_boundary(directory)
-    return 0
+        code = fail_at_boundary(directory)
+    if "RANK" in os.environ:  # rank 0 of N: gloo's threads may abort a normal interpreter exit (pgolf/submission.py)
+        exit_process(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class SearchPlan:
     # `rerun_seeds` new seeds each; status and export rank configurations by their mean over seeds.
     rerun_top: int = 0
     rerun_seeds: int = 2
+    # A promotion ladder (search/budget/reruns.py): sampled trials train on run.ranks_per_trial ranks at the
+    # step-equivalent budget, and the rerun_top best re-run on `promote_ranks` ranks, which rank the study. 0 = off.
+    promote_ranks: int = 0
     # A proxy budget: every trial trains `proxy_steps` steps (fixed compute, no wallclock cap: it ranks the same
     # on any machine) or `proxy_seconds`, its warmdown scaled to the same fraction of training, and its bpb at
     # the target budget (`target_steps`, or `target_seconds`, default the training cap) is extrapolated
@@ -109,6 +112,7 @@ class Space:
     device: str = "auto"
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
+    ranks_per_trial: int = 1  # DDP ranks each trial trains with (space/spec.py: check_ranks_per_trial)
     source: str = ""
     trials: int = 10
     timeout: float | None = None
@@ -168,6 +172,8 @@ def search_plan_from_dict(values: dict) -> SearchPlan:
         raise SpaceError(f"search.min_seconds must be >= 0 and search.reduction_factor >= 2, got {plan.min_seconds} and {plan.reduction_factor}")
     if plan.rerun_top < 0 or plan.rerun_seeds < 1:
         raise SpaceError(f"search.rerun_top must be >= 0 and search.rerun_seeds >= 1, got {plan.rerun_top} and {plan.rerun_seeds}")
+    if plan.promote_ranks < 0 or (plan.promote_ranks and plan.rerun_top < 1):
+        raise SpaceError(f"search.promote_ranks {plan.promote_ranks} needs search.rerun_top >= 1 (the configurations it promotes)")
     if plan.proxy_steps and plan.proxy_seconds:
         raise SpaceError("search: a proxy budget is proxy_steps or proxy_seconds, not both")
     if plan.proxy_steps < 0 or plan.proxy_seconds < 0 or (plan.proxy_steps and plan.target_steps <= plan.proxy_steps):

@@ -7,7 +7,9 @@ A space file (TOML) has these tables:
     [run]                 base (a shipped config name, or a TOML path relative to the space file),
                           data (a data root; "" = PGOLF_DATA, else ../shared/data beside the checkout),
                           device ("auto" | "cpu" | "cuda"), gpus_per_trial, cpus_per_trial (the tune backend's
-                          resources per trial; unset = 1 GPU where the cluster has GPUs, its CPUs / workers)
+                          resources per trial; unset = 1 GPU where the cluster has GPUs, its CPUs / workers),
+                          ranks_per_trial (DDP ranks per trial, default 1: one GPU each on CUDA, a share of the
+                          cores each on CPU; `search run --ranks-per-trial` overrides it)
     [base.<section>]      values set on top of the base config for every trial
     [dims."section.key"]  one search dimension per config key: {choices = [...]} or
                           {low, high, step?, log?} (ints if low and high are ints)
@@ -150,11 +152,12 @@ def space_from_dict(data: dict, source: str = "") -> Space:
         raise SpaceError("caps.artifact_bytes, caps.train_seconds and caps.eval_seconds must be positive")
     run = _table("run", data.get("run", {}))
     for key in run:
-        if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial"):
+        if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial", "ranks_per_trial"):
             raise SpaceError(f"unknown key run.{key}")
     resources = {key: _typed(f"run.{key}", run[key], float) for key in ("gpus_per_trial", "cpus_per_trial") if key in run}
     if resources.get("gpus_per_trial", 0) < 0 or resources.get("cpus_per_trial", 1) <= 0:
         raise SpaceError(f"run.gpus_per_trial must be >= 0 and run.cpus_per_trial > 0, got {resources}")
+    ranks = check_ranks_per_trial(_typed("run.ranks_per_trial", run.get("ranks_per_trial", 1), int), "run.ranks_per_trial")
     device = _typed("run.device", run.get("device", "auto"), str)
     if device not in ("auto", "cpu", "cuda"):
         raise SpaceError(f"run.device must be auto, cpu or cuda, got {device!r}")
@@ -176,7 +179,7 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     space = Space(name=_typed("name", data.get("name", os.path.splitext(os.path.basename(source))[0] or "space"), str),
                   description=_typed("description", data.get("description", ""), str), caps=caps, base=base, dims=dims,
                   baseline=baseline, allocation=allocation_from_dict(data.get("allocation", {})),
-                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source, **resources,
+                  data=_typed("run.data", run.get("data", ""), str), device=device, source=source, **resources, ranks_per_trial=ranks,
                   trials=_typed("trials", data.get("trials", 10), int),
                   timeout=_typed("timeout", data["timeout"], float) if "timeout" in data else None,
                   search=search_plan_from_dict(data.get("search", {})))
@@ -195,6 +198,13 @@ def space_from_dict(data: dict, source: str = "") -> Space:
             raise SpaceError(f"allocation.ttt_chunk {longer} longer than the eval sequence length {base.eval_seq_len()}: "
                              "a chunk is scored by windows of that length")
     return space
+
+
+def check_ranks_per_trial(ranks: int, where: str) -> int:
+    """The one check of a trial's rank count, for the space key and the `search run` flag alike."""
+    if ranks < 1:
+        raise SpaceError(f"{where} must be at least 1, got {ranks}")
+    return ranks
 
 
 def presets() -> list[str]:

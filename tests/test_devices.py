@@ -85,7 +85,7 @@ def test_too_many_gpus_for_the_workers_is_refused_before_the_study_exists(tmp_pa
         assert not (results / "x").exists()
     code, out, err = search(capsys, "run", "--space", devices_space(tmp_path, 2, ranks=2), "--study", "x", "--gpus-per-trial", "1",
                             "--results", str(results))
-    assert code != 0 and "--gpus-per-trial 1: the script runs 2 ranks, each needs a GPU of its own" in err, err
+    assert code != 0 and "--gpus-per-trial 1: a trial runs 2 ranks, each needs a GPU of its own" in err, err
 
 
 def test_two_concurrent_trials_each_see_their_own_device(tmp_path, capsys, monkeypatch):

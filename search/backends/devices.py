@@ -4,13 +4,14 @@ The GPUs a study may use are those this machine shows: the ids in CUDA_VISIBLE_D
 can reserve some, and a test on a CPU machine can name logical ones), else every device torch counts. Each trial
 gets its own N of them through its CUDA_VISIBLE_DEVICES, as Ray sets it for a Tune trial: taken from a pool when its
 process starts, given back when the process ends however it ends (completed, pruned, failed, stopped). N is
---gpus-per-trial; by default one per trial (a script trial: one per rank, so its torchrun gets its ranks' devices)
+--gpus-per-trial; by default one per rank of a trial (an engine trial's DDP ranks, a script's torchrun ranks)
 wherever GPUs are visible and the study does not run on the CPU. W workers x N GPUs beyond what is visible is
 refused before the study is created.
 """
 
 import os
 
+from search.backends.base import trial_ranks
 from search.study import StudyError
 
 
@@ -35,7 +36,7 @@ def gpus_per_trial(settings, space, device: str | None) -> int | None:
     out, trials see this machine's as they are (no GPU visible, or a CPU study). A count that cannot be given is
     refused in one line."""
     visible, source = visible_gpus()
-    ranks = space.script.ranks if getattr(space, "script", None) is not None else 1
+    ranks = trial_ranks(settings)
     wanted = settings.gpus_per_trial
     if wanted is None:
         if not visible or device == "cpu":
@@ -45,7 +46,7 @@ def gpus_per_trial(settings, space, device: str | None) -> int | None:
         raise StudyError(f"--gpus-per-trial {wanted:g}: the local backend gives each trial whole GPUs")
     wanted = int(wanted)
     if 0 < wanted < ranks:
-        raise StudyError(f"--gpus-per-trial {wanted}: the script runs {ranks} ranks, each needs a GPU of its own")
+        raise StudyError(f"--gpus-per-trial {wanted}: a trial runs {ranks} ranks, each needs a GPU of its own")
     if settings.workers * wanted > len(visible):
         raise StudyError(f"--workers {settings.workers} x {wanted} GPU(s) per trial = {settings.workers * wanted} GPUs, more than "
                          f"the {len(visible)} this machine shows ({source}): lower --workers or --gpus-per-trial")

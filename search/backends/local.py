@@ -6,7 +6,7 @@ import time
 
 from search.backends.base import Backend
 from search.backends.devices import DevicePool, gpus_per_trial, visible_gpus
-from search.backends.process import Job, trial_process_setup, worker_command, worker_env
+from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 
 
 class LocalBackend(Backend):
@@ -68,7 +68,5 @@ class LocalBackend(Backend):
         return code
 
     def cancel(self, job: Job) -> None:
-        if job.handle.poll() is None:
-            job.handle.kill()
-            job.handle.wait()
+        end_process_group(job.handle)  # the trial and every rank it started
         self._release(job)

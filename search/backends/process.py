@@ -27,6 +27,17 @@ def trial_process_setup() -> None:
         pass
 
 
+def end_process_group(process) -> None:
+    """Kill a trial process and everything in its process group (its other ranks: search/ranks.py), then reap it."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # trial_process_setup made the trial's pid its group's id
+        except ProcessLookupError:
+            pass
+        process.kill()
+    process.wait()
+
+
 def worker_command(directory: str) -> list[str]:
     return [sys.executable, "-m", "search.trial", directory]
 

@@ -30,8 +30,8 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from search.backends.base import Backend
-from search.backends.process import Job, trial_process_setup, worker_command, worker_env
+from search.backends.base import Backend, trial_ranks
+from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
 from search.trialfiles import REQUEST_FILE, RESULT_FILE, read_reports
@@ -93,12 +93,11 @@ def connect(address: str | None) -> bool:
 
 
 def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial: the settings', else 1 GPU where the cluster has GPUs (a script trial: one per rank of
-    its torchrun) and an equal share of its CPUs. Refused in one line when no single node has that much (Tune would
-    wait for it forever)."""
+    """(CPUs, GPUs) per trial: the settings', else 1 GPU per rank (an engine trial's DDP ranks, a script's torchrun
+    ranks) where the cluster has GPUs, and an equal share of its CPUs. Refused in one line when no single node has
+    that much (Tune would wait for it forever)."""
     total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes), "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
-    ranks = float(settings.space.get("script", {}).get("ranks", 1))
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (ranks if total["GPU"] >= 1 else 0.0)
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (float(trial_ranks(settings)) if total["GPU"] >= 1 else 0.0)
     cpus = settings.cpus_per_trial or max(1.0, float(int(total["CPU"] // max(settings.workers, 1))))
     if not any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
         largest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
@@ -335,8 +334,7 @@ def run_on_node(config: dict) -> None:
                 break
             time.sleep(0.2)
     finally:
-        if process.poll() is None:  # stopped by Tune (the scheduler, the study's end): the trial goes too
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # stopped by Tune (the scheduler, the study's end): the trial goes too, every rank of it
+            end_process_group(process)
     # Every result carries the scheduler's metric (Tune checks it); the exit code tells the searcher it ended.
     tune.report({"exit_code": code, "report": last[0], "val_bpb": last[1]})

@@ -7,8 +7,15 @@ through the same process, allocation and constraints, so its bpb is a full-split
 any other. Configurations are grouped by their sampled values; once any was re-run, the best configuration is
 the re-run one with the lowest mean bpb (a configuration seen once cannot be compared fairly with a mean), and
 `search export` writes its original trial's artifact.
+
+A promotion ladder (search.promote_ranks) is the same re-runs with a rank count: sampled trials train on the
+study's ranks_per_trial ranks with the training cap scaled to the steps a full-rank trial trains in it (and are
+held to that scaled cap), the rerun_top best re-run on promote_ranks ranks at the real cap, and a configuration
+re-run there is ranked by those runs alone. So a user with one 8-GPU node spends most trials on 1-2 GPUs each
+and the last word on 8.
 """
 
+import dataclasses
 import json
 import math
 import statistics
@@ -21,6 +28,7 @@ from objectives.constraints import is_feasible
 
 RERUN_ATTR = "rerun_of"
 SEED_ATTR = "seed"
+RANKS_ATTR = "ranks"  # a trial that trains with other than the study's ranks_per_trial (a promotion ladder's re-run)
 SEED_STRIDE = 1000  # re-run k of a trial trains with seed + k * SEED_STRIDE: clear of the seeds a study samples
 
 
@@ -32,8 +40,13 @@ class Configuration:
     trials: list = field(default_factory=list)  # complete trials with a score, the original first
 
     @property
+    def ranked(self) -> list:
+        """The trials that rank it: its runs at a promotion ladder's full ranks where it has any, else all of them."""
+        return [t for t in self.trials if RANKS_ATTR in t.user_attrs] or self.trials
+
+    @property
     def values(self) -> list[float]:
-        return [t.values[0] for t in self.trials]
+        return [t.values[0] for t in self.ranked]
 
     @property
     def mean(self) -> float:
@@ -51,6 +64,32 @@ class Configuration:
     @property
     def rerun(self) -> bool:
         return len(self.trials) > 1
+
+
+def trial_ranks(trial, settings) -> int:
+    """The DDP ranks `trial` trains with: its own, where a re-run set them, else the study's ranks_per_trial."""
+    return int(trial.user_attrs.get(RANKS_ATTR, settings.ranks_per_trial))
+
+
+def rung_scale(ranks: int, plan) -> float:
+    """A promotion ladder's budget factor for a trial on `ranks` ranks: promote_ranks / ranks, so that under a
+    wallclock cap it trains the steps a trial on promote_ranks ranks trains in the cap (a linear speed-up over
+    ranks, as DDP over the same tokens per step aims for); 1 off a ladder, at full ranks, and for step budgets."""
+    return plan.promote_ranks / ranks if plan.promote_ranks > ranks else 1.0
+
+
+def rung_config(config, ranks: int, plan):
+    """The trial's config with its wallclock cap scaled by rung_scale (a step budget needs nothing)."""
+    scale, train = rung_scale(ranks, plan), config.train
+    if scale == 1.0 or train.max_wallclock_seconds <= 0:
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(train, max_wallclock_seconds=train.max_wallclock_seconds * scale))
+
+
+def rung_caps(caps, ranks: int, plan):
+    """The caps a trial is held to: a ladder's lower rung gets the training cap scaled as its budget is."""
+    scale = rung_scale(ranks, plan)
+    return caps if scale == 1.0 else dataclasses.replace(caps, train_seconds=caps.train_seconds * scale)
 
 
 def params_key(trial) -> str:
@@ -85,10 +124,11 @@ def best_configuration(study: optuna.Study) -> Configuration | None:
     return min(pool, key=lambda c: (c.mean, c.original.number), default=None)
 
 
-def queue_reruns(study: optuna.Study, top: int, seeds: int) -> int:
+def queue_reruns(study: optuna.Study, top: int, seeds: int, ranks: int = 0) -> int:
     """Queue the missing re-runs of the `top` best feasible configurations by their original's bpb; returns how
     many were queued. Re-runs already queued, running or finished are not queued again; failed ones, and ones a
-    pruner stopped (studies before re-runs were exempt from pruning), are."""
+    pruner stopped (studies before re-runs were exempt from pruning), are. `ranks` > 0: the re-runs train on that
+    many ranks (a promotion ladder's top rung)."""
     if top <= 0:
         return 0
     all_trials = study.get_trials(deepcopy=False)
@@ -101,7 +141,8 @@ def queue_reruns(study: optuna.Study, top: int, seeds: int) -> int:
         for k in range(1, seeds + 1):
             seed = base_seed + k * SEED_STRIDE
             if seed not in have:
-                study.enqueue_trial(original.params, user_attrs={RERUN_ATTR: original.number, SEED_ATTR: seed})
+                study.enqueue_trial(original.params, user_attrs={RERUN_ATTR: original.number, SEED_ATTR: seed,
+                                                                 **({RANKS_ATTR: ranks} if ranks else {})})
                 queued += 1
     return queued
 
