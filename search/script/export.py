@@ -57,7 +57,8 @@ def _launch_command(launch: dict, ranks: int) -> str:
 
 
 def export_script_trial(directory: str, settings, trial, out: str, replace: bool = False, refusal: str | None = None,
-                        log=lambda line: None) -> dict:
+                        log=lambda line: None, selection: dict | None = None) -> dict:
+    from search.budget.selection import selection_text
     from search.study import trial_dir
     from space.spec import space_from_dict
 
@@ -112,7 +113,7 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
                       "blurb": f"{os.path.basename(spec.path)} with {len(baked)} default(s) set by a pgolf script study.",
                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "val_loss": metrics.get("val_loss_post"), "val_bpb": metrics["val_bpb_post"],
-                      "bytes_total": total, "bytes_code": code, "bytes_model": metrics["model_bytes"]}
+                      "bytes_total": total, "bytes_code": code, "bytes_model": metrics["model_bytes"], "selection": selection}
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
         knobs = read_knobs(original, spec.path)
@@ -127,7 +128,8 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
         with open(os.path.join(stage, RECORD_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
         with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(settings.name, trial.number, metrics, record, original, spec))
+            f.write(_readme(settings.name, trial.number, metrics, record, original, spec)
+                    + (f"\n## Selection\n{selection_text(selection)}\n" if selection else ""))
     return submission
 
 

@@ -15,6 +15,7 @@ from pgolf.configfiles import config_to_toml
 from pgolf.config import config_from_dict
 from pgolf.metrics import RunMetrics
 from pgolf.run import read_metrics
+from search.budget.selection import fresh_seeds, seeds_used
 from search.submit.export import find_trial
 from search.study import StudyError, trial_data
 
@@ -116,7 +117,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
         reference_bpb = RunMetrics.from_dict(baseline.user_attrs).val_bpb_post
         log(f"reference: the study's baseline trial {baseline.number}, bpb {reference_bpb:.6f}")
-    seed_list = [s for s in range(1, seeds + 2) if s != config.train.seed][:seeds]
+    seed_list = fresh_seeds(study, seeds, also_avoid={config.train.seed})  # the significance test needs unseen seeds
+    log(f"seeds {', '.join(map(str, seed_list))}: none of them was used by the study's {len(seeds_used(study))} seed(s)")
     runs = []
     for seed in seed_list:
         out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else "")
@@ -144,7 +146,7 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     reference_nats = reference_bpb * nats_per_bpb
     test = one_sided_test([m.val_loss_post for m in runs], reference_nats)
     bpbs = [m.val_bpb_post for m in runs]
-    summary = {"trial": trial.number, "seeds": seed_list, "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
+    summary = {"trial": trial.number, "seeds": seed_list, "study_seeds": sorted(seeds_used(study)), "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
                "std_bpb": statistics.stdev(bpbs) if len(bpbs) > 1 else float("nan"), "reference_bpb": reference_bpb,
                "reference_nats": reference_nats, "mean_nats": test["mean"], "std_nats": test["std"],
                "improvement_nats": reference_nats - test["mean"], "t": test["t"], "p": test["p"],
