@@ -175,15 +175,22 @@ class EvalConfig:
     ttt_chunk: int = 256  # targets per chunk; at most the eval sequence length
     ttt_reset: str = "document"  # document: fresh adapters at every BOS | never: one stream carries them on
     ttt_phase_tokens: int = 0  # with ttt_reset = never: adapt on the first this many targets only (0 = all)
+    # Token n-gram tilt (pgolf/ngram.py): the logit of a token an order-n context predicts from text already scored,
+    # with confidence above the threshold, is raised by the boost and the distribution renormalised. 0 = off.
+    ngram_order: int = 0
+    ngram_threshold: float = 0.8
+    ngram_boost: float = 2.625
 
 
 TTT_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name.startswith("ttt"))
+NGRAM_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name.startswith("ngram"))
 
 
 def eval_settings(evaluation: "EvalConfig") -> dict:
-    """The eval keys a model file records: the TTT ones only when TTT is on, so the file of a model scored without
-    it stays byte for byte what it was before TTT existed."""
-    return {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in TTT_KEYS or evaluation.ttt != "off"}
+    """The eval keys a model file records: a mode's keys only when it is on (TTT, n-gram tilt), so the file of a
+    model scored without it stays byte for byte what it was before the mode existed."""
+    off = (TTT_KEYS if evaluation.ttt == "off" else ()) + (NGRAM_KEYS if not evaluation.ngram_order else ())
+    return {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in off}
 
 
 @dataclass
@@ -212,6 +219,7 @@ TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
 TTT_RESETS = ("document", "never")
 MAX_TTT_RANK = 256
+MAX_NGRAM_ORDER = 64
 MAX_SEQ_STAGES = 3  # with the final length, each with and without QAT: within torch.compile's 8 graphs per function
 
 
@@ -426,4 +434,8 @@ def validate(config: RunConfig) -> None:
         _check(e.ttt_phase_tokens >= 0, f"eval.ttt_phase_tokens must be non-negative, got {e.ttt_phase_tokens}")
         _check(e.ttt_phase_tokens == 0 or e.ttt_reset == "never",
                "eval.ttt_phase_tokens needs eval.ttt_reset = never (adapters reset at each document have no later phase)")
+    _check(0 <= e.ngram_order <= MAX_NGRAM_ORDER, f"eval.ngram_order must be in [0, {MAX_NGRAM_ORDER}] (0 = off), got {e.ngram_order}")
+    if e.ngram_order:
+        _check(0.0 <= e.ngram_threshold < 1.0, f"eval.ngram_threshold must be in [0, 1), got {e.ngram_threshold}")
+        _check(math.isfinite(e.ngram_boost) and e.ngram_boost >= 0, f"eval.ngram_boost must be a finite non-negative logit boost, got {e.ngram_boost}")
 
