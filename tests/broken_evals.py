@@ -24,3 +24,6 @@ def patched(source: str, patch: tuple[str, str]) -> str:
     if source.count(old) != 1:
         raise AssertionError(f"the code to break has changed: {old.strip()[:60]!r} not found once")
     return source.replace(old, new)
+
+# An n-gram tilt that boosts the token about to be scored (the target itself) wherever the context was seen before.
+TILT_WITH_TARGET = ("    pred[t] = np.where(seen, following[safe], 0)\n", "    pred[t] = following\n")
