@@ -2,7 +2,7 @@
 exported (`search export`, which runs the check), then `search verify --legality` on each and on two
 deliberately broken copies (the TTT export patched to adapt before scoring, the plain one patched to skip
 the split's last evaluation sequence or sliding window); with --tilt-study, also an export that uses the token
-n-gram tilt (e.g. a study of bench/spaces/micro_tilt.toml) and a copy patched to tilt with the target itself. Prints each folder's condition lines, the exit code and the seconds.
+n-gram tilt (e.g. a study of bench/spaces/micro_tilt.toml) and copies patched to tilt with the target itself and to read later text. Prints each folder's condition lines, the exit code and the seconds.
 
     python bench/legality_exports.py PLAIN_STUDY TTT_STUDY [--ttt-trial N] [--tilt-study NAME] [--results bench/out/results]
                                      [--out bench/out/legality]
@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.broken_evals import ADAPT_THEN_SCORE, SKIPPED_LAST_WINDOW, SKIPPED_TAIL, TILT_WITH_TARGET, patched  # noqa: E402
+from tests.broken_evals import ADAPT_THEN_SCORE, SKIPPED_LAST_WINDOW, SKIPPED_TAIL, TILT_FROM_FUTURE, TILT_WITH_TARGET, patched  # noqa: E402
 
 
 def search(*args: str) -> subprocess.CompletedProcess:
@@ -62,6 +62,7 @@ def main() -> None:
                                                  SKIPPED_TAIL, SKIPPED_LAST_WINDOW)  # whichever path the export scores with
     if args.tilt_study:
         folders["tilt, boosts the target"] = broken_copy(folders["tilt"], os.path.join(args.out, "tilt-target"), TILT_WITH_TARGET)
+        folders["tilt, reads later text"] = broken_copy(folders["tilt"], os.path.join(args.out, "tilt-future"), TILT_FROM_FUTURE)
     for label, folder in folders.items():
         started = time.perf_counter()
         done = search("verify", "--legality", folder)

@@ -88,5 +88,5 @@ def test_selection_is_stated_and_confirm_seeds_are_ones_the_study_never_used(tmp
     assert summary["by_stage"] == {"complete": 5, "pruned": 1} and summary["seeds_per_rerun"] == [3]
     assert summary["exported_is_best"] and summary["exported_seeds"] == 3
     text = selection_text(summary)
-    assert "best of 3 configurations in 6 trials" in text and "mean over 3 seeds" in text and "none of its trials used" in text
+    assert "from 3 configurations in 6 trials" in text and "mean over 3 seeds" in text and "none of its trials used" in text
     assert "picked by hand" in selection_text(selection_summary(study, study.trials[2]))

@@ -55,15 +55,19 @@ def selection_summary(study, exported) -> dict:
 def selection_text(summary: dict) -> str:
     """The README's paragraph for selection_summary."""
     stages = ", ".join(f"{n} {stage}" for stage, n in summary["by_stage"].items())
-    reruns = (f" The {summary['rerun_configurations']} best were re-run with new seeds "
+    reruns = (f" The {_count(summary['rerun_configurations'], 'best configuration was', 'best were')} re-run with new seeds "
               f"({'/'.join(str(n) for n in summary['seeds_per_rerun'])} seeds each, the original included)."
               if summary["rerun_configurations"] else " No configuration was re-run.")
     seeds = summary["exported_seeds"]
     chosen = (("This one is the best by its mean over " if summary["exported_is_best"] else "This one (picked by hand, "
                "not the study's best) was scored over ") + (f"{seeds} seeds." if seeds > 1 else "one seed."))
-    return (f"Selected as the best of {summary['configurations']} configurations in {summary['trials']} trials "
+    return (f"Selected from {_count(summary['configurations'], 'configuration')} in {_count(summary['trials'], 'trial')} "
             f"({stages}).{reruns} {chosen} Seeds the study trained with: {_seed_list(summary['seeds_used'])}; `search confirm` "
             f"trains with seeds none of its trials used, as the challenge's significance test assumes.")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _seed_list(seeds: list[int]) -> str:
