@@ -55,7 +55,8 @@ def selection_summary(study, exported) -> dict:
 def selection_text(summary: dict) -> str:
     """The README's paragraph for selection_summary."""
     stages = ", ".join(f"{n} {stage}" for stage, n in summary["by_stage"].items())
-    reruns = (f" The {_count(summary['rerun_configurations'], 'best configuration was', 'best were')} re-run with new seeds "
+    n = summary["rerun_configurations"]
+    reruns = (f" {'The best configuration was' if n == 1 else f'The {n} best were'} re-run with new seeds "
               f"({'/'.join(str(n) for n in summary['seeds_per_rerun'])} seeds each, the original included)."
               if summary["rerun_configurations"] else " No configuration was re-run.")
     seeds = summary["exported_seeds"]
