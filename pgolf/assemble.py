@@ -11,10 +11,11 @@ import os
 import pprint
 
 # Dependency order: every module only uses names defined by the ones before it.
-SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "evaluate", "qat", "train", "submission")
+SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "ngram", "evaluate", "qat", "train", "submission")
 # Modules only some configs call: a script leaves them out (and does not pay their bytes) when its config does not.
 OPTIONAL_MODULES = {"ttt": lambda config: config.get("eval", {}).get("ttt", "off") != "off",
-                    "entropy_codec": lambda config: config.get("quant", {}).get("compressor", "zstd") == "rans"}
+                    "entropy_codec": lambda config: config.get("quant", {}).get("compressor", "zstd") == "rans",
+                    "ngram": lambda config: bool(config.get("eval", {}).get("ngram_order", 0))}
 CONFIG_LINE = "CONFIG: dict = {}"
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the

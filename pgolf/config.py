@@ -175,15 +175,32 @@ class EvalConfig:
     ttt_chunk: int = 256  # targets per chunk; at most the eval sequence length
     ttt_reset: str = "document"  # document: fresh adapters at every BOS | never: one stream carries them on
     ttt_phase_tokens: int = 0  # with ttt_reset = never: adapt on the first this many targets only (0 = all)
+    # Phased global TTT (with ttt_reset = document): the documents that start within the first ttt_global_tokens
+    # targets are scored first; then the tensors named by ttt_global_targets adapt on those targets (ttt_global_steps
+    # passes), and every later document is scored, with its own adapters, on top of those weights. 0 = off.
+    ttt_global_tokens: int = 0
+    ttt_global_targets: list = field(default_factory=lambda: ["*.c_q.weight", "*.c_v.weight"])
+    ttt_global_steps: int = 1
+    # Token n-gram tilt (pgolf/ngram.py): the logit of a token an order-n context predicts from text already scored,
+    # with confidence above the threshold, is raised by the boost and the distribution renormalised. 0 = off.
+    ngram_order: int = 0
+    ngram_threshold: float = 0.8
+    ngram_boost: float = 2.625
 
 
 TTT_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name.startswith("ttt"))
+NGRAM_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name.startswith("ngram"))
+
+
+GLOBAL_TTT_KEYS = tuple(k for k in TTT_KEYS if k.startswith("ttt_global"))
 
 
 def eval_settings(evaluation: "EvalConfig") -> dict:
-    """The eval keys a model file records: the TTT ones only when TTT is on, so the file of a model scored without
-    it stays byte for byte what it was before TTT existed."""
-    return {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in TTT_KEYS or evaluation.ttt != "off"}
+    """The eval keys a model file records: a mode's keys only when it is on (TTT, its global phase, n-gram tilt), so
+    the file of a model scored without it stays byte for byte what it was before the mode existed."""
+    off = ((TTT_KEYS if evaluation.ttt == "off" else GLOBAL_TTT_KEYS if not evaluation.ttt_global_tokens else ())
+           + (NGRAM_KEYS if not evaluation.ngram_order else ()))
+    return {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in off}
 
 
 @dataclass
@@ -212,6 +229,7 @@ TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
 TTT_RESETS = ("document", "never")
 MAX_TTT_RANK = 256
+MAX_NGRAM_ORDER = 64
 MAX_SEQ_STAGES = 3  # with the final length, each with and without QAT: within torch.compile's 8 graphs per function
 
 
@@ -426,4 +444,14 @@ def validate(config: RunConfig) -> None:
         _check(e.ttt_phase_tokens >= 0, f"eval.ttt_phase_tokens must be non-negative, got {e.ttt_phase_tokens}")
         _check(e.ttt_phase_tokens == 0 or e.ttt_reset == "never",
                "eval.ttt_phase_tokens needs eval.ttt_reset = never (adapters reset at each document have no later phase)")
+        _check(e.ttt_global_tokens >= 0, f"eval.ttt_global_tokens must be non-negative, got {e.ttt_global_tokens}")
+        if e.ttt_global_tokens:
+            _check(e.ttt_reset == "document", "eval.ttt_global_tokens needs eval.ttt_reset = document (global phases, then per-document adapters)")
+            _check(bool(e.ttt_global_targets) and all(isinstance(p, str) and p for p in e.ttt_global_targets),
+                   f"eval.ttt_global_targets must be a non-empty list of tensor name patterns, got {e.ttt_global_targets!r}")
+            _check(e.ttt_global_steps >= 1, f"eval.ttt_global_steps must be at least 1, got {e.ttt_global_steps}")
+    _check(0 <= e.ngram_order <= MAX_NGRAM_ORDER, f"eval.ngram_order must be in [0, {MAX_NGRAM_ORDER}] (0 = off), got {e.ngram_order}")
+    if e.ngram_order:
+        _check(0.0 <= e.ngram_threshold < 1.0, f"eval.ngram_threshold must be in [0, 1), got {e.ngram_threshold}")
+        _check(math.isfinite(e.ngram_boost) and e.ngram_boost >= 0, f"eval.ngram_boost must be a finite non-negative logit boost, got {e.ngram_boost}")
 

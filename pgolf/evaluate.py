@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from pgolf.bpb import bits_per_byte
 from pgolf.config import EvalConfig
 from pgolf.model import token_losses
+from pgolf.ngram import NgramTilt
 from pgolf.ttt import eval_ttt
 
 
@@ -95,6 +96,13 @@ class ScoringPass:
         self.rank, self.world_size = (runtime.rank, runtime.world_size) if runtime is not None else (0, 1)
         self.luts = luts.to(self.device)
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss nats, targets, bytes
+        self.tilt = (NgramTilt(tokens, settings.ngram_order, settings.ngram_threshold, settings.ngram_boost, self.device)
+                     if settings.ngram_order else None)
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether record() needs each stretch's logits: for the trace, or to tilt them."""
+        return self.trace is not None or self.tilt is not None
 
     def share(self, items):
         """This process's contiguous share of a sequence (ranks in order cover it once)."""
@@ -110,6 +118,10 @@ class ScoringPass:
         for the trace, the logits [rows * T, vocab]. A stretch scored whole counts as the official eval_val counts
         it, its mean loss times its targets; then nll may be that mean alone when there is no trace."""
         nll = nll.detach()
+        if self.tilt is not None:  # the n-gram tilt renormalises each row: the loss is the tilted distribution's
+            positions = torch.as_tensor(first, dtype=torch.int64, device=self.device)[:, None] + torch.arange(y.shape[1], device=self.device)
+            logits = self.tilt.apply(logits.detach(), positions.reshape(-1))
+            nll = torch.nn.functional.cross_entropy(logits, y.reshape(-1), reduction="none").reshape(y.shape)
         if scored is None:
             loss = (nll if nll.dim() == 0 else nll.mean()).to(torch.float64) * float(y.numel())
             prev, target = x.reshape(-1), y.reshape(-1)
@@ -166,7 +178,7 @@ def _eval_chunks(scoring: ScoringPass) -> None:
         x = local[:-1].reshape(-1, seq_len)
         y = local[1:].reshape(-1, seq_len)
         with scoring.autocast():
-            if scoring.trace is None:  # the fused mean: all the official count needs
+            if not scoring.needs_logits:  # the fused mean: all the official count needs
                 nll, logits = scoring.model(x, y, repeats=scoring.settings.repeats), None
             else:  # per token for the probe; the mean of the same values
                 nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
@@ -184,7 +196,7 @@ def _eval_windows(scoring: ScoringPass) -> None:
         x = torch.stack([tokens[s : s + seq_len] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
         y = torch.stack([tokens[s + 1 : s + seq_len + 1] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
         with scoring.autocast():
-            if scoring.trace is None:
+            if not scoring.needs_logits:
                 nll = scoring.model(x, y, repeats=scoring.settings.repeats, reduction="none").reshape(len(group), seq_len)
                 logits = None
             else:

@@ -11,7 +11,10 @@ tensors named by the globs themselves. eval.ttt_reset = "document" starts fresh 
 independent, each window reads only its own document, and a batch of documents adapts side by side, each
 with LoRA adapters of its own (full tensors: one document at a time). "never" carries adaptation along one
 stream per rank; eval.ttt_phase_tokens > 0 stops adapting after that many targets and scores the rest with
-the adapted weights, batched (the records' phased variant).
+the adapted weights, batched. Phased global TTT (eval.ttt_global_tokens > 0, the best record's): the documents
+that start within the first ttt_global_tokens targets are scored first, per document; then the tensors named by
+eval.ttt_global_targets adapt on those targets, and every later document is scored, with adapters of its own,
+on top of the adapted weights.
 """
 
 import fnmatch
@@ -40,9 +43,15 @@ def ttt_segments(scoring) -> list[Segment]:
     if scoring.settings.ttt_reset == "never":
         stream = scoring.share(range(num_targets))
         return [Segment(stream.start, stream.stop, 0)]
+    return scoring.share(documents(scoring))
+
+
+def documents(scoring) -> list[Segment]:
+    """Every document of the whole stream (all ranks' shares)."""
+    num_targets = scoring.tokens.numel() - 1
     starts = (scoring.tokens[:num_targets] == scoring.model.cfg.bos_id).nonzero().flatten().tolist()
     bounds = sorted(set([0] + starts)) + [num_targets]
-    return scoring.share([Segment(a, b, a) for a, b in zip(bounds, bounds[1:]) if b > a])
+    return [Segment(a, b, a) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 class LoraAdapters:
@@ -180,11 +189,47 @@ def eval_ttt(scoring) -> None:
     for p in frozen:
         p.requires_grad_(False)
     try:
-        for first in range(0, len(segments), rows_per_batch):
-            _adapt_batch(scoring, segments[first : first + rows_per_batch], step, rows_per_batch)
+        if cfg.ttt_global_tokens:  # phased: the prefix's documents scored, the weights adapted on them, then the rest
+            # A document belongs to the prefix by where it starts: where it ends is decided by a later BOS, the future.
+            prefix = [s for s in segments if s.start < cfg.ttt_global_tokens]
+            _adapt_all(scoring, prefix, step, rows_per_batch)
+            adapted = _global_phase(scoring, rows_per_batch)
+            try:
+                _adapt_all(scoring, [s for s in segments if s.start >= cfg.ttt_global_tokens], step, rows_per_batch)
+            finally:
+                adapted.close()
+        else:
+            _adapt_all(scoring, segments, step, rows_per_batch)
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def _adapt_all(scoring, segments: list, step: int, rows_per_batch: int) -> None:
+    for first in range(0, len(segments), rows_per_batch):
+        _adapt_batch(scoring, segments[first : first + rows_per_batch], step, rows_per_batch)
+
+
+def _global_phase(scoring, rows_per_batch: int) -> "TensorAdapters":
+    """The global phase: eval.ttt_global_targets adapt on the first eval.ttt_global_tokens targets of the stream, per
+    document (each read from its own start), chunk by chunk, eval.ttt_global_steps passes; every rank adapts alike.
+    Those targets belong to documents that start before the mark and were scored first (by this rank just before,
+    or by another rank); the documents scored on the adapted weights start at the mark or later. Returns the
+    adapters, whose close() restores the weights."""
+    cfg, seq_len = scoring.settings, scoring.settings.seq_len
+    adapted = TensorAdapters(scoring.model, cfg.ttt_global_targets)
+    optimizer = _optimizer(cfg, adapted.parameters())
+    mark = cfg.ttt_global_tokens
+    chunks = [w for s in documents(scoring) if s.start < mark for w in _step_windows((s.start, min(s.end, mark), s.floor), cfg.ttt_chunk, seq_len)]
+    for _ in range(cfg.ttt_global_steps):
+        for b in range(0, len(chunks), rows_per_batch):
+            _, _, _, nll, mask, _ = _forward(scoring, chunks[b : b + rows_per_batch])
+            optimizer.zero_grad(set_to_none=True)
+            ((nll * mask).sum(1) / mask.sum(1)).sum().backward()
+            optimizer.step()
+    for p in adapted.parameters():  # the per-document phase trains its own adapters only
+        p.requires_grad_(False)
+    return adapted
 
 
 def _adapt_batch(scoring, segments: list[Segment], step: int, batch_rows: int) -> None:

@@ -69,6 +69,12 @@ class AllocationSpace:
     # keys (mode, targets, optimizer, lr, steps, reset) come from the base config.
     ttt_chunk: list = field(default_factory=list)  # chunk lengths tried
     ttt_rank: list = field(default_factory=lambda: [8])  # LoRA ranks tried
+    # Token n-gram tilt orders the allocation may turn on (pgolf/ngram.py; 0 or [] = none); threshold and boost come
+    # from the base config.
+    ngram_order: list = field(default_factory=list)
+    # How the evaluation settings are chosen (search/allocation/): sequential = the stride first, then TTT on the
+    # time left | joint = stride x TTT x tilt as one search under the eval cap (search/allocation/joint.py).
+    eval_choice: str = "sequential"
 
 
 PRUNERS = ("median", "successive_halving", "hyperband", "none")

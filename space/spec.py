@@ -28,7 +28,7 @@ import math
 import os
 import tomllib
 
-from pgolf.config import COMPRESSORS, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ConfigError, RunConfig, config_from_dict, config_to_dict
+from pgolf.config import COMPRESSORS, MAX_NGRAM_ORDER, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ConfigError, RunConfig, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config
 from pgolf.storage import FORMAT_AXES
 # The space's types and table readers (space/core.py, shared with space/script.py), importable from here as before.
@@ -38,6 +38,7 @@ from space.core import (CONDITIONAL_DIMS, PRUNERS, AllocationSpace, Caps, Dimens
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 GRANULARITIES = ("kind", "layer", "tensor")
 SENSITIVITY_METHODS = ("forward", "fisher")
+EVAL_CHOICES = ("sequential", "joint")  # how the allocation picks the evaluation settings: search/allocation/
 
 
 def config_keys() -> dict:
@@ -127,6 +128,12 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
         raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")
     if not alloc.ttt_rank or any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_TTT_RANK for r in alloc.ttt_rank):
         raise SpaceError(f"allocation.ttt_rank must list LoRA ranks in [1, {MAX_TTT_RANK}], got {alloc.ttt_rank}")
+    if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_NGRAM_ORDER for n in alloc.ngram_order):
+        raise SpaceError(f"allocation.ngram_order must list n-gram orders in [0, {MAX_NGRAM_ORDER}] (0 = no tilt), got {alloc.ngram_order}")
+    if alloc.eval_choice not in EVAL_CHOICES:
+        raise SpaceError(f"allocation.eval_choice must be one of {', '.join(EVAL_CHOICES)}, got {alloc.eval_choice!r}")
+    if alloc.ngram_order and alloc.eval_choice != "joint" and any(alloc.ngram_order):
+        raise SpaceError("allocation.ngram_order needs allocation.eval_choice = \"joint\" (the sequential choice has no tilt step)")
     if alloc.sensitivity not in SENSITIVITY_METHODS:
         raise SpaceError(f"allocation.sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, got {alloc.sensitivity!r}")
     if alloc.calib_tokens < 1024 or alloc.confirm_top < 1:

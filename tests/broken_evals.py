@@ -24,3 +24,9 @@ def patched(source: str, patch: tuple[str, str]) -> str:
     if source.count(old) != 1:
         raise AssertionError(f"the code to break has changed: {old.strip()[:60]!r} not found once")
     return source.replace(old, new)
+
+# An n-gram tilt that boosts the token about to be scored (the target itself) at every target.
+TILT_WITH_TARGET = ("    confident[t] = confidence > threshold\n", "    pred[t], confident[t] = following, True\n")
+
+# An n-gram tilt whose "latest earlier occurrence" of a context is its next occurrence: it reads text not yet scored.
+TILT_FROM_FUTURE = ("    by_context = np.lexsort((t, h))\n", "    by_context = np.lexsort((-t, h))\n")

@@ -44,6 +44,13 @@ def test_export_writes_a_records_folder_whose_bytes_are_the_trials(exported):
     script = (out / "train_gpt.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+pgolf", script, re.MULTILINE)
     assert set(submission) >= {"author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code"}
+    # How it was selected: the study's trials and seeds, stated in submission.json and the README.
+    from search.study import open_existing_study
+
+    _, _, study = open_existing_study(name, str(results))
+    started = [t for t in study.trials if t.state.name != "WAITING"]
+    assert submission["selection"]["trials"] == len(started) and submission["selection"]["configurations"] >= 1
+    assert "## Selection" in (out / "README.md").read_text() and "none of its trials used" in (out / "README.md").read_text()
 
 
 def test_verify_reproduces_the_score_exactly_in_a_fresh_process(exported):

@@ -69,3 +69,24 @@ def test_a_study_reruns_its_best_configuration_and_times_every_phase(tmp_path):
     status = search("status", "r", results=tmp_path)
     assert "configurations re-run with new seeds" in status.stdout and f"over {seeds_of_it} seeds" in status.stdout, status.stdout
     assert os.path.isdir(tmp_path / "r" / "trials" / f"{reruns[0].number:04d}")
+
+
+def test_selection_is_stated_and_confirm_seeds_are_ones_the_study_never_used(tmp_path):
+    from search.budget.selection import fresh_seeds, selection_summary, selection_text, seeds_used
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    for width, bpb in ((32, 2.50), (48, 2.49), (64, 2.70)):
+        scored(study, width, bpb)
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"model.model_dim": 64}, user_attrs={"stage": "pruned"},
+                                 distributions={"model.model_dim": CategoricalDistribution([32, 48, 64])}))
+    for seed, bpb in ((1, 2.51), (2, 2.49)):  # re-runs whose seeds happen to be 1 and 2: confirm must skip them
+        scored(study, 32, bpb, **{RERUN_ATTR: 0, SEED_ATTR: seed})
+    assert seeds_used(study) == {1, 2, 1337}
+    assert fresh_seeds(study, 3) == [3, 4, 5] and fresh_seeds(study, 2, also_avoid={3}) == [4, 5]
+    summary = selection_summary(study, study.trials[0])
+    assert (summary["trials"], summary["configurations"], summary["originals"]) == (6, 3, 4)
+    assert summary["by_stage"] == {"complete": 5, "pruned": 1} and summary["seeds_per_rerun"] == [3]
+    assert summary["exported_is_best"] and summary["exported_seeds"] == 3
+    text = selection_text(summary)
+    assert "from 3 configurations in 6 trials" in text and "mean over 3 seeds" in text and "none of its trials used" in text
+    assert "picked by hand" in selection_text(selection_summary(study, study.trials[2]))

@@ -90,6 +90,8 @@ def test_script_study_run_status_export_verify(tmp_path, capsys):
     assert record["kind"] == "script" and record["defaults"]["MATRIX_LR"] == repr(best.params["MATRIX_LR"])
     readme = (out_dir / "README.md").read_text()
     assert "| `VAL_LOSS_EVERY` | 10 | 5 |" in readme and "    python train_gpt.py" in readme
+    selection = json.loads((out_dir / "submission.json").read_text())["selection"]
+    assert selection["trials"] == len(trials(results, "s")) and "## Selection" in readme
     code, out, err = search(capsys, "verify", str(out_dir))
     assert code == 0 and out.startswith(f"verified {out_dir}: ") and "equal trial" in out, err
     # The copy, run with no variable set, trains the trial's model and prints the trial's score.

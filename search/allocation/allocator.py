@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from objectives.bytes import rtn_sizes
 from pgolf.assemble import code_bytes
-from pgolf.config import TTT_KEYS, EvalConfig, QuantConfig, RunConfig, config_to_dict
+from pgolf.config import NGRAM_KEYS, TTT_KEYS, EvalConfig, QuantConfig, RunConfig, config_to_dict
 from pgolf.model import GPT
 from pgolf.storage import TENSOR_AXES
 from pgolf.submission import calibrate as collect_hessians_after_training
@@ -33,6 +33,7 @@ from search.allocation.evaluation import EVAL_TIME_MARGIN, choose_repeats, choos
 from search.allocation.knapsack import allocation_quant, best_uniform, fixed_bytes, solve_knapsack
 from search.allocation.options import FormatChoices, Option, formatted_options, make_units, unit_options
 from search.allocation.sensitivity import heldout_tokens, measure_sensitivities
+from search.allocation.joint import choose_jointly
 from search.allocation.ttt import choose_ttt
 from search.budget.phases import PhaseClock
 
@@ -95,15 +96,22 @@ def allocate(request: AllocationRequest, log=print) -> AllocationResult:
     log(f"allocation: {len(units)} units, sensitivities {how} on {heldout.numel() - 1} held-out training tokens")
     repeats = choose_repeats(model, config, space, heldout, config.eval.autocast, request.runtime.device)
     budget = _model_budget(request, state, units, choices, repeats)
-    stride = choose_stride(model, _with(config, repeats=repeats, stride=0), space, request.caps, request.data, request.runtime,
-                           request.seconds_per_token)
-    clock.lap("eval settings")
-    evaluation, measured_ttt = choose_ttt(model, _with(config, repeats=repeats, stride=stride), space, request.caps, request.data,
-                                          request.runtime, heldout, EVAL_TIME_MARGIN, log)
-    if measured_ttt:
-        clock.lap("ttt")
+    joint = None
+    if space.eval_choice == "joint":  # stride x TTT x tilt as one search under the cap
+        joint = choose_jointly(model, _with(config, repeats=repeats, stride=0), space, request.caps, request.data, request.runtime,
+                               heldout, EVAL_TIME_MARGIN, log)
+        evaluation, stride, measured_ttt = joint.evaluation, joint.evaluation.stride, []
+        clock.lap("eval settings")
+    else:  # the stride first, then TTT on the time it left
+        stride = choose_stride(model, _with(config, repeats=repeats, stride=0), space, request.caps, request.data, request.runtime,
+                               request.seconds_per_token)
+        clock.lap("eval settings")
+        evaluation, measured_ttt = choose_ttt(model, _with(config, repeats=repeats, stride=stride), space, request.caps, request.data,
+                                              request.runtime, heldout, EVAL_TIME_MARGIN, log)
+        if measured_ttt:
+            clock.lap("ttt")
     plan = Plan(units, options, choices.rank_bits, hessians, clock.seconds.get(HESSIAN_PHASE, 0.0), repeats, stride, evaluation)
-    result = AllocationResult(best=None, sensitivities=sensitivities, ttt=measured_ttt)
+    result = AllocationResult(best=None, sensitivities=sensitivities, ttt=measured_ttt, joint=joint)
     _confirm(request, plan, _proposals(request, plan, choices), budget, result, log)
     clock.lap("confirm")
     if result.best is not None:
@@ -151,9 +159,9 @@ def _proposals(request: AllocationRequest, plan: Plan, choices: FormatChoices) -
 
 def _packed(request: AllocationRequest, plan: Plan, label: str, picks: list[Option]) -> Candidate:
     space, config = request.space, request.config
-    ttt = {k: getattr(plan.evaluation, k) for k in TTT_KEYS}
+    modes = {k: getattr(plan.evaluation, k) for k in TTT_KEYS + NGRAM_KEYS}  # the chosen TTT and tilt settings
     quant = allocation_quant(plan.units, picks, space.compressors[0], space.level, config.quant, plan.rank_bits)
-    candidate = Candidate(label, _with(config, quant, repeats=plan.repeats, stride=plan.stride, **ttt), sum(o.bytes for o in picks),
+    candidate = Candidate(label, _with(config, quant, repeats=plan.repeats, stride=plan.stride, **modes), sum(o.bytes for o in picks),
                           sum(o.damage for o in picks))
     candidate.formats = sorted({o.format_label() for o in picks if not o.plain})
     pack_candidate(request.model, candidate, space, plan.hessians, plan.hessian_seconds)

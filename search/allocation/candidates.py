@@ -63,12 +63,14 @@ class AllocationResult:
     seconds: float = 0.0
     phases: dict = field(default_factory=dict)
     ttt: list = field(default_factory=list)  # every test-time training setting measured (search/allocation/ttt.py)
+    joint: object = None  # the joint choice of the evaluation settings, when the space asks for it (joint.py)
 
     def record(self) -> dict:
         return {"best": self.best.label if self.best else None, "candidates": [c.summary() for c in self.candidates],
                 "sensitivities": self.sensitivities, "seconds": self.seconds, "phases": self.phases,
                 "ttt": [{"setting": m.label(), "held_out_loss": m.loss, "seconds": m.seconds,
-                         "predicted_eval_seconds": m.predicted_seconds} for m in self.ttt]}
+                         "predicted_eval_seconds": m.predicted_seconds} for m in self.ttt],
+                **({"evaluation_choice": self.joint.record()} if self.joint is not None else {})}
 
 
 def write_candidate(directory: str, candidate: Candidate) -> None:

@@ -41,8 +41,10 @@ def blocks_run(config, repeats: int) -> int:
 
 
 def longest_ttt(config, space_alloc) -> dict:
-    """The TTT setting whose script is longest (the module is in, the widest numbers written), for the code budget."""
+    """The eval-mode settings whose script is longest (the TTT and tilt modules in when the space may turn them on,
+    the widest numbers written), for the code budget."""
+    longest = {"ngram_order": max(space_alloc.ngram_order)} if any(space_alloc.ngram_order) else {}
     if not space_alloc.ttt_chunk:
-        return {}
+        return longest
     return {"ttt": config.eval.ttt if config.eval.ttt != "off" else "lora", "ttt_chunk": max(space_alloc.ttt_chunk),
-            "ttt_rank": max(space_alloc.ttt_rank)}
+            "ttt_rank": max(space_alloc.ttt_rank), **longest}

@@ -57,8 +57,10 @@ def launch_command(launch: dict, ranks: int) -> str:
 
 
 def export_script_trial(directory: str, settings, trial, out: str, replace: bool = False, refusal: str | None = None,
-                        log=lambda line: None, spread: dict | None = None) -> dict:
-    """`spread`: the seed spread the study measured (search/budget/reruns.py seed_spread), for `search verify --run`."""
+                        log=lambda line: None, spread: dict | None = None, selection: dict | None = None) -> dict:
+    """`spread`: the seed spread the study measured (search/budget/reruns.py seed_spread), for `search verify --run`;
+    `selection`: how the study selected it (search/budget/selection.py), for the README and submission.json."""
+    from search.budget.selection import selection_text
     from search.study import trial_dir
     from space.spec import space_from_dict
 
@@ -113,7 +115,7 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
                       "blurb": f"{os.path.basename(spec.path)} with {len(baked)} default(s) set by a pgolf script study.",
                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "val_loss": metrics.get("val_loss_post"), "val_bpb": metrics["val_bpb_post"],
-                      "bytes_total": total, "bytes_code": code, "bytes_model": metrics["model_bytes"]}
+                      "bytes_total": total, "bytes_code": code, "bytes_model": metrics["model_bytes"], "selection": selection}
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
         knobs = read_knobs(original, spec.path)
@@ -129,7 +131,8 @@ def export_script_trial(directory: str, settings, trial, out: str, replace: bool
         with open(os.path.join(stage, RECORD_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
         with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(settings.name, trial.number, metrics, record, original, spec))
+            f.write(_readme(settings.name, trial.number, metrics, record, original, spec)
+                    + (f"\n## Selection\n{selection_text(selection)}\n" if selection else ""))
     return submission
 
 

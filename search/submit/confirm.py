@@ -16,7 +16,7 @@ from pgolf.configfiles import config_to_toml
 from pgolf.config import config_from_dict
 from pgolf.metrics import RunMetrics
 from pgolf.run import read_metrics
-from search.budget.reruns import SEED_ATTR
+from search.budget.selection import fresh_seeds, seeds_used
 from search.study import StudyError, trial_data
 from search.submit.export import find_trial
 
@@ -90,21 +90,6 @@ def one_sided_test(losses: list[float], reference_nats: float, margin: float = R
     return {"mean": mean, "std": std, "t": t, "p": student_t_cdf(t, n - 1)}
 
 
-def fresh_seeds(count: int, used: set) -> list[int]:
-    """The `count` smallest positive seeds that are not in `used` (the seeds the study trained with)."""
-    seeds, seed = [], 0
-    while len(seeds) < count:
-        seed += 1
-        if seed not in used:
-            seeds.append(seed)
-    return seeds
-
-
-def study_seeds(study) -> set:
-    """The seeds the study's re-runs trained with (its other trials train with their configuration's seed)."""
-    return {int(t.user_attrs[SEED_ATTR]) for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SEED_ATTR) is not None}
-
-
 class EngineSeeds:
     """Each seed a full `pgolf run` of an engine trial's config (its allocation and eval settings fixed), in a process
     of its own; under torchrun with `ranks` > 1."""
@@ -163,7 +148,8 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
             raise StudyError("no --reference given and the study has no scored baseline trial to compare against")
         reference_bpb = RunMetrics.from_dict(baseline.user_attrs).val_bpb_post
         log(f"reference: the study's baseline trial {baseline.number}, bpb {reference_bpb:.6f}")
-    seed_list = fresh_seeds(seeds, {runner.seed} | study_seeds(study))
+    seed_list = fresh_seeds(study, seeds, also_avoid={runner.seed})  # the significance test needs unseen seeds
+    log(f"seeds {', '.join(map(str, seed_list))}: none of them was used by the study's {len(seeds_used(study))} seed(s)")
     runs = []
     for seed in seed_list:
         out = os.path.join(directory, "confirm", f"{trial.number:04d}-seed{seed}" + ("-steps" if same_steps else "")
@@ -184,7 +170,7 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
     reference_nats = reference_bpb * nats_per_bpb
     test = one_sided_test([m.val_loss_post for m in runs], reference_nats)
     bpbs = [m.val_bpb_post for m in runs]
-    summary = {"trial": trial.number, "seeds": seed_list, "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
+    summary = {"trial": trial.number, "seeds": seed_list, "study_seeds": sorted(seeds_used(study)), "val_bpb": bpbs, "mean_bpb": statistics.fmean(bpbs),
                "std_bpb": statistics.stdev(bpbs) if len(bpbs) > 1 else float("nan"), "reference_bpb": reference_bpb,
                "reference_nats": reference_nats, "mean_nats": test["mean"], "std_nats": test["std"],
                "improvement_nats": reference_nats - test["mean"], "t": test["t"], "p": test["p"],

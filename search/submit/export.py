@@ -22,6 +22,7 @@ from pgolf.files import read_json
 from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir
 from search.budget.reruns import best_configuration, seed_spread
+from search.budget.selection import selection_summary, selection_text
 from search.study import StudyError, open_existing_study, trial_data, trial_dir
 from search.submit.files import COUNTED_FILES, MODEL_FILE, SOURCE_FILE
 from search.submit.legality import check_legality
@@ -65,7 +66,8 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
     if "script" in settings.space:  # a script study's trial: search/script/export.py
         from search.script.export import export_script_trial
 
-        return export_script_trial(directory, settings, trial, out, replace, refusal, log, spread=spread)
+        return export_script_trial(directory, settings, trial, out, replace, refusal, log, spread=spread,
+                                   selection=selection_summary(study, trial))
     source = trial_dir(directory, trial.number)
     metrics = RunMetrics.from_dict(read_json(os.path.join(source, METRICS_FILE), f"trial {trial.number}'s metrics"))
     missing = metrics.missing(EXPORT_NAMES)  # what the submission files and README are written from
@@ -88,7 +90,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "val_loss": metrics.val_loss_post, "val_bpb": metrics.val_bpb_post,
             "bytes_total": metrics.artifact_bytes, "bytes_code": metrics.code_bytes,
-            "bytes_model": metrics.model_bytes,
+            "bytes_model": metrics.model_bytes, "selection": selection_summary(study, trial),
         }
         with open(os.path.join(stage, "submission.json"), "w", encoding="utf-8") as f:
             json.dump(submission, f, indent=2)
@@ -111,7 +113,7 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
             with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
                 json.dump(provenance, f, indent=2)
         with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
-            f.write(readme(name, trial.number, metrics, provenance))
+            f.write(readme(name, trial.number, metrics, provenance, submission["selection"]))
     return submission
 
 
@@ -124,7 +126,7 @@ def _blurb(config: dict, metrics: RunMetrics) -> str:
             f"{config['quant']['compressor']}; found by a pgolf search.")
 
 
-def readme(name: str, number: int, metrics: RunMetrics, provenance: dict) -> str:
+def readme(name: str, number: int, metrics: RunMetrics, provenance: dict, selection: dict) -> str:
     config = metrics.config
     groups = "\n".join(f"| {k} | {v:,} |" for k, v in metrics.bytes_by_group.items())
     bits = "\n".join(f"| `{p}` | {b} | {config['quant']['clip'].get(p, 0.0):g} |" for p, b in config["quant"]["bits"].items())
@@ -135,6 +137,9 @@ Post-roundtrip val_bpb **{metrics.val_bpb_post:.6f}** ({pre_quant_text(metrics.t
 **{metrics.artifact_bytes:,} bytes** = code {metrics.code_bytes:,} + model {metrics.model_bytes:,}.
 Training {metrics.train_seconds:.1f} s ({metrics.steps} steps, {metrics.train_tokens:,} tokens), evaluation {metrics.eval_seconds:.1f} s,
 on the machine that ran the search ({data['train_pattern']}).
+
+## Selection
+{selection_text(selection)}
 
 ## Model
 {_blurb(config, metrics)}

@@ -3,7 +3,8 @@ export's own evaluation path: its train_gpt.py, run in probe mode (PROBE_DIR) wi
 streams built here from the start of the validation split, each from the model file afresh.
 
     C1 causal         tokens from position p on replaced by random ones: every loss of a target before p is
-                      unchanged (p at random places)
+                      unchanged (p at random places; with the n-gram tilt on, the probe's text repeats itself and
+                      one p lies in its first copy, so a tilt reading later text is caught)
     C2 normalised     at sampled targets, the whole distribution the score was taken from sums to 1, gives the
                       scored token its recorded loss, and gives other tokens the loss they get when the stream
                       really continues with them
@@ -65,6 +66,8 @@ def probe_streams(base: np.ndarray, model: ModelConfig, evaluation: EvalConfig, 
         return stream
 
     causal = sorted(int(p) for p in rng.integers(2, n - 1, 3))
+    if evaluation.ngram_order:  # inside the first copy of the repeated text (check_legality)
+        causal = sorted(set(causal) | {n // 4})
     inside = sorted({min(p, n - 2) for p in (chunk // 2 + 1, chunk + chunk // 2, 2 * chunk + 1)} - {0, 1})
     positions = sorted({min(chunk + chunk // 3, n - 2), int(rng.integers(1, n - 2))})
     streams, roles = [base], [("base", 0, 0)]
@@ -92,6 +95,8 @@ def check_legality(folder: str, data_root: str | None = None, device: str | None
     if split.size < length:
         raise VerifyError(f"the validation split holds {split.size:,} tokens, fewer than the probe's {length:,}")
     base = split[:length].astype(np.int32)
+    if evaluation.ngram_order:  # the text repeats, so a tilt's contexts recur: one that read later text would move earlier losses
+        base = np.concatenate([base[: length // 2], base[: length - length // 2]])
     streams, roles, positions = probe_streams(base, model, evaluation, np.random.default_rng(seed))
     with tempfile.TemporaryDirectory(prefix="pgolf-legality-") as probe:
         np.savez(os.path.join(probe, "streams.npz"), tokens=np.concatenate(streams), lengths=np.array([s.size for s in streams]),

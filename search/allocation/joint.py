@@ -1,0 +1,132 @@
+"""The evaluation settings chosen jointly ([allocation] eval_choice = "joint"): stride x TTT setting x n-gram tilt as
+one small search under the eval cap, instead of the stride first and TTT on whatever time the stride left.
+
+Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on
+the held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same
+validation prefix (timed, score discarded). A combination's gain is predicted as the sum of its pieces' gains
+(the stated assumption: the pieces act on different things, the context, the weights, the output), its eval time
+on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
+the largest predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap wins (the same margin rule as the
+sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
+(for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
+"""
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from pgolf.bpb import ByteLuts, load_tokenizer
+from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
+from pgolf.shards import token_count, validation_tokens
+from pgolf.submission import score_tokens
+from search.allocation.ttt import TIME_SAMPLE, ttt_settings
+
+
+@dataclass
+class Piece:
+    family: str  # stride | ttt | tilt
+    label: str
+    changes: dict  # the eval keys it sets
+    gain: float = 0.0  # held-out loss drop against the plain score, nats per token
+    time_ratio: float = 1.0  # its timed seconds over the plain score's
+
+
+@dataclass
+class Combination:
+    pieces: tuple
+    predicted_gain: float
+    predicted_seconds: float
+    measured_gain: float | None = None
+    fits: bool = False
+    chosen: bool = False
+
+    def label(self) -> str:
+        return " + ".join(p.label for p in self.pieces) or "plain chunks"
+
+    def record(self) -> dict:
+        return {"setting": self.label(), "predicted_gain": self.predicted_gain, "predicted_eval_seconds": self.predicted_seconds,
+                "measured_gain": self.measured_gain, "fits": self.fits, "chosen": self.chosen}
+
+
+@dataclass
+class JointChoice:
+    evaluation: EvalConfig
+    pieces: list = field(default_factory=list)
+    combinations: list = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"pieces": [{"family": p.family, "setting": p.label, "held_out_gain": p.gain, "time_ratio": p.time_ratio}
+                           for p in self.pieces],
+                "candidates": [c.record() for c in sorted(self.combinations, key=lambda c: -c.predicted_gain)]}
+
+
+def candidate_pieces(config: RunConfig, space_alloc) -> dict[str, list[Piece]]:
+    """family -> its pieces the space allows (the plain setting of each family is the absence of a piece)."""
+    base = config.resolved_eval()
+    strides = [s for s in sorted(set(space_alloc.eval_stride)) if 0 < s < base.seq_len]
+    families = {"stride": [Piece("stride", f"stride {s}", {"stride": s}) for s in strides], "ttt": [], "tilt": []}
+    for setting in ttt_settings(config, space_alloc)[1:]:
+        keys = {"ttt": setting.ttt, "ttt_chunk": setting.ttt_chunk, "ttt_rank": setting.ttt_rank}
+        label = f"TTT {setting.ttt} chunk {setting.ttt_chunk}" + (f" rank {setting.ttt_rank}" if setting.ttt == "lora" else "")
+        families["ttt"].append(Piece("ttt", label, keys))
+    families["tilt"] = [Piece("tilt", f"tilt order {n}", {"ngram_order": n}) for n in sorted(set(space_alloc.ngram_order)) if n > 0]
+    return {k: v for k, v in families.items() if v}
+
+
+def _valid(config: RunConfig, evaluation: EvalConfig) -> bool:
+    try:
+        validate(dataclasses.replace(config, eval=evaluation))
+    except ConfigError:
+        return False
+    return True
+
+
+def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, margin: float,
+                   log=print, time_sample: int = TIME_SAMPLE) -> JointChoice:
+    """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; time_sample: the
+    validation prefix each piece is timed on."""
+    base = dataclasses.replace(config.resolved_eval(), stride=0, ttt="off", ngram_order=0)
+    families = candidate_pieces(config, space_alloc)
+    if not families:
+        return JointChoice(base)
+    luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
+    sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
+    val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
+
+    def measure(evaluation: EvalConfig) -> tuple[float, float]:
+        loss = score_tokens(model, evaluation, held_out, luts, runtime).loss
+        seconds = score_tokens(model, evaluation, sample, luts, runtime).seconds  # its score is discarded
+        return loss, seconds
+
+    plain_loss, plain_seconds = measure(base)
+    pieces = [p for family in families.values() for p in family]
+    for piece in pieces:
+        loss, seconds = measure(dataclasses.replace(base, **piece.changes))
+        piece.gain, piece.time_ratio = plain_loss - loss, seconds / max(plain_seconds, 1e-9)
+        log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
+    seconds_per_target = plain_seconds / max(sample.numel() - 1, 1)
+    combinations = []
+    for chosen in itertools.product(*[[None] + family for family in families.values()]):
+        parts = tuple(p for p in chosen if p is not None)
+        evaluation = dataclasses.replace(base, **{k: v for p in parts for k, v in p.changes.items()})
+        if not _valid(config, evaluation):
+            continue
+        ratio = 1.0
+        for p in parts:
+            ratio *= p.time_ratio
+        combination = Combination(parts, sum(p.gain for p in parts), seconds_per_target * val_targets * ratio)
+        combination.fits = combination.predicted_seconds <= margin * caps.eval_seconds
+        combinations.append(combination)
+    fitting = [c for c in combinations if c.fits] or [c for c in combinations if not c.pieces]
+    winner = max(fitting, key=lambda c: (c.predicted_gain, -c.predicted_seconds))
+    winner.chosen = True
+    evaluation = dataclasses.replace(base, **{k: v for p in winner.pieces for k, v in p.changes.items()})
+    if len(winner.pieces) > 1:  # a single piece's gain was measured as it is; a sum is a prediction: measure it whole
+        winner.measured_gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
+    else:
+        winner.measured_gain = winner.predicted_gain
+    log(f"allocation: evaluation chosen jointly from {len(combinations)} candidates: {winner.label()} (predicted gain "
+        f"{winner.predicted_gain:+.4f}, measured {winner.measured_gain:+.4f} nats; predicted eval {winner.predicted_seconds:.1f}s)")
+    return JointChoice(evaluation, pieces, combinations)

@@ -1,0 +1,62 @@
+"""The joint choice of the evaluation settings (search/allocation/joint.py): every combination of the pieces the space
+allows is a candidate, predicted from the pieces measured alone, and the best predicted gain that fits the eval cap
+wins; a cap nothing fits leaves the plain score."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from pgolf.datasets import DataPaths
+from pgolf.model import GPT, full_precision
+from pgolf.shards import validation_tokens
+from pgolf.submission import Runtime
+from search.allocation.joint import choose_jointly
+from space.core import AllocationSpace, Caps, SpaceError
+from space.spec import space_from_dict
+
+from conftest import TOKENIZER, TRAIN_PATTERN, VAL_PATTERN, small_config
+
+DATA = DataPaths(TRAIN_PATTERN, VAL_PATTERN, TOKENIZER, 1024)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    config = small_config(eval=dict(autocast=False, batch_tokens=2048, seq_len=128))
+    torch.manual_seed(0)
+    model = full_precision(GPT(config.model)).eval()
+    held_out = validation_tokens(TRAIN_PATTERN, 128, 1024, 1024)  # held-out training text
+    return model, config, held_out
+
+
+def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(trained):
+    model, config, held_out = trained
+    space = AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint")
+    cpu = Runtime(device=torch.device("cpu"))
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None, 512)
+    assert sorted(p.label for p in choice.pieces) == ["TTT lora chunk 64 rank 8", "stride 64", "tilt order 2"]
+    assert len(choice.combinations) == 8 and all(c.fits for c in choice.combinations)
+    winner = next(c for c in choice.combinations if c.chosen)
+    assert winner.predicted_gain == max(c.predicted_gain for c in choice.combinations)
+    for c in choice.combinations:  # predicted from the pieces: gains add, time ratios multiply
+        assert c.predicted_gain == pytest.approx(sum(p.gain for p in c.pieces))
+    evaluation = choice.evaluation
+    assert (evaluation.stride == 64) == any(p.family == "stride" for p in winner.pieces)
+    assert (evaluation.ngram_order == 2) == any(p.family == "tilt" for p in winner.pieces)
+    assert winner.measured_gain is not None and "candidates" in choice.record()
+    # A cap that nothing fits: the plain chunked score, TTT and tilt off.
+    tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ngram_order=[2], eval_choice="joint"),
+                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None, 512)
+    assert not tight.combinations[0].pieces and tight.evaluation.stride == 0
+    assert tight.evaluation.ttt == "off" and tight.evaluation.ngram_order == 0
+
+
+def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():
+    base = {"name": "t", "run": {"base": "tiny"}, "dims": {"model.model_dim": {"choices": [32, 48]}}}
+    with pytest.raises(SpaceError, match="eval_choice must be one of"):
+        space_from_dict({**base, "allocation": {"eval_choice": "greedy"}})
+    with pytest.raises(SpaceError, match="needs allocation.eval_choice"):
+        space_from_dict({**base, "allocation": {"ngram_order": [16]}})
+    with pytest.raises(SpaceError, match="ngram_order must list"):
+        space_from_dict({**base, "allocation": {"ngram_order": [-1], "eval_choice": "joint"}})
+    assert space_from_dict({**base, "allocation": {"ngram_order": [0, 16], "eval_choice": "joint"}}).allocation.ngram_order == [0, 16]
