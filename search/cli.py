@@ -12,7 +12,8 @@ from pgolf.storage import FORMAT_AXES
 
 from search.backends import BACKENDS
 from search.script import ScriptError
-from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
+from search.samplers import SAMPLERS, sampler_help
+from search.study import RESULTS_DIR, StudyError, absolute_storage
 from search.submit.verify import VerifyError
 from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="start a study (no arguments: the demo preset on ../shared/data)")
     p.add_argument("--space", default="demo", help="a space file or preset: demo | challenge (default: %(default)s)")
     p.add_argument("--study", help="study name (default: <space>-<date>-<time>)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe", help=sampler_help())
     p.add_argument("--sampler-seed", type=SEED, help="seed of the sampler (training seeds vary only in re-runs)")
     p.add_argument("--objectives", choices=("bpb", "bpb,bytes"), default="bpb", help="bpb, or bpb,bytes for a Pareto study")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite for 1 worker, a journal file for more)")

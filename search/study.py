@@ -20,12 +20,12 @@ import optuna
 
 from objectives.constraints import METRIC_NAMES
 from pgolf.files import read_json
+from search.samplers import SAMPLERS, make_sampler  # noqa: F401  (the sampler family lives there)
 from space.spec import SpaceError
 
 RESULTS_DIR = os.environ.get("PGOLF_RESULTS", "results")
 STUDY_FILE = "study.json"
 TRIALS_DIR = "trials"
-SAMPLERS = ("tpe", "nsga2", "random")
 
 # A study name is one folder under the results folder, never a path: letters, digits, '.', '_' and '-',
 # starting with a letter or digit, at most 100 characters. With no '/' and no leading '.', the name can be
@@ -146,16 +146,6 @@ def open_storage(url: str, stale_seconds: float = STALE_SECONDS):
         raise StudyError(f"cannot open storage {url}: {message}") from None
 
 
-def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: int):
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, startup_trials))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(f"unknown sampler {name!r} (use {', '.join(SAMPLERS)})")
-
-
 def study_pruner(settings: StudySettings):
     """The pruner of the study's own space ([search] table); none if that space no longer loads (status, export
     and the pages, which never prune, still open such a study; `search resume` refuses it elsewhere)."""
@@ -166,6 +156,17 @@ def study_pruner(settings: StudySettings):
         return PrunerSpec.of(space_from_dict(settings.space, source=settings.space_source), settings.objectives).optuna_pruner()
     except SpaceError:
         return optuna.pruners.NopPruner()
+
+
+def _space_dims(settings: StudySettings) -> list:
+    """The dimensions of the study's own space in file order (greedy selection's visiting order); none if the
+    space no longer loads (only `search resume` samples, and it refuses such a study first)."""
+    from space.spec import space_from_dict
+
+    try:
+        return space_from_dict(settings.space, source=settings.space_source).dims
+    except SpaceError:
+        return []
 
 
 def save_settings(directory: str, settings: StudySettings) -> None:
@@ -208,7 +209,8 @@ def open_study(settings: StudySettings, startup_trials: int, create: bool) -> op
                                                  "started in; run from there, or write the absolute path into study.json)")
         raise StudyError(f"study {settings.name!r}: its storage file {path} does not exist{where}")
     storage = open_storage(settings.storage)
-    sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials)
+    sampler = make_sampler(settings.sampler, settings.sampler_seed, settings.objectives, startup_trials,
+                           lambda: _space_dims(settings))
     try:
         if create:
             study = optuna.create_study(study_name=settings.name, storage=storage, directions=settings.directions,
