@@ -7,6 +7,8 @@ selection derives each trial's point from the finished trials (search/greedy.py)
 
 import optuna
 
+from search.errors import StudyError
+
 SAMPLERS = {
     "tpe": "Optuna's TPE (multivariate, constant liar for parallel workers) after a few random start-up trials",
     "nsga2": "Optuna's NSGA-II genetic algorithm (Pareto studies)",
@@ -23,8 +25,6 @@ def sampler_help() -> str:
 def make_sampler(name: str, seed: int | None, objectives: str, startup_trials: int, space_dims=lambda: []):
     """The Optuna sampler `name`; `space_dims()` gives the space's Dimensions in file order (greedy's visiting
     order), called only by a sampler that needs them (loading a script space reads its script)."""
-    from search.study import StudyError
-
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, constant_liar=True)
     if name == "nsga2":

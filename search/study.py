@@ -20,6 +20,7 @@ import optuna
 
 from objectives.constraints import METRIC_NAMES
 from pgolf.files import read_json
+from search.errors import StudyError  # noqa: F401  (imported from here by most of search/)
 from search.samplers import SAMPLERS, make_sampler  # noqa: F401  (the sampler family lives there)
 from space.spec import SpaceError
 
@@ -32,10 +33,6 @@ TRIALS_DIR = "trials"
 # neither absolute nor '.' or '..', so results/<name> is always a child of results/ (and 'a..b' is harmless).
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 STUDY_NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-class StudyError(ValueError):
-    """A study that cannot be created, found or opened; the message says which and why."""
 
 
 @dataclass
