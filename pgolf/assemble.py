@@ -3,12 +3,14 @@
 The script is the counted code of a submission: its byte size is `code_bytes` in every metric, so the
 search pays for exactly the code a submission ships. Assembly is plain concatenation in dependency
 order: intra-package imports (`from pgolf.x import ...`) are dropped, the remaining imports are hoisted
-and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config.
+and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config, each key
+read from an environment variable with the run's value as its default (pgolf/script_env.py names them).
 """
 
 import ast
 import os
-import pprint
+
+from pgolf.script_env import config_source
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "evaluate", "qat", "train", "submission")
@@ -21,6 +23,7 @@ quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiec
 standard library only.
 
 Train + export + score:   DATA_PATH=... TOKENIZER_PATH=... python train_gpt.py   (or torchrun --nproc_per_node=8)
+Change a setting:         MATRIX_LR=0.03 NUM_LAYERS=10 ... python train_gpt.py   (every setting: CONFIG below)
 Score a model file only:  EVAL_ONLY=1 MODEL_PATH=final_model.pgolf DATA_PATH=... TOKENIZER_PATH=... python train_gpt.py
 """
 '''
@@ -86,8 +89,7 @@ def assemble_script(config_dict: dict) -> str:
     script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
     if script.count(CONFIG_LINE) != 1:
         raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
-    literal = "CONFIG: dict = " + pprint.pformat(config_dict, width=110, sort_dicts=False)
-    return script.replace(CONFIG_LINE, literal)
+    return script.replace(CONFIG_LINE, config_source(config_dict))
 
 
 def _merge_imports(lines: list[str]) -> list[str]:
