@@ -16,6 +16,7 @@ from pgolf.config import config_from_dict, config_to_dict
 from pgolf.script_env import OFFICIAL_NAMES, ScriptEnvError, all_env_names, env_read
 from search.cli import main as search_main
 from search.script.knobs import read_knobs
+from search.script.logs import parse_log
 
 # The variables the script reads besides its config: where its files are and how it runs.
 RUNTIME_VARS = {"DATA_PATH", "TOKENIZER_PATH", "MODEL_PATH", "EVAL_ONLY", "PROBE_DIR", "DEVICE", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
@@ -68,6 +69,25 @@ def test_the_variables_set_the_config_and_unset_it_is_the_assembled_one(monkeypa
     assert (config.train.seed, config.train.iterations, config.train.max_wallclock_seconds) == (7, 9, 12.5)
     with pytest.raises(ScriptEnvError, match=r"config key model.no_such_key is not a key of pgolf's config"):
         env_read("model", "no_such_key", 1)
+
+
+PGOLF_LOG = """\
+step 1/200 train_loss 6.9324 train_time 0.6s step_avg 600.0ms
+trained steps:180 train_time:59.1s stopped_by:wallclock
+pre_quant val_loss:4.10000000 val_bpb:2.40000000
+calibration and quantization: 0.8s (counted as training) train_time:59.9s
+model_bytes:2500000 by_group:{'embedding': 500000, 'attention': 700000, 'mlp': 1300000}
+final_roundtrip val_loss:4.07000000 val_bpb:2.38903673 eval_time:12.5s
+final_roundtrip_exact val_loss:4.070000001 val_bpb:2.389036728193105
+code_bytes:170074 total_bytes:2670074
+"""
+
+
+def test_pgolf_own_log_lines_parse_as_a_script_log():
+    s = parse_log(PGOLF_LOG)
+    assert (s.final.tag, s.score(), s.eval_seconds) == ("final_roundtrip_exact", 2.389036728193105, 12.5)
+    assert s.train_seconds == 59.9 and s.stopped_early and not s.progress  # calibration counts as training
+    assert parse_log(PGOLF_LOG.replace("wallclock", "iterations")).stopped_early is False
 
 
 def search(capsys, *args) -> tuple[int, str, str]:
