@@ -104,8 +104,7 @@ def env_read(section: str, key: str, value) -> str:
 
 def config_source(config_dict: dict) -> str:
     """`CONFIG: dict = {...}` for the script: the config's sections and keys, each value read from its variable."""
-    lines = ["# Every setting is an environment variable, this run's value its default (lists and tables: JSON text).",
-             "CONFIG: dict = {"]
+    lines = ["CONFIG: dict = {"]
     for section, values in config_dict.items():
         lines.append(f"    {_quoted(section)}: {{")
         lines += [f"        {_quoted(key)}: {env_read(section, key, value)}," for key, value in values.items()]

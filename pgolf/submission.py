@@ -32,7 +32,9 @@ from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, 
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
 from pgolf.train import TrainResult, TrainingDiverged, keep_freed_memory, train
 
-CONFIG: dict = {}  # the standalone script carries its trial's configuration here
+# The standalone script's settings: pgolf/assemble.py writes each key here as a read of its environment variable,
+# the trial's value the default (lists and tables as JSON text).
+CONFIG: dict = {}
 MODEL_FILE = "final_model.pgolf"
 RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.

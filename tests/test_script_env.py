@@ -90,6 +90,16 @@ def test_pgolf_own_log_lines_parse_as_a_script_log():
     assert parse_log(PGOLF_LOG.replace("wallclock", "iterations")).stopped_early is False
 
 
+def test_a_setting_that_needs_a_module_the_script_left_out_is_one_line(tmp_path):
+    script = tmp_path / "train_gpt.py"
+    script.write_text(assemble_script(config_to_dict(small_config())))  # TTT off, zstd: neither optional module
+    for name, value, module in (("EVAL_TTT", "lora", "ttt"), ("QUANT_COMPRESSOR", "rans", "entropy_codec")):
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ, **{name: value}),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+            f"error: {name}={value} needs pgolf/{module}.py, which this script leaves out (export one from a config that uses it)"], done.stderr
+
+
 def search(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()
     code = search_main(list(args))
