@@ -87,6 +87,7 @@ def test_pgolf_own_log_lines_parse_as_a_script_log():
     s = parse_log(PGOLF_LOG)
     assert (s.final.tag, s.score(), s.eval_seconds) == ("final_roundtrip_exact", 2.389036728193105, 12.5)
     assert s.train_seconds == 59.9 and s.stopped_early and not s.progress  # calibration counts as training
+    assert s.steps == 180
     assert parse_log(PGOLF_LOG.replace("wallclock", "iterations")).stopped_early is False
 
 
@@ -139,7 +140,7 @@ def test_pgolf_export_as_a_script_study_run_status_export_verify(tmp_path, capsy
     assert trials[0].params == {"MATRIX_LR": 0.04, "NUM_LAYERS": 1}  # the export's own defaults
     metrics = json.loads((results / "e" / "trials" / "0000" / "metrics.json").read_text())
     # pgolf's own log lines: the exact final score, its eval time, the training time of its end-of-training line.
-    assert metrics["final_line"].startswith("final_roundtrip_exact") and metrics["steps"] == 0
+    assert metrics["final_line"].startswith("final_roundtrip_exact") and metrics["steps"] == 4
     assert 0 < metrics["train_seconds"] < 60 and 0 < metrics["eval_seconds"] < 60 and metrics["stopped_by"] == "iterations"
     assert metrics["code_bytes"] == script.stat().st_size and metrics["model_bytes"] == (results / "e" / "trials" / "0000" / "final_model.pgolf").stat().st_size
     record = json.loads((results / "e" / "trials" / "0000" / "final_model.pgolf.result.json").read_text())
