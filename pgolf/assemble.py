@@ -3,25 +3,30 @@
 The script is the counted code of a submission: its byte size is `code_bytes` in every metric, so the
 search pays for exactly the code a submission ships. Assembly is plain concatenation in dependency
 order: intra-package imports (`from pgolf.x import ...`) are dropped, the remaining imports are hoisted
-and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config.
+and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config, each key
+read from an environment variable with the run's value as its default (pgolf/script_env.py names them).
 """
 
 import ast
 import os
-import pprint
+
+from pgolf.config import SECTIONS
+from pgolf.script_env import config_source, env_name
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "ngram", "evaluate", "qat", "train", "submission")
 # Modules only some configs call: a script leaves them out (and does not pay their bytes) when its config does not.
-OPTIONAL_MODULES = {"ttt": lambda config: config.get("eval", {}).get("ttt", "off") != "off",
-                    "entropy_codec": lambda config: config.get("quant", {}).get("compressor", "zstd") == "rans",
-                    "ngram": lambda config: bool(config.get("eval", {}).get("ngram_order", 0))}
+# module -> (section, key, op, value): the config calls the module when config[section][key] op value. A script
+# that leaves one out refuses, in one line, a variable that would set that key so that it needs the module.
+OPTIONAL_MODULES = {"ttt": ("eval", "ttt", "!=", "off"), "entropy_codec": ("quant", "compressor", "==", "rans"),
+                    "ngram": ("eval", "ngram_order", "!=", 0)}
 CONFIG_LINE = "CONFIG: dict = {}"
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the
 standard library only.
 
 Train + export + score:   DATA_PATH=... TOKENIZER_PATH=... python train_gpt.py   (or torchrun --nproc_per_node=8)
+Change a setting:         MATRIX_LR=0.03 NUM_LAYERS=10 ... python train_gpt.py   (every setting: CONFIG below)
 Score a model file only:  EVAL_ONLY=1 MODEL_PATH=final_model.pgolf DATA_PATH=... TOKENIZER_PATH=... python train_gpt.py
 """
 '''
@@ -71,9 +76,10 @@ def _top_level_names(source: str) -> set[str]:
 def assemble_script(config_dict: dict) -> str:
     """The standalone script for a run config (as a plain dict), ready to write as train_gpt.py."""
     imports: list[str] = []
-    bodies, owners = [], {}
+    bodies, owners, left_out = [], {}, []
     for name in SCRIPT_MODULES:
-        if name in OPTIONAL_MODULES and not OPTIONAL_MODULES[name](config_dict):
+        if name in OPTIONAL_MODULES and not _needs(name, config_dict):
+            left_out.append(name)
             continue
         with open(_module_path(name), encoding="utf-8") as f:
             source = f.read()
@@ -87,8 +93,23 @@ def assemble_script(config_dict: dict) -> str:
     script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
     if script.count(CONFIG_LINE) != 1:
         raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
-    literal = "CONFIG: dict = " + pprint.pformat(config_dict, width=110, sort_dicts=False)
-    return script.replace(CONFIG_LINE, literal)
+    return script.replace(CONFIG_LINE, config_source(config_dict) + "".join(_left_out_guard(m, config_dict) for m in left_out))
+
+
+def _needs(module: str, config_dict: dict) -> bool:
+    section, key, op, value = OPTIONAL_MODULES[module]
+    current = config_dict.get(section, {}).get(key, getattr(SECTIONS[section](), key))
+    return current != value if op == "!=" else current == value
+
+
+def _left_out_guard(module: str, config_dict: dict) -> str:
+    """Generated lines after CONFIG: the one-line refusal of a setting that needs the left-out `module`."""
+    section, key, op, value = OPTIONAL_MODULES[module]
+    if key not in config_dict.get(section, {}):
+        return ""  # not read from the environment: it keeps the assembled value
+    setting = f"CONFIG[{section!r}][{key!r}]"
+    return (f"\nif {setting} {op} {value!r}:\n    raise SystemExit(f\"error: {env_name(section, key)}={{{setting}}} needs pgolf/{module}.py, "
+            f"which this script leaves out (export one from a config that uses it)\")")
 
 
 def _merge_imports(lines: list[str]) -> list[str]:

@@ -2,10 +2,10 @@
 
 `train_pack_score` is that pipeline, once: `pgolf run`, a search trial (its allocation passed in as the
 post-training step) and the exported standalone `train_gpt.py` all call it. The script is these modules
-concatenated with the trial's CONFIG filled in, ending in `main()`. Settings come from CONFIG and
-can be overridden by environment variables in the challenge's style:
-    DATA_PATH (shard folder), TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, MODEL_PATH,
-    EVAL_ONLY=1 (score an existing MODEL_PATH), DEVICE (default: cuda when available, else cpu).
+concatenated with the trial's CONFIG filled in, ending in `main()`: CONFIG reads every setting from an
+environment variable in the challenge's style (MATRIX_LR, NUM_LAYERS, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS,
+...), the trial's values its defaults; and the run's files and mode come from DATA_PATH (shard folder),
+TOKENIZER_PATH, MODEL_PATH, EVAL_ONLY=1 (score an existing MODEL_PATH), DEVICE (default: cuda when available, else cpu).
 Under torchrun (RANK/WORLD_SIZE set) each rank trains on its share of every batch (DDP) and scores its
 share of the validation split.
 """
@@ -32,16 +32,13 @@ from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, 
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
 from pgolf.train import TrainResult, TrainingDiverged, keep_freed_memory, train
 
-CONFIG: dict = {}  # the standalone script carries its trial's configuration here
+# The standalone script's settings: pgolf/assemble.py writes each key here as a read of its environment variable,
+# the trial's value the default (lists and tables as JSON text).
+CONFIG: dict = {}
 MODEL_FILE = "final_model.pgolf"
 RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.
 EXPECTED_ERRORS = (ArtifactError, CalibrationError, ConfigError, NonFiniteScore, ShardError, TokenizerError, TrainingDiverged, OSError)
-ENV_OVERRIDES = {
-    "SEED": ("train", "seed", int),
-    "ITERATIONS": ("train", "iterations", int),
-    "MAX_WALLCLOCK_SECONDS": ("train", "max_wallclock_seconds", float),
-}
 
 
 @dataclasses.dataclass
@@ -332,17 +329,8 @@ def log_final_score(post: EvalResult, log) -> None:
     log(f"final_roundtrip_exact val_loss:{post.loss!r} val_bpb:{post.bpb!r}")
 
 
-def config_with_env(data: dict) -> RunConfig:
-    config = config_from_dict(data)
-    for var, (section, key, kind) in ENV_OVERRIDES.items():
-        if var in os.environ:
-            setattr(getattr(config, section), key, kind(os.environ[var]))
-    validate(config)
-    return config
-
-
 def main() -> None:
-    config = config_with_env(CONFIG)
+    config = config_from_dict(CONFIG)
     data_path = os.environ.get("DATA_PATH", f"./data/datasets/fineweb10B_sp{config.model.vocab_size}")
     files = DataFiles(os.path.join(data_path, "fineweb_train_*.bin"), os.path.join(data_path, "fineweb_val_*.bin"),
                       os.environ.get("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{config.model.vocab_size}_bpe.model"))

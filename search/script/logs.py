@@ -8,7 +8,10 @@
   tag is the text before its first val_loss/val_bpb field (`final_int8_zlib_roundtrip_exact`,
   `quantized_ttt_phased`, `diagnostic quantized`). A space may name the tag instead: a regular expression
   that must match a tag whole; the last matching line wins, with the same `_exact` preference.
-- Training seconds: the `stopping_early` line's train_time, else the last progress line's.
+- Training seconds: the `stopping_early` line's train_time, else the last train_time of a progress line or of a
+  line without a score (pgolf's own export ends training with `trained steps:N train_time:Xs stopped_by:wallclock`
+  and counts calibration in a later `train_time`); `stopped_by:wallclock` there also means stopped early, and its
+  `steps:N` gives the step count where no progress line does.
 - Evaluation seconds: a `total_eval_time` line, else the final line's (or its non-exact sibling's) eval_time.
 - The last `Total submission size ...: N bytes` line, recorded beside pgolf's own measurement.
 A records-style validation line has no train_time of its own: it gets the last training line's, which
@@ -30,6 +33,8 @@ TRAIN_TIME = re.compile(r"\btrain_time\s*[:=]\s*(\d+(?:\.\d*)?)\s*(ms|s|m)\b")
 EVAL_TIME = re.compile(r"\beval_time\s*[:=]\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\b")
 TOTAL_EVAL_TIME = re.compile(r"^\s*total_eval_time\s*[:=]\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\b")
 STOPPING = re.compile(r"^\s*stopping_early\b")
+STOPPED_BY_WALLCLOCK = re.compile(r"\bstopped_by\s*[:=]\s*wallclock\b")
+STEPS = re.compile(r"\bsteps\s*[:=]\s*(\d+)\b")  # pgolf's end-of-training line: its step count
 TOTAL_SIZE = re.compile(r"^\s*Total submission size\b[^:]*:\s*(\d+)\s*bytes")
 RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")  # torchrun's per-rank prefix, where it adds one
 UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1e-3}  # a bare eval_time is in ms, as the scripts print it
@@ -65,6 +70,12 @@ class LogSummary:
     stopped_early: bool
     reported_total_bytes: int | None
     progress: list[Progress] = field(default_factory=list)
+    end_steps: int | None = None  # the step count an end-of-training line states (`trained steps:N`), where one does
+
+    @property
+    def steps(self) -> int:
+        """Training steps: the last progress line's, else the end-of-training line's, else 0."""
+        return self.progress[-1].step if self.progress else (self.end_steps or 0)
 
     def score(self) -> float:
         """The final val_bpb, or one line saying why there is none to rank."""
@@ -99,6 +110,8 @@ class ScriptLog:
         self.progress: list[Progress] = []
         self.last_train_seconds: float | None = None
         self.stop_seconds: float | None = None
+        self.stopped_by_wallclock = False
+        self.end_steps: int | None = None
         self.total_eval_seconds: float | None = None
         self.total_bytes: int | None = None
 
@@ -127,6 +140,11 @@ class ScriptLog:
             tag = line[: FIRST_SCORE_FIELD.search(line).start()].strip()
             self.candidates.append(ScoreLine(self.lines, tag, float(bpb.group(1)), float(loss.group(1)) if loss else None,
                                              _seconds(EVAL_TIME.search(line)), line.rstrip("\n")))
+        elif (seconds := _seconds(TRAIN_TIME.search(line))) is not None:
+            self.last_train_seconds = seconds  # a script's own end-of-training line
+            self.stopped_by_wallclock = self.stopped_by_wallclock or bool(STOPPED_BY_WALLCLOCK.search(line))
+            steps = STEPS.search(line)
+            self.end_steps = int(steps.group(1)) if steps else self.end_steps
         return None
 
     def _final(self) -> ScoreLine | None:
@@ -147,7 +165,8 @@ class ScriptLog:
         final = self._final()
         train = self.stop_seconds if self.stop_seconds is not None else self.last_train_seconds
         evaluation = self.total_eval_seconds if self.total_eval_seconds is not None else (final.eval_seconds if final else None)
-        return LogSummary(final, train, evaluation, self.stop_seconds is not None, self.total_bytes, list(self.progress))
+        stopped = self.stop_seconds is not None or self.stopped_by_wallclock
+        return LogSummary(final, train, evaluation, stopped, self.total_bytes, list(self.progress), self.end_steps)
 
 
 def parse_log(text: str, final_tag: str | None = None) -> LogSummary:

@@ -117,7 +117,7 @@ def run_script_trial(directory: str) -> dict:
     # Seconds the log does not give are charged whole: the run's wall time for training, the rest for evaluation.
     train = summary.train_seconds if summary.train_seconds is not None else run.wall_seconds
     evaluation = summary.eval_seconds if summary.eval_seconds is not None else max(run.wall_seconds - train, 0.0)
-    steps = summary.progress[-1].step if summary.progress else 0
+    steps = summary.steps
     metrics = {"kind": KIND, "val_bpb_post": summary.score(), "val_loss_post": summary.final.val_loss,
                "artifact_bytes": code + run.artifact_bytes, "code_bytes": code, "model_bytes": run.artifact_bytes,
                "bytes_by_group": {"code": code, "model": run.artifact_bytes}, "code_form": spec["code"],
