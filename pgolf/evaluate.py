@@ -129,9 +129,7 @@ class ScoringPass:
             # Off the CPU, no boolean indexing (it waits for the device to count the selected rows): masked sums. The
             # counts are exact either way; the loss sum may differ in its last bits by the order of the additions, so
             # the CPU keeps the indexed sum its scores were always taken with.
-            self.sums[0] += torch.where(scored, nll, 0).to(torch.float64).sum()
-            self.sums[1] += scored.sum()
-            self.sums[2] += (self.luts.target_bytes(x, y) * scored).to(torch.float64).sum()
+            self.sums += masked_sums(self.luts, x, y, nll, scored)
             return
         else:
             loss = nll[scored].to(torch.float64).sum()
@@ -153,6 +151,13 @@ class ScoringPass:
                                  "the model's outputs are not finite")
         return EvalResult(loss=loss_sum / tokens, bpb=bits_per_byte(loss_sum, tokens, byte_count), tokens=int(tokens),
                           bytes=int(byte_count), seconds=seconds)
+
+
+def masked_sums(luts, x: Tensor, y: Tensor, nll: Tensor, scored: Tensor) -> Tensor:
+    """(loss nats, targets, bytes) of the scored targets of a stretch, as masked sums: no count of the selected rows
+    is read back to the host, as boolean indexing must."""
+    return torch.stack((torch.where(scored, nll, 0).to(torch.float64).sum(), scored.sum().to(torch.float64),
+                        (luts.target_bytes(x, y) * scored).to(torch.float64).sum()))
 
 
 def evaluate_bpb(model: nn.Module, val_tokens: Tensor, luts, settings: EvalConfig, runtime=None,

@@ -13,6 +13,7 @@ them at the end, so the EMA is what is calibrated, quantized and stored.
 import contextlib
 import copy
 import ctypes
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -190,11 +191,12 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
         from torch.nn.parallel import DistributedDataParallel
 
         # The only buffers (rotary frequencies) are equal on every rank and never change: no broadcast before each
-        # forward (the official script sets the same).
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
+        # forward (the official script sets the same). Newer torch names it forward_sync_buffers (broadcast_buffers
+        # warns there); older torch knows broadcast_buffers only.
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
 
-    def run_step(step: int, elapsed: float, seq_len: int) -> float:
+    def run_step(step: int, elapsed: float, seq_len: int) -> torch.Tensor:
         scale = lr_scale(step, elapsed, cfg)
         frac = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:

@@ -11,10 +11,13 @@ from torch.nn.attention import SDPBackend
 
 import pgolf.train
 from objectives.constraints import at_submission_ranks
+from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.datasets import DataPaths
+from pgolf.evaluate import masked_sums
 from pgolf.fused import fused_ops, use_fused_ops
 from pgolf.model import GPT, Rotary, attention_kernel, reserve_positions
 from pgolf.run import subset_validator
+from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, train_model
 from pgolf.train import training_graphs, warmup_plan
 from search.allocation.evaluation import fits_eval_cap
@@ -99,3 +102,16 @@ def test_a_one_rank_trial_keeps_the_ttt_setting_that_fits_the_submissions_eight_
     assert pick_ttt([no_ttt, ttt], Caps(), measured_ranks=8, margin=0.7) is no_ttt
     assert pick_ttt([no_ttt, ttt], Caps(eval_ranks=1), measured_ranks=1, margin=0.7) is no_ttt
     assert fits_eval_cap(800.0, 1, Caps()) and not fits_eval_cap(800.0, 1, Caps(eval_ranks=1))
+
+
+def test_the_sync_free_window_sums_count_what_the_indexed_sums_count():
+    # The GPU's form of a window's sums (masked, nothing read back to the host) against the CPU's (indexed).
+    luts = ByteLuts(load_tokenizer(TOKENIZER, 1024), 1024)
+    tokens = validation_tokens(VAL_PATTERN, 64, 1024, 64).long()
+    x, y = tokens[:32].reshape(4, 8), tokens[1:33].reshape(4, 8)
+    nll = torch.rand(4, 8) * 10
+    scored = torch.arange(8)[None, :] >= torch.tensor([0, 5, 7, 3])[:, None]
+    loss, targets, byte_count = masked_sums(luts, x, y, nll, scored).tolist()
+    assert targets == int(scored.sum()) == 8 + 3 + 1 + 5
+    assert byte_count == float(luts.target_bytes(x[scored], y[scored]).sum())  # integers: exact in any order
+    assert abs(loss - float(nll[scored].double().sum())) < 1e-9
