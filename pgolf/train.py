@@ -27,7 +27,7 @@ from pgolf.evaluate import synchronize
 from pgolf.fused import fused_ops
 from pgolf.model import reserve_positions
 from pgolf.optim import build_optimizers
-from pgolf.qat import QAT_PROGRESS_TOLERANCE, QATForward, qat_due
+from pgolf.qat import QATForward, qat_due
 
 STEP_HISTORY = 8  # steps whose slowest one budgets the next step against the wallclock cap
 COMPILE_BACKEND = "inductor"  # torch.compile's backend (a test counts graphs with a cheaper one)
@@ -141,7 +141,9 @@ def training_graphs(cfg) -> list[tuple[int, bool]]:
     graphs = [(length, False) for length in lengths]
     if cfg.qat_fraction > 0:
         stages = [*cfg.seq_len_stages, cfg.seq_len]
-        overlapped = [stages[i] for i in range(n) if (i + 1) / n > 1.0 - cfg.qat_fraction - QAT_PROGRESS_TOLERANCE]
+        # Stage i ends at progress (i + 1) / n and QAT starts at 1 - qat_fraction (both less a tolerance of 1e-9, which
+        # leaves a window too short to hold a step where they meet exactly).
+        overlapped = [stages[i] for i in range(n) if (i + 1) / n > 1.0 - cfg.qat_fraction]
         graphs += [(length, True) for length in dict.fromkeys(overlapped)]
     return graphs
 
