@@ -18,7 +18,7 @@ from pgolf.fused import fused_ops, use_fused_ops
 from pgolf.model import GPT, Rotary, attention_kernel, reserve_positions
 from pgolf.run import subset_validator
 from pgolf.shards import validation_tokens
-from pgolf.submission import Runtime, train_model
+from pgolf.submission import Runtime, train_model, train_pack_score
 from pgolf.train import training_graphs, warmup_plan
 from search.allocation.evaluation import fits_eval_cap
 from search.allocation.ttt import TTTMeasure, pick_ttt
@@ -115,3 +115,13 @@ def test_the_sync_free_window_sums_count_what_the_indexed_sums_count():
     assert targets == int(scored.sum()) == 8 + 3 + 1 + 5
     assert byte_count == float(luts.target_bytes(x[scored], y[scored]).sum())  # integers: exact in any order
     assert abs(loss - float(nll[scored].double().sum())) < 1e-9
+
+
+def test_the_pipeline_skips_the_float_models_score_when_asked(tmp_path):
+    # The exported script's default (PRE_QUANT_SCORE unset): no second whole evaluation before quantizing.
+    config = small_config(train=dict(iterations=2))
+    lines = []
+    outcome = train_pack_score(config, DATA, Runtime(torch.device("cpu")), str(tmp_path / "model.pgolf"), log=lines.append,
+                               pre_score=False)
+    assert outcome.pre is None and outcome.post.bpb < 8.0
+    assert not [line for line in lines if line.startswith("pre_quant")]
