@@ -31,6 +31,13 @@ class Outcome:
     eval_seconds: float
 
 
+def at_submission_ranks(seconds: float, measured_ranks: int, caps) -> float:
+    """An eval time measured on `measured_ranks` processes, as the submission's caps.eval_ranks would take it: each
+    rank scores its share of the split, so the time scales with measured / submission ranks (a 1-GPU trial's TTT
+    that takes 800 s there takes about 100 s on 8 GPUs, well within a 600 s cap). eval_ranks 0: as measured."""
+    return seconds * measured_ranks / caps.eval_ranks if caps.eval_ranks else seconds
+
+
 def constraint_values(outcome: Outcome, caps) -> dict:
     """Signed distances to each cap: <= 0 means within it. Bytes are exact integers."""
     return {

@@ -98,11 +98,23 @@ class ScoringPass:
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss nats, targets, bytes
         self.tilt = (NgramTilt(tokens, settings.ngram_order, settings.ngram_threshold, settings.ngram_boost, self.device)
                      if settings.ngram_order else None)
+        self._device_tokens = None
 
     @property
     def needs_logits(self) -> bool:
         """Whether record() needs each stretch's logits: for the trace, or to tilt them."""
         return self.trace is not None or self.tilt is not None
+
+    def device_tokens(self) -> Tensor:
+        """The stream on the scoring device, copied there once (not batch by batch)."""
+        if self._device_tokens is None:
+            self._device_tokens = self.tokens.to(self.device)
+        return self._device_tokens
+
+    def forward(self, x: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """The model's loss of x -> y under the eval settings: compiled where it pays (see scoring_forward)."""
+        forward = scoring_forward(self.device, self.share(range(self.tokens.numel() - 1)))
+        return forward(self.model, x, y, self.settings.repeats, reduction)
 
     def share(self, items):
         """This process's contiguous share of a sequence (ranks in order cover it once)."""
@@ -125,6 +137,12 @@ class ScoringPass:
         if scored is None:
             loss = (nll if nll.dim() == 0 else nll.mean()).to(torch.float64) * float(y.numel())
             prev, target = x.reshape(-1), y.reshape(-1)
+        elif self.device.type != "cpu" and self.trace is None:
+            # Off the CPU, no boolean indexing (it waits for the device to count the selected rows): masked sums. The
+            # counts are exact either way; the loss sum may differ in its last bits by the order of the additions, so
+            # the CPU keeps the indexed sum its scores were always taken with.
+            self.sums += masked_sums(self.luts, x, y, nll, scored)
+            return
         else:
             loss = nll[scored].to(torch.float64).sum()
             prev, target = x[scored], y[scored]
@@ -145,6 +163,13 @@ class ScoringPass:
                                  "the model's outputs are not finite")
         return EvalResult(loss=loss_sum / tokens, bpb=bits_per_byte(loss_sum, tokens, byte_count), tokens=int(tokens),
                           bytes=int(byte_count), seconds=seconds)
+
+
+def masked_sums(luts, x: Tensor, y: Tensor, nll: Tensor, scored: Tensor) -> Tensor:
+    """(loss nats, targets, bytes) of the scored targets of a stretch, as masked sums: no count of the selected rows
+    is read back to the host, as boolean indexing must."""
+    return torch.stack((torch.where(scored, nll, 0).to(torch.float64).sum(), scored.sum().to(torch.float64),
+                        (luts.target_bytes(x, y) * scored).to(torch.float64).sum()))
 
 
 def evaluate_bpb(model: nn.Module, val_tokens: Tensor, luts, settings: EvalConfig, runtime=None,
@@ -172,14 +197,15 @@ def _eval_chunks(scoring: ScoringPass) -> None:
     batch_seqs = max(scoring.settings.batch_tokens // seq_len, 1)
     total_seqs = (tokens.numel() - 1) // seq_len
     mine = scoring.share(range(total_seqs))
+    tokens = scoring.device_tokens()
     for s in range(mine.start, mine.stop, batch_seqs):
         e = min(s + batch_seqs, mine.stop)
-        local = tokens[s * seq_len : e * seq_len + 1].to(device=scoring.device, dtype=torch.int64)
+        local = tokens[s * seq_len : e * seq_len + 1].to(dtype=torch.int64)
         x = local[:-1].reshape(-1, seq_len)
         y = local[1:].reshape(-1, seq_len)
         with scoring.autocast():
             if not scoring.needs_logits:  # the fused mean: all the official count needs
-                nll, logits = scoring.model(x, y, repeats=scoring.settings.repeats), None
+                nll, logits = scoring.forward(x, y), None
             else:  # per token for the probe; the mean of the same values
                 nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
         scoring.record([r * seq_len for r in range(s, e)], x, y, nll, logits=logits)
@@ -191,20 +217,44 @@ def _eval_windows(scoring: ScoringPass) -> None:
     windows = window_starts(num_targets, seq_len, stride)
     windows = scoring.share(windows)
     batch = max(scoring.settings.batch_tokens // seq_len, 1)
+    device_tokens = scoring.device_tokens()
+    # Each batch in a few whole-tensor ops (no launch per window): the windows' token indices as one gather, and the
+    # targets each scores as one comparison of positions with the windows' first scored offsets.
+    starts = torch.tensor([s for s, _ in windows], dtype=torch.int64, device=scoring.device)
+    offsets = torch.tensor([o for _, o in windows], dtype=torch.int64, device=scoring.device)
+    positions = torch.arange(seq_len + 1, device=scoring.device)
     for b in range(0, len(windows), batch):
         group = windows[b : b + batch]
-        x = torch.stack([tokens[s : s + seq_len] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
-        y = torch.stack([tokens[s + 1 : s + seq_len + 1] for s, _ in group]).to(device=scoring.device, dtype=torch.int64)
+        rows = device_tokens[starts[b : b + batch, None] + positions].to(torch.int64)
+        x, y = rows[:, :-1], rows[:, 1:]
         with scoring.autocast():
             if not scoring.needs_logits:
-                nll = scoring.model(x, y, repeats=scoring.settings.repeats, reduction="none").reshape(len(group), seq_len)
+                nll = scoring.forward(x, y, reduction="none").reshape(len(group), seq_len)
                 logits = None
             else:
                 nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
-        scored = torch.zeros_like(nll, dtype=torch.bool)
-        for row, (_, offset) in enumerate(group):
-            scored[row, offset:] = True
+        scored = positions[None, :seq_len] >= offsets[b : b + batch, None]
         scoring.record([s for s, _ in group], x, y, nll, scored, logits)
+
+
+COMPILE_MIN_TOKENS = 4_194_304  # a pass scoring fewer targets per process than this runs eager (the compile would not pay)
+_COMPILED_SCORING = {}
+
+
+def _model_loss(model: nn.Module, x: Tensor, y: Tensor, repeats: int, reduction: str) -> Tensor:
+    return model(x, y, repeats=repeats, reduction=reduction)
+
+
+def scoring_forward(device: torch.device, targets):
+    """The scoring passes' model call: compiled on CUDA for a pass long enough to pay for its compile (the official
+    script evaluates with its compiled model), eager elsewhere. A function of its own, so its graphs never count
+    against the training graphs' recompile limit, and dynamic in the batch size, so a last partial batch adds one
+    graph in all rather than one per size."""
+    if device.type != "cuda" or len(targets) < COMPILE_MIN_TOKENS:
+        return _model_loss
+    if "forward" not in _COMPILED_SCORING:
+        _COMPILED_SCORING["forward"] = torch.compile(_model_loss, dynamic=None)
+    return _COMPILED_SCORING["forward"]
 
 
 # The eval modes: each scores its process's share of the stream into a ScoringPass. TTT's entry looks its function

@@ -35,9 +35,11 @@ def accumulation_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def use_fused_ops() -> bool:
-    """Fused ops pay in eager training only: eval keeps the exact composition, compile fuses its own."""
-    return fused_ops_enabled() and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+def use_fused_ops(x: Tensor) -> bool:
+    """Whether the op on `x` takes its fused form: in eager training on the CPU only. Eval keeps the exact composition,
+    compile fuses its own, and on a GPU they never run (written for the CPU's memory traffic: the softcapped
+    cross-entropy is a Python loop over row chunks there), whether or not the compiler is in use."""
+    return x.device.type == "cpu" and fused_ops_enabled() and torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 class FusedRMSNorm(torch.autograd.Function):

@@ -10,6 +10,7 @@ tokens only (the challenge forbids calibrating on validation). A block of a shar
 repeat, and its hook fires each time, so its H covers every repeat.
 """
 
+import contextlib
 import fnmatch
 import os
 
@@ -28,6 +29,21 @@ class CalibrationError(ValueError):
     """A calibration request that cannot be met (wrong split, too few tokens); the message says which."""
 
 
+@contextlib.contextmanager
+def exact_fp32_matmuls():
+    """fp32 matmuls in full precision, TF32 off, for the body (a decorator too). A CUDA run turns TF32 on for training;
+    GPTQ's error feedback and the correction SVDs keep it off, as reference GPTQ does: their results then match the
+    CPU's, on which the byte and damage predictors were calibrated."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+@exact_fp32_matmuls()
 def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, clip_k: float, clip_percentile: float = 99.99984,
                   damp: float = 0.01, block: int = 128, act_order: bool = True, scale: Tensor | None = None,
                   keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -23,8 +23,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pgolf.fused import FP32_EPS, FusedReluSquare, FusedRMSNorm, FusedRotary, SoftcapCrossEntropy, fused_ops_enabled, use_fused_ops
+from pgolf.fused import FP32_EPS, FusedReluSquare, FusedRMSNorm, FusedRotary, SoftcapCrossEntropy, use_fused_ops
 
 CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "attn_gate", "smear_gate", "logit_rescale")
 EMBEDDING_PREFIXES = ("tok_emb.", "lm_head.", "embed_proj.")  # the token-side matrices (their own storage widths)
@@ -34,7 +35,7 @@ def rms_norm(x: Tensor) -> Tensor:
     """In evaluation, bitwise the result of F.rms_norm(x, (x.size(-1),)) (fp32 math, fp32 eps), but
     vectorized for bf16: on CPU the library kernel is about 6x slower on bf16 input than this composition.
     Eager training takes the fused op (same function, hand-written backward)."""
-    if use_fused_ops():
+    if use_fused_ops(x):
         return FusedRMSNorm.apply(x)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + FP32_EPS)).to(x.dtype)
@@ -78,27 +79,54 @@ class Rotary(nn.Module):
         self.table_dtype = torch.bfloat16
         self._cache: tuple | None = None
 
+    def reserve(self, seq_len: int, device: torch.device) -> None:
+        """Fill the tables for positions 0..seq_len-1 unless they cover that much already. The tables only grow:
+        a compiled graph guards on them, so filled once for the longest length a run uses (its training stages
+        and its eval length) before compiling, no later length rebuilds them and nothing recompiles."""
+        cached = self._cache
+        if cached is not None and cached[0][1:] == (device, self.table_dtype) and cached[0][0] >= seq_len:
+            return
+        inv_freq = self.inv_freq.float().to(device).to(self.table_dtype)
+        t = torch.arange(seq_len, device=device, dtype=self.table_dtype)  # each position's value whatever the length
+        freqs = torch.outer(t, inv_freq)
+        self._cache = ((seq_len, device, self.table_dtype), freqs.cos()[None, None], freqs.sin()[None, None])
+
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        key = (seq_len, device, self.table_dtype)
-        if self._cache is None or self._cache[0] != key:
-            inv_freq = self.inv_freq.float().to(device).to(self.table_dtype)
-            t = torch.arange(seq_len, device=device, dtype=self.table_dtype)
-            freqs = torch.outer(t, inv_freq)
-            self._cache = (key, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[1].to(dtype), self._cache[2].to(dtype)
+        self.reserve(seq_len, device)
+        return self._cache[1][:, :, :seq_len].to(dtype), self._cache[2][:, :, :seq_len].to(dtype)
 
 
 _CAUSAL_BIAS: dict = {}
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def attention_kernel(q: Tensor) -> SDPBackend:
+    """The SDPA kernel a CUDA attention call is pinned to: flash, as the official script allows only it; where flash
+    cannot run (fp32 scoring, a head width flash rejects), the memory-efficient kernel. Never the math kernel that
+    SDPA otherwise falls back to silently, whose memory grows with the square of the sequence."""
+    flash = q.dtype in FLASH_DTYPES and q.size(-1) % 8 == 0 and q.size(-1) <= 256
+    return SDPBackend.FLASH_ATTENTION if flash else SDPBackend.EFFICIENT_ATTENTION
+
+
+def cuda_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    kernel = attention_kernel(q)
+    group = q.size(1) // k.size(1)
+    if kernel != SDPBackend.FLASH_ATTENTION and group > 1:  # the efficient kernel takes no grouped heads: expand them
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    with sdpa_kernel(kernel):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal attention with grouped KV heads: q (B, H, T, D), k and v (B, KV, T, D).
 
-    On CPU, training (with the fast paths on) uses plain bf16 batched matmuls (the mask and 1/sqrt(D)
+    On CPU, eager training (with the fast paths on) uses plain bf16 batched matmuls (the mask and 1/sqrt(D)
     folded into one baddbmm): its backward is several times faster there than the SDPA kernel's.
-    Everything else, and all evaluation, uses SDPA, which is what the official script runs.
+    Everything else, and all evaluation, uses SDPA, which is what the official script runs (on CUDA pinned to a kernel).
     """
-    if q.device.type != "cpu" or not (fused_ops_enabled() and torch.is_grad_enabled()):
+    if q.device.type == "cuda":
+        return cuda_attention(q, k, v)
+    if not use_fused_ops(q):  # compiled too: the cached mask below would be a guard that fails after the first trace
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
     bsz, heads, seqlen, dim = q.shape
     kv_heads = k.size(1)
@@ -128,7 +156,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     rotated = 2 * cos.size(-1)
     if rotated < x.size(-1):  # partial RoPE: the remaining dims pass unrotated (position-free)
         return torch.cat((apply_rotary(x[..., :rotated], cos, sin), x[..., rotated:]), dim=-1)
-    if use_fused_ops():
+    if use_fused_ops(x):
         return FusedRotary.apply(x, cos, sin)
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -191,7 +219,7 @@ class MLP(nn.Module):
         hidden = self.fc(x, repeat)
         if self.slope:
             return self.proj(F.leaky_relu(hidden, self.slope).square(), repeat)
-        return self.proj(FusedReluSquare.apply(hidden) if use_fused_ops() else torch.relu(hidden).square(), repeat)
+        return self.proj(FusedReluSquare.apply(hidden) if use_fused_ops(hidden) else torch.relu(hidden).square(), repeat)
 
 
 class Block(nn.Module):
@@ -279,7 +307,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, repeats: int | None = None, reduction: str = "mean") -> Tensor:
         """Cross-entropy (nats) of target_ids given input_ids; per token with reduction="none"."""
-        if reduction == "mean" and use_fused_ops() and self.logit_rescale is None:
+        if reduction == "mean" and use_fused_ops(input_ids) and self.logit_rescale is None:
             x = self.projection_input(input_ids, repeats)
             weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
             return SoftcapCrossEntropy.apply(x, weight.to(x.dtype), target_ids.reshape(-1), self.cfg.logit_softcap)
@@ -349,6 +377,13 @@ def token_losses(model: "GPT", x: Tensor, y: Tensor, repeats: int | None = None)
     """(per-token cross-entropy [rows, T], logits [rows * T, vocab]): model(x, y, reduction="none") with its logits."""
     logits = model.logits(x, repeats)
     return F.cross_entropy(logits.float(), y.reshape(-1), reduction="none").reshape(x.shape), logits
+
+
+def reserve_positions(model: nn.Module, seq_len: int, device: torch.device) -> None:
+    """Every rotary table of `model` filled for seq_len positions (see Rotary.reserve)."""
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.reserve(seq_len, device)
 
 
 def full_precision(model: "GPT") -> "GPT":

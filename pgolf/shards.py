@@ -119,6 +119,10 @@ class TokenStream:
         return tokens
 
     def take(self, n: int) -> Tensor:
+        return torch.from_numpy(self.take_tokens(n).astype(np.int64))
+
+    def take_tokens(self, n: int) -> np.ndarray:
+        """The next n tokens, in the shards' own dtype (uint16)."""
         chunks = []
         while n > 0:
             if self.pos >= self.tokens.size:
@@ -130,7 +134,7 @@ class TokenStream:
             chunks.append(self.tokens[self.pos : self.pos + k])
             self.pos += k
             n -= k
-        return torch.from_numpy(np.concatenate(chunks).astype(np.int64))
+        return np.concatenate(chunks)
 
 
 class BatchLoader:
@@ -147,8 +151,12 @@ class BatchLoader:
         """`tokens` inputs for this rank, from `spans` spans of tokens / spans + 1 (each span's last token is
         only a target). Every rank's spans come from one take, so ranks read disjoint, consecutive data."""
         span = tokens // spans + 1
-        chunk = self.stream.take(span * spans * self.world_size)
-        local = chunk[self.rank * span * spans : (self.rank + 1) * span * spans].view(spans, span)
+        chunk = self.stream.take_tokens(span * spans * self.world_size)
+        # Only this rank's share is widened to int64 (the others' tokens are skipped, not converted).
+        local = torch.from_numpy(chunk[self.rank * span * spans : (self.rank + 1) * span * spans].astype(np.int64))
+        if self.device.type == "cuda":  # a copy from pinned memory is asynchronous: the host goes on queueing work
+            local = local.pin_memory().to(self.device, non_blocking=True)
+        local = local.view(spans, span)
         x = local[:, :-1].reshape(-1, seq_len)
         y = local[:, 1:].reshape(-1, seq_len)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x, y

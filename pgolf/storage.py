@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pgolf.gptq import gptq_quantize
+from pgolf.gptq import exact_fp32_matmuls, gptq_quantize
 from pgolf.quant import StoredTensor, dequantize_tensor, pattern_value, quantize_tensor, row_scales, tensor_plan
 
 
@@ -168,6 +168,7 @@ def _int8_rows(t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.clamp(torch.round(t / scale[:, None]), -127, 127).to(torch.int8), scale.to(torch.float16)
 
 
+@exact_fp32_matmuls()
 def store_matrix(entry: StoredTensor, w: Tensor, fmt: MatrixFormat, clip_percentile: float,
                  hessian: Tensor | None = None, rows: int = 0, gptq=(0.01, 128, True)) -> StoredTensor:
     """Fill `entry` (kind "int") with the arrays of matrix `w` in format `fmt`. gptq: (damp, block, act_order)."""
@@ -218,6 +219,7 @@ def input_rms(hessian: Tensor, rows: int) -> Tensor:
     return _rms64(hessian, rows).float()
 
 
+@exact_fp32_matmuls()
 def low_rank_basis(residual: Tensor, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """SVD of the residual W - W_hat, with input column j weighted by column_weight[j] (the rms activation
     it multiplies) when given, so a truncation minimises the output error rather than the weight error."""
@@ -225,6 +227,7 @@ def low_rank_basis(residual: Tensor, column_weight: Tensor | None = None) -> tup
     return torch.linalg.svd(scaled, full_matrices=False)
 
 
+@exact_fp32_matmuls()
 def factors_from_basis(basis, rank: int, column_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A (out x r), B (r x in): the best rank-r fit of the residual in that norm."""
     u, s, vh = basis

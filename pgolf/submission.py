@@ -5,13 +5,15 @@ post-training step) and the exported standalone `train_gpt.py` all call it. The 
 concatenated with the trial's CONFIG filled in, ending in `main()`: CONFIG reads every setting from an
 environment variable in the challenge's style (MATRIX_LR, NUM_LAYERS, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS,
 ...), the trial's values its defaults; and the run's files and mode come from DATA_PATH (shard folder),
-TOKENIZER_PATH, MODEL_PATH, EVAL_ONLY=1 (score an existing MODEL_PATH), DEVICE (default: cuda when available, else cpu).
+TOKENIZER_PATH, MODEL_PATH, EVAL_ONLY=1 (score an existing MODEL_PATH), DEVICE (default: cuda when available, else cpu),
+PRE_QUANT_SCORE=1 (also score the float model before quantizing: a second whole evaluation, TTT included; off).
 Under torchrun (RANK/WORLD_SIZE set) each rank trains on its share of every batch (DDP) and scores its
 share of the validation split.
 """
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ from pgolf.artifact import ArtifactError, pack, unpack
 from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, eval_settings, model_settings, validate
 from pgolf.evaluate import EvalResult, NonFiniteScore, Trace, evaluate_bpb
-from pgolf.model import GPT, count_params
+from pgolf.model import GPT, count_params, reserve_positions
 from pgolf.gptq import CalibrationError, calibration_batches, check_calibration, collect_hessians
 from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
@@ -36,6 +38,7 @@ from pgolf.train import TrainResult, TrainingDiverged, keep_freed_memory, train
 # the trial's value the default (lists and tables as JSON text).
 CONFIG: dict = {}
 MODEL_FILE = "final_model.pgolf"
+PROCESS_GROUP_TIMEOUT_S = 3600  # a collective may wait this long for the other ranks (the default is 600 s)
 RESULT_SUFFIX = ".result.json"  # written beside the model file by a training run of the script
 # Failures with a message that says it all: reported in one line, without a traceback.
 EXPECTED_ERRORS = (ArtifactError, CalibrationError, ConfigError, NonFiniteScore, ShardError, TokenizerError, TrainingDiverged, OSError)
@@ -80,14 +83,18 @@ def setup_runtime(device_name: str | None = None) -> Runtime:
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
     device = parse_device(name, distributed)
-    if device.type == "cuda":
+    if device.type == "cuda":  # any CUDA device, cuda:1 as much as cuda
         torch.cuda.set_device(device)
+        # TF32 for the training and scoring matmuls (GPTQ and the correction SVDs switch it off: pgolf/gptq.py).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
         keep_freed_memory()
     if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Bound to its device up front (NCCL connects eagerly); the long timeout because rank 0 alone calibrates,
+        # quantizes, compresses (and in a trial allocates) while the others wait at the next collective.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None,
+                                timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     return Runtime(device=device, rank=rank, world_size=world_size)
 
 
@@ -135,6 +142,9 @@ def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validat
         check_calibration(train_pattern, config.train.seq_len, config.quant.calib_tokens)
     torch.manual_seed(config.train.seed)
     model = GPT(config.model).to(runtime.device)
+    # Validation during training runs at the eval length: its positions are in the rotary tables before anything
+    # compiles, so validating refills nothing a compiled training graph guards on.
+    reserve_positions(model, config.eval_seq_len(), runtime.device)
     loader = BatchLoader(train_pattern, config.model.vocab_size, runtime.rank, runtime.world_size, runtime.device)
     train_cfg = config.train
     if train_cfg.reserve_seconds > 0 and train_cfg.max_wallclock_seconds > 0:
@@ -261,7 +271,7 @@ class Outcome:
     found nothing to store (then there is no model file and no post score)."""
     trained: TrainResult
     params: int
-    pre: EvalResult
+    pre: EvalResult | None  # None where the pipeline was asked not to score the float model
     pre_limit: int = 0  # the float model was scored on the first pre_limit validation tokens (0: all of them)
     packed: Packed | None = None
     post: EvalResult | None = None
@@ -284,17 +294,20 @@ def quantize_and_pack(config: RunConfig, files, runtime: Runtime):
 
 
 def train_pack_score(config: RunConfig, files, runtime: Runtime, model_path: str | None, *, log=print, validate_fn=None,
-                     on_val=None, pre_tokens: int = 0, after_training=None, post_training=None) -> Outcome:
+                     on_val=None, pre_tokens: int = 0, after_training=None, post_training=None, pre_score: bool = True) -> Outcome:
     """Train -> score the float model (on its first pre_tokens validation tokens; 0: all) -> on rank 0, the post-training
     step (`post_training(model, trained, pre)` -> Packed or None; default: quantize_and_pack) -> the model file written
     to model_path -> every rank scores the bytes read back from it. after_training(model, trained) runs first (rank 0
-    writes a checkpoint there, say). Training time includes the post-training step's seconds (Outcome.train_seconds)."""
+    writes a checkpoint there, say). Training time includes the post-training step's seconds (Outcome.train_seconds).
+    pre_score=False skips the float model's score (Outcome.pre is None then; the default post-training step needs none)."""
     model, trained = train_model(config, files.train_pattern, runtime, validate_fn=validate_fn, on_val=on_val, log=log)
     log(f"trained steps:{trained.steps} train_time:{trained.train_seconds:.1f}s stopped_by:{trained.stopped_by}")
     if after_training is not None:
         after_training(model, trained)
-    pre = score(model, config.resolved_eval(), files.val_pattern, files.tokenizer, runtime, limit=pre_tokens)
-    log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}" + (f" tokens:{pre.tokens}" if pre_tokens else ""))
+    pre = None
+    if pre_score:
+        pre = score(model, config.resolved_eval(), files.val_pattern, files.tokenizer, runtime, limit=pre_tokens)
+        log(f"pre_quant val_loss:{pre.loss:.8f} val_bpb:{pre.bpb:.8f}" + (f" tokens:{pre.tokens}" if pre_tokens else ""))
     outcome = Outcome(trained, count_params(model), pre, pre_tokens)
     if runtime.is_main:
         outcome.packed = (post_training or quantize_and_pack(config, files, runtime))(model, trained, pre)
@@ -346,7 +359,9 @@ def run_script(config: RunConfig, files: DataFiles, model_path: str, runtime: Ru
     log = print if runtime.is_main else (lambda *_: None)
     if os.environ.get("EVAL_ONLY", "0") != "1":
         code_bytes = os.path.getsize(__file__)
-        outcome = train_pack_score(config, files, runtime, model_path, log=log)
+        # The float model's score re-runs the whole evaluation (TTT included) for a figure the submission does not
+        # need: only on request.
+        outcome = train_pack_score(config, files, runtime, model_path, log=log, pre_score=os.environ.get("PRE_QUANT_SCORE", "0") == "1")
         if runtime.is_main:
             log(f"code_bytes:{code_bytes} total_bytes:{len(outcome.packed.blob) + code_bytes}")
             # The score of the model file just written, tied to its bytes by their hash (what `verify` checks).

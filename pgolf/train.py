@@ -10,8 +10,10 @@ The context schedule (seq_len_stages) is timed the same way; an EMA of the weigh
 them at the end, so the EMA is what is calibrated, quantized and stored.
 """
 
+import contextlib
 import copy
 import ctypes
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,12 +25,14 @@ from torch import nn
 from pgolf.config import ConfigError
 from pgolf.evaluate import synchronize
 from pgolf.fused import fused_ops
-from pgolf.model import Rotary
+from pgolf.model import reserve_positions
 from pgolf.optim import build_optimizers
 from pgolf.qat import QATForward, qat_due
 
-STEP_HISTORY = 8
-GPU_PASS_TOKENS = 65_536  # the official script's forward/backward pass per GPU: 524,288 tokens per step over 8 GPUs  # steps whose slowest one budgets the next step against the wallclock cap
+STEP_HISTORY = 8  # steps whose slowest one budgets the next step against the wallclock cap
+GPU_PASS_TOKENS = 65_536  # the official script's forward/backward pass per GPU: 524,288 tokens per step over 8 GPUs
+COMPILE_BACKEND = "inductor"  # torch.compile's backend (a test counts graphs with a cheaper one)
+LOSS_CHECK_EVERY = 50  # on a GPU, steps between reads of the loss (a host sync) where no log line needs it
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,10 +126,56 @@ def keep_freed_memory() -> None:
         pass
 
 
+def finite_loss(total: torch.Tensor, accum: int, step: int) -> float:
+    """The step's mean loss over its passes, read from the device; TrainingDiverged when it is not finite."""
+    loss = float(total.item()) / accum
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training loss became {loss} at step {step}")
+    return loss
+
+
+def compiles(mode: str, device: torch.device) -> bool:
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
 def maybe_compile(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    if mode == "on" or (mode == "auto" and device.type == "cuda"):
-        return torch.compile(model, dynamic=False, fullgraph=True)
+    if compiles(mode, device):
+        return torch.compile(model, dynamic=False, fullgraph=True, backend=COMPILE_BACKEND)
     return model
+
+
+def training_graphs(cfg) -> list[tuple[int, bool]]:
+    """(sequence length, QAT on) of every graph a compiled run can train with, the last stage's last: one per
+    stage, and one more per stage that QAT can overlap (QAT and the stages are timed by the same progress)."""
+    lengths = list(dict.fromkeys([*cfg.seq_len_stages, cfg.seq_len]))
+    n = len(cfg.seq_len_stages) + 1
+    graphs = [(length, False) for length in lengths]
+    if cfg.qat_fraction > 0:
+        stages = [*cfg.seq_len_stages, cfg.seq_len]
+        # Stage i ends at progress (i + 1) / n and QAT starts at 1 - qat_fraction (both less a tolerance of 1e-9, which
+        # leaves a window too short to hold a step where they meet exactly).
+        overlapped = [stages[i] for i in range(n) if (i + 1) / n > 1.0 - cfg.qat_fraction]
+        graphs += [(length, True) for length in dict.fromkeys(overlapped)]
+    return graphs
+
+
+def warmup_plan(cfg, compiled: bool) -> list[tuple[int, bool]]:
+    """(sequence length, QAT on) of each priming step: cfg.warmup_steps of them, and with compiling at least one per
+    training graph, so every graph compiles here, outside the timed training, and none inside it."""
+    graphs = training_graphs(cfg)
+    steps = max(cfg.warmup_steps, len(graphs)) if compiled else cfg.warmup_steps
+    plan = [graphs[0]] * max(steps - len(graphs), 0) + graphs
+    return plan[len(plan) - steps :] if steps else []
+
+
+@contextlib.contextmanager
+def recompile_limit(graphs: int):
+    """Dynamo's limit on graphs per compiled function raised to the run's graph count where that is higher (default 8:
+    past it a function silently runs eager)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    with config.patch(**{name: max(getattr(config, name), graphs)}):
+        yield
 
 
 def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on_val=None,
@@ -135,7 +185,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
     validate(model) -> val bpb is called every cfg.val_every steps; on_val(step, bpb) receives the
     result and may raise to stop the run (a pruner does). Raises TrainingDiverged on a NaN/inf loss.
     """
-    with fused_ops(cfg.fused_ops):
+    with fused_ops(cfg.fused_ops), recompile_limit(len(training_graphs(cfg)) + 2):
         return _train(model, cfg, loader, device, validate, on_val, log, world_size)
 
 
@@ -146,18 +196,20 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
     optimizers, muon = build_optimizers(model, cfg)
     # QAT wraps the model (no wrapper at all when off, so existing runs are unchanged bit for bit).
     qat = QATForward(model, cfg.qat_bits, cfg.qat_clip, cfg.qat_embed_bits, cfg.qat_embed_clip) if cfg.qat_fraction > 0 else None
+    # A compiled graph guards on the rotary tables: filled once for every length the run trains at (the caller
+    # reserves its eval length too), no stage change or validation refills them.
+    reserve_positions(model, max(cfg.seq_len_stages + [cfg.seq_len]), device)
     forward = maybe_compile(model if qat is None else qat, cfg.compile, device)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        # The only buffers (rotary frequencies) are tiny and equal on every rank: the default buffer sync costs
-        # nothing, and naming it is deprecated under one name in newer torch and unknown under the other in older.
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-    # A compiled graph guards on the length cached in each Rotary: filled for the step's length before the forward,
-    # each stage is one graph (else one per pair of lengths in and out, soon past dynamo's recompile limit).
-    rotaries = [m for m in model.modules() if isinstance(m, Rotary)] if cfg.seq_len_stages else []
+        # The only buffers (rotary frequencies) are equal on every rank and never change: no broadcast before each
+        # forward (the official script sets the same). Newer torch names it forward_sync_buffers (broadcast_buffers
+        # warns there); older torch knows broadcast_buffers only.
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
 
-    def run_step(step: int, elapsed: float, seq_len: int) -> float:
+    def run_step(step: int, elapsed: float, seq_len: int) -> torch.Tensor:
         scale = lr_scale(step, elapsed, cfg)
         frac = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:
@@ -173,8 +225,6 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             if world_size > 1:
                 forward.require_backward_grad_sync = micro == accum - 1
             x, y = loader.next_batch(micro_tokens, seq_len, spans)
-            for rotary in rotaries:
-                rotary(seq_len, x.device, rotary.table_dtype)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.autocast):
                 loss = forward(x, y)
             objective = loss / accum
@@ -188,18 +238,19 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             opt.step()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        return float(total.item()) / accum
+        return total  # the sum over passes, on the device: read (a host sync on a GPU) only where it is needed
 
-    if cfg.warmup_steps > 0:
-        # Prime compiled graphs and allocator, then restore the initial state and data position.
+    priming = warmup_plan(cfg, compiles(cfg.compile, device))
+    if priming:
+        # Prime compiled graphs (each stage's, with and without QAT) and allocator, then restore the initial state
+        # and data position: switching stage or QAT later compiles nothing.
         model_state = copy.deepcopy(model.state_dict())
         opt_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
         stream_state = (loader.stream.file_index, loader.stream.pos, loader.stream.tokens)
-        for i in range(cfg.warmup_steps):
+        for i, (seq_len, qat_on) in enumerate(priming):
             if qat is not None:
-                qat.active = i == cfg.warmup_steps - 1  # the last one primes the QAT graph: switching compiles nothing
-            # The last steps prime one context stage each, the final one last (with QAT, as it runs).
-            run_step(i, 0.0, lengths[max(0, len(lengths) - cfg.warmup_steps + i)])
+                qat.active = qat_on
+            run_step(i, 0.0, seq_len)
         model.load_state_dict(model_state)
         for opt, state in zip(optimizers, opt_states):
             opt.load_state_dict(state)
@@ -225,17 +276,20 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             stage = stage_next
             if cfg.seq_len_stages:
                 log(f"step {step}/{cfg.iterations} seq_len {lengths[stage]} (stage {stage + 1}/{len(lengths)})")
-        loss = run_step(step, elapsed + time.perf_counter() - t0, lengths[stage])
+        total = run_step(step, elapsed + time.perf_counter() - t0, lengths[stage])
         if ema is not None:  # every rank holds the same weights after a step, so the shadows stay equal too
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - cfg.ema_decay)
         step += 1
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"training loss became {loss} at step {step}")
-        result.final_train_loss = loss
+        logged = cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0)
+        # Reading the loss waits for the step to finish: on a GPU only on the steps that log it and every
+        # LOSS_CHECK_EVERY steps (a NaN stays NaN, so a divergence is still caught); on the CPU, where it costs
+        # nothing, after every step.
+        if logged or device.type != "cuda" or step % LOSS_CHECK_EVERY == 0:
+            loss = result.final_train_loss = finite_loss(total, accum, step)
         now = elapsed + time.perf_counter() - t0
-        if cfg.log_every > 0 and (step <= 5 or step % cfg.log_every == 0):
+        if logged:
             if world_size > 1:  # the step's loss over every rank's share, as one rank with all the micro-batches has it
-                shared = torch.tensor(loss, device=device)
+                shared = total / accum
                 dist.all_reduce(shared)
                 loss = float(shared.item()) / world_size
             log(f"step {step}/{cfg.iterations} train_loss {loss:.4f} train_time {now:.1f}s step_avg {1000 * now / step:.1f}ms")
@@ -267,6 +321,8 @@ def _train(model, cfg, loader, device, validate, on_val, log, world_size) -> Tra
             t0 = time.perf_counter()
         if capped:
             break
+    if step:
+        result.final_train_loss = finite_loss(total, accum, step)
     if ema is not None:  # the EMA becomes the model: what is calibrated, quantized and stored
         with torch.no_grad():
             for p, e in zip(params, ema):

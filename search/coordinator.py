@@ -33,7 +33,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled  # Optuna 5.1 export
 from optuna.trial import TrialState
 
 from objectives.bytes import Calibration, load_calibration, predict_artifact_bytes
-from objectives.constraints import Outcome, constraint_values, is_feasible, objective_values, record_constraints
+from objectives.constraints import Outcome, at_submission_ranks, constraint_values, is_feasible, objective_values, record_constraints
 from pgolf.config import QuantConfig, config_to_dict
 from pgolf.metrics import RunMetrics, recorded_names
 from pgolf.model import EMBEDDING_PREFIXES
@@ -290,7 +290,9 @@ class Coordinator:
             predicted = predict_artifact_bytes(config_from_dict(m.config), calibration)
             trial.set_user_attr("predicted_bytes", predicted)
             trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
-        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, m.eval_seconds)
+        # A trial that recorded its ranks is judged at the submission's (caps.eval_ranks); one that did not, as measured.
+        eval_seconds = m.eval_seconds if m.world_size is None else at_submission_ranks(m.eval_seconds, m.world_size, caps)
+        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, eval_seconds)
         constraints = constraint_values(outcome, caps)
         record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))

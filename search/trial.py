@@ -191,6 +191,7 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
     best, config, clock = steps.best, steps.config, steps.clock
     metrics = pipeline_metrics(outcome, best.byte_groups["code"] if best else 0)
     metrics.reports, metrics.allocation_seconds = steps.reports, steps.allocation.seconds
+    metrics.world_size = steps.runtime.world_size  # the eval time's ranks: the constraint scales it to the submission's
     if best is None:
         result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap"}
     else:

@@ -23,6 +23,10 @@ class Caps:
     artifact_bytes: int = 16_000_000
     train_seconds: float = 600.0
     eval_seconds: float = 600.0
+    # The ranks the submission is evaluated on (the challenge's 8xH100: the challenge and frontier presets say 8):
+    # evaluation splits the validation split over them, so an eval time measured on fewer ranks is scaled by
+    # measured / eval_ranks before it meets eval_seconds. 0 = as measured (the trial's own ranks, no scaling).
+    eval_ranks: int = 0
 
 
 @dataclass

@@ -157,6 +157,8 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     caps = _dataclass_from("caps", Caps, data.get("caps", {}))
     if caps.artifact_bytes <= 0 or caps.train_seconds <= 0 or caps.eval_seconds <= 0:
         raise SpaceError("caps.artifact_bytes, caps.train_seconds and caps.eval_seconds must be positive")
+    if not isinstance(caps.eval_ranks, int) or isinstance(caps.eval_ranks, bool) or caps.eval_ranks < 0:
+        raise SpaceError(f"caps.eval_ranks must be a rank count (0 = as measured), got {caps.eval_ranks!r}")
     run = _table("run", data.get("run", {}))
     for key in run:
         if key not in ("base", "data", "device", "gpus_per_trial", "cpus_per_trial", "ranks_per_trial"):

@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from objectives.constraints import at_submission_ranks
 from pgolf.assemble import assemble_script, code_bytes
 from pgolf.artifact import pack
 from pgolf.bpb import ByteLuts, load_tokenizer
@@ -169,5 +170,6 @@ def score_candidate(candidate: Candidate, caps, data, runtime, train_seconds: fl
     except NonFiniteScore as exc:  # fails the trial (or `search allocate`): a candidate without a score is never ranked
         raise NonFiniteScore(f"allocation candidate {candidate.label!r} after its round trip: {exc}") from None
     candidate.val_bpb, candidate.val_loss, candidate.eval_seconds = post.bpb, post.loss, post.seconds
-    candidate.feasible = (candidate.artifact_bytes <= caps.artifact_bytes and post.seconds <= caps.eval_seconds
+    candidate.feasible = (candidate.artifact_bytes <= caps.artifact_bytes
+                          and at_submission_ranks(post.seconds, runtime.world_size, caps) <= caps.eval_seconds
                           and train_seconds + candidate.post_training_seconds <= caps.train_seconds)

@@ -2,11 +2,18 @@
 sliding-window stride (the smallest whose predicted time on the whole validation split fits the eval cap).
 Test-time training, the third evaluation choice, is chosen after these (ttt.py)."""
 
+from objectives.constraints import at_submission_ranks
 from pgolf.shards import token_count
 from pgolf.submission import score
 from search.allocation.sensitivity import mean_loss
 
 EVAL_TIME_MARGIN = 0.7  # predicted eval time must fit in this fraction of the cap (timing noise)
+
+
+def fits_eval_cap(seconds: float, measured_ranks: int, caps, margin: float = EVAL_TIME_MARGIN) -> bool:
+    """Whether an eval time measured (or predicted) on measured_ranks processes fits the cap with margin, at the
+    submission's ranks."""
+    return at_submission_ranks(seconds, measured_ranks, caps) <= margin * caps.eval_seconds
 
 
 def choose_repeats(model, config, space_alloc, tokens, autocast: bool, device) -> int:
@@ -30,7 +37,7 @@ def choose_stride(model, config, space_alloc, caps, data, runtime, seconds_per_t
     full_tokens = token_count(data.val_pattern)
     for stride in strides:
         windows = 1.0 if stride == 0 else config.eval_seq_len() / stride
-        if seconds_per_token * full_tokens * windows <= EVAL_TIME_MARGIN * caps.eval_seconds:
+        if fits_eval_cap(seconds_per_token * full_tokens * windows, runtime.world_size, caps):
             return stride
     return 0
 

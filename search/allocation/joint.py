@@ -6,8 +6,8 @@ the held-out *training* tokens (never validation), its time ratio its seconds ov
 validation prefix (timed, score discarded). A combination's gain is predicted as the sum of its pieces' gains
 (the stated assumption: the pieces act on different things, the context, the weights, the output), its eval time
 on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
-the largest predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap wins (the same margin rule as the
-sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
+the largest predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins
+(fits_eval_cap: the same rule as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
 (for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
 """
 
@@ -21,6 +21,7 @@ from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
 from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
+from search.allocation.evaluation import fits_eval_cap
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -117,7 +118,7 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         for p in parts:
             ratio *= p.time_ratio
         combination = Combination(parts, sum(p.gain for p in parts), seconds_per_target * val_targets * ratio)
-        combination.fits = combination.predicted_seconds <= margin * caps.eval_seconds
+        combination.fits = fits_eval_cap(combination.predicted_seconds, runtime.world_size, caps, margin)
         combinations.append(combination)
     fitting = [c for c in combinations if c.fits] or [c for c in combinations if not c.pieces]
     winner = max(fitting, key=lambda c: (c.predicted_gain, -c.predicted_seconds))

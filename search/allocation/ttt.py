@@ -19,6 +19,8 @@ from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
 from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
+from objectives.constraints import at_submission_ranks
+from search.allocation.evaluation import fits_eval_cap
 
 TIME_SAMPLE = 16_384  # validation tokens timed per setting
 
@@ -68,6 +70,12 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
         predicted = timed.seconds / max(timed.tokens, 1) * val_targets
         measures.append(TTTMeasure(setting, result.loss, result.seconds, predicted))
         log(f"allocation: {measures[-1].label()}: held-out loss {result.loss:.4f} in {result.seconds:.1f}s, "
-            f"predicted eval {predicted:.1f}s")
-    fitting = [m for m in measures if m.predicted_seconds <= margin * caps.eval_seconds] or measures[:1]
-    return min(fitting, key=lambda m: m.loss).eval, measures
+            f"predicted eval {predicted:.1f}s ({at_submission_ranks(predicted, runtime.world_size, caps):.1f}s on {caps.eval_ranks or runtime.world_size} ranks)")
+    return pick_ttt(measures, caps, runtime.world_size, margin).eval, measures
+
+
+def pick_ttt(measures: list[TTTMeasure], caps, measured_ranks: int, margin: float) -> TTTMeasure:
+    """The lowest held-out loss among the settings whose predicted eval time, at the submission's ranks, fits the cap
+    with margin (the first, no TTT, when none does)."""
+    fitting = [m for m in measures if fits_eval_cap(m.predicted_seconds, measured_ranks, caps, margin)] or measures[:1]
+    return min(fitting, key=lambda m: m.loss)
