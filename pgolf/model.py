@@ -86,10 +86,11 @@ class Rotary(nn.Module):
         cached = self._cache
         if cached is not None and cached[0][1:] == (device, self.table_dtype) and cached[0][0] >= seq_len:
             return
-        inv_freq = self.inv_freq.float().to(device).to(self.table_dtype)
-        t = torch.arange(seq_len, device=device, dtype=self.table_dtype)  # each position's value whatever the length
-        freqs = torch.outer(t, inv_freq)
-        self._cache = ((seq_len, device, self.table_dtype), freqs.cos()[None, None], freqs.sin()[None, None])
+        with torch.inference_mode(False):  # filled during a scoring pass, the tables must still serve TTT's backward
+            inv_freq = self.inv_freq.float().to(device).to(self.table_dtype)
+            t = torch.arange(seq_len, device=device, dtype=self.table_dtype)  # each position's value whatever the length
+            freqs = torch.outer(t, inv_freq)
+            self._cache = ((seq_len, device, self.table_dtype), freqs.cos()[None, None], freqs.sin()[None, None])
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         self.reserve(seq_len, device)
@@ -133,8 +134,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     group = heads // kv_heads
     key = (seqlen, group, q.dtype)
     if key not in _CAUSAL_BIAS:
-        bias = torch.full((seqlen, seqlen), float("-inf")).triu(1).repeat(group, 1)
-        _CAUSAL_BIAS[key] = bias.to(q.dtype)[None]
+        with torch.inference_mode(False):  # a mask made while scoring must serve a later backward (TTT) too
+            bias = torch.full((seqlen, seqlen), float("-inf")).triu(1).repeat(group, 1)
+            _CAUSAL_BIAS[key] = bias.to(q.dtype)[None]
     # The query heads sharing one KV head are stacked along the time axis: one matmul per KV head.
     qg = q.reshape(bsz * kv_heads, group * seqlen, dim)
     kt = k.reshape(bsz * kv_heads, seqlen, dim).transpose(1, 2)
