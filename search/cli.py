@@ -12,11 +12,12 @@ from pgolf.storage import FORMAT_AXES
 
 from search.backends import BACKENDS
 from search.script import ScriptError
+from search.budget.stepbudget import BudgetError
 from search.study import RESULTS_DIR, SAMPLERS, StudyError, absolute_storage
 from search.submit.verify import VerifyError
 from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
-USER_ERRORS = pgolf_cli.USER_ERRORS + (ScriptError, SpaceError, StudyError, VerifyError)
+USER_ERRORS = pgolf_cli.USER_ERRORS + (ScriptError, SpaceError, StudyError, VerifyError, BudgetError)
 
 
 def cmd_run(args) -> int:

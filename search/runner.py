@@ -9,6 +9,7 @@ from objectives.bytes import load_calibration, predict_artifact_bytes
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from pgolf.submission import parse_device
 from search.backends import backend_class, make_backend
+from search.budget.stepbudget import measure_for_space, study_calibration, write_calibration
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
@@ -83,6 +84,11 @@ def check_run_options(settings, args, space) -> None:
         parse_device(_device(args, space))
 
 
+def probe_threads(settings) -> int:
+    """CPU threads of the step-budget probes: a local trial's (the machine's cores shared by the workers)."""
+    return max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
+
+
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
@@ -115,6 +121,8 @@ def start_study(args) -> None:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     check_run_options(settings, args, space)
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
+    # A cap in a reference machine's seconds: the speed ratio is measured once, before anything is stored.
+    speed = measure_for_space(space, _device(args, space), probe_threads(settings)) if space.caps.train_reference else None
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     try:
@@ -126,6 +134,8 @@ def start_study(args) -> None:
     if space.baseline:
         study.enqueue_trial(space.baseline, user_attrs={"baseline": True})
     save_settings(directory, settings)
+    if speed is not None:
+        write_calibration(directory, speed)
     print(f"study {name}: space {space.name}, {settings.trials} trials, sampler {settings.sampler}, objectives "
           f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}, caps "
           f"{space.caps.artifact_bytes:,} bytes / train {space.caps.train_seconds:g}s / eval {space.caps.eval_seconds:g}s")
@@ -148,6 +158,7 @@ def resume_study(args) -> None:
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)
     save_settings(directory, settings)
+    study_calibration(directory, space, _device(args, space), probe_threads(settings))  # the stored one; measured if missing
     data = DataResolver(settings.data)
     Coordinator(directory, settings, space, study, data, _device(args, space)).run()
     print(f"results in {directory}; {study_command('status', settings.name, args.results)} for the table")

@@ -23,6 +23,9 @@ class Caps:
     artifact_bytes: int = 16_000_000
     train_seconds: float = 600.0
     eval_seconds: float = 600.0
+    # train_seconds on this reference machine, not here: a built-in name ("8xH100") or a reference table file
+    # (search/budget/references.py); each trial then trains a step budget (search/budget/stepbudget.py). "" = here.
+    train_reference: str = ""
 
 
 @dataclass
