@@ -35,7 +35,7 @@ from pgolf.config import RunConfig, config_from_dict, config_to_dict
 
 CALIBRATION_FILE = "step_budget.json"
 PROBE_TOKENS = {"cpu": 8192, "cuda": 65536}  # tokens per probe step at most (the official script's pass per GPU)
-PROBE_STEPS, PROBE_SKIP = 7, 2  # steps per probe; the first ones (allocator, caches, compile) are not timed
+PROBE_STEPS, PROBE_SKIP = 6, 2  # steps per probe; the first ones (allocator, caches, compile) are not timed
 
 
 class BudgetError(ValueError):
@@ -316,8 +316,10 @@ def study_calibration(directory: str, space, device: str | None, threads: int = 
 
 def budget_config(config: RunConfig, calibration: SpeedCalibration, cap_seconds: float) -> tuple[RunConfig, dict]:
     """(the config a trial trains: a fixed step count, no wallclock cap; its budget record). The config's wallclock
-    (sample.py sets it to the cap, or a space leaves less for post-training work) is read in reference seconds."""
+    (sample.py sets it to the cap, or a space leaves less for post-training work) and its reserve_seconds are read in
+    reference seconds."""
     seconds = config.train.max_wallclock_seconds if 0 < config.train.max_wallclock_seconds <= cap_seconds else cap_seconds
+    seconds = max(seconds - config.train.reserve_seconds, 0.0)
     reference_step = calibration.reference_step_seconds(config)
     steps = max(1, min(config.train.iterations, int(seconds / reference_step)))
     record = {"machine": calibration.machine, "reference_seconds": seconds, "cap_seconds": cap_seconds, "steps": steps,
@@ -331,7 +333,8 @@ def budget_config(config: RunConfig, calibration: SpeedCalibration, cap_seconds:
 def submission_config(config: RunConfig, budget: dict) -> RunConfig:
     """The config a submission ships from a budgeted trial: the reference machine's wallclock cap and the original
     iteration count back (the step budget was this machine's stand-in for them)."""
-    train = dataclasses.replace(config.train, iterations=budget["iterations"], max_wallclock_seconds=budget["reference_seconds"])
+    seconds = budget["reference_seconds"] + config.train.reserve_seconds
+    train = dataclasses.replace(config.train, iterations=budget["iterations"], max_wallclock_seconds=seconds)
     return dataclasses.replace(config, train=train)
 
 
