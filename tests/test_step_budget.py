@@ -117,6 +117,7 @@ def test_probes_time_real_training_and_give_the_ratio(tmp_path):
     assert calibration.b > 0 and calibration.fit_error["max"] >= calibration.fit_error["mean"] >= 0
 
 
+@pytest.mark.timeout(900)  # a real calibration and three trials: minutes on a busy 2-core machine
 def test_study_measures_once_trains_budgets_and_checks_reference_seconds(tmp_path):
     (tmp_path / "table.toml").write_text(TABLE)
     with open(MICRO, encoding="utf-8") as f:
@@ -124,7 +125,7 @@ def test_study_measures_once_trains_budgets_and_checks_reference_seconds(tmp_pat
     space = tmp_path / "space.toml"
     space.write_text(text.replace("eval_seconds = 60.0", 'eval_seconds = 60.0\ntrain_reference = "table.toml"'))
     results = tmp_path / "results"
-    run = run_cli("search.cli", "run", "--space", str(space), "--study", "r", "--trials", "2", "--sampler-seed", "0",
+    run = run_cli("search.cli", "run", "--space", str(space), "--study", "r", "--trials", "1", "--sampler-seed", "0",
                   "--results", str(results))
     assert run.returncode == 0, run.stderr + run.stdout
     stored = json.loads((results / "r" / CALIBRATION_FILE).read_text())
@@ -146,7 +147,7 @@ def test_study_measures_once_trains_budgets_and_checks_reference_seconds(tmp_pat
             assert named_constraints(t)["train_seconds"] == pytest.approx(t.user_attrs["reference_train_seconds"] - 3.0)
             assert t.user_attrs["config"]["train"]["max_wallclock_seconds"] == pytest.approx(3.0)  # what a submission ships
     # A resume reuses the study's measurement.
-    again = run_cli("search.cli", "resume", "r", "--trials", "3", "--results", str(results))
+    again = run_cli("search.cli", "resume", "r", "--trials", "2", "--results", str(results))
     assert again.returncode == 0, again.stderr + again.stdout
     assert "the study's calibration" in again.stdout
     assert json.loads((results / "r" / CALIBRATION_FILE).read_text())["measured_at"] == stored["measured_at"]

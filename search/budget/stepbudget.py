@@ -5,7 +5,7 @@ instead: the cap divided by its predicted step time on the reference machine. Th
 - a step-time model of this machine, seconds per step = a + b * FLOPs per step (6 x matrix weights per token plus
   attention, x tokens per step: flops_per_step), fitted by least squares on short timed runs ("probes") of the
   reference machine's shapes and of the space's smallest and largest configurations, at up to PROBE_TOKENS tokens
-  per step (the model carries the timings over to any tokens per step);
+  per step (the model carries the timings over to any tokens per step), each probe's time its fastest timed step;
 - the speed ratio: the reference machine's published step time of each of its shapes over this machine's modelled
   one, their geometric mean (the spread of the per-shape ratios is kept: it says how well one ratio fits all).
 So reference seconds per step (shape) = ratio x (a + b x flops_per_step(shape)), and the budget is
@@ -149,6 +149,9 @@ def probe_main(path: str) -> int:
         torch.set_num_threads(int(request["threads"]))
     runtime = setup_runtime(request.get("device"))
     with process_group_scope(runtime):
+        if request.get("warm_up") and request["configs"]:  # the process's first training pays one-time set-up: not timed
+            first = config_from_dict(request["configs"][0])
+            train_config(dataclasses.replace(first, train=dataclasses.replace(first.train, iterations=2, max_wallclock_seconds=0.0)), runtime)
         results = [train_config(config_from_dict(c), runtime) for c in request["configs"]]
     if runtime.rank == 0:
         print(json.dumps({"device": str(runtime.device), "world_size": runtime.world_size, "results": results}))
@@ -160,7 +163,7 @@ def run_probes(configs: list[RunConfig], device: str | None, threads: int = 0, r
     with tempfile.TemporaryDirectory(prefix="pgolf-probe-") as folder:
         path = os.path.join(folder, "request.json")
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"device": device, "threads": threads, "configs": [config_to_dict(c) for c in configs]}, f)
+            json.dump({"device": device, "threads": threads, "warm_up": True, "configs": [config_to_dict(c) for c in configs]}, f)
         launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [])
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         try:
@@ -175,8 +178,14 @@ def run_probes(configs: list[RunConfig], device: str | None, threads: int = 0, r
 
 
 def median_step_seconds(result: dict, skip: int = PROBE_SKIP) -> float:
-    times = result["step_seconds"][skip:] or result["step_seconds"]
-    return statistics.median(times)
+    """The median of a run's steps after the first `skip`."""
+    return statistics.median(result["step_seconds"][skip:] or result["step_seconds"])
+
+
+def fastest_step_seconds(result: dict, skip: int = PROBE_SKIP) -> float:
+    """A probe's step time: the fastest of its timed steps. On a shared machine other work only ever slows a step down,
+    so the fastest is the machine's own speed (on a dedicated GPU it is within a percent of the median)."""
+    return min(result["step_seconds"][skip:] or result["step_seconds"])
 
 
 # -- the calibration --------------------------------------------------------------------------------------------------
@@ -187,7 +196,7 @@ class SpeedCalibration:
     machine: str
     description: str
     figures: list  # the reference shapes: label, step_ms, source, flops_per_step, local_step_ms (model), ratio
-    probes: list  # each timed config: label, flops_per_step, tokens_per_step, step_ms (median), model_step_ms
+    probes: list  # each timed config: label, flops_per_step, tokens_per_step, step_ms (fastest), median_step_ms, model_step_ms
     a: float
     b: float
     ratio: float  # reference seconds per modelled local second
@@ -232,10 +241,10 @@ def calibrate(machine, extra: list[tuple[str, RunConfig]], device: str | None, t
     measured = run_probes(probes, device, threads, ranks)
     points, records = [], []
     for (label, _), probe, result in zip(named, probes, measured["results"]):
-        seconds = median_step_seconds(result)
+        seconds = fastest_step_seconds(result)
         points.append((flops_per_step(probe), seconds))
         records.append({"label": label, "flops_per_step": flops_per_step(probe), "tokens_per_step": probe.train.batch_tokens,
-                        "step_ms": 1000 * seconds})
+                        "step_ms": 1000 * seconds, "median_step_ms": 1000 * median_step_seconds(result)})
     model = StepTimeModel.fit(points)
     errors = relative_errors(model, points)
     for record, error in zip(records, errors):
@@ -257,17 +266,19 @@ def calibrate(machine, extra: list[tuple[str, RunConfig]], device: str | None, t
 
 # -- a study's calibration and each trial's budget ------------------------------------------------------------------
 def space_probes(space) -> list[tuple[str, RunConfig]]:
-    """The space's base, smallest and largest configurations (every dimension at its low, then its high bound): the
-    model then spans the shapes its trials can take. A bound the space cannot build is left out."""
+    """The space's smallest and largest configurations (every dimension at its low, then its high bound): the model then
+    spans the shapes its trials can take. A bound the space cannot build is left out, and a repeated one."""
     from space.sample import ParamSource, suggest_config
     from space.spec import SpaceError
 
-    probes = [("space base", space.base)]
+    probes = []
     for label, end in (("space smallest", 0), ("space largest", 1)):
         try:
-            probes.append((label, suggest_config(space, ParamSource({d.key: d.values_bound()[end] for d in space.dims}))[0]))
+            config = suggest_config(space, ParamSource({d.key: d.values_bound()[end] for d in space.dims}))[0]
         except SpaceError:
-            pass
+            continue
+        if all(config != other for _, other in probes):
+            probes.append((label, config))
     return probes
 
 
@@ -311,6 +322,9 @@ def study_calibration(directory: str, space, device: str | None, threads: int = 
     else:
         log(f"step budget: the study's calibration of {calibration.measured_at} on {calibration.device} ({calibration.ratio:.4g} "
             f"{calibration.machine} s per local s)")
+        if calibration.host != socket.gethostname():  # kept: the study's trials so far were budgeted with it
+            log(f"warning: the calibration was measured on {calibration.host}, not here ({socket.gethostname()}): its step "
+                f"budgets assume that machine's speed (start a new study to measure this one)")
     return calibration
 
 
