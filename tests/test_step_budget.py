@@ -166,3 +166,14 @@ def test_bad_reference_fails_before_anything_is_stored(tmp_path):
     assert run.returncode != 0
     assert len(run.stderr.strip().splitlines()) == 1 and "8xA100" in run.stderr
     assert not (tmp_path / "results" / "bad").exists()
+
+
+def test_confirm_compares_trained_with_predicted_steps():
+    from pgolf.metrics import RunMetrics
+    from search.submit.confirm import budget_check
+
+    runs = [RunMetrics(steps=90, train_seconds=20.5, post_training_seconds=0.5), RunMetrics(steps=100, train_seconds=20.0)]
+    check = budget_check({"machine": "8xH100", "reference_seconds": 20.0, "steps": 100, "reference_step_ms": 200.0}, runs)
+    assert check["trained_steps"] == [90, 100] and check["predicted_steps"] == 100
+    assert check["errors"] == [pytest.approx(100 / 90 - 1), 0.0]
+    assert check["step_ms"] == [pytest.approx(20000 / 90), pytest.approx(200.0)]  # training alone, post-training left out
