@@ -10,8 +10,11 @@ one thread, as a study's trials would run here. Three steps, all with search/bud
 3. for each test shape (not used in the fit): the predicted reference step time and step budget for --seconds
    reference seconds, against a real run of that shape on the reference machine (2 ranks) under a wallclock cap of
    --seconds: the steps it trained and its measured median step time.
-Printed: per shape, predicted vs measured ms/step on the reference machine and predicted vs trained steps, then the
-mean and max relative error of each.
+Printed: per shape, predicted vs measured ms/step on the reference machine (its fastest step, the probes' measure, and
+its median) and predicted vs trained steps, then the mean and max relative error of each. The last column, the cap over
+the run's median step, separates the two causes of a steps error: the model's (prediction vs fastest step) and the
+machine's load while the run trained (median vs fastest), less about one step that the training loop's stop rule keeps
+in hand (it stops when the next step, budgeted at 1.5x the slowest recent one, would cross the cap).
 
     python bench/step_budget.py [--seconds 20] [--probe-steps 6]
 """
@@ -90,7 +93,7 @@ def main() -> None:
               for c in tests.values()]
     runs = run_probes(capped, "cpu", threads=1, ranks=2)["results"]
     print(f"\n{'shape':16s} {'GFLOP/step':>10s} {'ref ms/step pred':>16s} {'fastest':>8s} {'error':>7s} {'median':>8s} "
-          f"{'steps pred':>10s} {'trained':>8s} {'error':>7s}")
+          f"{'steps pred':>10s} {'trained':>8s} {'error':>7s} {'cap/median':>10s}")
     step_errors, count_errors = [], []
     for (label, config), run in zip(tests.items(), runs):
         predicted = calibration.reference_step_seconds(config)
@@ -99,7 +102,8 @@ def main() -> None:
         step_errors.append(predicted / real - 1)
         count_errors.append(steps / run["steps"] - 1)
         print(f"{label:16s} {flops_per_step(config) / 1e9:10.2f} {1000 * predicted:16.1f} {1000 * real:8.1f} {step_errors[-1]:+7.1%} "
-              f"{1000 * median_step_seconds(run):8.1f} {steps:10d} {run['steps']:8d} {count_errors[-1]:+7.1%}")
+              f"{1000 * median_step_seconds(run):8.1f} {steps:10d} {run['steps']:8d} {count_errors[-1]:+7.1%} "
+              f"{args.seconds / median_step_seconds(run):10.1f}")
     print(f"\nstep-time model on the reference machine: relative error mean {statistics.fmean(abs(e) for e in step_errors):.1%}, "
           f"max {max(abs(e) for e in step_errors):.1%} over {len(step_errors)} shapes")
     print(f"steps predicted vs trained in {args.seconds:g} reference s: relative error mean "
