@@ -21,6 +21,7 @@ in hand (it stops when the next step, budgeted at 1.5x the slowest recent one, w
 
 import argparse
 import dataclasses
+import math
 import os
 import socket
 import statistics
@@ -106,6 +107,13 @@ def main() -> None:
               f"{args.seconds / median_step_seconds(run):10.1f}")
     print(f"\nstep-time model on the reference machine: relative error mean {statistics.fmean(abs(e) for e in step_errors):.1%}, "
           f"max {max(abs(e) for e in step_errors):.1%} over {len(step_errors)} shapes")
+    # On a shared machine the load drifts between the reference figures' measurement and the check runs: that moves every
+    # shape's error by one common factor. Without it, what is left is the model's error between shapes.
+    common = math.exp(statistics.fmean(math.log(1 + e) for e in step_errors))
+    shape_errors = [(1 + e) / common - 1 for e in step_errors]
+    print(f"  without their common factor {common:.3f} (the load's drift between the reference figures and these runs): "
+          f"mean {statistics.fmean(abs(e) for e in shape_errors):.1%}, max {max(abs(e) for e in shape_errors):.1%} "
+          f"({', '.join(f'{e:+.0%}' for e in shape_errors)})")
     print(f"steps predicted vs trained in {args.seconds:g} reference s: relative error mean "
           f"{statistics.fmean(abs(e) for e in count_errors):.1%}, max {max(abs(e) for e in count_errors):.1%}")
     print(f"(the model's own fit on its {len(calibration.probes)} probes here: mean {calibration.fit_error['mean']:.1%}, max "
