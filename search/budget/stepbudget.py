@@ -11,7 +11,7 @@ instead: the cap divided by its predicted step time on the reference machine. Th
 So reference seconds per step (shape) = ratio x (a + b x flops_per_step(shape)), and the budget is
 floor(train seconds / that). The measurement (SpeedCalibration) is made once per study, before its first trial, in a
 process of its own on the trials' device and thread count, and kept as CALIBRATION_FILE in the study's folder: trials
-and `search resume` read it back. A trial's request carries its budget (budget_record); its metrics then hold the
+and `search resume` read it back. A trial's request carries its budget (budget_config); its metrics then hold the
 budget, the ratio and its source figures, and its training time in reference seconds for the train constraint.
 Validation reports stay in this machine's seconds (equal local time is equal reference time: one ratio for all).
 
