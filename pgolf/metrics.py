@@ -69,6 +69,10 @@ class RunMetrics:
     extrapolated_bpb: float | None = _figure("scored")
     target_steps: float | None = _figure("scored")
     curve: list | None = _figure()
+    # a trial with its cap in a reference machine's seconds (search/budget/stepbudget.py): its step budget, the speed
+    # ratio and source figures it came from, and its training time in the reference machine's seconds
+    step_budget: dict | None = _figure("trained")
+    reference_train_seconds: float | None = _figure("trained")
     # where it ran
     world_size: int | None = _figure()
     device: str | None = _figure()

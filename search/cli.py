@@ -12,12 +12,13 @@ from pgolf.storage import FORMAT_AXES
 
 from search.backends import BACKENDS
 from search.script import ScriptError
+from search.budget.stepbudget import BudgetError
 from search.samplers import SAMPLERS, sampler_help
 from search.study import RESULTS_DIR, StudyError, absolute_storage
 from search.submit.verify import VerifyError
 from space.spec import GRANULARITIES, SENSITIVITY_METHODS, SpaceError
 
-USER_ERRORS = pgolf_cli.USER_ERRORS + (ScriptError, SpaceError, StudyError, VerifyError)
+USER_ERRORS = pgolf_cli.USER_ERRORS + (ScriptError, SpaceError, StudyError, VerifyError, BudgetError)
 
 
 def cmd_run(args) -> int:
@@ -99,7 +100,13 @@ def cmd_confirm(args) -> int:
     from search.submit.confirm import confirm
 
     s = confirm(args.name, args.results, args.trial, args.seeds, args.reference, args.device, same_steps=args.same_steps, ranks=args.ranks)
-    for seed, row in zip(s["seeds"], s["steps"]):
+    budget = s.get("budget")
+    if budget:  # a trial budgeted in a reference machine's seconds, re-run under that cap: its steps against the prediction
+        for seed, trained, step_ms, error in zip(s["seeds"], budget["trained_steps"], budget["step_ms"], budget["errors"]):
+            print(f"seed {seed}: trained {trained} steps in {budget['reference_seconds']:g} s at {step_ms:.2f} ms/step; predicted "
+                  f"{budget['predicted_steps']} at {budget['predicted_step_ms']:.2f} ms/step on {budget['machine']} "
+                  f"(prediction {error:+.1%})")
+    for seed, row in zip(s["seeds"], s["steps"] if budget is None else []):
         if row["differs"]:
             print(f"warning: seed {seed} trained {row['steps']} steps at {row['step_ms']:.0f} ms/step against the trial's "
                   f"{row['original_steps']} at {row['original_step_ms']:.0f} ms/step: not the same model (a busier or slower "

@@ -42,6 +42,7 @@ from search.backends import make_backend
 from search.backends.process import Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RANKS_ATTR, RERUN_ATTR, SEED_ATTR, queue_reruns, rung_caps, rung_config, trial_ranks
+from search.budget.stepbudget import CALIBRATION_FILE, budget_config, read_calibration
 from search.study import HEARTBEAT_SECONDS, TRIALS_DIR, StudyError, storage_trial_id, study_command, trial_dir
 from search.trialfiles import PLACEMENT_FILE, REQUEST_FILE, RESULT_FILE
 from space.sample import suggest_config
@@ -127,6 +128,11 @@ class Coordinator:
         self.failure_stop_said = False
         self.rerunning = False  # sampling is over and the re-runs it queued are running
         self.done_at_start = self.finished()
+        # A cap in a reference machine's seconds: the study's speed calibration (measured before its first trial).
+        self.speed = read_calibration(directory) if space.caps.train_reference else None
+        if space.caps.train_reference and self.speed is None:
+            raise StudyError(f"study {settings.name!r}: its cap is in {space.caps.train_reference} seconds but it has no "
+                             f"{CALIBRATION_FILE}: resume it to measure one")
         self.last_line, self.last_print, self.last_progress, self.last_beat = None, 0.0, 0.0, time.time()
         os.makedirs(os.path.join(directory, TRIALS_DIR), exist_ok=True)
 
@@ -184,6 +190,9 @@ class Coordinator:
                 config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=trial.user_attrs[SEED_ATTR]))
             config = proxy_config(config, self.space.search, self.space.caps)
             config = rung_config(config, trial_ranks(trial, self.settings), self.space.search)  # a ladder's lower rung
+            budget = None
+            if self.speed is not None:  # the cap in reference seconds becomes this shape's step budget
+                config, budget = budget_config(config, self.speed, self.space.caps.train_seconds)
             trial.set_user_attr("sampled", values)
             calibration = study_calibration(self.study)
             minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
@@ -191,7 +200,7 @@ class Coordinator:
             if minimum > self.space.caps.artifact_bytes:
                 self.reject(trial, config, minimum)
                 continue
-            job = self.stage(trial, config)
+            job = self.stage(trial, config, budget)
             self.jobs[trial.number] = (job, trial)
             return job, trial
 
@@ -203,8 +212,9 @@ class Coordinator:
         tell_unscored(self.study, trial, constraint_values(Outcome(math.nan, minimum, 0.0, 0.0), self.space.caps))
         self.say(f"trial {trial.number}: rejected before training: {reason}")
 
-    def stage(self, trial, config) -> Job:
-        """The trial's staging folder with its request: what a trial process on any node reads."""
+    def stage(self, trial, config, budget: dict | None = None) -> Job:
+        """The trial's staging folder with its request: what a trial process on any node reads (with `budget`, the
+        step budget it trains in place of the reference machine's seconds)."""
         final = trial_dir(self.directory, trial.number)
         staging = tempfile.mkdtemp(prefix=f".{trial.number:04d}.partial-", dir=os.path.dirname(final))
         os.chmod(staging, 0o755)
@@ -215,6 +225,8 @@ class Coordinator:
                    "device": self.device, "ranks": trial_ranks(trial, self.settings),
                    "pruner": trial_pruning(self.space, self.settings.objectives, RERUN_ATTR in trial.user_attrs, self.backend.stops_trials),
                    "extrapolate": extrapolation_spec(self.space.search, self.space.caps), "launched_at": time.time()}
+        if budget is not None:
+            request["step_budget"] = budget
         with open(os.path.join(staging, REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(request, f, indent=2)
         trial.set_user_attr("stage", "running")
@@ -274,7 +286,7 @@ class Coordinator:
             # post-roundtrip bpb, and the excess is unknown (one byte over stands for "over the cap").
             trial.set_user_attr("stage", "infeasible")
             trial.set_user_attr("reason", result["reason"])
-            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, m.train_seconds, 0.0)
+            outcome = Outcome(math.nan, self.space.caps.artifact_bytes + 1, capped_train_seconds(m), 0.0)
             tell_unscored(self.study, trial, constraint_values(outcome, caps))
             self.say(f"trial {trial.number}: infeasible after {m.train_seconds:.0f}s of training: {result['reason']}")
             return
@@ -292,11 +304,12 @@ class Coordinator:
             trial.set_user_attr("predictor_rel_error", (predicted - m.artifact_bytes) / m.artifact_bytes)
         # A trial that recorded its ranks is judged at the submission's (caps.eval_ranks); one that did not, as measured.
         eval_seconds = m.eval_seconds if m.world_size is None else at_submission_ranks(m.eval_seconds, m.world_size, caps)
-        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, m.train_seconds, eval_seconds)
+        outcome = Outcome(m.val_bpb_post, m.artifact_bytes, capped_train_seconds(m), eval_seconds)
         constraints = constraint_values(outcome, caps)
         record_constraints(trial, constraints)
         self.study.tell(trial, objective_values(outcome, self.settings.objectives))
-        self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s, "
+        on = f" on {m.step_budget['machine']} ({m.steps} steps)" if m.step_budget else ""
+        self.say(f"trial {trial.number}: bpb {outcome.val_bpb:.4f}, {outcome.artifact_bytes:,} bytes, train {outcome.train_seconds:.0f}s{on}, "
                  f"eval {outcome.eval_seconds:.1f}s, {'feasible' if is_feasible(constraints) else 'infeasible'}")
 
     @staticmethod
@@ -436,6 +449,11 @@ class Coordinator:
         if final or state != self.last_line or time.time() - self.last_print > 60:
             print(line, file=self.out, flush=True)
             self.last_line, self.last_print = state, time.time()
+
+
+def capped_train_seconds(m: RunMetrics) -> float:
+    """The training time the train cap is checked against: in the reference machine's seconds for a budgeted trial."""
+    return m.reference_train_seconds if m.reference_train_seconds is not None else m.train_seconds
 
 
 def tell_unscored(study: optuna.Study, trial, constraints: dict) -> None:

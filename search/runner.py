@@ -11,6 +11,7 @@ from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root,
 from pgolf.submission import parse_device
 from pgolf.train import batch_plan
 from search.backends import backend_class, make_backend
+from search.budget.stepbudget import measure_for_space, study_calibration, write_calibration
 from search.coordinator import Coordinator, cheapest_quant, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
@@ -110,6 +111,11 @@ def check_run_options(settings, args, space) -> None:
         gpus_per_trial(settings, space, _device(args, space))
 
 
+def probe_threads(settings) -> int:
+    """CPU threads of the step-budget probes: a local trial's (the machine's cores shared by the workers)."""
+    return max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
+
+
 def _device(args, space) -> str | None:
     device = args.device or space.device
     return None if device == "auto" else device
@@ -142,6 +148,8 @@ def start_study(args) -> None:
         raise StudyError("SQLite storage is for one worker: leave --storage unset or give a journal:/// or database URL")
     check_run_options(settings, args, space)
     backend = make_backend(settings)  # a Ray cluster that is not there, or too small, fails before anything is stored
+    # A cap in a reference machine's seconds: the speed ratio is measured once, before anything is stored.
+    speed = measure_for_space(space, _device(args, space), probe_threads(settings)) if space.caps.train_reference else None
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     try:
@@ -153,6 +161,8 @@ def start_study(args) -> None:
     if space.baseline:
         study.enqueue_trial(space.baseline, user_attrs={"baseline": True})
     save_settings(directory, settings)
+    if speed is not None:
+        write_calibration(directory, speed)
     print(f"study {name}: space {space.name}, {settings.trials} trials, sampler {settings.sampler}, objectives "
           f"{settings.objectives}, storage {settings.storage}, backend {settings.backend} x{workers}"
           f"{f' x {settings.ranks_per_trial} ranks' if settings.ranks_per_trial > 1 else ''}, caps "
@@ -177,6 +187,7 @@ def resume_study(args) -> None:
     study = open_study(settings, startup_trials(settings.trials), create=False)
     recover_stale(study, directory)
     save_settings(directory, settings)
+    study_calibration(directory, space, _device(args, space), probe_threads(settings))  # the stored one; measured if missing
     data = DataResolver(settings.data)
     Coordinator(directory, settings, space, study, data, _device(args, space)).run()
     print(f"results in {directory}; {study_command('status', settings.name, args.results)} for the table")

@@ -6,6 +6,7 @@ allocation.json, final_model.pgolf, train_gpt.py, metrics.json, and last result.
 or NaN leaves no result.json; the coordinator then fails this trial alone.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
 from search.memory import halved_micro_batch, pass_tokens, peak_memory, raise_test_oom
 from search.ranks import RankFailed, RankGroup, is_extra_rank, leave_training_group, run_extra_rank
+from search.budget.stepbudget import reference_train_seconds, submission_config
 from search.trialfiles import (PLACEMENT_FILE, REPORTS_FILE, REQUEST_FILE, RESULT_FILE, _reporter, _write_json, fail_at_boundary,
                                placement)
 from space.spec import AllocationSpace, Caps
@@ -44,6 +46,7 @@ class TrialSteps:
         self.config = config_from_dict(request["config"])
         self.data = DataPaths(**request["data"])
         self.caps = Caps(**request["caps"])
+        self.budget = request.get("step_budget")  # a cap in a reference machine's seconds, as this trial's steps
         self.alloc_space = AllocationSpace(**request["allocation"])
         self.log = RunLog(os.path.join(directory, "train.log"), echo=False)
         self.runtime = setup_runtime(request.get("device"))
@@ -122,10 +125,13 @@ class TrialSteps:
         """The post-training step: the chosen candidate's bytes, with the score they were chosen by (None: no
         candidate was scored)."""
         self.clock.lap("pre-quant score")
-        config = self.config
-        self.allocation = allocate(AllocationRequest(model, config, self.alloc_space, self.caps, self.data, self.runtime,
+        config, caps, train_seconds = self.config, self.caps, trained.train_seconds
+        if self.budget:  # the train cap in this machine's seconds at the speed ratio; training at its modelled step time
+            caps = dataclasses.replace(caps, train_seconds=caps.train_seconds / self.budget["ratio"])
+            train_seconds = trained.steps * self.budget["local_step_ms"] / 1000
+        self.allocation = allocate(AllocationRequest(model, config, self.alloc_space, caps, self.data, self.runtime,
                                                      seconds_per_token=pre.seconds / max(pre.tokens, 1) if config.eval.stride == 0 else None,
-                                                     train_seconds=trained.train_seconds, sizes=self.sizes), log=self.log)
+                                                     train_seconds=train_seconds, sizes=self.sizes), log=self.log)
         self.clock.last = time.perf_counter()
         for name, seconds in self.allocation.phases.items():
             self.clock.add(f"allocation: {name}", seconds)
@@ -192,6 +198,11 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
     metrics = pipeline_metrics(outcome, best.byte_groups["code"] if best else 0)
     metrics.reports, metrics.allocation_seconds = steps.reports, steps.allocation.seconds
     metrics.world_size = steps.runtime.world_size  # the eval time's ranks: the constraint scales it to the submission's
+    if steps.budget:
+        trained = outcome.trained
+        metrics.step_budget = {**steps.budget, "trained_steps": trained.steps,
+                               "measured_local_step_ms": 1000 * trained.train_seconds / max(trained.steps, 1)}
+        metrics.reference_train_seconds = reference_train_seconds(steps.budget, trained.steps, metrics.post_training_seconds or 0.0)
     if best is None:
         result = {"status": "infeasible", "reason": "no allowed allocation fits the byte cap"}
     else:
@@ -203,12 +214,14 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
                 metrics.extrapolated_bpb, metrics.target_steps, metrics.curve = (prediction["extrapolated_bpb"], prediction["target_steps"],
                                                                                  prediction["curve"])
                 steps.log(f"extrapolated to {metrics.target_steps:.0f} steps: val_bpb {metrics.extrapolated_bpb:.4f}")
-        # The pipeline wrote the model file; the script and config that go with it (the allocation's formats and eval settings).
+        # The pipeline wrote the model file; the script and config that go with it (the allocation's formats and eval settings;
+        # a budgeted trial's with the reference machine's wallclock cap in place of its step budget).
+        final = submission_config(best.config, steps.budget) if steps.budget else best.config
         with open(os.path.join(steps.directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
-            f.write(assemble_script(config_to_dict(best.config)))
+            f.write(assemble_script(config_to_dict(final)))
         with open(os.path.join(steps.directory, "config.toml"), "w", encoding="utf-8") as f:
-            f.write(config_to_toml(best.config))
-        metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(best.config), best.feasible
+            f.write(config_to_toml(final))
+        metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(final), best.feasible
         result = {"status": "complete"}
     clock.lap("write")
     steps.write_placement()

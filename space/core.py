@@ -27,6 +27,9 @@ class Caps:
     # evaluation splits the validation split over them, so an eval time measured on fewer ranks is scaled by
     # measured / eval_ranks before it meets eval_seconds. 0 = as measured (the trial's own ranks, no scaling).
     eval_ranks: int = 0
+    # train_seconds on this reference machine, not here: a built-in name ("8xH100") or a reference table file
+    # (search/budget/references.py); each trial then trains a step budget (search/budget/stepbudget.py). "" = here.
+    train_reference: str = ""
 
 
 @dataclass

@@ -141,6 +141,9 @@ def script_space_from_dict(data: dict, source: str) -> Space:
     caps = _dataclass_from("caps", Caps, data.get("caps", {}))
     if caps.artifact_bytes <= 0 or caps.train_seconds <= 0 or caps.eval_seconds <= 0:
         raise SpaceError("caps.artifact_bytes, caps.train_seconds and caps.eval_seconds must be positive")
+    if caps.train_reference:  # a script is capped by its own wallclock variable: pgolf cannot give it a step budget
+        raise SpaceError("caps.train_reference: a script space's training cap is the script's own wallclock, in this machine's "
+                         "seconds (a step budget from a reference machine is for engine spaces)")
     table = _table("script", data["script"])
     spec = _script_spec(table, os.path.dirname(source) if source else "")
     try:

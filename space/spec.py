@@ -3,7 +3,8 @@
 A space file (TOML) has these tables:
     name, description     strings
     trials, timeout       defaults for `search run` (finished trials; seconds after which no trial starts)
-    [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints
+    [caps]                artifact_bytes, train_seconds, eval_seconds: the hard constraints; train_reference: a
+                          machine whose seconds train_seconds counts ("8xH100", or a table file; "" = this one's)
     [run]                 base (a shipped config name, or a TOML path relative to the space file),
                           data (a data root; "" = PGOLF_DATA, else ../shared/data beside the checkout),
                           device ("auto" | "cpu" | "cuda"), gpus_per_trial, cpus_per_trial (the tune backend's
@@ -201,6 +202,8 @@ def space_from_dict(data: dict, source: str = "") -> Space:
     if space.trials < 1 or (space.timeout is not None and space.timeout <= 0):
         raise SpaceError("trials must be at least 1 and timeout positive")
     _check_baseline(space)
+    if caps.train_reference:
+        _check_reference(space)
     if not space.dim("eval.seq_len") and not space.dim("train.seq_len"):
         longer = [c for c in space.allocation.ttt_chunk if c > base.eval_seq_len()]
         if longer:
@@ -214,6 +217,17 @@ def check_ranks_per_trial(ranks: int, where: str) -> int:
     if ranks < 1:
         raise SpaceError(f"{where} must be at least 1, got {ranks}")
     return ranks
+
+
+def _check_reference(space: Space) -> None:
+    """A cap in a reference machine's seconds: the machine gives a speed ratio, and nothing else fixes the trials' budget."""
+    from search.budget.references import reference_machine
+
+    reference_machine(space.caps.train_reference, os.path.dirname(space.source) if space.source else "")
+    plan = space.search
+    if plan.proxy_steps or plan.proxy_seconds:
+        raise SpaceError("caps.train_reference and search.proxy_steps / proxy_seconds: not both (the reference machine's "
+                         "seconds already fix each trial's steps)")
 
 
 def presets() -> list[str]:

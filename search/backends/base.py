@@ -43,7 +43,7 @@ class Backend(ABC):
         """Release what the backend holds, once the loop is over."""
 
 
-def trial_ranks(settings) -> int:
+def study_trial_ranks(settings) -> int:
     """The processes (and so GPUs, one each) a trial of this study runs at once: a script space's [script] ranks, else
     the engine study's ranks per trial."""
     return int(settings.space.get("script", {}).get("ranks", settings.ranks_per_trial))

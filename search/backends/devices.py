@@ -11,7 +11,7 @@ refused before the study is created.
 
 import os
 
-from search.backends.base import trial_ranks
+from search.backends.base import study_trial_ranks
 from search.study import StudyError
 
 
@@ -36,7 +36,7 @@ def gpus_per_trial(settings, space, device: str | None) -> int | None:
     out, trials see this machine's as they are (no GPU visible, or a CPU study). A count that cannot be given is
     refused in one line."""
     visible, source = visible_gpus()
-    ranks = trial_ranks(settings)
+    ranks = study_trial_ranks(settings)
     wanted = settings.gpus_per_trial
     if wanted is None:
         if not visible or device == "cpu":

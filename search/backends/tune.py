@@ -30,7 +30,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from search.backends.base import Backend, trial_ranks
+from search.backends.base import Backend, study_trial_ranks
 from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
@@ -97,7 +97,7 @@ def trial_resources(settings, nodes: list[dict]) -> tuple[float, float]:
     ranks) where the cluster has GPUs, and an equal share of its CPUs. Refused in one line when no single node has
     that much (Tune would wait for it forever)."""
     total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes), "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (float(trial_ranks(settings)) if total["GPU"] >= 1 else 0.0)
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else (float(study_trial_ranks(settings)) if total["GPU"] >= 1 else 0.0)
     cpus = settings.cpus_per_trial or max(1.0, float(int(total["CPU"] // max(settings.workers, 1))))
     if not any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
         largest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))

@@ -115,6 +115,42 @@ def predictor_section(trials):
     return note, fig
 
 
+def budget_section(directory: str, study) -> str | None:
+    """A study with its cap in a reference machine's seconds: the speed ratio, the published figures it came from, the
+    step-time model's fit, and each trial's step budget beside the step time it measured here (None without one)."""
+    from search.budget.stepbudget import read_calibration
+
+    calibration = read_calibration(directory)
+    if calibration is None:
+        return None
+    text = (f"<p>{html.escape(calibration.summary())}. Measured {html.escape(calibration.measured_at)} on "
+            f"{html.escape(calibration.host)} ({calibration.threads} threads); each trial trains its cap of reference seconds "
+            "as a fixed step count, the cap over its predicted reference step time.</p>")
+    text += table(["published figure", "ms/step there", "FLOPs/step", "modelled ms/step here", "ratio", "source"],
+                  [[f["label"], f["step_ms"], f"{f['flops_per_step']:.3g}", f"{f['local_step_ms']:.1f}", f"{f['ratio']:.4g}", f["source"]]
+                   for f in calibration.figures])
+    text += "<p></p>" + table(["probe", "tokens/step", "FLOPs/step", "measured ms/step", "model ms/step", "model error"],
+                              [[p["label"], p["tokens_per_step"], f"{p['flops_per_step']:.3g}", f"{p['step_ms']:.1f}",
+                                f"{p['model_step_ms']:.1f}", f"{p['model_error']:+.1%}"] for p in calibration.probes])
+    rows, errors = [], []
+    for t in study.get_trials(deepcopy=False):
+        budget = t.user_attrs.get("step_budget")
+        if not budget:
+            continue
+        error = budget["local_step_ms"] / budget["measured_local_step_ms"] - 1 if budget.get("measured_local_step_ms") else None
+        if error is not None:
+            errors.append(abs(error))
+        rows.append([t.number, budget["steps"], budget.get("trained_steps", "-"), f"{budget['reference_step_ms']:.2f}",
+                     f"{budget['local_step_ms']:.1f}", f"{budget['measured_local_step_ms']:.1f}" if error is not None else "-",
+                     f"{error:+.1%}" if error is not None else "-", f"{t.user_attrs.get('reference_train_seconds', float('nan')):.1f}"])
+    if rows:
+        text += (f"<p>Trials: the model's error on this machine's measured step times, mean {sum(errors) / max(len(errors), 1):.1%}, "
+                 f"max {max(errors, default=0):.1%} over {len(errors)} trials (full-size steps, not probes).</p>")
+        text += table(["#", "step budget", "trained", f"predicted ms/step on {calibration.machine}", "modelled ms/step here",
+                       "measured ms/step here", "model error here", f"train s on {calibration.machine}"], rows)
+    return text
+
+
 def phases_figure(trials) -> go.Figure:
     numbers = [t.number for t in trials]
     phases = [trial_phases(t.user_attrs, wall_seconds(t)) for t in trials]
@@ -151,6 +187,9 @@ def report_page(name: str, results: str, out: str | None = None) -> str:
         sections += [("Byte predictor error", predictor[0]), ("Byte predictor: predicted vs real", predictor[1])]
     else:
         sections.append(("Byte predictor error", predictor))
+    budget = budget_section(directory, study)
+    if budget is not None:
+        sections.append(("Step budget: the training cap in reference seconds", budget))
     sections.append(("Time per trial phase", phases_figure(trials)))
     sections.append(("All trials", table(["#", "state", "bpb", "bytes", "train s", "eval s", "feasible", "note"],
                                          [[r["number"], r["state"], r["bpb"], r["bytes"] or "-", r["train_s"] or "-", r["eval_s"] or "-",

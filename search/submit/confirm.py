@@ -177,7 +177,19 @@ def confirm(name: str, results: str, number: int | None, seeds: int, reference_b
                "record": bool(test["p"] < RECORD_P_VALUE) if not math.isnan(test["p"]) else False,
                "max_bytes": max(m.artifact_bytes for m in runs),
                "steps": step_comparison(original_steps, original_seconds, runs) if original_steps else []}
+    if recorded.step_budget and not same_steps:
+        summary["budget"] = budget_check(recorded.step_budget, runs)
     return summary
+
+
+def budget_check(budget: dict, runs: list[RunMetrics]) -> dict:
+    """A trial budgeted from a reference machine's seconds, re-run under that machine's wallclock cap (as it is shipped):
+    the steps each run trained against the steps predicted for it. On the reference machine this checks the prediction."""
+    predicted = budget["steps"]
+    return {"machine": budget["machine"], "reference_seconds": budget["reference_seconds"], "predicted_steps": predicted,
+            "predicted_step_ms": budget["reference_step_ms"], "trained_steps": [m.steps for m in runs],
+            "step_ms": [1000 * (m.train_seconds - (m.post_training_seconds or 0.0)) / max(m.steps, 1) for m in runs],
+            "errors": [predicted / max(m.steps, 1) - 1 for m in runs]}
 
 
 def run_child(command: list[str]) -> tuple[int, str]:
