@@ -114,8 +114,9 @@ def with_settings(config: RunConfig, section: str, **settings) -> RunConfig:
 
 def preset_config(name: str, smoke: bool) -> RunConfig:
     """The baseline config, or the frontier preset's baseline trial (their CPU-sized counterparts with --smoke)."""
-    if smoke:
-        return with_settings(resolve_config("tiny" if name == "baseline" else "frontier_tiny"), "model", model_dim=SMOKE_WIDTH)
+    if smoke:  # fused_ops off: the library kernels (SDPA...) the CUDA path runs, not the CPU fast paths
+        config = with_settings(resolve_config("tiny" if name == "baseline" else "frontier_tiny"), "model", model_dim=SMOKE_WIDTH)
+        return with_settings(config, "train", fused_ops=False)
     if name == "baseline":
         return resolve_config("baseline")
     from space.sample import ParamSource, suggest_config
@@ -298,7 +299,7 @@ def official_figures(log_lines, passes: int) -> dict:
     figures = {"steps_logged": len(times)}
     if steps:
         ms = statistics.median(steps)
-        figures.update(ms_per_step=round(ms, 1), ms_per_pass=round(ms / passes, 2))
+        figures.update(ms_per_step=round(ms, 2), ms_per_pass=round(ms / passes, 3))
     peaks = [m for m in map(OFFICIAL_PEAK.match, log_lines) if m]
     if peaks:
         figures.update(peak_allocated_gib=round(int(peaks[-1][1]) / 1024, 2), peak_reserved_gib=round(int(peaks[-1][2]) / 1024, 2))
