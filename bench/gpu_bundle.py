@@ -11,6 +11,7 @@ takes it along):
                        trained and encoded by pgolf (pgolf.datasets.build_dataset) from the sample's documents
       Each train split is there twice (fineweb_train_000000 and _000001, the same tokens): calibration reads
       1,048,576 training tokens (the frontier preset's calib_tokens), more than the sample holds.
+    official/train_gpt.py   your copy of the official script, where gpu_prepare.sh --official named one (never shipped)
     manifest.json      what is in it, and what the bundle and the checkout weigh together (the device tool carries 64 MiB)
 
     python bench/gpu_bundle.py data SOURCE_DATA DEST_DATA    # the data slice (SOURCE: ../shared/data's layout)

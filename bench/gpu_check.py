@@ -63,7 +63,7 @@ def part_command(name: str, args, smoke: bool, out: str) -> list[str] | str:
     if name == "official":
         script = OFFICIAL_STYLE if smoke else args.official
         if not script:
-            return "no --official PATH given (the official train_gpt.py is never shipped: pass your copy)"
+            return "no --official PATH given (the official train_gpt.py is never shipped: pass your copy, or bundle it)"
         if not os.path.isfile(script):
             return f"--official {script}: no such file"
         return [sys.executable, PARTS_SCRIPT, "official", os.path.abspath(script)] + common
@@ -130,7 +130,8 @@ def run_parts(args, smoke: bool, deadline: float, log) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", default="", help="path of the official train_gpt.py, to time its baseline step")
+    parser.add_argument("--official", default="", help="path of the official train_gpt.py, to time its baseline step "
+                        "(default: gpu_bundle/official/train_gpt.py where bench/gpu_prepare.sh --official put one)")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT") or os.path.join(ROOT, "bench", "out"), "gpu_check.json"))
     parser.add_argument("--budget", type=float, default=405.0, help="seconds for all parts together")
     parser.add_argument("--parts", default="", help="comma-separated subset of: " + ", ".join(p.name for p in PARTS))
@@ -144,6 +145,8 @@ def main() -> int:
     if unknown:
         parser.error(f"--parts: no part named {', '.join(unknown)} (parts: {', '.join(p.name for p in PARTS)})")
     args.data = os.path.join(os.path.abspath(args.bundle), "data")
+    bundled = os.path.join(os.path.abspath(args.bundle), "official", "train_gpt.py")
+    args.official = args.official or (bundled if os.path.isfile(bundled) else "")
     if not os.path.isdir(args.data):
         print(f"error: {args.data} does not exist: run bench/gpu_prepare.sh first (where the package index is reachable)", file=sys.stderr)
         return 2

@@ -207,6 +207,23 @@ def step_figures(loader: WatchedLoader, validate_at: int, started: float, graphs
     return figures
 
 
+def shape_config(config: RunConfig, name: str, scale: Scale, compile_mode: str) -> RunConfig:
+    """The preset's config trained as the shape part runs it: passes of scale.pass_tokens, scale.passes a step, a few
+    steps after a warmup, no wallclock cap; the frontier shape validates (at its eval length) before its last two."""
+    return with_settings(config, "train", batch_tokens=scale.pass_tokens * scale.passes, micro_batch_tokens=scale.pass_tokens,
+                         iterations=scale.steps, warmup_steps=scale.warmup, max_wallclock_seconds=0.0, reserve_seconds=0.0,
+                         val_every=scale.steps - 2 if name == "frontier" else 0, val_every_seconds=0.0,
+                         val_tokens=4 * config.eval_seq_len(), log_every=0, compile=compile_mode)
+
+
+def calibration_config(config: RunConfig, scale: Scale) -> RunConfig:
+    return with_settings(config, "quant", calib_tokens=scale.calib_tokens, **HEAVIEST_QUANT)
+
+
+def ttt_settings(config: RunConfig):
+    return dataclasses.replace(config.resolved_eval(), **TTT)
+
+
 def part_shape(args, report: Report) -> None:
     from pgolf.model import count_params
     from pgolf.run import subset_validator
@@ -216,11 +233,8 @@ def part_shape(args, report: Report) -> None:
     scale = SCALES["smoke" if args.smoke else "full"]
     config, data, runtime, model = model_and_data(args.arg, args)
     device = runtime.device
-    validate_at = scale.steps - 2 if args.arg == "frontier" else 0  # validation at the eval length, then two more steps
-    config = with_settings(config, "train", batch_tokens=scale.pass_tokens * scale.passes, micro_batch_tokens=scale.pass_tokens,
-                           iterations=scale.steps, warmup_steps=scale.warmup, max_wallclock_seconds=0.0, reserve_seconds=0.0,
-                           val_every=validate_at, val_every_seconds=0.0, val_tokens=4 * config.eval_seq_len(), log_every=0,
-                           compile=args.compile)
+    config = shape_config(config, args.arg, scale, args.compile)
+    validate_at = config.train.val_every
     report.update(shape=args.arg, smoke=args.smoke, device=str(device), params=count_params(model), tokens_per_pass=scale.pass_tokens,
                   passes_per_step=scale.passes, seq_len=config.train.seq_len, eval_seq_len=config.eval_seq_len(),
                   vocab_size=config.model.vocab_size, compile=config.train.compile, warmup_steps=scale.warmup, timed_steps=scale.steps)
@@ -252,7 +266,7 @@ def part_calibration(args, report: Report) -> None:
 
     scale = SCALES["smoke" if args.smoke else "full"]
     config, data, runtime, model = model_and_data("frontier", args)
-    config = with_settings(config, "quant", calib_tokens=scale.calib_tokens, **HEAVIEST_QUANT)
+    config = calibration_config(config, scale)
     check_calibration(data.train_pattern, config.train.seq_len, config.quant.calib_tokens)
     report.update(smoke=args.smoke, device=str(runtime.device), calib_tokens=scale.calib_tokens, seq_len=config.train.seq_len,
                   quant={k: v for k, v in HEAVIEST_QUANT.items()}, reserve_seconds=RESERVE_SECONDS)
@@ -275,7 +289,7 @@ def part_ttt(args, report: Report) -> None:
 
     scale = SCALES["smoke" if args.smoke else "full"]
     config, data, runtime, model = model_and_data("frontier", args)
-    settings = dataclasses.replace(config.resolved_eval(), **TTT)
+    settings = ttt_settings(config)
     vocab = config.model.vocab_size
     tokens = validation_tokens(data.val_pattern, settings.seq_len, vocab, limit=scale.ttt_tokens)
     luts = ByteLuts(load_tokenizer(data.tokenizer, vocab), vocab)

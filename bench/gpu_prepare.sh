@@ -7,18 +7,23 @@
 #     and sp8192 ones built by pgolf from its sample documents.
 # gpu_bundle/ is git-ignored; the device tool's `carry` takes it. The bundle and the checkout must weigh under the
 # tool's 64 MiB together: measured at the end (gpu_bundle/manifest.json), a non-zero exit over it.
-#     bench/gpu_prepare.sh [--python 3.11 ...]
+# --official PATH copies your copy of the official train_gpt.py into gpu_bundle/official/ (it is never shipped): the
+# check then times its baseline step on the same GPU.
+#     bench/gpu_prepare.sh [--python 3.11 ...] [--official PATH/train_gpt.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 SOURCE=${PGOLF_DATA:-../shared/data}
 versions=(3.12)
+official=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --python) [ $# -ge 2 ] || { echo "error: --python needs a version (e.g. 3.11)" >&2; exit 2; }
                   [[ "$2" =~ ^3\.[0-9]+$ ]] || { echo "error: --python $2 is not a Python version like 3.11" >&2; exit 2; }
                   versions+=("$2"); shift 2 ;;
-        *) echo "error: unknown argument $1 (usage: bench/gpu_prepare.sh [--python X.Y ...])" >&2; exit 2 ;;
+        --official) [ $# -ge 2 ] && [ -f "$2" ] || { echo "error: --official needs the path of an existing train_gpt.py" >&2; exit 2; }
+                    official=$2; shift 2 ;;
+        *) echo "error: unknown argument $1 (usage: bench/gpu_prepare.sh [--python X.Y ...] [--official PATH])" >&2; exit 2 ;;
     esac
 done
 [ -x "$PYTHON" ] || { echo "error: $PYTHON not found: run ./scripts/setup.sh first, or set PYTHON" >&2; exit 2; }
@@ -34,6 +39,7 @@ for version in "${versions[@]}"; do
         -d "$staging/wheels" $requirements
 done
 "$PYTHON" bench/gpu_bundle.py data "$SOURCE" "$staging/data"
+if [ -n "$official" ]; then mkdir -p "$staging/official" && cp "$official" "$staging/official/train_gpt.py"; fi
 rm -rf gpu_bundle
 mv "$staging" gpu_bundle
 trap - EXIT

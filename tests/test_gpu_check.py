@@ -117,3 +117,29 @@ def test_the_gpu_check_runs_as_shipped_on_a_bare_python_without_shared_data(bund
     assert smoke["official"]["steps_logged"] == 12 and "ms_per_step" in smoke["official"], smoke["official"]
     assert smoke["calibration"]["total_seconds"] >= 0 and smoke["calibration"]["model_bytes"] > 0, smoke["calibration"]
     assert smoke["ttt"]["documents"] >= 1 and smoke["ttt"]["seconds"] > 0, smoke["ttt"]
+
+
+@pytest.mark.parametrize("scale", ["full", "smoke"])
+def test_the_gpu_parts_configs_are_valid_and_the_bundle_feeds_them(bundle, scale):
+    """What the GPU parts run at full size, checked here before any GPU time is spent on it: the configs validate, a
+    step splits into its passes, and the bundle holds the tokens calibration and TTT read."""
+    sys.path.insert(0, ROOT)
+    from bench.gpu_bundle import bundle_data_paths
+    from bench.gpu_parts import SCALES, calibration_config, preset_config, shape_config, ttt_settings
+    from pgolf.gptq import check_calibration
+    from pgolf.shards import validation_tokens
+    from pgolf.train import batch_plan
+
+    s, smoke = SCALES[scale], scale == "smoke"
+    for name in ("baseline", "frontier"):
+        config = shape_config(preset_config(name, smoke), name, s, "auto")
+        assert batch_plan(config.train, 1)[:2] == (s.pass_tokens, s.passes)
+        assert config.train.val_every == (s.steps - 2 if name == "frontier" else 0)
+    frontier = preset_config("frontier", smoke)
+    if not smoke:  # the frontier preset's baseline trial: the 1.0565 record's shape
+        assert (frontier.model.vocab_size, frontier.model.num_layers, frontier.model.loop_repeats, frontier.eval_seq_len()) == (8192, 11, 3, 2560)
+    data = bundle_data_paths(os.path.join(bundle, "data"), frontier.model.vocab_size)
+    calibration = calibration_config(frontier, s)
+    assert check_calibration(data.train_pattern, calibration.train.seq_len, calibration.quant.calib_tokens) >= 1
+    settings = ttt_settings(frontier)
+    assert validation_tokens(data.val_pattern, settings.seq_len, frontier.model.vocab_size, limit=s.ttt_tokens).numel() > s.ttt_tokens // 2
