@@ -105,7 +105,7 @@ def run_part(part: Part, args, smoke: bool, limit: float, log) -> dict:
             except (OSError, json.JSONDecodeError):
                 result = {}
             result.setdefault("ok", False)
-        result.update(seconds=seconds, limit_seconds=round(limit))
+        result.update(process_seconds=seconds, limit_seconds=round(limit))
         if timed_out:
             result.update(ok=False, error=f"stopped at its {limit:.0f} s limit; the figures above are what it had measured")
         elif not result["ok"] and "error" not in result:

@@ -291,14 +291,15 @@ def part_ttt(args, report: Report) -> None:
     config, data, runtime, model = model_and_data("frontier", args)
     settings = ttt_settings(config)
     vocab = config.model.vocab_size
-    tokens = validation_tokens(data.val_pattern, settings.seq_len, vocab, limit=scale.ttt_tokens)
+    # Whole eval sequences of the split, at least scale.ttt_tokens of them.
+    tokens = validation_tokens(data.val_pattern, settings.seq_len, vocab, limit=-(-scale.ttt_tokens // settings.seq_len) * settings.seq_len)
     luts = ByteLuts(load_tokenizer(data.tokenizer, vocab), vocab)
     documents = int((tokens[:-1] == config.model.bos_id).sum())
     report.update(smoke=args.smoke, device=str(runtime.device), tokens=tokens.numel() - 1, documents=documents,
                   eval_seq_len=settings.seq_len, **TTT)
     reset_peak(runtime.device)
     result = score_tokens(model, settings, tokens, luts, runtime)
-    report.update(ok=True, seconds=round(result.seconds, 2), tokens_per_second=round(result.tokens / max(result.seconds, 1e-9)),
+    report.update(ok=True, ttt_seconds=round(result.seconds, 2), tokens_per_second=round(result.tokens / max(result.seconds, 1e-9)),
                   **peak_memory(runtime.device))
 
 
