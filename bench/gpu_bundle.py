@@ -106,7 +106,11 @@ def write_manifest(bundle: str) -> dict:
 
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "data":
-        prepare_data(sys.argv[2], sys.argv[3])
+        try:
+            prepare_data(sys.argv[2], sys.argv[3])
+        except (ValueError, OSError) as exc:  # pgolf's data, shard and tokenizer errors say what is missing in one line
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "manifest":
         m = write_manifest(sys.argv[2])

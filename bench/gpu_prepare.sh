@@ -36,7 +36,8 @@ echo "$requirements" > "$staging/requirements.txt"
 for version in "${versions[@]}"; do
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version "$version" \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$staging/wheels" $requirements
+        -d "$staging/wheels" $requirements \
+        || { echo "error: pip could not download $requirements for Python $version: is the package index reachable?" >&2; exit 1; }
 done
 "$PYTHON" bench/gpu_bundle.py data "$SOURCE" "$staging/data"
 if [ -n "$official" ]; then mkdir -p "$staging/official" && cp "$official" "$staging/official/train_gpt.py"; fi
