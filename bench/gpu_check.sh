@@ -12,6 +12,9 @@ VENV=${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/pgolf-gpu-check-venv}
 [ -f gpu_bundle/requirements.txt ] || { echo "error: gpu_bundle/ is missing or incomplete: run bench/gpu_prepare.sh where the package index is reachable, and bring gpu_bundle/ along" >&2; exit 2; }
 command -v "$PYTHON" >/dev/null || { echo "error: no $PYTHON here: set PYTHON to the interpreter that holds torch" >&2; exit 2; }
 "$PYTHON" -m pip --version >/dev/null 2>&1 || { echo "error: $PYTHON has no pip to install gpu_bundle/wheels with" >&2; exit 2; }
+for module in torch numpy sentencepiece pytest; do
+    "$PYTHON" -c "import $module" 2>/dev/null || { echo "error: $PYTHON cannot import $module: set PYTHON to the interpreter that holds torch" >&2; exit 2; }
+done
 rm -rf "$VENV"
 "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
