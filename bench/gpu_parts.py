@@ -334,13 +334,19 @@ def part_official(args, report: Report) -> None:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, os.path.abspath(args.arg)], cwd=cwd, env=env, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stopped = False
         for line in process.stdout:  # figures as they come: a run stopped by the time limit reports its steps so far
             lines.append(line.rstrip("\n"))
             if OFFICIAL_STEP.match(line):
                 report.update(**official_figures(lines, scale.passes))
+            if OFFICIAL_PEAK.match(line):  # training is over: its export and scoring would only spend the part's time
+                process.terminate()
+                stopped = True
+                break
         code = process.wait()
-    report.update(**official_figures(lines, scale.passes), wall_seconds=round(time.perf_counter() - started, 1))
-    if code != 0:
+    report.update(**official_figures(lines, scale.passes), wall_seconds=round(time.perf_counter() - started, 1),
+                  **({"stopped_after_training": True} if stopped else {}))
+    if code != 0 and not stopped:
         report.update(ok=False, error=f"exit code {code}: " + (lines[-1] if lines else "no output"))
     else:
         report.update(ok="ms_per_step" in report.values, **({} if "ms_per_step" in report.values else {"error": "no step lines in its log"}))

@@ -143,3 +143,18 @@ def test_the_gpu_parts_configs_are_valid_and_the_bundle_feeds_them(bundle, scale
     assert check_calibration(data.train_pattern, calibration.train.seq_len, calibration.quant.calib_tokens) >= 1
     settings = ttt_settings(frontier)
     assert validation_tokens(data.val_pattern, settings.seq_len, frontier.model.vocab_size).numel() > s.ttt_tokens + settings.seq_len
+
+
+def test_the_official_step_is_read_off_the_official_scripts_own_log():
+    """The official part's parser on a log the official train_gpt.py wrote (../shared/data/official_tiny, a CPU run)."""
+    sys.path.insert(0, ROOT)
+    from bench.gpu_parts import OFFICIAL_PEAK, official_figures
+    from conftest import DATA
+
+    with open(os.path.join(DATA, "official_tiny", "train.log"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    figures = official_figures(lines, passes=1)
+    assert figures["steps_logged"] == 14 and figures["peak_allocated_gib"] == 0.0  # steps 1-10, then every 50th
+    # Its step times: train_time 719 ms after step 1, 1,466 after step 2, ...; the median of steps 3..10 (consecutive lines).
+    assert 400 < figures["ms_per_step"] < 1500 and figures["ms_per_pass"] == figures["ms_per_step"]
+    assert sum(bool(OFFICIAL_PEAK.match(line)) for line in lines) == 1  # the line after training that ends the part's wait
