@@ -4,11 +4,16 @@ The script is the counted code of a submission: its byte size is `code_bytes` in
 search pays for exactly the code a submission ships. Assembly is plain concatenation in dependency
 order: intra-package imports (`from pgolf.x import ...`) are dropped, the remaining imports are hoisted
 and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config.
+With quant.code = "compressed" the counted script is the self-extracting form of the assembled one
+(pgolf/selfextract.py, as the records count their code); the readable source goes beside it, not counted.
 """
 
 import ast
+import functools
 import os
 import pprint
+
+from pgolf.selfextract import build_source
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "evaluate", "qat", "train", "submission")
@@ -86,8 +91,15 @@ def assemble_script(config_dict: dict) -> str:
     script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
     if script.count(CONFIG_LINE) != 1:
         raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
-    literal = "CONFIG: dict = " + pprint.pformat(config_dict, width=110, sort_dicts=False)
+    literal = "CONFIG: dict = " + pprint.pformat(_runs_with(config_dict), width=110, sort_dicts=False)
     return script.replace(CONFIG_LINE, literal)
+
+
+def _runs_with(config_dict: dict) -> dict:
+    """The config the script carries: without the form its own code is counted in (it runs the same either way, and a
+    plain script stays byte for byte what it was before that key existed)."""
+    quant = config_dict.get("quant", {})
+    return {**config_dict, "quant": {k: v for k, v in quant.items() if k != "code"}} if "code" in quant else config_dict
 
 
 def _merge_imports(lines: list[str]) -> list[str]:
@@ -109,5 +121,38 @@ def _merge_imports(lines: list[str]) -> list[str]:
     return sorted(merged, key=order)
 
 
+SCRIPT_FILE = "train_gpt.py"
+SOURCE_FILE = "train_gpt_source.py"  # compressed code only: the readable script, not counted and not what runs
+SOURCE_NOTE = ("# NOT COUNTED AND NOT WHAT RUNS: the readable source of train_gpt.py, which is its self-extracting form\n"
+               "# (docstrings and comments stripped, lzma + base85; pgolf/selfextract.py). Rebuild: pgolf.selfextract.build.\n")
+
+
+def is_compressed(config_dict: dict) -> bool:
+    return config_dict.get("quant", {}).get("code", "plain") == "compressed"
+
+
+@functools.lru_cache(maxsize=64)
+def _self_extracting(script: str) -> str:
+    return build_source(script, SCRIPT_FILE).loader  # stripping and lzma -9e take ~1 s: the search asks often
+
+
+def counted_script(config_dict: dict) -> str:
+    """The train_gpt.py a submission of this config ships and counts: the assembled script or its self-extracting form."""
+    script = assemble_script(config_dict)
+    return _self_extracting(script) if is_compressed(config_dict) else script
+
+
 def code_bytes(config_dict: dict) -> int:
-    return len(assemble_script(config_dict).encode("utf-8"))
+    """The counted code bytes of a config: the one figure the predictor, the allocation, a run and an export use."""
+    return len(counted_script(config_dict).encode("utf-8"))
+
+
+def write_script(folder: str, config_dict: dict) -> int:
+    """Write folder/train_gpt.py as counted (and, compressed, the readable train_gpt_source.py beside it); its bytes."""
+    script = counted_script(config_dict)
+    if is_compressed(config_dict):
+        with open(os.path.join(folder, SOURCE_FILE), "w", encoding="utf-8") as f:
+            f.write(SOURCE_NOTE + assemble_script(config_dict))
+    with open(os.path.join(folder, SCRIPT_FILE), "w", encoding="utf-8") as f:
+        f.write(script)
+    return len(script.encode("utf-8"))

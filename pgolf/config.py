@@ -156,6 +156,9 @@ class QuantConfig:
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
     compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
+    # The counted train_gpt.py: "plain" (as assembled) or "compressed" (its self-extracting form, pgolf/selfextract.py,
+    # as the records count their code). Not written into the script's own config: it runs the same either way.
+    code: str = "plain"
 
 
 @dataclass
@@ -207,6 +210,7 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
 COMPRESSORS = ("zstd", "lzma", "rans")
+CODE_FORMS = ("plain", "compressed")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
@@ -404,6 +408,7 @@ def validate(config: RunConfig) -> None:
     _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
     _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
+    _check(q.code in CODE_FORMS, f"quant.code must be one of {', '.join(CODE_FORMS)}, got {q.code!r}")
     level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")
     seq = config.eval_seq_len()

@@ -101,7 +101,8 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
     # Token-side matrices (the embedding, an untied head, a factored embedding's projection) at the embedding widths.
     token_side = [prefix + "weight" for prefix in EMBEDDING_PREFIXES]
     return QuantConfig(bits={"*": block_bits, **dict.fromkeys(token_side, emb_bits)},
-                       clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0)
+                       clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0,
+                       code=space.base.quant.code)  # the form the trials' code is counted in
 
 
 class Coordinator:

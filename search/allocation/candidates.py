@@ -9,13 +9,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from pgolf.assemble import assemble_script, code_bytes
+from pgolf.assemble import code_bytes, write_script
 from pgolf.artifact import pack
 from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore, Trace
-from pgolf.run import SCRIPT_FILE
 from pgolf.shards import validation_tokens
 from pgolf.storage import TENSOR_AXES, needs_calibration, quantize_state_dict
 from pgolf.submission import MODEL_FILE, load_model, model_meta, score, score_tokens
@@ -75,8 +74,7 @@ def write_candidate(directory: str, candidate: Candidate) -> None:
     """A candidate's model file, its standalone script and its config, as a run folder holds them."""
     with open(os.path.join(directory, MODEL_FILE), "wb") as f:
         f.write(candidate.blob)
-    with open(os.path.join(directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
-        f.write(assemble_script(config_to_dict(candidate.config)))
+    write_script(directory, config_to_dict(candidate.config))
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(candidate.config))
 
