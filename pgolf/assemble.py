@@ -13,7 +13,7 @@ import functools
 import os
 import pprint
 
-from pgolf.selfextract import build_source
+from pgolf.selfextract import build_source, strip
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "evaluate", "qat", "train", "submission")
@@ -74,11 +74,25 @@ def _top_level_names(source: str) -> set[str]:
 
 def assemble_script(config_dict: dict) -> str:
     """The standalone script for a run config (as a plain dict), ready to write as train_gpt.py."""
+    return _template(_modules(config_dict)).replace(CONFIG_LINE, _config_line(config_dict))
+
+
+def _modules(config_dict: dict) -> tuple:
+    """(name, mtime, size) of the modules this config's script is made of: a changed file is a new template."""
+    names = [n for n in SCRIPT_MODULES if n not in OPTIONAL_MODULES or OPTIONAL_MODULES[n](config_dict)]
+    return tuple((n, os.stat(_module_path(n)).st_mtime_ns, os.stat(_module_path(n)).st_size) for n in names)
+
+
+def _config_line(config_dict: dict) -> str:
+    return "CONFIG: dict = " + pprint.pformat(_runs_with(config_dict), width=110, sort_dicts=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _template(modules: tuple) -> str:
+    """The script before its config is written in (the search assembles it for every config it measures)."""
     imports: list[str] = []
     bodies, owners = [], {}
-    for name in SCRIPT_MODULES:
-        if name in OPTIONAL_MODULES and not OPTIONAL_MODULES[name](config_dict):
-            continue
+    for name, _, _ in modules:
         with open(_module_path(name), encoding="utf-8") as f:
             source = f.read()
         for defined in _top_level_names(source):
@@ -91,8 +105,7 @@ def assemble_script(config_dict: dict) -> str:
     script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
     if script.count(CONFIG_LINE) != 1:
         raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
-    literal = "CONFIG: dict = " + pprint.pformat(_runs_with(config_dict), width=110, sort_dicts=False)
-    return script.replace(CONFIG_LINE, literal)
+    return script
 
 
 def _runs_with(config_dict: dict) -> dict:
@@ -131,15 +144,28 @@ def is_compressed(config_dict: dict) -> bool:
     return config_dict.get("quant", {}).get("code", "plain") == "compressed"
 
 
+@functools.lru_cache(maxsize=8)
+def _stripped_template(template: str) -> tuple[str, str]:
+    """The template stripped (pgolf/selfextract.py's strip), split around its config line."""
+    before, after = strip(template).split(CONFIG_LINE + "\n")
+    return before, after
+
+
 @functools.lru_cache(maxsize=64)
-def _self_extracting(script: str) -> str:
-    return build_source(script, SCRIPT_FILE).loader  # stripping and lzma -9e take ~1 s: the search asks often
+def _self_extracting(modules: tuple, config_line: str) -> str:
+    # Stripping the whole script takes seconds and the search asks for every config it measures: the template is
+    # stripped once and the config line alone per config (ast.unparse writes each top-level statement on its own, so
+    # this is the whole script's strip; a test holds it to build_source on the whole script).
+    before, after = _stripped_template(_template(modules))
+    stripped = before + strip(config_line) + after
+    return build_source(_template(modules).replace(CONFIG_LINE, config_line), SCRIPT_FILE, stripped=stripped).loader
 
 
 def counted_script(config_dict: dict) -> str:
     """The train_gpt.py a submission of this config ships and counts: the assembled script or its self-extracting form."""
-    script = assemble_script(config_dict)
-    return _self_extracting(script) if is_compressed(config_dict) else script
+    if is_compressed(config_dict):
+        return _self_extracting(_modules(config_dict), _config_line(config_dict))
+    return assemble_script(config_dict)
 
 
 def code_bytes(config_dict: dict) -> int:

@@ -126,15 +126,18 @@ def build(script: str, counted: list[str] = ()) -> SelfExtracting:
     return _bundle(main, {main: _decode(script, _read(script)), **modules}, plain, paths)
 
 
-def build_source(source: str, name: str) -> SelfExtracting:
-    """The self-extracting form of one script given as text (pgolf's assembled train_gpt.py), as `build` makes it."""
-    return _bundle(name, {name: source}, {}, {name: name})
+def build_source(source: str, name: str, stripped: str | None = None) -> SelfExtracting:
+    """The self-extracting form of one script given as text (pgolf's assembled train_gpt.py), as `build` makes it;
+    `stripped`: strip(source), when the caller has it already."""
+    return _bundle(name, {name: source}, {}, {name: name}, {} if stripped is None else {name: stripped})
 
 
-def _bundle(main: str, texts: dict[str, str], plain: dict[str, bytes], paths: dict[str, str]) -> SelfExtracting:
-    """texts: file name -> Python source (main first), each stripped; plain: counted files kept as they are;
-    paths: file name -> the path error messages name."""
-    sources = {rel: strip(text, paths[rel]) for rel, text in texts.items()}
+def _bundle(main: str, texts: dict[str, str], plain: dict[str, bytes], paths: dict[str, str],
+            stripped: dict[str, str] | None = None) -> SelfExtracting:
+    """texts: file name -> Python source (main first), each stripped (unless `stripped` has it); plain: counted files
+    kept as they are; paths: file name -> the path error messages name."""
+    stripped = stripped or {}
+    sources = {rel: stripped[rel] if rel in stripped else strip(text, paths[rel]) for rel, text in texts.items()}
     payload = BOOTSTRAP.format(main=main, sources=sources).encode("utf-8")
     encoded = base64.b85encode(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
     loader = LOADER.format(encoded)

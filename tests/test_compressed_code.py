@@ -29,6 +29,10 @@ def test_the_counted_form_is_the_one_code_bytes_measures_and_plain_is_unchanged(
     readable = (tmp_path / SOURCE_FILE).read_text()
     assert readable.startswith("# NOT COUNTED AND NOT WHAT RUNS")
     assert build_source(readable, "train_gpt.py").loader == (tmp_path / "train_gpt.py").read_text()
+    # The template is stripped once and each config's line alone: the same loader as stripping the whole script.
+    coded = compressed(resolve_config("frontier_tiny"))
+    coded = dataclasses.replace(coded, quant=dataclasses.replace(coded.quant, compressor="rans", bits={"*": 6, "blocks.0.*": 5}))
+    assert counted_script(config_to_dict(coded)) == build_source(assemble_script(config_to_dict(coded)), "train_gpt.py").loader
     with pytest.raises(ConfigError, match="quant.code must be one of plain, compressed, got 'zip'"):
         config_from_dict({"quant": {"code": "zip"}})
 
