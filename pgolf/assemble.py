@@ -135,7 +135,7 @@ def _merge_imports(lines: list[str]) -> list[str]:
 
 
 SCRIPT_FILE = "train_gpt.py"
-SOURCE_FILE = "train_gpt_source.py"  # compressed code only: the readable script, not counted and not what runs
+READABLE_FILE = "train_gpt_source.py"  # compressed code only: the readable script, not counted and not what runs
 SOURCE_NOTE = ("# NOT COUNTED AND NOT WHAT RUNS: the readable source of train_gpt.py, which is its self-extracting form\n"
                "# (docstrings and comments stripped, lzma + base85; pgolf/selfextract.py). Rebuild: pgolf.selfextract.build.\n")
 
@@ -177,7 +177,7 @@ def write_script(folder: str, config_dict: dict) -> int:
     """Write folder/train_gpt.py as counted (and, compressed, the readable train_gpt_source.py beside it); its bytes."""
     script = counted_script(config_dict)
     if is_compressed(config_dict):
-        with open(os.path.join(folder, SOURCE_FILE), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder, READABLE_FILE), "w", encoding="utf-8") as f:
             f.write(SOURCE_NOTE + assemble_script(config_dict))
     with open(os.path.join(folder, SCRIPT_FILE), "w", encoding="utf-8") as f:
         f.write(script)

@@ -20,7 +20,7 @@ import time
 import torch
 
 from pgolf.artifact import ArtifactError
-from pgolf.assemble import SCRIPT_FILE, write_script
+from pgolf.assemble import SCRIPT_FILE, write_script  # noqa: F401 (SCRIPT_FILE: still importable from here)
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import MICRO_SPACE, TOKENIZER, run_cli
-from pgolf.assemble import SOURCE_FILE, assemble_script, code_bytes, counted_script, write_script
+from pgolf.assemble import READABLE_FILE, assemble_script, code_bytes, counted_script, write_script
 from pgolf.config import ConfigError, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config
 from pgolf.selfextract import build_source
@@ -26,7 +26,7 @@ def test_the_counted_form_is_the_one_code_bytes_measures_and_plain_is_unchanged(
     assert code_bytes(plain) == len(assemble_script(plain).encode("utf-8"))
     assert code_bytes(packed) == len(counted_script(packed).encode("utf-8")) < code_bytes(plain) // 3
     assert write_script(str(tmp_path), packed) == code_bytes(packed) == (tmp_path / "train_gpt.py").stat().st_size
-    readable = (tmp_path / SOURCE_FILE).read_text()
+    readable = (tmp_path / READABLE_FILE).read_text()
     assert readable.startswith("# NOT COUNTED AND NOT WHAT RUNS")
     assert build_source(readable, "train_gpt.py").loader == (tmp_path / "train_gpt.py").read_text()
     # The template is stripped once and each config's line alone: the same loader as stripping the whole script.
@@ -66,7 +66,7 @@ def test_the_compressed_export_counts_the_loader_and_scores_as_its_readable_sour
     env = {"EVAL_ONLY": "1", "MODEL_PATH": str(out / "final_model.pgolf"), "DATA_PATH": SHARDS, "TOKENIZER_PATH": TOKENIZER,
            "PYTHONPATH": "", "DEVICE": "cpu"}
     scores = []
-    for script in ("train_gpt", SOURCE_FILE[:-3]):
+    for script in ("train_gpt", READABLE_FILE[:-3]):
         done = run_cli(script, cwd=out, env=env)
         assert done.returncode == 0, done.stderr
         scores.append(re.search(r"final_roundtrip_exact .*", done.stdout).group(0))
@@ -80,7 +80,7 @@ def test_verify_refuses_a_loader_that_is_not_its_readable_source(compressed_expo
     _, out = compressed_export
     edited = tmp_path / "edited"
     shutil.copytree(out, edited)
-    source = edited / SOURCE_FILE
+    source = edited / READABLE_FILE
     source.write_text(source.read_text().replace("def ", "def  ", 1) + "\nX = 1\n")
     one_error_line(run_cli("search.cli", "verify", str(edited)), r"train_gpt.py is not the self-extracting form of train_gpt_source.py")
     grown = tmp_path / "grown"

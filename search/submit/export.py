@@ -20,7 +20,7 @@ import time
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
-from pgolf.assemble import SOURCE_FILE as READABLE_FILE, is_compressed
+from pgolf.assemble import READABLE_FILE, is_compressed
 from pgolf.files import read_json
 from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir

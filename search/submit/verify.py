@@ -94,7 +94,7 @@ def check_code(folder: str, source: dict) -> None:
         raise VerifyError(f"{SCRIPT_FILE} holds {os.path.getsize(script):,} bytes, not the {source['code_bytes']:,} "
                           f"the trial counted: it was changed after export")
     if source.get("code_form") == "compressed":
-        from pgolf.assemble import SOURCE_FILE as READABLE_FILE
+        from pgolf.assemble import READABLE_FILE
         from pgolf.selfextract import SelfExtractError, build_source
 
         readable = os.path.join(folder, READABLE_FILE)
