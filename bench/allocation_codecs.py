@@ -12,11 +12,12 @@ at 1,000,000 and 700,000 bytes, four ways:
 Same checkpoint, same held-out tokens, same options: only the bytes the code and the coder take differ.
 Columns: artifact bytes (model + code), code bytes, the compressor the candidate kept, val bpb, seconds.
 
-    python bench/allocation_codecs.py [CHECKPOINT]
+    python bench/allocation_codecs.py [CHECKPOINT] [--caps 1000000,700000] [--code plain|compressed]
 
 Torch runs on BENCH_THREADS threads (default 1), as in bench/allocation_vs_uniform.py.
 """
 
+import argparse
 import os
 import sys
 import time
@@ -36,13 +37,18 @@ VARIANTS = [("plain", ["zstd"]), ("plain", ["zstd", "rans"]), ("compressed", ["z
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint", nargs="?", default=OFFICIAL)
+    parser.add_argument("--caps", default=",".join(map(str, CAPS)))
+    parser.add_argument("--code", choices=["plain", "compressed"], help="only the variants with this code form")
+    args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    path = sys.argv[1] if len(sys.argv) > 1 else OFFICIAL
+    path = args.checkpoint
     print(f"{path}: RTN knapsack, {OPTIONS}")
     print("| cap | code | compressors | artifact bytes | code bytes | kept | val bpb | seconds |")
     print("|---:|---|---|---:|---:|---|---:|---:|")
-    for cap in CAPS:
-        for code, compressors in VARIANTS:
+    for cap in [int(c) for c in args.caps.split(",")]:
+        for code, compressors in [v for v in VARIANTS if args.code in (None, v[0])]:
             out = os.path.join(ROOT, "bench", "out", f"allocation-codecs-{cap}-{code}-{'+'.join(compressors)}")
             started = time.perf_counter()
             m = allocate_checkpoint(path, cap, out, default_data_root(), seq_len=256, replace=True, log=lambda line: None,
