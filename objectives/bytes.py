@@ -4,7 +4,8 @@ For each tensor the model will have (shapes from the config alone), the stored f
 rules as pgolf.quant; its compressed size comes from the predictor table (`Calibration`, stored as
 objectives/calibration.json; not the layers' H that GPTQ/AWQ calibrate on), measured on real trained
 weights: compressed bits per weight of integer symbols for each (role, bits, clip), and compressed
-bytes per fp16 value / per row scale. Code bytes are exact (the script is assembled). A study refines
+bytes per fp16 value / per row scale, with the symbols' rate scaled to the config's compressor. Code bytes
+are exact: the counted script (plain or self-extracting) is built and measured, pgolf.assemble.code_bytes. A study refines
 its calibration from its own trained checkpoints (see `measure_calibration`), so predictions improve as
 the study runs.
 """
@@ -70,6 +71,14 @@ class Calibration:
     outlier_bytes: float = 2.9
     factor_bytes_per_value: float = 1.88  # fp16 low-rank factor values
     int8_factor_bytes_per_value: float = 0.98  # int8 ones, row scales included
+    # Integer-symbol bytes under each compressor relative to zstd's (whose rate the table above measures), from
+    # bench/codec_bytes.py on official_tiny at int6 (zstd-22 1.0130x order-0, rans 0.9855x, brotli-11 1.0083x).
+    # lzma (1.0469x there) stays 1.0: the allocation packs it only where it comes out smaller than zstd.
+    compressor_ratios: dict = field(default_factory=lambda: {"zstd": 1.0, "lzma": 1.0, "rans": 0.973, "brotli": 0.995})
+
+    def compressor_ratio(self, compressor: str) -> float:
+        """Compressed integer-symbol bytes under `compressor` relative to zstd's (fp16 values and row scales: the same)."""
+        return self.compressor_ratios.get(compressor, 1.0)
 
     def symbol_bits_ratio(self, quantizer: str) -> float:
         """Compressed symbol bits under a quantizer of pgolf/storage.py's QUANTIZERS, relative to RTN's."""
@@ -195,7 +204,8 @@ def predict_model_bytes(model_cfg, quant: QuantConfig, calibration: Calibration)
             continue
         clip = float(pattern_value(quant.clip, info.name, 0.0))
         fmt = matrix_format(info.name, bits, clip, quant) if len(info.shape) == 2 else MatrixFormat(bits, clip)
-        symbol_bits = calibration.int_bits(info.role, bits, clip) * calibration.symbol_bits_ratio(fmt.quantizer)
+        symbol_bits = (calibration.int_bits(info.role, bits, clip) * calibration.symbol_bits_ratio(fmt.quantizer)
+                       * calibration.compressor_ratio(quant.compressor))
         total += symbol_bits * info.numel / 8 + calibration.scale_bytes_per_row * info.rows
         total += _format_bytes(fmt, info, calibration)
     return int(round(total))

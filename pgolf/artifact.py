@@ -24,7 +24,7 @@ from pgolf.storage import TENSOR_AXES
 
 MAGIC = b"PGOLFMDL"
 FORMAT_VERSION = 1
-COMPRESSOR_IDS = {"zstd": 1, "lzma": 2, "rans": 3}
+COMPRESSOR_IDS = {"zstd": 1, "lzma": 2, "rans": 3, "brotli": 4}
 PREFIX = struct.Struct("<8sHBB")
 FRAME = struct.Struct("<III")
 MAX_RAW_BYTES = 1 << 31
@@ -47,6 +47,10 @@ def compress(raw: bytes, compressor: str, level: int, matrices=()) -> bytes:
         return zstandard.ZstdCompressor(level=level).compress(raw)
     if compressor == "lzma":
         return lzma.compress(raw, preset=level | lzma.PRESET_EXTREME)
+    if compressor == "brotli":
+        import brotli  # optional: imported only by the scripts whose model file is brotli-coded
+
+        return brotli.compress(raw, quality=level)
     raise ArtifactError(f"unknown compressor {compressor!r}")
 
 
@@ -56,11 +60,24 @@ def _decompress(blob: bytes, compressor: str, raw_len: int) -> bytes:
             raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw_len)
         elif compressor == "rans":
             raw = decode_frame(blob, raw_len)
+        elif compressor == "brotli":
+            raw = _brotli_decompress(blob, raw_len)
         else:
             raw = lzma.LZMADecompressor().decompress(blob, max_length=raw_len)
     except (zstandard.ZstdError, lzma.LZMAError, EntropyCodecError) as exc:
         raise ArtifactError(f"corrupt compressed frame ({exc})") from None
     return raw
+
+
+def _brotli_decompress(blob: bytes, raw_len: int) -> bytes:
+    try:
+        import brotli
+    except ImportError:
+        raise ArtifactError("the model file is brotli-coded: install the brotli package (pip install brotli)") from None
+    try:
+        return brotli.Decompressor().process(blob, output_buffer_limit=raw_len + 1)  # a frame claiming less is refused
+    except brotli.error as exc:
+        raise ArtifactError(f"corrupt compressed frame ({exc})") from None
 
 
 def byte_shuffle(arr: np.ndarray) -> bytes:

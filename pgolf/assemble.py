@@ -5,13 +5,17 @@ search pays for exactly the code a submission ships. Assembly is plain concatena
 order: intra-package imports (`from pgolf.x import ...`) are dropped, the remaining imports are hoisted
 and de-duplicated, and the `CONFIG: dict = {}` line of the entry module receives the run's config, each key
 read from an environment variable with the run's value as its default (pgolf/script_env.py names them).
+With quant.code = "compressed" the counted script is the self-extracting form of the assembled one
+(pgolf/selfextract.py, as the records count their code); the readable source goes beside it, not counted.
 """
 
 import ast
+import functools
 import os
 
 from pgolf.config import SECTIONS
 from pgolf.script_env import config_source, env_name
+from pgolf.selfextract import build_source, strip
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "ngram", "evaluate", "qat", "train", "submission")
@@ -75,25 +79,20 @@ def _top_level_names(source: str) -> set[str]:
 
 def assemble_script(config_dict: dict) -> str:
     """The standalone script for a run config (as a plain dict), ready to write as train_gpt.py."""
-    imports: list[str] = []
-    bodies, owners, left_out = [], {}, []
-    for name in SCRIPT_MODULES:
-        if name in OPTIONAL_MODULES and not _needs(name, config_dict):
-            left_out.append(name)
-            continue
-        with open(_module_path(name), encoding="utf-8") as f:
-            source = f.read()
-        for defined in _top_level_names(source):
-            if defined in owners:
-                raise AssemblyError(f"{defined!r} is defined in both pgolf/{owners[defined]}.py and pgolf/{name}.py")
-            owners[defined] = name
-        module_imports, body = _split_module(name, source)
-        imports += [line for line in module_imports if line not in imports]
-        bodies.append(f"# {'-' * 40} pgolf/{name}.py\n\n{body}")
-    script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
-    if script.count(CONFIG_LINE) != 1:
-        raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
-    return script.replace(CONFIG_LINE, config_source(config_dict) + "".join(_left_out_guard(m, config_dict) for m in left_out))
+    return _template(_modules(config_dict)).replace(CONFIG_LINE, _config_line(config_dict))
+
+
+def _modules(config_dict: dict) -> tuple:
+    """(name, mtime, size) of the modules this config's script is made of: a changed file is a new template."""
+    names = [n for n in SCRIPT_MODULES if n not in OPTIONAL_MODULES or _needs(n, config_dict)]
+    return tuple((n, os.stat(_module_path(n)).st_mtime_ns, os.stat(_module_path(n)).st_size) for n in names)
+
+
+def _config_line(config_dict: dict) -> str:
+    """CONFIG, each key read from its environment variable, and the refusals of settings a left-out module serves."""
+    left_out = [m for m in OPTIONAL_MODULES if not _needs(m, config_dict)]
+    runs_with = _runs_with(config_dict)
+    return config_source(runs_with) + "".join(_left_out_guard(m, runs_with) for m in left_out)
 
 
 def _needs(module: str, config_dict: dict) -> bool:
@@ -110,6 +109,34 @@ def _left_out_guard(module: str, config_dict: dict) -> str:
     setting = f"CONFIG[{section!r}][{key!r}]"
     return (f"\nif {setting} {op} {value!r}:\n    raise SystemExit(f\"error: {env_name(section, key)}={{{setting}}} needs pgolf/{module}.py, "
             f"which this script leaves out (export one from a config that uses it)\")")
+
+
+@functools.lru_cache(maxsize=8)
+def _template(modules: tuple) -> str:
+    """The script before its config is written in (the search assembles it for every config it measures)."""
+    imports: list[str] = []
+    bodies, owners = [], {}
+    for name, _, _ in modules:
+        with open(_module_path(name), encoding="utf-8") as f:
+            source = f.read()
+        for defined in _top_level_names(source):
+            if defined in owners:
+                raise AssemblyError(f"{defined!r} is defined in both pgolf/{owners[defined]}.py and pgolf/{name}.py")
+            owners[defined] = name
+        module_imports, body = _split_module(name, source)
+        imports += [line for line in module_imports if line not in imports]
+        bodies.append(f"# {'-' * 40} pgolf/{name}.py\n\n{body}")
+    script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
+    if script.count(CONFIG_LINE) != 1:
+        raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
+    return script
+
+
+def _runs_with(config_dict: dict) -> dict:
+    """The config the script carries: without the form its own code is counted in (it runs the same either way, and a
+    plain script stays byte for byte what it was before that key existed)."""
+    quant = config_dict.get("quant", {})
+    return {**config_dict, "quant": {k: v for k, v in quant.items() if k != "code"}} if "code" in quant else config_dict
 
 
 def _merge_imports(lines: list[str]) -> list[str]:
@@ -131,5 +158,51 @@ def _merge_imports(lines: list[str]) -> list[str]:
     return sorted(merged, key=order)
 
 
+SCRIPT_FILE = "train_gpt.py"
+READABLE_FILE = "train_gpt_source.py"  # compressed code only: the readable script, not counted and not what runs
+SOURCE_NOTE = ("# NOT COUNTED AND NOT WHAT RUNS: the readable source of train_gpt.py, which is its self-extracting form\n"
+               "# (docstrings and comments stripped, lzma + base85; pgolf/selfextract.py). Rebuild: pgolf.selfextract.build.\n")
+
+
+def is_compressed(config_dict: dict) -> bool:
+    return config_dict.get("quant", {}).get("code", "plain") == "compressed"
+
+
+@functools.lru_cache(maxsize=8)
+def _stripped_template(template: str) -> tuple[str, str]:
+    """The template stripped (pgolf/selfextract.py's strip), split around its config line."""
+    before, after = strip(template).split(CONFIG_LINE + "\n")
+    return before, after
+
+
+@functools.lru_cache(maxsize=64)
+def _self_extracting(modules: tuple, config_line: str) -> str:
+    # Stripping the whole script takes seconds and the search asks for every config it measures: the template is
+    # stripped once and the config line alone per config (ast.unparse writes each top-level statement on its own, so
+    # this is the whole script's strip; a test holds it to build_source on the whole script).
+    before, after = _stripped_template(_template(modules))
+    stripped = before + strip(config_line) + after
+    return build_source(_template(modules).replace(CONFIG_LINE, config_line), SCRIPT_FILE, stripped=stripped).loader
+
+
+def counted_script(config_dict: dict) -> str:
+    """The train_gpt.py a submission of this config ships and counts: the assembled script or its self-extracting form."""
+    if is_compressed(config_dict):
+        return _self_extracting(_modules(config_dict), _config_line(config_dict))
+    return assemble_script(config_dict)
+
+
 def code_bytes(config_dict: dict) -> int:
-    return len(assemble_script(config_dict).encode("utf-8"))
+    """The counted code bytes of a config: the one figure the predictor, the allocation, a run and an export use."""
+    return len(counted_script(config_dict).encode("utf-8"))
+
+
+def write_script(folder: str, config_dict: dict) -> int:
+    """Write folder/train_gpt.py as counted (and, compressed, the readable train_gpt_source.py beside it); its bytes."""
+    script = counted_script(config_dict)
+    if is_compressed(config_dict):
+        with open(os.path.join(folder, READABLE_FILE), "w", encoding="utf-8") as f:
+            f.write(SOURCE_NOTE + assemble_script(config_dict))
+    with open(os.path.join(folder, SCRIPT_FILE), "w", encoding="utf-8") as f:
+        f.write(script)
+    return len(script.encode("utf-8"))

@@ -156,6 +156,9 @@ class QuantConfig:
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
     compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
+    # The counted train_gpt.py: "plain" (as assembled) or "compressed" (its self-extracting form, pgolf/selfextract.py,
+    # as the records count their code). Not written into the script's own config: it runs the same either way.
+    code: str = "plain"
 
 
 @dataclass
@@ -223,7 +226,9 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
-COMPRESSORS = ("zstd", "lzma", "rans")
+COMPRESSORS = ("zstd", "lzma", "rans", "brotli")
+OPTIONAL_COMPRESSORS = {"brotli": "brotli"}  # compressor -> the package it needs (pip install pgolf[brotli])
+CODE_FORMS = ("plain", "compressed")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
@@ -304,6 +309,16 @@ def load_config_file(path) -> RunConfig:
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def compressor_missing(name: str) -> str | None:
+    """'<name> needs the <package> package, which is not installed' for an optional compressor absent here, else None."""
+    import importlib.util
+
+    package = OPTIONAL_COMPRESSORS.get(name)
+    if package is None or importlib.util.find_spec(package) is not None:
+        return None
+    return f"{name} needs the {package} package, which is not installed (pip install {package})"
 
 
 def _is_number(value) -> bool:
@@ -422,7 +437,10 @@ def validate(config: RunConfig) -> None:
     _check(0 <= q.gptq_damp <= 1, f"quant.gptq_damp must be in [0, 1], got {q.gptq_damp}")
     _check(q.gptq_block >= 1, f"quant.gptq_block must be positive, got {q.gptq_block}")
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
-    level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 10)
+    missing = compressor_missing(q.compressor)
+    _check(missing is None, f"quant.compressor {missing}")
+    _check(q.code in CODE_FORMS, f"quant.code must be one of {', '.join(CODE_FORMS)}, got {q.code!r}")
+    level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 12) if q.compressor == "brotli" else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")
     seq = config.eval_seq_len()
     _check(seq >= 2, f"eval.seq_len must be at least 2, got {seq}")

@@ -2,7 +2,8 @@
 
 Files in OUT (written to a staging folder first; OUT appears only when everything succeeded):
     config.toml        the config that ran
-    train_gpt.py       the standalone submission script; its size is code_bytes
+    train_gpt.py       the standalone submission script; its size is code_bytes (with quant.code = "compressed" its
+                       self-extracting form, and train_gpt_source.py beside it the readable script, not counted)
     final_model.pgolf  the compressed model; its size is model_bytes
     checkpoint.pgolf   float weights (lossless, for re-allocation and export)
     train.log          the run's log
@@ -19,7 +20,7 @@ import time
 import torch
 
 from pgolf.artifact import ArtifactError
-from pgolf.assemble import assemble_script
+from pgolf.assemble import SCRIPT_FILE, write_script  # noqa: F401 (SCRIPT_FILE: still importable from here)
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
@@ -29,8 +30,6 @@ from pgolf.metrics import METRICS_FILE, RunMetrics, pipeline_metrics, write_metr
 from pgolf.quant import symbol_entropy_bits
 from pgolf.staging import check_target, staged_dir
 from pgolf.submission import MODEL_FILE, load_model, process_group_scope, read_file, score, setup_runtime, train_pack_score
-
-SCRIPT_FILE = "train_gpt.py"
 
 
 class RunLog:
@@ -77,8 +76,7 @@ def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val,
                 f.write(content.encode("utf-8") if isinstance(content, str) else content)
 
     write("config.toml", config_to_toml(config))
-    script = assemble_script(config_to_dict(config))
-    write(SCRIPT_FILE, script)
+    code = write_script(stage, config_to_dict(config)) if stage is not None else 0
     log(f"pgolf run: {data.describe()} on {runtime.device}" + (f", {runtime.world_size} ranks" if runtime.world_size > 1 else ""))
     outcome = train_pack_score(config, data, runtime, stage and os.path.join(stage, MODEL_FILE), log=log, on_val=on_val,
                                validate_fn=subset_validator(config, data, runtime),
@@ -86,7 +84,7 @@ def _run(config: RunConfig, data: DataPaths, stage: str | None, runtime, on_val,
     post, result = outcome.post, outcome.trained
     if stage is None:
         return RunMetrics(val_bpb_post=post.bpb, val_loss_post=post.loss, eval_seconds=post.seconds)
-    metrics = pipeline_metrics(outcome, len(script.encode("utf-8")))
+    metrics = pipeline_metrics(outcome, code)
     metrics.quant_gap_bpb = post.bpb - outcome.pre.bpb
     metrics.val_tokens, metrics.val_bytes, metrics.eval = post.tokens, post.bytes, dataclasses.asdict(outcome.post_eval)
     metrics.int_symbol_entropy_bytes = math.ceil(symbol_entropy_bits(outcome.packed.stored) / 8)

@@ -114,23 +114,35 @@ def build(script: str, counted: list[str] = ()) -> SelfExtracting:
     folder), checked to decompress and compile before it is used."""
     folder = os.path.dirname(os.path.abspath(script))
     main = os.path.basename(script)
-    raw = {main: _read(script)}
-    sources = {main: strip(_decode(script, raw[main]), script)}
-    plain = {}
+    modules, plain, paths = {}, {}, {main: script}
     for item in counted:
         path = item if os.path.isabs(item) else os.path.join(folder, item)
         rel = os.path.relpath(path, folder)
         data = _read(path)
         if rel.endswith(".py") and os.sep not in rel and rel.isascii() and rel[:-3].isidentifier():
-            raw[rel] = data
-            sources[rel] = strip(_decode(path, data), path)
+            modules[rel], paths[rel] = _decode(path, data), path
         else:
             plain[rel] = data
+    return _bundle(main, {main: _decode(script, _read(script)), **modules}, plain, paths)
+
+
+def build_source(source: str, name: str, stripped: str | None = None) -> SelfExtracting:
+    """The self-extracting form of one script given as text (pgolf's assembled train_gpt.py), as `build` makes it;
+    `stripped`: strip(source), when the caller has it already."""
+    return _bundle(name, {name: source}, {}, {name: name}, {} if stripped is None else {name: stripped})
+
+
+def _bundle(main: str, texts: dict[str, str], plain: dict[str, bytes], paths: dict[str, str],
+            stripped: dict[str, str] | None = None) -> SelfExtracting:
+    """texts: file name -> Python source (main first), each stripped (unless `stripped` has it); plain: counted files
+    kept as they are; paths: file name -> the path error messages name."""
+    stripped = stripped or {}
+    sources = {rel: stripped[rel] if rel in stripped else strip(text, paths[rel]) for rel, text in texts.items()}
     payload = BOOTSTRAP.format(main=main, sources=sources).encode("utf-8")
     encoded = base64.b85encode(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
     loader = LOADER.format(encoded)
     _check(loader, payload, main)
-    return SelfExtracting(loader, plain, sum(map(len, raw.values())) + sum(map(len, plain.values())),
+    return SelfExtracting(loader, plain, sum(len(t.encode("utf-8")) for t in texts.values()) + sum(map(len, plain.values())),
                           sum(len(s.encode("utf-8")) for s in sources.values()) + sum(map(len, plain.values())),
                           len(loader.encode("utf-8")) + sum(map(len, plain.values())))
 

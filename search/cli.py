@@ -6,6 +6,7 @@ import sys
 
 from pgolf import cli as pgolf_cli
 from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, absolute_paths, ranged
+from pgolf.config import CODE_FORMS
 from pgolf.datasets import default_data_root
 from pgolf.staging import check_target
 from pgolf.storage import FORMAT_AXES
@@ -129,6 +130,7 @@ def cmd_allocate(args) -> int:
         ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),
         ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
         ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity),
+        ("compressors", parse_list(args.compressors, "--compressors", str)),
         *((axis.space_key, parse_list(getattr(args, axis.space_key), format_flag(axis), axis.kind) if axis.per_tensor
            else getattr(args, axis.space_key)) for axis in FORMAT_AXES),
         ("sensitivity", args.sensitivity)) if value is not None}
@@ -136,7 +138,7 @@ def cmd_allocate(args) -> int:
     # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
     check_target(os.path.abspath(out), args.replace, "--replace")
     metrics = allocate_checkpoint(args.checkpoint, args.cap, out, args.data, args.tokenizer, args.seq_len,
-                                  args.eval_seconds, options, args.device, args.replace)
+                                  args.eval_seconds, options, args.device, args.replace, code=args.code)
     print(format_table(metrics))
     print(f"wrote {out} ({metrics['chosen']}: {metrics['artifact_bytes']:,} bytes, val_bpb {metrics['val_bpb_post']:.6f})")
     return 0
@@ -259,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
     p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
     p.add_argument("--granularity", choices=GRANULARITIES)
+    p.add_argument("--compressors", help="compressors to pack with, e.g. zstd,lzma,rans (brotli if installed; default zstd)")
+    p.add_argument("--code", choices=CODE_FORMS, default="plain",
+                   help="count train_gpt.py plain or in its self-extracting form (default: %(default)s)")
     for axis in FORMAT_AXES:  # the matrix formats' axes, each a list to choose from (GPTQ/AWQ/ranks calibrate on training tokens)
         p.add_argument(format_flag(axis), type=None if axis.per_tensor else axis.kind, help=axis.help)
     p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS,

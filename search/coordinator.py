@@ -89,8 +89,15 @@ def study_calibration(study: optuna.Study, before: float | None = None) -> Calib
     return Calibration.from_observations(observations) if observations else load_calibration()
 
 
-def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
-    """The allocation with the fewest predicted bytes the space allows: the pre-training feasibility test."""
+def predict_min_bytes(config, space: Space, calibration: Calibration) -> int:
+    """The fewest artifact bytes the space's allocation could give `config`: its cheapest widths under each allowed
+    compressor (a compressor's code counts too: rans ships its decoder)."""
+    return min(predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(space, calibration, compressor)), calibration)
+               for compressor in space.allocation.compressors)
+
+
+def cheapest_quant(space: Space, calibration: Calibration, compressor: str = "zstd") -> QuantConfig:
+    """The allocation with the fewest predicted bytes the space allows under `compressor`."""
     def cheapest(role, widths):
         ints = [b for b in widths if b != 16]
         if not ints:
@@ -102,7 +109,8 @@ def cheapest_quant(space: Space, calibration: Calibration) -> QuantConfig:
     # Token-side matrices (the embedding, an untied head, a factored embedding's projection) at the embedding widths.
     token_side = [prefix + "weight" for prefix in EMBEDDING_PREFIXES]
     return QuantConfig(bits={"*": block_bits, **dict.fromkeys(token_side, emb_bits)},
-                       clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0)
+                       clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0,
+                       compressor=compressor, code=space.base.quant.code)  # the form the trials' code is counted in
 
 
 class Coordinator:
@@ -195,7 +203,7 @@ class Coordinator:
                 config, budget = budget_config(config, self.speed, self.space.caps.train_seconds)
             trial.set_user_attr("sampled", values)
             calibration = study_calibration(self.study)
-            minimum = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(self.space, calibration)), calibration)
+            minimum = predict_min_bytes(config, self.space, calibration)
             trial.set_user_attr("predicted_min_bytes", minimum)
             if minimum > self.space.caps.artifact_bytes:
                 self.reject(trial, config, minimum)

@@ -5,14 +5,14 @@ import os
 import shutil
 import time
 
-from objectives.bytes import load_calibration, predict_artifact_bytes
+from objectives.bytes import load_calibration
 from pgolf.config import ConfigError
 from pgolf.datasets import DataError, ShardsWithoutTokenizer, default_data_root, resolve_data
 from pgolf.submission import parse_device
 from pgolf.train import batch_plan
 from search.backends import backend_class, make_backend
 from search.budget.stepbudget import measure_for_space, study_calibration, write_calibration
-from search.coordinator import Coordinator, cheapest_quant, recover_stale
+from search.coordinator import Coordinator, predict_min_bytes, recover_stale
 from search.study import (StudyError, StudySettings, default_storage, load_settings, open_study, save_settings,
                           startup_trials, study_command, study_dir, check_space_snapshot, STUDY_FILE)
 from space.sample import ParamSource, check_dimension_values, suggest_config
@@ -46,7 +46,7 @@ def smallest_config(space):
 def check_caps_reachable(space) -> None:
     calibration = load_calibration()
     config = smallest_config(space)
-    smallest = predict_artifact_bytes(dataclasses.replace(config, quant=cheapest_quant(space, calibration)), calibration)
+    smallest = predict_min_bytes(config, space, calibration)
     if smallest > space.caps.artifact_bytes:
         raise SpaceError(f"no configuration of space {space.name!r} can meet the {space.caps.artifact_bytes:,}-byte cap: "
                          f"the smallest one needs about {smallest:,} bytes at the cheapest allowed allocation")

@@ -14,14 +14,14 @@ import time
 
 import torch
 
-from pgolf.assemble import assemble_script
+from pgolf.assemble import write_script
 from pgolf.checkpoint import CHECKPOINT_FILE, checkpoint_bytes
 from pgolf.config import config_from_dict, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.datasets import DataPaths
 from pgolf.evaluate import EvalResult
 from pgolf.metrics import pipeline_metrics, write_metrics
-from pgolf.run import SCRIPT_FILE, RunLog, subset_validator
+from pgolf.run import RunLog, subset_validator
 from pgolf.gptq import check_calibration
 from pgolf.submission import MODEL_FILE, Packed, exit_process, load_model, score, setup_runtime, train_pack_score
 
@@ -217,8 +217,7 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
         # The pipeline wrote the model file; the script and config that go with it (the allocation's formats and eval settings;
         # a budgeted trial's with the reference machine's wallclock cap in place of its step budget).
         final = submission_config(best.config, steps.budget) if steps.budget else best.config
-        with open(os.path.join(steps.directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
-            f.write(assemble_script(config_to_dict(final)))
+        write_script(steps.directory, config_to_dict(final))
         with open(os.path.join(steps.directory, "config.toml"), "w", encoding="utf-8") as f:
             f.write(config_to_toml(final))
         metrics.allocation, metrics.config, metrics.feasible = best.label, config_to_dict(final), best.feasible

@@ -2,8 +2,6 @@
 allows is a candidate, predicted from the pieces measured alone, and the best predicted gain that fits the eval cap
 wins; a cap nothing fits leaves the plain score."""
 
-import dataclasses
-
 import pytest
 import torch
 

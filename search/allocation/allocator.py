@@ -10,7 +10,8 @@ The steps, each in a module of its own:
 2. sensitivity.py: damage per (unit, option), HAWQ-style: the unit's measured sensitivity on held-out
    *training* tokens x the option's error.
 3. knapsack.py: one option per unit minimising the summed damage within the byte budget (cap minus exact
-   code bytes and the tensors no unit holds).
+   code bytes and the tensors no unit holds), planned for each allowed compressor (its code bytes, and its
+   symbol rate from objectives.bytes's Calibration) and kept for the one whose plan does least damage.
 4. evaluation.py, ttt.py: the eval unroll count, the stride, and test-time training under the eval cap.
 5. candidates.py: the knapsack's picks (and, with confirm_top 2, the best uniform width) packed for real until
    their bytes fit, ranked on a validation prefix, and the leader scored on the whole split: that score is
@@ -21,7 +22,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
-from objectives.bytes import rtn_sizes
+from objectives.bytes import load_calibration, rtn_sizes
 from pgolf.assemble import code_bytes
 from pgolf.config import NGRAM_KEYS, TTT_KEYS, EvalConfig, QuantConfig, RunConfig, config_to_dict
 from pgolf.model import GPT
@@ -67,6 +68,7 @@ class Plan:
     repeats: int
     stride: int
     evaluation: EvalConfig  # the test-time training settings chosen
+    compressor: str = "zstd"  # the one the options' bytes and the budget were planned for
 
 
 def _with(config: RunConfig, quant: QuantConfig | None = None, **eval_changes) -> RunConfig:
@@ -95,7 +97,7 @@ def allocate(request: AllocationRequest, log=print) -> AllocationResult:
     how = "estimated (diagonal Fisher)" if space.sensitivity == "fisher" else "measured"
     log(f"allocation: {len(units)} units, sensitivities {how} on {heldout.numel() - 1} held-out training tokens")
     repeats = choose_repeats(model, config, space, heldout, config.eval.autocast, request.runtime.device)
-    budget = _model_budget(request, state, units, choices, repeats)
+    compressor, options, budget = _plan_compressor(request, state, units, choices, repeats, options)
     joint = None
     if space.eval_choice == "joint":  # stride x TTT x tilt as one search under the cap
         joint = choose_jointly(model, _with(config, repeats=repeats, stride=0), space, request.caps, request.data, request.runtime,
@@ -110,7 +112,8 @@ def allocate(request: AllocationRequest, log=print) -> AllocationResult:
                                               request.runtime, heldout, EVAL_TIME_MARGIN, log)
         if measured_ttt:
             clock.lap("ttt")
-    plan = Plan(units, options, choices.rank_bits, hessians, clock.seconds.get(HESSIAN_PHASE, 0.0), repeats, stride, evaluation)
+    plan = Plan(units, options, choices.rank_bits, hessians, clock.seconds.get(HESSIAN_PHASE, 0.0), repeats, stride, evaluation,
+                compressor)
     result = AllocationResult(best=None, sensitivities=sensitivities, ttt=measured_ttt, joint=joint)
     _confirm(request, plan, _proposals(request, plan, choices), budget, result, log)
     clock.lap("confirm")
@@ -133,13 +136,35 @@ def _unit_options(request: AllocationRequest, state: dict, units: list, choices:
     return {u.name: unit_options(state, u, space.embedding_bits if u.embedding else space.bits, space.clip, sizes) for u in units}
 
 
-def _model_budget(request: AllocationRequest, state: dict, units: list, choices: FormatChoices, repeats: int) -> int:
-    """The bytes the units' picks may take: the cap less the code, the directory slack and the tensors no unit
-    holds. Code bytes depend (by a few digits) on the allocation written into the script: budget with the longest."""
+def _plan_compressor(request: AllocationRequest, state: dict, units: list, choices: FormatChoices, repeats: int,
+                     options: dict) -> tuple[str, dict, int]:
+    """(compressor, the units' options with their bytes at its symbol rate, its budget) of the allowed compressor whose
+    knapsack does least damage: each has its own code bytes (rans ships its decoder) and rate. Ties keep the first
+    listed, so compressors that differ in neither (zstd, lzma) plan exactly as the first one alone."""
+    calibration = load_calibration()
+    best = None
+    for compressor in request.space.compressors:
+        ratio = calibration.compressor_ratio(compressor)
+        scaled = options if ratio == 1.0 else {
+            name: [o if o.bits == 16 else dataclasses.replace(o, bytes=int(round(o.bytes * ratio))) for o in opts]
+            for name, opts in options.items()}
+        budget = _model_budget(request, state, units, choices, repeats, compressor)
+        picks = solve_knapsack(units, scaled, budget)
+        damage = sum(o.damage for o in picks) if picks else float("inf")
+        if best is None or damage < best[0]:
+            best = (damage, compressor, scaled, budget)
+    return best[1:]
+
+
+def _model_budget(request: AllocationRequest, state: dict, units: list, choices: FormatChoices, repeats: int,
+                  compressor: str) -> int:
+    """The bytes the units' picks may take under `compressor`: the cap less the code, the directory slack and the
+    tensors no unit holds. Code bytes depend (by a few digits) on the allocation written into the script: budget
+    with the longest."""
     space, config = request.space, request.config
     widest = Option(16, max(space.clip, key=lambda c: len(repr(float(c)))), 0, 0.0,
                     **{a.name: max(choices.values(a), key=lambda v: len(repr(a.kind(v)))) for a in TENSOR_AXES})
-    longest = _with(config, allocation_quant(units, [widest] * len(units), space.compressors[0], space.level, config.quant,
+    longest = _with(config, allocation_quant(units, [widest] * len(units), compressor, space.level, config.quant,
                                              choices.rank_bits),
                     repeats=repeats, stride=max(space.eval_stride), **longest_ttt(config, space))
     return request.caps.artifact_bytes - code_bytes(config_to_dict(longest)) - DIRECTORY_SLACK - fixed_bytes(state, units, longest.quant)
@@ -160,7 +185,7 @@ def _proposals(request: AllocationRequest, plan: Plan, choices: FormatChoices) -
 def _packed(request: AllocationRequest, plan: Plan, label: str, picks: list[Option]) -> Candidate:
     space, config = request.space, request.config
     modes = {k: getattr(plan.evaluation, k) for k in TTT_KEYS + NGRAM_KEYS}  # the chosen TTT and tilt settings
-    quant = allocation_quant(plan.units, picks, space.compressors[0], space.level, config.quant, plan.rank_bits)
+    quant = allocation_quant(plan.units, picks, plan.compressor, space.level, config.quant, plan.rank_bits)
     candidate = Candidate(label, _with(config, quant, repeats=plan.repeats, stride=plan.stride, **modes), sum(o.bytes for o in picks),
                           sum(o.damage for o in picks))
     candidate.formats = sorted({o.format_label() for o in picks if not o.plain})

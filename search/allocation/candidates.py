@@ -10,18 +10,18 @@ import time
 from dataclasses import dataclass, field
 
 from objectives.constraints import at_submission_ranks
-from pgolf.assemble import assemble_script, code_bytes
+from pgolf.assemble import code_bytes, write_script
 from pgolf.artifact import pack
 from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore, Trace
-from pgolf.run import SCRIPT_FILE
 from pgolf.shards import validation_tokens
 from pgolf.storage import TENSOR_AXES, needs_calibration, quantize_state_dict
 from pgolf.submission import MODEL_FILE, load_model, model_meta, score, score_tokens
 
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
+STRONGEST_LEVEL = {"lzma": 9, "brotli": 11}  # compressors packed at their strongest level (zstd and rans: the space's)
 
 
 @dataclass
@@ -78,8 +78,7 @@ def write_candidate(directory: str, candidate: Candidate) -> None:
     """A candidate's model file, its standalone script and its config, as a run folder holds them."""
     with open(os.path.join(directory, MODEL_FILE), "wb") as f:
         f.write(candidate.blob)
-    with open(os.path.join(directory, SCRIPT_FILE), "w", encoding="utf-8") as f:
-        f.write(assemble_script(config_to_dict(candidate.config)))
+    write_script(directory, config_to_dict(candidate.config))
     with open(os.path.join(directory, "config.toml"), "w", encoding="utf-8") as f:
         f.write(config_to_toml(candidate.config))
 
@@ -105,7 +104,7 @@ def confirm_within_cap(propose, pack, budget: int, cap: int, attempts: int = 3) 
 
 
 def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hessian_seconds: float = 0.0) -> None:
-    """Pack with each allowed compressor and keep the smallest: the candidate's real bytes.
+    """Pack with each allowed compressor and keep the smallest model file plus code: the candidate's real bytes.
     A candidate whose formats need the layers' H (hessians: (H, rows) per matrix, collected in hessian_seconds)
     costs a submission that collection and its quantization after training: timed here, it counts against
     the training cap."""
@@ -117,14 +116,15 @@ def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hess
     stored = quantize_state_dict(state, candidate.config.quant, *(hessians if needs_hessians else (None, None)))
     quantize_seconds = time.perf_counter() - started
     for compressor in space_alloc.compressors:
-        level = space_alloc.level if compressor == "zstd" else 9
+        level = space_alloc.level if compressor in ("zstd", "rans") else STRONGEST_LEVEL[compressor]  # rans: zstd for the rest
         trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
         started = time.perf_counter()
         blob, groups = pack(stored, model_meta(trial), compressor, level)
-        packed.append((len(blob), blob, groups, trial, quantize_seconds + time.perf_counter() - started))
-    _, blob, groups, candidate.config, export_seconds = min(packed, key=lambda p: p[0])
+        seconds = quantize_seconds + time.perf_counter() - started
+        code = code_bytes(config_to_dict(trial))  # a compressor's code counts: rans ships its decoder
+        packed.append((len(blob) + code, blob, groups, trial, seconds, code))
+    _, blob, groups, candidate.config, export_seconds, code = min(packed, key=lambda p: p[0])
     candidate.post_training_seconds = hessian_seconds + export_seconds if needs_hessians else 0.0
-    code = code_bytes(config_to_dict(candidate.config))
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
 

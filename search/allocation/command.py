@@ -22,7 +22,8 @@ from space.spec import Caps, SpaceError, allocation_from_dict
 
 def _uniform_int8(model, config, data, runtime) -> dict:
     """The official export rule for reference: int8 per row with the percentile clip, small tensors fp16."""
-    official = dataclasses.replace(config, quant=QuantConfig(bits={"*": 8}, clip={"*": 0.0}, compressor="zstd", level=22),
+    official = dataclasses.replace(config, quant=QuantConfig(bits={"*": 8}, clip={"*": 0.0}, compressor="zstd", level=22,
+                                                                    code=config.quant.code),
                                    eval=config.resolved_eval())
     blob, _, _ = export_model(model, official)
     fresh, _, eval_cfg = load_model(blob, runtime.device)
@@ -33,9 +34,11 @@ def _uniform_int8(model, config, data, runtime) -> dict:
 
 def allocate_checkpoint(path: str, cap: int, out: str, data_root: str, tokenizer: str | None = None, seq_len: int = 1024,
                         eval_seconds: float = 600.0, options: dict | None = None, device: str | None = None,
-                        replace: bool = False, log=print) -> dict:
+                        replace: bool = False, log=print, code: str = "plain") -> dict:
+    """code: the form the script is counted in (quant.code: plain | compressed)."""
     runtime = setup_runtime(device)
     model, config = load_any_checkpoint(path, seq_len, runtime.device)
+    config = dataclasses.replace(config, quant=dataclasses.replace(config.quant, code=code))
     data = resolve_data(data_root, config.model.vocab_size, tokenizer)
     try:
         alloc_space = allocation_from_dict(dict(options or {}, confirm_top=2))
@@ -79,7 +82,7 @@ def parse_list(text: str | None, what: str, kind=int) -> list | None:
     if text is None:
         return None
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
         noun = "integers" if kind is int else "numbers"
         raise SpaceError(f"{what} must be comma-separated {noun}, got {text!r}") from None

@@ -57,7 +57,7 @@ def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, l
             if getattr(opt, axis.name) != axis.default:
                 tables[axis.name][unit.name] = getattr(opt, axis.name)
     collection = {k: getattr(base, k) for k in ("calib_tokens", "gptq_damp", "gptq_block", "gptq_act_order")}  # of H, and GPTQ's
-    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, **collection,
+    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, code=base.code, **collection,
                        rank_bits=rank_bits if any(o.rank for o in chosen) else QuantConfig.rank_bits)
 
 

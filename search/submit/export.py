@@ -1,6 +1,8 @@
 """`search export`: a trial as a records-style submission folder.
 
     train_gpt.py        the trial's standalone script (its bytes are the trial's code_bytes)
+    train_gpt_source.py compressed code only (quant.code = "compressed"): the readable script train_gpt.py is the
+                        self-extracting form of; not counted, not what runs
     final_model.pgolf   the trial's compressed model (its bytes are the trial's model_bytes)
     submission.json     the records' fields (name/author/github_id are placeholders to fill in)
     README.md           config, allocation, bytes by group, bpb, how to reproduce and verify
@@ -18,6 +20,7 @@ import time
 from optuna.trial import TrialState
 
 from objectives.constraints import is_feasible, named_constraints, pre_quant_text
+from pgolf.assemble import READABLE_FILE, is_compressed
 from pgolf.files import read_json
 from pgolf.metrics import EXPORT_NAMES, METRICS_FILE, RunMetrics
 from pgolf.staging import staged_dir
@@ -83,6 +86,9 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         for f in COUNTED_FILES + ("train.log",):
             shutil.copyfile(os.path.join(source, f), os.path.join(stage, f))
         config = metrics.config
+        compressed = is_compressed(config)
+        if compressed:
+            shutil.copyfile(os.path.join(source, READABLE_FILE), os.path.join(stage, READABLE_FILE))
         submission = {
             "author": "YOUR NAME", "github_id": "YOUR_GITHUB_ID",
             "name": f"pgolf {name} trial {trial.number}",
@@ -99,7 +105,8 @@ def export_trial(name: str, results: str, number: int | None, out: str, force: b
         provenance = {"study": name, "trial": trial.number, "cap_bytes": caps.get("artifact_bytes", 16_000_000),
                       "val_bpb_exact": metrics.val_bpb_post, "artifact_bytes": metrics.artifact_bytes, "model_sha256": digest,
                       "data": trial_data(directory, trial.number), "data_provenance": data_provenance,
-                      "forced": bool(refusal), "refusal": refusal, "seed_spread": spread}
+                      "forced": bool(refusal), "refusal": refusal, "seed_spread": spread,
+                      "code_form": "compressed" if compressed else "plain", "code_bytes": metrics.code_bytes}
         with open(os.path.join(stage, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         if legality:
@@ -153,7 +160,7 @@ on the machine that ran the search ({data['train_pattern']}).
 |---|---|---|
 {bits}
 
-Compressor {config['quant']['compressor']} level {config['quant']['level']}; evaluation: sequence {config['eval']['seq_len']},
+Compressor {config['quant']['compressor']} level {config['quant']['level']}; code {_code_form(provenance)}; evaluation: sequence {config['eval']['seq_len']},
 stride {config['eval']['stride'] or 'none (chunks)'}, shared-segment unroll x{config['eval']['repeats']}.
 
 ## Bytes by group
@@ -178,6 +185,13 @@ in a temporary folder and compares that score with the trial's, within the seed 
 `search verify --legality .` measures the
 four conditions reviewers check (causal, normalised, score before update, every token scored once){_legality(provenance)}
 """
+
+
+def _code_form(provenance: dict) -> str:
+    if provenance.get("code_form") != "compressed":
+        return "plain (train_gpt.py as assembled)"
+    return (f"compressed: train_gpt.py ({provenance['code_bytes']:,} bytes, counted) is the self-extracting form "
+            f"(lzma + base85) of `{READABLE_FILE}`, the readable script it was built from, not counted; it runs the same program")
 
 
 def _legality(provenance: dict) -> str:

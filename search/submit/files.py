@@ -1,7 +1,7 @@
 """The files of an exported submission folder, named once for export, verify and the legality check, and the error
 a submission that does not verify raises (verify.py and a script study's check, search/script/export.py)."""
 
-from pgolf.run import SCRIPT_FILE
+from pgolf.assemble import SCRIPT_FILE
 from pgolf.submission import MODEL_FILE
 
 COUNTED_FILES = (SCRIPT_FILE, MODEL_FILE)  # train_gpt.py + final_model.pgolf: the bytes the cap counts

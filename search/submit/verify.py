@@ -1,6 +1,7 @@
 """`search verify DIR`: re-score an exported submission the way a reviewer would.
 
-Checks, in order: the counted files (train_gpt.py + final_model.pgolf) are within the cap; the model
+Checks, in order: the counted files (train_gpt.py + final_model.pgolf) are within the cap; train_gpt.py holds
+the code bytes the export recorded and, compressed, is the self-extracting form of train_gpt_source.py; the model
 file is the one a score was recorded for (its SHA-256 matches the export's record, or the record a
 training run of the script wrote beside it); the folder's own train_gpt.py, run in eval-only mode in a
 fresh Python process whose sockets cannot connect (no network during evaluation), loads the model
@@ -85,6 +86,29 @@ def run_eval_only(folder: str, data: DataPaths, device: str | None = None, env: 
     return result
 
 
+def check_code(folder: str, source: dict) -> None:
+    """train_gpt.py is the code the trial counted: its recorded bytes, and (compressed) exactly what the readable script
+    beside it builds to, so what runs is what a reader reads. Exports from before these records carry neither."""
+    script = os.path.join(folder, SCRIPT_FILE)
+    if source.get("code_bytes") is not None and os.path.getsize(script) != source["code_bytes"]:
+        raise VerifyError(f"{SCRIPT_FILE} holds {os.path.getsize(script):,} bytes, not the {source['code_bytes']:,} "
+                          f"the trial counted: it was changed after export")
+    if source.get("code_form") == "compressed":
+        from pgolf.assemble import READABLE_FILE
+        from pgolf.selfextract import SelfExtractError, build_source
+
+        readable = os.path.join(folder, READABLE_FILE)
+        if not os.path.isfile(readable):
+            raise VerifyError(f"{READABLE_FILE} is missing: the readable source of the compressed {SCRIPT_FILE}")
+        with open(readable, encoding="utf-8") as f, open(script, encoding="utf-8") as g:
+            try:
+                same = build_source(f.read(), SCRIPT_FILE).loader == g.read()
+            except SelfExtractError as exc:
+                raise VerifyError(f"{READABLE_FILE}: {exc}") from None
+        if not same:
+            raise VerifyError(f"{SCRIPT_FILE} is not the self-extracting form of {READABLE_FILE}")
+
+
 def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, device: str | None = None,
            tokenizer: str | None = None) -> dict:
     """`data_root` and `tokenizer` replace the data the export recorded (a data root, or a shard folder + its tokenizer)."""
@@ -103,6 +127,7 @@ def verify(folder: str, data_root: str | None = None, tolerance: float = 0.0, de
     counted = sum(os.path.getsize(os.path.join(folder, name)) for name in COUNTED_FILES)
     if counted > cap:
         raise VerifyError(f"counted files hold {counted:,} bytes, over the {cap:,}-byte cap")
+    check_code(folder, source)
     expected, origin = recorded_score(folder, source)
     check_data_folders([shard_folder(data.val_pattern)])  # a validation document in the training shards: refused
     result = run_eval_only(folder, data, device)
