@@ -127,6 +127,7 @@ def test_confirm_retrains_with_new_seeds_and_tests_against_the_reference(micro_s
     assert len(os.listdir(results / name / "confirm")) >= 2
 
 
+@pytest.mark.slow  # ~35 s; tests/test_torchrun.py keeps 2-rank training in the default suite
 def test_confirm_under_torchrun_with_two_ranks_trains_the_model_one_rank_trains(micro_study):
     results, name = micro_study
     bpbs = {}

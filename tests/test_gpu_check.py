@@ -86,6 +86,7 @@ def test_the_bundle_holds_python_3_12_wheels_and_fits_the_carry_cap(bundle):
     assert {"tokenizers/fineweb_1024_bpe.model", "tokenizers/fineweb_8192_bpe.model"} <= set(manifest["data"])
 
 
+@pytest.mark.slow  # ~30 s plus wheel downloads: a check of the GPU check
 @pytest.mark.timeout(3600)  # a minute or two on an idle machine; the CPU-sized parts slow down by the load
 def test_the_gpu_check_runs_as_shipped_on_a_bare_python_without_shared_data(bundle, tmp_path):
     python = bare_python(str(tmp_path / "bare"))

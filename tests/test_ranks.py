@@ -139,6 +139,7 @@ def test_ranks_per_trial_is_checked_where_it_is_read(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # a study plus 2-rank re-runs
 def test_a_promotion_ladder_samples_on_one_rank_and_ranks_by_its_two_rank_reruns(tmp_path):
     from search.budget.reruns import RANKS_ATTR, best_configuration
     from test_search import load

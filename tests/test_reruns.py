@@ -4,6 +4,7 @@ import json
 import os
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -45,6 +46,7 @@ def test_a_rerun_that_trained_materially_fewer_steps_is_flagged():
     assert round(rows[0]["step_ms"]) == 1379 and round(rows[0]["original_step_ms"]) == 323
 
 
+@pytest.mark.slow  # ~30 s; re-runs are also exercised by the README first-session test
 def test_a_study_reruns_its_best_configuration_and_times_every_phase(tmp_path):
     space = micro_with(tmp_path, "micro_reruns.toml", '\n[search]\nrerun_top = 1\nrerun_seeds = 1\n')
     result = search("run", "--space", space, "--study", "r", "--trials", "2", results=tmp_path)

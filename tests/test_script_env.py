@@ -121,6 +121,7 @@ def cut_down_data(folder) -> str:
     return str(folder)
 
 
+@pytest.mark.slow  # ~45 s: the export as a script study end to end
 def test_pgolf_export_as_a_script_study_run_status_export_verify(tmp_path, capsys):
     """A micro model's exported script, searched over two of its variables as any records script is; the best
     trial's exported copy, run with no variable set, trains the trial's model and prints the trial's score."""

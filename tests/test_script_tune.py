@@ -13,6 +13,7 @@ from search.study import open_storage
 from test_script_study import OFFICIAL, official_space, search
 
 
+@pytest.mark.slow  # a Ray of its own and three script trials
 @pytest.mark.timeout(600)
 def test_a_script_study_runs_on_tune_as_on_the_local_backend(tmp_path, capsys):
     import optuna

@@ -100,7 +100,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
     assert not [p for p in trials.iterdir() if ".partial" in p.name]
 
 
-@pytest.mark.parametrize("storage", ["journal", "postgres"])
+@pytest.mark.parametrize("storage", ["journal", pytest.param("postgres", marks=pytest.mark.slow)])  # postgres: ~27 s
 def test_two_concurrent_processes_share_one_study(tmp_path, storage, request):
     # A journal file (several processes on one machine) or a real PostgreSQL server (several machines).
     url = f"journal:///{tmp_path}/shared.log" if storage == "journal" else request.getfixturevalue("postgres_url")

@@ -117,6 +117,7 @@ def test_probes_time_real_training_and_give_the_ratio(tmp_path):
     assert calibration.b > 0 and calibration.fit_error["max"] >= calibration.fit_error["mean"] >= 0
 
 
+@pytest.mark.slow  # ~25 s: a real calibration and three trials
 @pytest.mark.timeout(900)  # a real calibration and three trials: minutes on a busy 2-core machine
 def test_study_measures_once_trains_budgets_and_checks_reference_seconds(tmp_path):
     (tmp_path / "table.toml").write_text(TABLE)

@@ -65,6 +65,7 @@ def test_tune_options_are_refused_for_the_local_backend(tmp_path):
 
 
 # Last in this file: it removes the worker node of the module's cluster.
+@pytest.mark.slow  # ~45 s: a node removed mid-study; the README cluster block runs Tune over PostgreSQL in the default suite
 @pytest.mark.timeout(900)
 def test_a_tune_study_on_two_nodes_over_postgres_keeps_every_trial_when_a_node_dies(tmp_path, two_nodes, postgres_url):
     cluster, head, worker = two_nodes
