@@ -1,5 +1,6 @@
 """Shared fixtures: the real data in ../shared/data, a private cache, tiny configs for fast runs."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,6 +21,15 @@ SHARDS = os.path.join(DATA, "datasets", "fineweb_sample_sp1024")
 TOKENIZER = os.path.join(DATA, "tokenizers", "fineweb_1024_bpe.model")
 TRAIN_PATTERN = os.path.join(SHARDS, "fineweb_train_*.bin")
 VAL_PATTERN = os.path.join(SHARDS, "fineweb_val_*.bin")
+
+
+@functools.cache
+def sample_luts():
+    """The sp1024 tokenizer's byte tables, loaded by the first test that needs them: not at import, so that without the
+    real data the test modules still collect and their tests skip naming the missing path."""
+    from pgolf.bpb import ByteLuts, load_tokenizer
+
+    return ByteLuts(load_tokenizer(TOKENIZER, 1024), 1024)
 
 
 @pytest.hookimpl(hookwrapper=True)

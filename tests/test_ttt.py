@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import pgolf.evaluate
-from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.checkpoint import load_any_checkpoint
 from pgolf.config import EvalConfig, config_from_dict, eval_settings
 from pgolf.evaluate import Trace
@@ -22,12 +21,11 @@ from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, score_tokens
 
 from broken_evals import ADAPT_THEN_SCORE, patched
-from conftest import DATA, TOKENIZER, VAL_PATTERN, run_cli
+from conftest import DATA, VAL_PATTERN, run_cli, sample_luts
 
 CPU = Runtime(device=torch.device("cpu"))
 OFFICIAL = os.path.join(DATA, "official_tiny", "final_model.pt")
 MICRO_TTT = os.path.join(os.path.dirname(__file__), "spaces", "micro_ttt.toml")
-LUTS = ByteLuts(load_tokenizer(TOKENIZER, 1024), 1024)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def official():
 
 def losses(model, evaluation, tokens) -> torch.Tensor:
     trace = Trace(tokens.numel() - 1)
-    score_tokens(model, evaluation, tokens, LUTS, CPU, trace)
+    score_tokens(model, evaluation, tokens, sample_luts(), CPU, trace)
     assert (trace.count == 1).all()
     return trace.nll
 
@@ -61,10 +59,10 @@ def test_model_files_record_ttt_keys_only_when_ttt_is_on():
 def test_ttt_at_learning_rate_zero_scores_exactly_as_the_sliding_window(official):
     model, evaluation = official
     tokens = validation_tokens(VAL_PATTERN, 256, 1024, 4096)
-    sliding = score_tokens(model, dataclasses.replace(evaluation, stride=64), tokens, LUTS, CPU)
+    sliding = score_tokens(model, dataclasses.replace(evaluation, stride=64), tokens, sample_luts(), CPU)
     # One stream carried on (per document, windows would not read across a BOS, unlike the sliding window)
     frozen = score_tokens(model, dataclasses.replace(evaluation, stride=64, ttt="lora", ttt_lr=0.0, ttt_chunk=128,
-                                                     ttt_reset="never"), tokens, LUTS, CPU)
+                                                     ttt_reset="never"), tokens, sample_luts(), CPU)
     assert frozen.tokens == sliding.tokens and abs(frozen.bpb - sliding.bpb) < 1e-7
 
 
@@ -135,7 +133,7 @@ def test_the_trace_holds_a_normalised_distribution_that_gives_the_scored_loss(of
     evaluation = dataclasses.replace(evaluation, ttt="lora", ttt_chunk=64)
     tokens = validation_tokens(VAL_PATTERN, 256, 1024, 256)
     trace = Trace(256, positions=[70, 200])
-    score_tokens(model, evaluation, tokens, LUTS, CPU, trace)
+    score_tokens(model, evaluation, tokens, sample_luts(), CPU, trace)
     for t in (70, 200):
         assert abs(float(torch.exp(-trace.dist[t]).sum()) - 1) < 1e-6  # fp32 log-probabilities (seen: 4e-8 off)
         assert float(trace.dist[t][tokens[t + 1]]) == pytest.approx(float(trace.nll[t]), abs=1e-6)

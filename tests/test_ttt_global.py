@@ -6,16 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import ConfigError, RunConfig, eval_settings, validate
 from pgolf.evaluate import Trace
 from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, score_tokens
 
-from conftest import TOKENIZER, VAL_PATTERN, small_config
+from conftest import VAL_PATTERN, small_config, sample_luts
 
-LUTS = ByteLuts(load_tokenizer(TOKENIZER, 1024), 1024)
 CPU = Runtime(device=torch.device("cpu"))
 
 
@@ -29,7 +27,7 @@ def losses(settings, tokens):
     model, _ = fresh()  # a fresh model per pass: a TTT pass leaves it restored, but start each alike
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trace = Trace(tokens.numel() - 1)
-    result = score_tokens(model, settings, tokens, LUTS, CPU, trace)
+    result = score_tokens(model, settings, tokens, sample_luts(), CPU, trace)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
     assert trace.count.eq(1).all()  # every target scored once
     return result, trace.nll
