@@ -23,6 +23,13 @@ TRAIN_PATTERN = os.path.join(SHARDS, "fineweb_train_*.bin")
 VAL_PATTERN = os.path.join(SHARDS, "fineweb_val_*.bin")
 
 
+def require_data() -> None:
+    """For a test whose failure without the data would not name the missing path (it waits on a trial that never
+    trains): skip it up front, saying why."""
+    if MISSING_DATA:
+        pytest.skip(f"needs the real data in {MISSING_DATA}, absent here")
+
+
 @functools.cache
 def sample_luts():
     """The sp1024 tokenizer's byte tables, loaded by the first test that needs them: not at import, so that without the

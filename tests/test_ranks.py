@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import DATA, MICRO_SPACE
+from conftest import DATA, MICRO_SPACE, require_data
 from search.backends.local import LocalBackend
 from search.coordinator import Coordinator
 from search.runner import DataResolver
@@ -112,6 +112,7 @@ def test_cancelling_a_two_rank_trial_ends_its_process_group(coordinator):
 
 
 def test_ctrl_c_on_a_two_rank_study_leaves_no_rank_behind(tmp_path):
+    require_data()
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--space", two_rank_space(tmp_path), "--study", "c",
                              "--trials", "1", "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import run_cli, require_data
 from objectives.constraints import named_constraints
 
 MICRO = os.path.join(os.path.dirname(__file__), "spaces", "micro.toml")
@@ -70,6 +70,7 @@ def test_run_then_status(tmp_path):
 
 
 def test_kill_9_mid_trial_then_resume(tmp_path):
+    require_data()
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--space", MICRO, "--study", "k", "--trials", "3",
                              "--sampler-seed", "0", "--results", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials = tmp_path / "k" / "trials"
