@@ -16,12 +16,9 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from pgolf.bpb import ByteLuts, load_tokenizer  # noqa: E402
-from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
-from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.ngram import ngram_predictions  # noqa: E402
-from pgolf.shards import validation_tokens  # noqa: E402
-from pgolf.submission import Runtime, score_tokens  # noqa: E402
+from checkpoint_scoring import load_scoring  # noqa: E402
+from pgolf.submission import score_tokens  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +32,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    model, config = load_any_checkpoint(args.checkpoint, args.seq_len)
-    model = model.to(args.device).eval()
-    evaluation = config.resolved_eval()
-    data = resolve_data(default_data_root(), config.model.vocab_size, None)
-    luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
-    tokens = validation_tokens(data.val_pattern, evaluation.seq_len, config.model.vocab_size, args.tokens)
-    runtime = Runtime(device=torch.device(args.device))
+    loaded = load_scoring(args.checkpoint, args.seq_len, args.tokens, args.device, eval_seq_len=False)
+    model, _, evaluation, luts, tokens, runtime = (loaded.model, loaded.config, loaded.evaluation, loaded.luts,
+                                                        loaded.tokens, loaded.runtime)
     print(f"{args.checkpoint}: {tokens.numel() - 1:,} validation targets, eval seq {evaluation.seq_len}, stride "
           f"{evaluation.stride}, {torch.get_num_threads()} threads")
     print(f"{'evaluation':36} {'tilted':>7} {'tables s':>8} {'bpb':>8} {'eval s':>7} {'Δbpb':>8}")

@@ -19,11 +19,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from pgolf.bpb import ByteLuts, load_tokenizer  # noqa: E402
-from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
-from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
-from pgolf.shards import validation_tokens  # noqa: E402
-from pgolf.submission import Runtime, score_tokens  # noqa: E402
+from checkpoint_scoring import load_scoring  # noqa: E402
+from pgolf.submission import score_tokens  # noqa: E402
 
 
 def options(evaluation, chunk: int, rank: int, global_tokens: int, global_steps: list[int]):
@@ -47,14 +44,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    model, config = load_any_checkpoint(args.checkpoint, args.seq_len)
-    model = model.to(args.device).eval()
-    evaluation = dataclasses.replace(config.resolved_eval(), seq_len=args.seq_len)
-    data = resolve_data(default_data_root(), config.model.vocab_size, None)
-    luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
-    tokens = validation_tokens(data.val_pattern, args.seq_len, config.model.vocab_size, args.tokens)
+    loaded = load_scoring(args.checkpoint, args.seq_len, args.tokens, args.device)
+    model, _, evaluation, luts, tokens, runtime = (loaded.model, loaded.config, loaded.evaluation, loaded.luts,
+                                                        loaded.tokens, loaded.runtime)
     global_tokens = args.global_tokens or (tokens.numel() - 1) // 4
-    runtime = Runtime(device=torch.device(args.device))
     print(f"{args.checkpoint}: {tokens.numel() - 1:,} validation targets, eval seq {args.seq_len}, "
           f"{torch.get_num_threads()} threads, global targets {evaluation.ttt_global_targets}")
     print(f"{'evaluation':40} {'bpb':>8} {'eval s':>8} {'Δbpb':>8}")
