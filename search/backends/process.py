@@ -5,6 +5,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 
@@ -36,6 +37,36 @@ def end_process_group(process) -> None:
             pass
         process.kill()
     process.wait()
+    wait_group_gone(process.pid)
+
+
+def wait_group_gone(group: int, seconds: float = 10.0) -> None:
+    """Wait until no live process is left in `group`: SIGKILL is delivered asynchronously, and the other ranks are
+    not our children, so reaping the trial process does not mean they are gone. Zombies count as gone (init reaps
+    them); without /proc (not Linux) there is nothing to read and no wait."""
+    deadline = time.monotonic() + seconds
+    while group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def group_members(group: int) -> list[int]:
+    """Live (not zombie) processes whose process group is `group`, read from /proc/PID/stat."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == group:  # state, ppid, pgrp
+            members.append(int(entry))
+    return members
 
 
 def worker_command(directory: str) -> list[str]:
