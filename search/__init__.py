@@ -11,3 +11,5 @@ in processes of their own, choose each checkpoint's storage and evaluation, tell
     outputs/        status table, Pareto page, report
     submit/         export, verify, legality check, confirm with new seeds
 """
+
+import pgolf  # noqa: E402,F401  (before anything loads torch: its OpenMP settings, pgolf/__init__.py)
