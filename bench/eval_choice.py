@@ -6,7 +6,8 @@ TTT and the tilt, the best feasible post-roundtrip bpb, and the chosen eval sett
 metrics.json under the results folder. Run nothing else while it measures: trials train and time their
 evaluation under wallclock caps, so a busy machine trains fewer steps and predicts slower evaluations.
 
-    python bench/eval_choice.py [--seeds 0,1] [--trials 3] [--timeout 900] [--parallel] [--table-only STUDY ...]
+    python bench/eval_choice.py [--seeds 0,1] [--trials 3] [--arms sequential,joint] [--timeout 900] [--parallel]
+                                [--table-only STUDY ...]
 """
 
 import argparse
@@ -74,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--trials", type=int, default=5, help="finished trials per study (the first is the baseline)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="which arms to run (e.g. joint alone, after a change to it)")
     parser.add_argument("--timeout", type=float, default=900.0, help="stop starting trials after this many seconds")
     parser.add_argument("--parallel", action="store_true", help="run every arm and seed at once (a busy machine: fewer steps)")
     parser.add_argument("--table-only", nargs="+", metavar="STUDY", help="print the table of finished studies")
@@ -83,7 +85,7 @@ def main() -> None:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     jobs = [(f"choice-{stamp}-{arm}-{seed}", study_command(space, f"choice-{stamp}-{arm}-{seed}", seed, args.trials, args.timeout))
-            for seed in [int(s) for s in args.seeds.split(",")] for arm, space in ARMS.items()]
+            for seed in [int(s) for s in args.seeds.split(",")] for arm, space in ARMS.items() if arm in args.arms.split(",")]
     started = time.time()
     if args.parallel:
         processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL) for _, command in jobs]

@@ -31,7 +31,7 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     model, config, held_out = trained
     space = AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint")
     cpu = Runtime(device=torch.device("cpu"))
-    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None, 512)
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None)
     assert sorted(p.label for p in choice.pieces) == ["TTT lora chunk 64 rank 8", "stride 64", "tilt order 2"]
     assert len(choice.combinations) == 8 and all(c.fits for c in choice.combinations)
     winner = next(c for c in choice.combinations if c.chosen)
@@ -44,7 +44,7 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     assert winner.measured_gain is not None and "candidates" in choice.record()
     # A cap that nothing fits: the plain chunked score, TTT and tilt off.
     tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ngram_order=[2], eval_choice="joint"),
-                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None, 512)
+                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None)
     assert not tight.combinations[0].pieces and tight.evaluation.stride == 0
     assert tight.evaluation.ttt == "off" and tight.evaluation.ngram_order == 0
 

@@ -12,7 +12,8 @@ The steps, each in a module of its own:
 3. knapsack.py: one option per unit minimising the summed damage within the byte budget (cap minus exact
    code bytes and the tensors no unit holds), planned for each allowed compressor (its code bytes, and its
    symbol rate from objectives.bytes's Calibration) and kept for the one whose plan does least damage.
-4. evaluation.py, ttt.py: the eval unroll count, the stride, and test-time training under the eval cap.
+4. evaluation.py, ttt.py: the eval unroll count, the stride, and test-time training under the eval cap, one after
+   another; or joint.py ([allocation] eval_choice = "joint"): stride x TTT x n-gram tilt as one choice.
 5. candidates.py: the knapsack's picks (and, with confirm_top 2, the best uniform width) packed for real until
    their bytes fit, ranked on a validation prefix, and the leader scored on the whole split: that score is
    the result. The compressor is whichever packs the picks smaller (exact). Every candidate is recorded.
