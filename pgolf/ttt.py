@@ -140,18 +140,18 @@ def _optimizer(cfg, params: list[Tensor]) -> torch.optim.Optimizer:
 def _forward(scoring, windows: list[tuple[int, int, int]]) -> tuple:
     """The losses of windows (u, v, floor): tokens [max(floor, v - seq_len), v) read, targets u..v-1 marked. Returns
     ScoringPass.record's arguments (first token of each row, inputs, targets, nll [rows, T], scored mask, logits);
-    rows are right-padded (causal: harmless)."""
-    seq_len = scoring.settings.seq_len
+    rows are right-padded with token 0 (causal: harmless). The rows are gathered from the stream on the scoring
+    device in a few whole-batch ops, not copied row by row."""
+    seq_len, device = scoring.settings.seq_len, scoring.device
     starts = [max(floor, v - seq_len) for _, v, floor in windows]
     width = max(v - s for (_, v, _), s in zip(windows, starts))
-    x = torch.zeros(len(windows), width, dtype=torch.int64)
-    y = torch.zeros_like(x)
-    mask = torch.zeros(len(windows), width, dtype=torch.bool)
-    for row, ((u, v, _), s) in enumerate(zip(windows, starts)):
-        x[row, : v - s] = scoring.tokens[s:v]
-        y[row, : v - s] = scoring.tokens[s + 1 : v + 1]
-        mask[row, u - s : v - s] = True
-    x, y, mask = x.to(scoring.device), y.to(scoring.device), mask.to(scoring.device)
+    bounds = torch.tensor([[s, u, v] for (u, v, _), s in zip(windows, starts)], dtype=torch.int64).to(device)
+    tokens = scoring.device_tokens()
+    at = bounds[:, :1] + torch.arange(width, device=device)  # the stream position each input reads
+    inside = at < bounds[:, 2:]
+    x = torch.where(inside, tokens[at.clamp(max=tokens.numel() - 1)].to(torch.int64), 0)
+    y = torch.where(inside, tokens[(at + 1).clamp(max=tokens.numel() - 1)].to(torch.int64), 0)
+    mask = inside & (at >= bounds[:, 1:2])
     with scoring.autocast():
         nll, logits = token_losses(scoring.model, x, y, scoring.settings.repeats)
     return starts, x, y, nll, mask, logits

@@ -6,7 +6,8 @@ Pieces are measured once each against the plain chunked score, by one run each o
 plain run's (held-out text is FineWeb cut like the split, so its documents set TTT's pace as the split's would; one
 run per piece instead of a held-out run and a timed validation run halves what TTT's settings cost a trial). A
 combination's gain is predicted as the sum of its pieces' gains
-(the stated assumption: the pieces act on different things, the context, the weights, the output), its eval time
+(the stated assumption: the pieces act on different things, the context, the weights, the output; a stride
+of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time
 on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
 the largest predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins
 (fits_eval_cap: the same rule as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
@@ -101,8 +102,13 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         result = score_tokens(model, evaluation, held_out, luts, runtime)
         return result.loss, result.seconds
 
-    plain_loss, plain_seconds = measure(base)
     pieces = [p for family in families.values() for p in family]
+    # Warm-up on two sequences, untimed: the first TTT run pays one-time costs (autograd, allocations) that made the
+    # first TTT piece look up to 1.4x slower than the next one, and a cheap setting then failed the cap.
+    warm = held_out[: 2 * base.seq_len + 1]
+    for evaluation in [base] + [dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])[:1]]:
+        score_tokens(model, evaluation, warm, luts, runtime)
+    plain_loss, plain_seconds = measure(base)
     timed = []
     for piece in pieces:
         loss, seconds = measure(dataclasses.replace(base, **piece.changes))
@@ -118,8 +124,8 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     for chosen in itertools.product(*[[None] + family for family in families.values()]):
         parts = tuple(p for p in chosen if p is not None)
         evaluation = dataclasses.replace(base, **{k: v for p in parts for k, v in p.changes.items()})
-        if not _valid(config, evaluation):
-            continue
+        if not _valid(config, evaluation) or (evaluation.ttt != "off" and evaluation.stride >= evaluation.ttt_chunk):
+            continue  # under TTT a stride of a chunk or more changes nothing (pgolf/ttt.py): the same candidate twice
         ratio = 1.0
         for p in parts:
             ratio *= p.time_ratio
