@@ -31,7 +31,7 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     model, config, held_out = trained
     space = AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint")
     cpu = Runtime(device=torch.device("cpu"))
-    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None)
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None, 512)
     assert sorted(p.label for p in choice.pieces) == ["TTT lora chunk 64 rank 8", "stride 64", "tilt order 2"]
     # 2 strides x (no TTT, TTT) x 2 tilts, less stride 64 with TTT at chunk 64 (the stride changes nothing there)
     assert len(choice.combinations) == 6 and all(c.fits for c in choice.combinations)
@@ -46,7 +46,7 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     assert winner.measured_gain is not None and "candidates" in choice.record()
     # A cap that nothing fits: the plain chunked score, TTT and tilt off.
     tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ngram_order=[2], eval_choice="joint"),
-                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None)
+                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None, 512)
     assert not tight.combinations[0].pieces and tight.evaluation.stride == 0
     assert tight.evaluation.ttt == "off" and tight.evaluation.ngram_order == 0
 

@@ -1,11 +1,11 @@
 """The evaluation settings chosen jointly ([allocation] eval_choice = "joint"): stride x TTT setting x n-gram tilt as
 one small search under the eval cap, instead of the stride first and TTT on whatever time the stride left.
 
-Pieces are measured once each against the plain chunked score, by one run each over the held-out *training* tokens
-(never validation): a piece's gain is the drop in loss that run gives, its time ratio that run's seconds over the
-plain run's (held-out text is FineWeb cut like the split, so its documents set TTT's pace as the split's would; one
-run per piece instead of a held-out run and a timed validation run halves what TTT's settings cost a trial). A
-combination's gain is predicted as the sum of its pieces' gains
+Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on
+the held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same
+validation prefix (timed, score discarded: timing on the held-out run instead saved ~15 s of a demo trial, but
+the held-out text's documents made TTT look 13-20% slower than on the split, and the demo's baseline trial then
+left TTT out). A combination's gain is predicted as the sum of its pieces' gains
 (the stated assumption: the pieces act on different things, the context, the weights, the output; a stride
 of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time
 on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
@@ -22,10 +22,10 @@ import torch
 
 from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
-from pgolf.shards import token_count
+from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.ttt import ttt_settings
+from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
 @dataclass
@@ -88,24 +88,27 @@ def _valid(config: RunConfig, evaluation: EvalConfig) -> bool:
 
 
 def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, margin: float,
-                   log=print) -> JointChoice:
-    """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; held_out: the held-out
-    training tokens every piece is scored and timed on."""
+                   log=print, time_sample: int = TIME_SAMPLE) -> JointChoice:
+    """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; time_sample: the
+    validation prefix each piece is timed on."""
     base = dataclasses.replace(config.resolved_eval(), stride=0, ttt="off", ngram_order=0)
     families = candidate_pieces(config, space_alloc)
     if not families:
         return JointChoice(base)
     luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
+    sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
 
     def measure(evaluation: EvalConfig) -> tuple[float, float]:
-        result = score_tokens(model, evaluation, held_out, luts, runtime)
-        return result.loss, result.seconds
+        loss = score_tokens(model, evaluation, held_out, luts, runtime).loss
+        seconds = score_tokens(model, evaluation, sample, luts, runtime).seconds  # its score is discarded
+        return loss, seconds
 
     pieces = [p for family in families.values() for p in family]
-    # Warm-up on two sequences, untimed: the first TTT run pays one-time costs (autograd, allocations) that made the
-    # first TTT piece look up to 1.4x slower than the next one, and a cheap setting then failed the cap.
-    warm = held_out[: 2 * base.seq_len + 1]
+    # Warm-up on two sequences, untimed: the first TTT run pays one-time costs (autograd, first allocations); in the
+    # demo the first TTT piece timed 1.2-1.4x slower than the next (same chunk, larger rank) without it, 1.17x in
+    # the one trial measured with it.
+    warm = sample[: 2 * base.seq_len + 1]
     for evaluation in [base] + [dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])[:1]]:
         score_tokens(model, evaluation, warm, luts, runtime)
     plain_loss, plain_seconds = measure(base)
@@ -115,11 +118,11 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         piece.gain, timed = plain_loss - loss, timed + [seconds]
     # The plain score timed again after the pieces, the faster of the two kept: a neighbour that slowed the first
     # timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen under load).
-    plain_seconds = min(plain_seconds, measure(base)[1])
+    plain_seconds = min(plain_seconds, score_tokens(model, base, sample, luts, runtime).seconds)
     for piece, seconds in zip(pieces, timed):
         piece.time_ratio = seconds / max(plain_seconds, 1e-9)
         log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
-    seconds_per_target = plain_seconds / max(held_out.numel() - 1, 1)
+    seconds_per_target = plain_seconds / max(sample.numel() - 1, 1)
     combinations = []
     for chosen in itertools.product(*[[None] + family for family in families.values()]):
         parts = tuple(p for p in chosen if p is not None)
