@@ -177,12 +177,18 @@ def _step_windows(chunk: tuple[int, int, int], step: int, seq_len: int) -> list[
     return [_window(u, step, b, floor, seq_len) for u in range(a, b, step)]
 
 
+def stride_inside_chunks(cfg) -> bool:
+    """Whether eval.stride cuts each TTT chunk into windows: only a stride below the chunk does; one of a chunk or
+    more scores each chunk in one window, as stride 0 does, and so changes nothing under TTT."""
+    return 0 < cfg.stride < cfg.ttt_chunk
+
+
 def eval_ttt(scoring) -> None:
     """Score-first TTT over this process's share of the stream, recorded into scoring (pgolf/evaluate.py's
     ScoringPass; its eval settings turn TTT on) like the plain passes."""
     cfg = scoring.settings
     segments = ttt_segments(scoring)
-    step = cfg.stride if 0 < cfg.stride < cfg.ttt_chunk else cfg.ttt_chunk
+    step = cfg.stride if stride_inside_chunks(cfg) else cfg.ttt_chunk
     # Documents side by side with LoRA (each row its own adapters); full tensors are shared: one at a time.
     rows_per_batch = max(cfg.batch_tokens // cfg.seq_len, 1) if cfg.ttt == "lora" else 1
     frozen = [p for p in scoring.model.parameters() if p.requires_grad]

@@ -24,6 +24,7 @@ from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, RunConfig, validate
 from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
+from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
@@ -127,8 +128,9 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     for chosen in itertools.product(*[[None] + family for family in families.values()]):
         parts = tuple(p for p in chosen if p is not None)
         evaluation = dataclasses.replace(base, **{k: v for p in parts for k, v in p.changes.items()})
-        if not _valid(config, evaluation) or (evaluation.ttt != "off" and evaluation.stride >= evaluation.ttt_chunk):
-            continue  # under TTT a stride of a chunk or more changes nothing (pgolf/ttt.py): the same candidate twice
+        idle_stride = evaluation.ttt != "off" and evaluation.stride and not stride_inside_chunks(evaluation)
+        if idle_stride or not _valid(config, evaluation):
+            continue  # an idle stride: the same evaluation as TTT without it, the same candidate twice
         ratio = 1.0
         for p in parts:
             ratio *= p.time_ratio
