@@ -176,19 +176,24 @@ def evaluate_bpb(model: nn.Module, val_tokens: Tensor, luts, settings: EvalConfi
                  trace: Trace | None = None) -> EvalResult:
     """The bpb of val_tokens under the eval settings (seq_len and repeats resolved), scored in the mode they choose;
     runtime and trace as for ScoringPass."""
-    scoring = ScoringPass(model, val_tokens, luts, settings, runtime, trace)
-    mode = eval_mode(settings)
+    return run_pass(ScoringPass(model, val_tokens, luts, settings, runtime, trace))
+
+
+def run_pass(scoring: ScoringPass) -> EvalResult:
+    """Scores a prepared pass in the mode its settings choose, timed from its first stretch to its last sum."""
+    model, mode = scoring.model, eval_mode(scoring.settings)
     was_training = model.training
     model.eval()
     synchronize(scoring.device)
     t0 = time.perf_counter()
-    with torch.inference_mode(mode != "ttt"):  # TTT takes gradients; the plain passes need none
-        EVAL_MODES[mode](scoring)
+    try:
+        with torch.inference_mode(mode != "ttt"):  # TTT takes gradients; the plain passes need none
+            EVAL_MODES[mode](scoring)
+    finally:  # also when a mode stops early (an exception from record()): the model as it was
+        model.train(was_training)
     _all_reduce(scoring.sums)
     synchronize(scoring.device)
-    seconds = time.perf_counter() - t0
-    model.train(was_training)
-    return scoring.result(seconds)
+    return scoring.result(time.perf_counter() - t0)
 
 
 def _eval_chunks(scoring: ScoringPass) -> None:

@@ -1,6 +1,6 @@
 """The joint choice of the evaluation settings (search/allocation/joint.py): every combination of the pieces the space
 allows is a candidate, predicted from the pieces measured alone, and the best predicted gain that fits the eval cap
-wins; a cap nothing fits leaves the plain score."""
+wins; a cap nothing fits leaves the plain score, each piece's timing stopped as soon as it cannot fit."""
 
 import pytest
 import torch
@@ -44,11 +44,16 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     assert (evaluation.stride == 64) == any(p.family == "stride" for p in winner.pieces)
     assert (evaluation.ngram_order == 2) == any(p.family == "tilt" for p in winner.pieces)
     assert winner.measured_gain is not None and "candidates" in choice.record()
-    # A cap that nothing fits: the plain chunked score, TTT and tilt off.
-    tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ngram_order=[2], eval_choice="joint"),
-                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lambda line: None, 512)
-    assert not tight.combinations[0].pieces and tight.evaluation.stride == 0
+    # A cap that nothing fits: every piece's timing stops at once, none is scored on the held-out tokens, and the
+    # plain chunked score is the one candidate, TTT and tilt off.
+    lines = []
+    tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint"),
+                           Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lines.append, 512)
+    assert all(p.stopped and p.gain is None for p in tight.pieces) and len(tight.pieces) == 3
+    assert [c.pieces for c in tight.combinations] == [()] and tight.evaluation.stride == 0
     assert tight.evaluation.ttt == "off" and tight.evaluation.ngram_order == 0
+    assert sum("too slow to fit the eval cap alone" in line and "stopped" in line for line in lines) == 3
+    assert all(piece["stopped_over_cap"] and piece["held_out_gain"] is None for piece in tight.record()["pieces"])
 
 
 def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():

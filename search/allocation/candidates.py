@@ -70,7 +70,7 @@ class AllocationResult:
         return {"best": self.best.label if self.best else None, "candidates": [c.summary() for c in self.candidates],
                 "sensitivities": self.sensitivities, "seconds": self.seconds, "phases": self.phases,
                 "ttt": [{"setting": m.label(), "held_out_loss": m.loss, "seconds": m.seconds,
-                         "predicted_eval_seconds": m.predicted_seconds} for m in self.ttt],
+                         "predicted_eval_seconds": m.predicted_seconds, "stopped_over_cap": m.stopped} for m in self.ttt],
                 **({"evaluation_choice": self.joint.record()} if self.joint is not None else {})}
 
 

@@ -16,6 +16,11 @@ def fits_eval_cap(seconds: float, measured_ranks: int, caps, margin: float = EVA
     return at_submission_ranks(seconds, measured_ranks, caps) <= margin * caps.eval_seconds
 
 
+def allowed_eval_seconds(measured_ranks: int, caps, margin: float = EVAL_TIME_MARGIN) -> float:
+    """The longest eval time measured on measured_ranks processes that fits_eval_cap (at_submission_ranks is linear)."""
+    return margin * caps.eval_seconds / at_submission_ranks(1.0, measured_ranks, caps)
+
+
 def choose_repeats(model, config, space_alloc, tokens, autocast: bool, device) -> int:
     """The eval unroll count with the lowest held-out loss of the float model (cheap; quantization shifts all alike)."""
     options = space_alloc.eval_repeats if config.model.loop_len > 0 and space_alloc.eval_repeats else [config.eval_repeats()]

@@ -1,11 +1,14 @@
 """The evaluation settings chosen jointly ([allocation] eval_choice = "joint"): stride x TTT setting x n-gram tilt as
 one small search under the eval cap, instead of the stride first and TTT on whatever time the stride left.
 
-Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on
-the held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same
-validation prefix (timed, score discarded: timing on the held-out run instead saved ~15 s of a demo trial, but
-the held-out text's documents made TTT look 13-20% slower than on the split, and the demo's baseline trial then
-left TTT out). A combination's gain is predicted as the sum of its pieces' gains
+Pieces are measured once each against the plain chunked score: a piece's time ratio is its seconds over the plain
+score's on the same validation prefix (timed, score discarded: timing on the held-out run instead saved ~15 s of a
+demo trial, but the held-out text's documents made TTT look 13-20% slower than on the split, and the demo's
+baseline trial then left TTT out), its gain the drop in loss it gives on the held-out *training* tokens (never
+validation). A piece is timed first and only until it is plainly too slow: a prefix run past the cap's share of the
+prefix (timing.py) means the piece does not fit even alone, so it is stopped there, its gain is not measured and it
+is in no candidate (the demo's TTT settings timed to the end at 5-12x the plain score, then scored on the held-out
+tokens too, were most of a trial's time outside training). A combination's gain is predicted as the sum of its pieces' gains
 (the stated assumption: the pieces act on different things, the context, the weights, the output; a stride
 of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time
 on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
@@ -26,6 +29,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
+from search.allocation.timing import prefix_limit, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -34,8 +38,9 @@ class Piece:
     family: str  # stride | ttt | tilt
     label: str
     changes: dict  # the eval keys it sets
-    gain: float = 0.0  # held-out loss drop against the plain score, nats per token
-    time_ratio: float = 1.0  # its timed seconds over the plain score's
+    gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
+    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: the least it is)
+    stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
 
 
 @dataclass
@@ -62,8 +67,8 @@ class JointChoice:
     combinations: list = field(default_factory=list)
 
     def record(self) -> dict:
-        return {"pieces": [{"family": p.family, "setting": p.label, "held_out_gain": p.gain, "time_ratio": p.time_ratio}
-                           for p in self.pieces],
+        return {"pieces": [{"family": p.family, "setting": p.label, "held_out_gain": p.gain, "time_ratio": p.time_ratio,
+                            "stopped_over_cap": p.stopped} for p in self.pieces],
                 "candidates": [c.record() for c in sorted(self.combinations, key=lambda c: -c.predicted_gain)]}
 
 
@@ -99,33 +104,32 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
     sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
-
-    def measure(evaluation: EvalConfig) -> tuple[float, float]:
-        loss = score_tokens(model, evaluation, held_out, luts, runtime).loss
-        seconds = score_tokens(model, evaluation, sample, luts, runtime).seconds  # its score is discarded
-        return loss, seconds
-
     pieces = [p for family in families.values() for p in family]
-    # Warm-up on two sequences, untimed: the first TTT run pays one-time costs (autograd, first allocations); in the
-    # demo the first TTT piece timed 1.2-1.4x slower than the next (same chunk, larger rank) without it, 1.17x in
-    # the one trial measured with it.
-    warm = sample[: 2 * base.seq_len + 1]
-    for evaluation in [base] + [dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])[:1]]:
-        score_tokens(model, evaluation, warm, luts, runtime)
-    plain_loss, plain_seconds = measure(base)
+    warm_up(model, [base] + [dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])[:1]], sample, luts, runtime)
+    plain_loss = score_tokens(model, base, held_out, luts, runtime).loss
+    plain_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
+    limit = prefix_limit(runtime, caps, margin, sample, val_targets)  # past it a piece does not fit even alone
     timed = []
     for piece in pieces:
-        loss, seconds = measure(dataclasses.replace(base, **piece.changes))
-        piece.gain, timed = plain_loss - loss, timed + [seconds]
+        result = timed_within(model, dataclasses.replace(base, **piece.changes), sample, luts, runtime, limit)
+        piece.stopped = result is None
+        timed.append(limit if piece.stopped else result.seconds)
+        if not piece.stopped and result.seconds <= limit:
+            piece.gain = plain_loss - score_tokens(model, dataclasses.replace(base, **piece.changes), held_out, luts, runtime).loss
     # The plain score timed again after the pieces, the faster of the two kept: a neighbour that slowed the first
     # timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen under load).
     plain_seconds = min(plain_seconds, score_tokens(model, base, sample, luts, runtime).seconds)
     for piece, seconds in zip(pieces, timed):
         piece.time_ratio = seconds / max(plain_seconds, 1e-9)
-        log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
+        if piece.gain is None:
+            log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
+                f"{', stopped' if piece.stopped else ''}), gain not measured")
+        else:
+            log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
     seconds_per_target = plain_seconds / max(sample.numel() - 1, 1)
     combinations = []
-    for chosen in itertools.product(*[[None] + family for family in families.values()]):
+    measured = [[p for p in family if p.gain is not None] for family in families.values()]
+    for chosen in itertools.product(*[[None] + family for family in measured]):
         parts = tuple(p for p in chosen if p is not None)
         evaluation = dataclasses.replace(base, **{k: v for p in parts for k, v in p.changes.items()})
         idle_stride = evaluation.ttt != "off" and evaluation.stride and not stride_inside_chunks(evaluation)

@@ -5,8 +5,9 @@ Each setting the space's [allocation] table allows (ttt_chunk x ttt_rank, and no
 lowest held-out loss wins among the settings whose eval time on the full validation split fits the eval cap
 with margin. That time is predicted from a timed run on the first TIME_SAMPLE validation tokens (its score is
 discarded, as the stride choice does): documents adapt side by side, so the split's own document layout sets
-the pace, and a prefix with fewer documents side by side over-predicts, on the safe side. The confirmation
-then measures the real time.
+the pace, and a prefix with fewer documents side by side over-predicts, on the safe side. Each TTT setting is
+timed first, and stopped once its run shows it cannot fit (timing.py); only a setting that fits is scored on the
+held-out tokens. The confirmation then measures the real time.
 The other TTT keys (mode, targets, optimizer, learning rate, steps, reset, phase) come from the base config.
 """
 
@@ -21,6 +22,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from objectives.constraints import at_submission_ranks
 from search.allocation.evaluation import fits_eval_cap
+from search.allocation.timing import prefix_limit, timed_within, warm_up
 
 TIME_SAMPLE = 16_384  # validation tokens timed per setting
 
@@ -28,9 +30,10 @@ TIME_SAMPLE = 16_384  # validation tokens timed per setting
 @dataclass
 class TTTMeasure:
     eval: EvalConfig
-    loss: float  # held-out training loss, nats per token
-    seconds: float  # measured on the held-out tokens
-    predicted_seconds: float  # on the full validation split
+    loss: float | None  # held-out training loss, nats per token (None: too slow to fit, not measured)
+    seconds: float | None  # measured on the held-out tokens
+    predicted_seconds: float  # on the full validation split (stopped: the least it would be)
+    stopped: bool = False  # its timed run was stopped past the longest time that fits the cap
 
     def label(self) -> str:
         e = self.eval
@@ -63,19 +66,27 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
     seq_len = config.eval_seq_len()
     sample = validation_tokens(data.val_pattern, seq_len, config.model.vocab_size, TIME_SAMPLE)
     val_targets = (token_count(data.val_pattern) - 1) // seq_len * seq_len
+    limit = prefix_limit(runtime, caps, margin, sample, val_targets)
+    warm_up(model, settings[:2], sample, luts, runtime)
     measures = []
-    for setting in settings:
-        result = score_tokens(model, setting, held_out, luts, runtime)
-        timed = score_tokens(model, setting, sample, luts, runtime)  # for its seconds only
-        predicted = timed.seconds / max(timed.tokens, 1) * val_targets
-        measures.append(TTTMeasure(setting, result.loss, result.seconds, predicted))
-        log(f"allocation: {measures[-1].label()}: held-out loss {result.loss:.4f} in {result.seconds:.1f}s, "
-            f"predicted eval {predicted:.1f}s ({at_submission_ranks(predicted, runtime.world_size, caps):.1f}s on {caps.eval_ranks or runtime.world_size} ranks)")
+    for i, setting in enumerate(settings):
+        # Timed first (score discarded); held-out only where it fits, and always for no TTT, the fallback.
+        timed = timed_within(model, setting, sample, luts, runtime, limit if i else float("inf"))
+        seconds = limit if timed is None else timed.seconds
+        predicted = seconds / max(sample.numel() - 1, 1) * val_targets
+        fits = timed is not None and timed.seconds <= limit
+        result = score_tokens(model, setting, held_out, luts, runtime) if i == 0 or fits else None
+        measures.append(TTTMeasure(setting, result.loss if result else None, result.seconds if result else None, predicted,
+                                   stopped=timed is None))
+        shown = (f"held-out loss {result.loss:.4f} in {result.seconds:.1f}s" if result else
+                 "too slow to fit the eval cap, not scored" + (" (timing stopped)" if timed is None else ""))
+        log(f"allocation: {measures[-1].label()}: {shown}, predicted eval {'>' if timed is None else ''}{predicted:.1f}s "
+            f"({at_submission_ranks(predicted, runtime.world_size, caps):.1f}s on {caps.eval_ranks or runtime.world_size} ranks)")
     return pick_ttt(measures, caps, runtime.world_size, margin).eval, measures
 
 
 def pick_ttt(measures: list[TTTMeasure], caps, measured_ranks: int, margin: float) -> TTTMeasure:
     """The lowest held-out loss among the settings whose predicted eval time, at the submission's ranks, fits the cap
     with margin (the first, no TTT, when none does)."""
-    fitting = [m for m in measures if fits_eval_cap(m.predicted_seconds, measured_ranks, caps, margin)] or measures[:1]
+    fitting = [m for m in measures if m.loss is not None and fits_eval_cap(m.predicted_seconds, measured_ranks, caps, margin)] or measures[:1]
     return min(fitting, key=lambda m: m.loss)

@@ -1,0 +1,58 @@
+"""Timing an evaluation setting only as long as the answer is in doubt.
+
+The allocation times each evaluation setting on a validation prefix to predict its time on the whole split; a
+setting whose prefix run already took longer than the most the eval cap allows is out, however long the rest of
+the run would take. A timed run is therefore stopped at that limit: in the demo study the TTT settings and small
+strides that could never fit were each timed to the end (5-12x the plain score) and then scored on the held-out
+tokens as well, most of a trial's time outside training.
+"""
+
+import time
+
+from pgolf.evaluate import EvalResult, ScoringPass, run_pass
+from pgolf.submission import score_tokens
+from search.allocation.evaluation import allowed_eval_seconds
+
+
+class OverTimeLimit(Exception):
+    """A timed run that went past its limit (stopped at the first stretch that ended past it)."""
+
+
+class LimitedPass(ScoringPass):
+    """A scoring pass that stops with OverTimeLimit once `deadline` (a perf_counter time) has passed."""
+
+    deadline = float("inf")
+
+    def record(self, *args, **kwargs) -> None:
+        if time.perf_counter() > self.deadline:
+            raise OverTimeLimit
+        super().record(*args, **kwargs)
+
+
+def timed_within(model, evaluation, tokens, luts, runtime, limit: float) -> EvalResult | None:
+    """The score of tokens under evaluation as pgolf's evaluation takes it (score_tokens), or None when it runs past
+    `limit` seconds; rank 0 alone (allocation runs after training leaves the group): a rank stopping by itself
+    would leave the others waiting."""
+    if runtime.world_size > 1:
+        raise ValueError("a time-limited evaluation runs on one process")
+    scoring = LimitedPass(model, tokens, luts, evaluation, runtime)
+    scoring.deadline = time.perf_counter() + limit  # run_pass's clock starts after this: the limit errs long
+    try:
+        return run_pass(scoring)
+    except OverTimeLimit:
+        return None
+
+
+
+def prefix_limit(runtime, caps, margin: float, prefix, split_targets: int) -> float:
+    """The longest a run on the prefix (a token tensor) may take for the same setting to fit the cap with margin on a
+    split of split_targets targets: eval time is predicted in proportion to the targets scored."""
+    return allowed_eval_seconds(runtime.world_size, caps, margin) * (prefix.numel() - 1) / max(split_targets, 1)
+
+
+def warm_up(model, settings: list, prefix, luts, runtime) -> None:
+    """Each setting scored untimed on the prefix's first two sequences: the first run of a mode pays one-time costs
+    (TTT: autograd, first allocations). In the demo the first TTT setting timed 1.2-1.4x slower than the next (same
+    chunk, larger rank) without it, 1.17x in the one trial measured with it."""
+    for evaluation in settings:
+        score_tokens(model, evaluation, prefix[: 2 * evaluation.seq_len + 1], luts, runtime)
