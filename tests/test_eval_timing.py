@@ -12,7 +12,7 @@ from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, score_tokens
 from search.allocation.evaluation import allowed_eval_seconds, fits_eval_cap
-from search.allocation.timing import prefix_limit, timed_within
+from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within
 from search.allocation.ttt import choose_ttt
 from space.core import AllocationSpace, Caps
 
@@ -58,13 +58,28 @@ def test_the_sequential_ttt_choice_scores_no_setting_that_cannot_fit(scored):
     model, evaluation, tokens, luts = scored
     config = small_config(eval=dict(autocast=False, batch_tokens=512, seq_len=128))
     data = DataPaths(TRAIN_PATTERN, VAL_PATTERN, TOKENIZER, 1024)
-    space = AllocationSpace(ttt_chunk=[64], ttt_rank=[4, 8])
+    space = AllocationSpace(ttt_chunk=[32, 64], ttt_rank=[4])
     held_out = validation_tokens(TRAIN_PATTERN, 128, 1024, 1024)
     lines = []
     chosen, measures = choose_ttt(model, config, space, Caps(eval_seconds=1e-6), data, CPU, held_out, 0.7, lines.append)
     assert chosen.ttt == "off" and measures[0].loss is not None and not measures[0].stopped  # the fallback, measured
-    assert [(m.stopped, m.loss) for m in measures[1:]] == [(True, None), (True, None)]
-    assert sum("timing stopped" in line for line in lines) == 2
+    assert [(m.eval.ttt_chunk, m.stopped, m.loss) for m in measures[1:]] == [(64, True, None), (32, True, None)]
+    assert sum("timing stopped" in line for line in lines) == 1  # chunk 64 went past the limit: chunk 32 is not timed
+    assert sum("not timed: slower than one that did not fit" in line for line in lines) == 1
     # A cap everything fits: each setting timed to the end and scored on the held-out tokens.
     _, measures = choose_ttt(model, config, space, Caps(eval_seconds=1e9), data, CPU, held_out, 0.7, lambda line: None)
     assert all(not m.stopped and m.loss is not None for m in measures) and len(measures) == 3
+
+
+def test_a_smaller_stride_or_ttt_chunk_is_at_least_as_slow_and_nothing_else_is(scored):
+    base = dataclasses.replace(scored[1], stride=0, ttt="off")
+    ttt = dataclasses.replace(base, ttt="lora", ttt_chunk=128, ttt_rank=4)
+    assert at_least_as_slow(dataclasses.replace(base, stride=64), dataclasses.replace(base, stride=128))
+    assert at_least_as_slow(dataclasses.replace(base, stride=64), base)  # stride 0: the chunks, the cheapest
+    assert not at_least_as_slow(base, dataclasses.replace(base, stride=64))
+    assert at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64), ttt) and not at_least_as_slow(ttt, dataclasses.replace(ttt, ttt_chunk=64))
+    assert not at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64, ttt_rank=8), ttt)  # rank differs too: unknown
+    assert not at_least_as_slow(dataclasses.replace(base, stride=64, ngram_order=2), dataclasses.replace(base, stride=128))
+    settings = [dataclasses.replace(ttt, ttt_chunk=64), dataclasses.replace(base, stride=64), ttt, base, dataclasses.replace(base, stride=128)]
+    ordered = cheapest_first(settings)
+    assert all(not at_least_as_slow(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:])

@@ -47,12 +47,15 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     # A cap that nothing fits: every piece's timing stops at once, none is scored on the held-out tokens, and the
     # plain chunked score is the one candidate, TTT and tilt off.
     lines = []
-    tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint"),
+    # TTT at chunk 64 is slower than at chunk 128, which went past the limit: it is not even timed.
+    tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64, 128], ngram_order=[2], eval_choice="joint"),
                            Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lines.append, 512)
-    assert all(p.stopped and p.gain is None for p in tight.pieces) and len(tight.pieces) == 3
+    assert all(p.stopped and p.gain is None for p in tight.pieces) and len(tight.pieces) == 4
+    assert [p.label for p in tight.pieces if not p.timed] == ["TTT lora chunk 64 rank 8"]
     assert [c.pieces for c in tight.combinations] == [()] and tight.evaluation.stride == 0
     assert tight.evaluation.ttt == "off" and tight.evaluation.ngram_order == 0
     assert sum("too slow to fit the eval cap alone" in line and "stopped" in line for line in lines) == 3
+    assert sum("not timed: slower than a setting that did not fit" in line for line in lines) == 1
     assert all(piece["stopped_over_cap"] and piece["held_out_gain"] is None for piece in tight.record()["pieces"])
 
 

@@ -7,7 +7,7 @@ demo trial, but the held-out text's documents made TTT look 13-20% slower than o
 baseline trial then left TTT out), its gain the drop in loss it gives on the held-out *training* tokens (never
 validation). A piece is timed first and only until it is plainly too slow: a prefix run past the cap's share of the
 prefix (timing.py) means the piece does not fit even alone, so it is stopped there, its gain is not measured and it
-is in no candidate (the demo's TTT settings timed to the end at 5-12x the plain score, then scored on the held-out
+is in no candidate; a piece that is only a smaller stride or TTT chunk than a stopped one is not timed at all (the demo's TTT settings timed to the end at 5-12x the plain score, then scored on the held-out
 tokens too, were most of a trial's time outside training). A combination's gain is predicted as the sum of its pieces' gains
 (the stated assumption: the pieces act on different things, the context, the weights, the output; a stride
 of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time
@@ -29,7 +29,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.timing import prefix_limit, timed_within, warm_up
+from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -41,6 +41,7 @@ class Piece:
     gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
     time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: the least it is)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
+    timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
 
 
 @dataclass
@@ -68,7 +69,7 @@ class JointChoice:
 
     def record(self) -> dict:
         return {"pieces": [{"family": p.family, "setting": p.label, "held_out_gain": p.gain, "time_ratio": p.time_ratio,
-                            "stopped_over_cap": p.stopped} for p in self.pieces],
+                            "stopped_over_cap": p.stopped, "timed": p.timed} for p in self.pieces],
                 "candidates": [c.record() for c in sorted(self.combinations, key=lambda c: -c.predicted_gain)]}
 
 
@@ -109,21 +110,26 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     plain_loss = score_tokens(model, base, held_out, luts, runtime).loss
     plain_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
     limit = prefix_limit(runtime, caps, margin, sample, val_targets)  # past it a piece does not fit even alone
-    timed = []
-    for piece in pieces:
-        result = timed_within(model, dataclasses.replace(base, **piece.changes), sample, luts, runtime, limit)
-        piece.stopped = result is None
-        timed.append(limit if piece.stopped else result.seconds)
-        if not piece.stopped and result.seconds <= limit:
-            piece.gain = plain_loss - score_tokens(model, dataclasses.replace(base, **piece.changes), held_out, luts, runtime).loss
+    timed, over = {}, []  # piece label -> its seconds (stopped: the limit); the settings that went past the limit
+    for piece in cheapest_first(pieces, key=lambda p: dataclasses.replace(base, **p.changes)):
+        evaluation = dataclasses.replace(base, **piece.changes)
+        slower = any(at_least_as_slow(evaluation, o) for o in over)
+        result = None if slower else timed_within(model, evaluation, sample, luts, runtime, limit)
+        piece.stopped, piece.timed = result is None, not slower
+        timed[piece.label] = limit if result is None else result.seconds
+        if piece.stopped:
+            over.append(evaluation)
+        elif result.seconds <= limit:
+            piece.gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
     # The plain score timed again after the pieces, the faster of the two kept: a neighbour that slowed the first
     # timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen under load).
     plain_seconds = min(plain_seconds, score_tokens(model, base, sample, luts, runtime).seconds)
-    for piece, seconds in zip(pieces, timed):
-        piece.time_ratio = seconds / max(plain_seconds, 1e-9)
+    for piece in pieces:
+        piece.time_ratio = timed[piece.label] / max(plain_seconds, 1e-9)
         if piece.gain is None:
+            how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
             log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
-                f"{', stopped' if piece.stopped else ''}), gain not measured")
+                f"{', ' + how if piece.stopped else ''}), gain not measured")
         else:
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
     seconds_per_target = plain_seconds / max(sample.numel() - 1, 1)

@@ -7,6 +7,8 @@ strides that could never fit were each timed to the end (5-12x the plain score) 
 tokens as well, most of a trial's time outside training.
 """
 
+import dataclasses
+import math
 import time
 
 from pgolf.evaluate import EvalResult, ScoringPass, run_pass
@@ -56,3 +58,20 @@ def warm_up(model, settings: list, prefix, luts, runtime) -> None:
     chunk, larger rank) without it, 1.17x in the one trial measured with it."""
     for evaluation in settings:
         score_tokens(model, evaluation, prefix[: 2 * evaluation.seq_len + 1], luts, runtime)
+
+
+def at_least_as_slow(a, b) -> bool:
+    """Whether eval settings a must take at least as long as b: the same settings but a smaller stride (more windows
+    over the same targets) or a smaller TTT chunk (more windows and more adaptation steps over the same targets).
+    A setting at least as slow as one that went past the limit is not timed at all."""
+    if a.stride != b.stride and a.ttt_chunk == b.ttt_chunk:
+        return dataclasses.replace(a, stride=b.stride) == b and 0 < a.stride < (b.stride or math.inf)
+    if a.ttt_chunk != b.ttt_chunk and a.stride == b.stride:
+        return a.ttt != "off" and dataclasses.replace(a, ttt_chunk=b.ttt_chunk) == b and a.ttt_chunk < b.ttt_chunk
+    return False
+
+
+def cheapest_first(settings: list, key=lambda s: s) -> list:
+    """settings in an order where each comes after every setting it is at least as slow as: larger strides (0, chunks,
+    first) and larger TTT chunks first; key gives a setting's eval config."""
+    return sorted(settings, key=lambda s: (-(key(s).stride or math.inf), -key(s).ttt_chunk))

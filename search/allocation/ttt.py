@@ -6,8 +6,8 @@ lowest held-out loss wins among the settings whose eval time on the full validat
 with margin. That time is predicted from a timed run on the first TIME_SAMPLE validation tokens (its score is
 discarded, as the stride choice does): documents adapt side by side, so the split's own document layout sets
 the pace, and a prefix with fewer documents side by side over-predicts, on the safe side. Each TTT setting is
-timed first, and stopped once its run shows it cannot fit (timing.py); only a setting that fits is scored on the
-held-out tokens. The confirmation then measures the real time.
+timed first, and stopped once its run shows it cannot fit (timing.py), a smaller chunk than a stopped one not
+timed at all; only a setting that fits is scored on the held-out tokens. The confirmation then measures the real time.
 The other TTT keys (mode, targets, optimizer, learning rate, steps, reset, phase) come from the base config.
 """
 
@@ -22,7 +22,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from objectives.constraints import at_submission_ranks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.timing import prefix_limit, timed_within, warm_up
+from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within, warm_up
 
 TIME_SAMPLE = 16_384  # validation tokens timed per setting
 
@@ -68,18 +68,21 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
     val_targets = (token_count(data.val_pattern) - 1) // seq_len * seq_len
     limit = prefix_limit(runtime, caps, margin, sample, val_targets)
     warm_up(model, settings[:2], sample, luts, runtime)
-    measures = []
-    for i, setting in enumerate(settings):
+    measures, over = [], []
+    for i, setting in enumerate(settings[:1] + cheapest_first(settings[1:])):
         # Timed first (score discarded); held-out only where it fits, and always for no TTT, the fallback.
-        timed = timed_within(model, setting, sample, luts, runtime, limit if i else float("inf"))
+        slower = any(at_least_as_slow(setting, o) for o in over)
+        timed = None if slower else timed_within(model, setting, sample, luts, runtime, limit if i else float("inf"))
         seconds = limit if timed is None else timed.seconds
         predicted = seconds / max(sample.numel() - 1, 1) * val_targets
         fits = timed is not None and timed.seconds <= limit
         result = score_tokens(model, setting, held_out, luts, runtime) if i == 0 or fits else None
         measures.append(TTTMeasure(setting, result.loss if result else None, result.seconds if result else None, predicted,
                                    stopped=timed is None))
+        over += [setting] if timed is None else []
         shown = (f"held-out loss {result.loss:.4f} in {result.seconds:.1f}s" if result else
-                 "too slow to fit the eval cap, not scored" + (" (timing stopped)" if timed is None else ""))
+                 "too slow to fit the eval cap, not scored" + (" (not timed: slower than one that did not fit)" if slower else
+                                                                " (timing stopped)" if timed is None else ""))
         log(f"allocation: {measures[-1].label()}: {shown}, predicted eval {'>' if timed is None else ''}{predicted:.1f}s "
             f"({at_submission_ranks(predicted, runtime.world_size, caps):.1f}s on {caps.eval_ranks or runtime.world_size} ranks)")
     return pick_ttt(measures, caps, runtime.world_size, margin).eval, measures
