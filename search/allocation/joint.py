@@ -117,9 +117,9 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         result = None if slower else timed_within(model, evaluation, sample, luts, runtime, limit)
         piece.stopped, piece.timed = result is None, not slower
         timed[piece.label] = limit if result is None else result.seconds
-        if piece.stopped:
+        if result is None or result.seconds > limit:  # finished just past it (its last sums, TTT's last step): out too
             over.append(evaluation)
-        elif result.seconds <= limit:
+        else:
             piece.gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
     # The plain score timed again after the pieces, the faster of the two kept: a neighbour that slowed the first
     # timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen under load).

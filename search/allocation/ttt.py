@@ -79,7 +79,7 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
         result = score_tokens(model, setting, held_out, luts, runtime) if i == 0 or fits else None
         measures.append(TTTMeasure(setting, result.loss if result else None, result.seconds if result else None, predicted,
                                    stopped=timed is None))
-        over += [setting] if timed is None else []
+        over += [] if fits or i == 0 else [setting]
         shown = (f"held-out loss {result.loss:.4f} in {result.seconds:.1f}s" if result else
                  "too slow to fit the eval cap, not scored" + (" (not timed: slower than one that did not fit)" if slower else
                                                                 " (timing stopped)" if timed is None else ""))
