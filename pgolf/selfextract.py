@@ -60,11 +60,12 @@ class SelfExtracting:
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
+    # Every bare string statement of a module, class or function body, not only the first: an assembled script holds
+    # each module's docstring in mid-script, where it is no docstring but a statement that does nothing.
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
+            body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))]
+            node.body = body or [ast.Pass()]
     return tree
 
 

@@ -37,7 +37,8 @@ MAIN = textwrap.dedent('''\
         here = os.path.dirname(os.path.abspath(__file__))
         print(__name__, shout("hi"), helper.twice(21), Empty.__name__, sys.argv[1:])
         print(open(os.path.join(here, "words.txt")).read().strip())
-        print(inspect.getsource(shout).split()[0], inspect.getsource(Empty).split()[0], os.environ.get("RANK", "-"))
+        # one write per line: under torchrun two ranks share the pipe, and print's pieces could interleave
+        sys.stdout.write(" ".join([inspect.getsource(shout).split()[0], inspect.getsource(Empty).split()[0], os.environ.get("RANK", "-")]) + "\\n")
     ''')
 HELPER = '"""Helper."""\n\n\ndef twice(x):\n    # doubles\n    return 2 * x\n'
 
