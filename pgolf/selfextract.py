@@ -88,8 +88,9 @@ def _one_space_indents(text: str) -> str:
 
 def strip(source: str, path: str = "<script>") -> str:
     """`source` without docstrings and comments, refused if what runs would change (ast.unparse's round trip)."""
-    stripped = _one_space_indents(ast.unparse(_without_docstrings(_parse(source, path))))
-    before = ast.dump(_without_docstrings(_parse(source, path)))
+    tree = _without_docstrings(_parse(source, path))
+    before = ast.dump(tree)  # ast.unparse leaves the tree as it is: one parse serves both
+    stripped = _one_space_indents(ast.unparse(tree))
     if ast.dump(_without_docstrings(_parse(stripped, path + " (stripped)"))) != before:
         raise SelfExtractError(f"{path}: stripping docstrings and comments would change what runs")
     return stripped
