@@ -78,8 +78,12 @@ def test_a_smaller_stride_or_ttt_chunk_is_at_least_as_slow_and_nothing_else_is(s
     assert at_least_as_slow(dataclasses.replace(base, stride=64), base)  # stride 0: the chunks, the cheapest
     assert not at_least_as_slow(base, dataclasses.replace(base, stride=64))
     assert at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64), ttt) and not at_least_as_slow(ttt, dataclasses.replace(ttt, ttt_chunk=64))
-    assert not at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64, ttt_rank=8), ttt)  # rank differs too: unknown
+    assert at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64, ttt_rank=8), ttt)  # smaller chunk, larger rank
+    assert at_least_as_slow(dataclasses.replace(ttt, ttt_rank=8), ttt) and not at_least_as_slow(ttt, dataclasses.replace(ttt, ttt_rank=8))
+    assert not at_least_as_slow(dataclasses.replace(ttt, ttt_chunk=64, ttt_rank=2), ttt)  # smaller chunk, smaller rank: unknown
+    assert not at_least_as_slow(dataclasses.replace(ttt, ttt_lr=0.1, ttt_chunk=64), ttt)  # anything else differs: unknown
     assert not at_least_as_slow(dataclasses.replace(base, stride=64, ngram_order=2), dataclasses.replace(base, stride=128))
-    settings = [dataclasses.replace(ttt, ttt_chunk=64), dataclasses.replace(base, stride=64), ttt, base, dataclasses.replace(base, stride=128)]
+    settings = [dataclasses.replace(ttt, ttt_chunk=64), dataclasses.replace(base, stride=64), dataclasses.replace(ttt, ttt_rank=8), ttt, base,
+                dataclasses.replace(base, stride=128), dataclasses.replace(ttt, ttt_chunk=64, ttt_rank=8)]
     ordered = cheapest_first(settings)
     assert all(not at_least_as_slow(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:])

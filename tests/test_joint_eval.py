@@ -47,7 +47,7 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     # A cap that nothing fits: every piece's timing stops at once, none is scored on the held-out tokens, and the
     # plain chunked score is the one candidate, TTT and tilt off.
     lines = []
-    # TTT at chunk 64 is slower than at chunk 128, which went past the limit: it is not even timed.
+    # TTT at chunk 64 is slower than at chunk 128 (same rank), which went past the limit: it is not even timed.
     tight = choose_jointly(model, config, AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64, 128], ngram_order=[2], eval_choice="joint"),
                            Caps(eval_seconds=1e-6), DATA, cpu, held_out, 0.7, lines.append, 512)
     assert all(p.stopped and p.gain is None for p in tight.pieces) and len(tight.pieces) == 4

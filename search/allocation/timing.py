@@ -62,16 +62,20 @@ def warm_up(model, settings: list, prefix, luts, runtime) -> None:
 
 def at_least_as_slow(a, b) -> bool:
     """Whether eval settings a must take at least as long as b: the same settings but a smaller stride (more windows
-    over the same targets) or a smaller TTT chunk (more windows and more adaptation steps over the same targets).
-    A setting at least as slow as one that went past the limit is not timed at all."""
-    if a.stride != b.stride and a.ttt_chunk == b.ttt_chunk:
+    over the same targets), or TTT of the same kind at a smaller chunk (more windows and adaptation steps over the
+    same targets) and a rank no smaller (larger adapters: more work per step). A setting at least as slow as one
+    that went past the limit is not timed at all."""
+    if a == b:
+        return False
+    if a.stride != b.stride:
         return dataclasses.replace(a, stride=b.stride) == b and 0 < a.stride < (b.stride or math.inf)
-    if a.ttt_chunk != b.ttt_chunk and a.stride == b.stride:
-        return a.ttt != "off" and dataclasses.replace(a, ttt_chunk=b.ttt_chunk) == b and a.ttt_chunk < b.ttt_chunk
-    return False
+    if a.ttt == "off" or b.ttt != a.ttt:
+        return False
+    same = dataclasses.replace(a, ttt_chunk=b.ttt_chunk, ttt_rank=b.ttt_rank) == b
+    return same and a.ttt_chunk <= b.ttt_chunk and (a.ttt_rank >= b.ttt_rank or a.ttt != "lora")
 
 
 def cheapest_first(settings: list, key=lambda s: s) -> list:
     """settings in an order where each comes after every setting it is at least as slow as: larger strides (0, chunks,
-    first) and larger TTT chunks first; key gives a setting's eval config."""
-    return sorted(settings, key=lambda s: (-(key(s).stride or math.inf), -key(s).ttt_chunk))
+    first), larger TTT chunks and smaller ranks first; key gives a setting's eval config."""
+    return sorted(settings, key=lambda s: (-(key(s).stride or math.inf), -key(s).ttt_chunk, key(s).ttt_rank))
