@@ -106,7 +106,8 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
     pieces = [p for family in families.values() for p in family]
-    warm_up(model, [base] + [dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])[:1]], sample, luts, runtime)
+    ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])
+    warm_up(model, [base] + ttt[:1], sample, luts, runtime)
     plain_loss = score_tokens(model, base, held_out, luts, runtime).loss
     plain_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
     limit = prefix_limit(runtime, caps, margin, sample, val_targets)  # past it a piece does not fit even alone

@@ -67,7 +67,7 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
     sample = validation_tokens(data.val_pattern, seq_len, config.model.vocab_size, TIME_SAMPLE)
     val_targets = (token_count(data.val_pattern) - 1) // seq_len * seq_len
     limit = prefix_limit(runtime, caps, margin, sample, val_targets)
-    warm_up(model, settings[:2], sample, luts, runtime)
+    warm_up(model, settings[:1] + cheapest_first(settings[1:])[:1], sample, luts, runtime)
     measures, over = [], []
     for i, setting in enumerate(settings[:1] + cheapest_first(settings[1:])):
         # Timed first (score discarded); held-out only where it fits, and always for no TTT, the fallback.
