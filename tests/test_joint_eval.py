@@ -9,7 +9,7 @@ from pgolf.datasets import DataPaths
 from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime
-from search.allocation.joint import choose_jointly
+from search.allocation.joint import HELD_OUT, PREFIX, choose_jointly
 from space.core import AllocationSpace, Caps, SpaceError
 from space.spec import space_from_dict
 
@@ -33,6 +33,8 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     cpu = Runtime(device=torch.device("cpu"))
     choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None, 512)
     assert sorted(p.label for p in choice.pieces) == ["TTT lora chunk 64 rank 8", "stride 64", "tilt order 2"]
+    # strides and the tilt are timed by their held-out run itself; TTT, whose pace depends on the documents, on validation
+    assert {p.family: p.timed_on for p in choice.pieces} == {"stride": HELD_OUT, "tilt": HELD_OUT, "ttt": PREFIX}
     # 2 strides x (no TTT, TTT) x 2 tilts, less stride 64 with TTT at chunk 64 (the stride changes nothing there)
     assert len(choice.combinations) == 6 and all(c.fits for c in choice.combinations)
     assert not any({"stride 64", "TTT lora chunk 64 rank 8"} <= {p.label for p in c.pieces} for c in choice.combinations)

@@ -1,20 +1,20 @@
 """The evaluation settings chosen jointly ([allocation] eval_choice = "joint"): stride x TTT setting x n-gram tilt as
 one small search under the eval cap, instead of the stride first and TTT on whatever time the stride left.
 
-Pieces are measured once each against the plain chunked score: a piece's time ratio is its seconds over the plain
-score's on the same validation prefix (timed, score discarded: timing on the held-out run instead saved ~15 s of a
-demo trial, but the held-out text's documents made TTT look 13-20% slower than on the split, and the demo's
-baseline trial then left TTT out), its gain the drop in loss it gives on the held-out *training* tokens (never
-validation). A piece is timed first and only until it is plainly too slow: a prefix run past the cap's share of the
-prefix (timing.py) means the piece does not fit even alone, so it is stopped there, its gain is not measured and it
-is in no candidate; a piece that is only a smaller stride or TTT chunk than a stopped one is not timed at all (the demo's TTT settings timed to the end at 5-12x the plain score, then scored on the held-out
-tokens too, were most of a trial's time outside training). A combination's gain is predicted as the sum of its pieces' gains
-(the stated assumption: the pieces act on different things, the context, the weights, the output; a stride
-of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time
-on the whole split as the plain time per target times the product of its pieces' ratios. The combination with
-the largest predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins
-(fits_eval_cap: the same rule as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
-(for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
+Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
+held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text:
+the held-out run itself for strides and the tilt, a validation prefix for TTT (see PREFIX). A piece is timed only
+until it is plainly too slow: a run past the cap's share of its text (timing.py) means the piece does not fit even
+alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece that is only a smaller
+stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the demo's TTT settings,
+timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most of a trial's time
+outside training). A combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the
+pieces act on different things, the context, the weights, the output; a stride of a TTT chunk or more changes
+nothing under TTT and is no candidate), its eval time on the whole split as the plain time per target times the
+product of its pieces' ratios. The combination with the largest predicted gain whose predicted time fits
+EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the same rule as the sequential choice);
+its held-out loss is then measured as a whole, and every candidate with its predicted and (for the winner)
+measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
 """
 
 import dataclasses
@@ -33,6 +33,13 @@ from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_li
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
+# Where a piece's time ratio is measured. Strides and the tilt cost the same per target on any text, so their
+# held-out run, which measures their gain, also times them; TTT adapts per document, so its pace depends on the
+# documents side by side: it is timed on the validation prefix (timed on the held-out text it looked 13-20% slower
+# than on the split, and the demo's baseline trial then left it out).
+PREFIX, HELD_OUT = "validation prefix", "held-out"
+
+
 @dataclass
 class Piece:
     family: str  # stride | ttt | tilt
@@ -42,6 +49,7 @@ class Piece:
     time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: the least it is)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
     timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
+    timed_on: str = ""  # the text its time ratio was measured on: PREFIX or HELD_OUT
 
 
 @dataclass
@@ -69,7 +77,7 @@ class JointChoice:
 
     def record(self) -> dict:
         return {"pieces": [{"family": p.family, "setting": p.label, "held_out_gain": p.gain, "time_ratio": p.time_ratio,
-                            "stopped_over_cap": p.stopped, "timed": p.timed} for p in self.pieces],
+                            "stopped_over_cap": p.stopped, "timed": p.timed, "timed_on": p.timed_on} for p in self.pieces],
                 "candidates": [c.record() for c in sorted(self.combinations, key=lambda c: -c.predicted_gain)]}
 
 
@@ -108,32 +116,41 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     pieces = [p for family in families.values() for p in family]
     ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
-    plain_loss = score_tokens(model, base, held_out, luts, runtime).loss
-    plain_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
-    limit = prefix_limit(runtime, caps, margin, sample, val_targets)  # past it a piece does not fit even alone
+    texts = {HELD_OUT: held_out, PREFIX: sample}
+    plain = score_tokens(model, base, held_out, luts, runtime)
+    plain_loss, plain_seconds = plain.loss, {HELD_OUT: plain.seconds}
+    plain_seconds[PREFIX] = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
+    # The longest run on each text that still fits the cap alone (other pieces only add time): the plain score's
+    # time there times the largest time ratio that fits, the allowed time over the plain score's predicted time.
+    most = prefix_limit(runtime, caps, margin, sample, val_targets) / max(plain_seconds[PREFIX], 1e-9)
+    limit = {text: seconds * most for text, seconds in plain_seconds.items()}
     timed, over = {}, []  # piece label -> its seconds (stopped: the limit); the settings that went past the limit
     for piece in cheapest_first(pieces, key=lambda p: dataclasses.replace(base, **p.changes)):
         evaluation = dataclasses.replace(base, **piece.changes)
+        piece.timed_on = PREFIX if piece.family == "ttt" else HELD_OUT
         slower = any(at_least_as_slow(evaluation, o) for o in over)
-        result = None if slower else timed_within(model, evaluation, sample, luts, runtime, limit)
+        result = None if slower else timed_within(model, evaluation, texts[piece.timed_on], luts, runtime, limit[piece.timed_on])
         piece.stopped, piece.timed = result is None, not slower
-        timed[piece.label] = limit if result is None else result.seconds
-        if result is None or result.seconds > limit:  # finished just past it (its last sums, TTT's last step): out too
+        timed[piece.label] = limit[piece.timed_on] if result is None else result.seconds
+        if result is None or result.seconds > limit[piece.timed_on]:  # finished just past it (its last sums, TTT's last step): out too
             over.append(evaluation)
+        elif piece.timed_on == HELD_OUT:  # that run was its held-out score
+            piece.gain = plain_loss - result.loss
         else:
             piece.gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
-    # The plain score timed again after the pieces, the faster of the two kept: a neighbour that slowed the first
-    # timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen under load).
-    plain_seconds = min(plain_seconds, score_tokens(model, base, sample, luts, runtime).seconds)
+    # The plain score timed again on each text a piece was timed on, the faster of the two kept: a neighbour that
+    # slowed the first timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen).
+    for text in {p.timed_on for p in pieces if p.timed}:
+        plain_seconds[text] = min(plain_seconds[text], score_tokens(model, base, texts[text], luts, runtime).seconds)
     for piece in pieces:
-        piece.time_ratio = timed[piece.label] / max(plain_seconds, 1e-9)
+        piece.time_ratio = timed[piece.label] / max(plain_seconds[piece.timed_on], 1e-9)
         if piece.gain is None:
             how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
             log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
                 f"{', ' + how if piece.stopped else ''}), gain not measured")
         else:
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
-    seconds_per_target = plain_seconds / max(sample.numel() - 1, 1)
+    seconds_per_target = plain_seconds[PREFIX] / max(sample.numel() - 1, 1)
     combinations = []
     measured = [[p for p in family if p.gain is not None] for family in families.values()]
     for chosen in itertools.product(*[[None] + family for family in measured]):
