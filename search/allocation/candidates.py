@@ -107,7 +107,7 @@ def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hess
     """Pack with each allowed compressor and keep the smallest model file plus code: the candidate's real bytes.
     A candidate whose formats need the layers' H (hessians: (H, rows) per matrix, collected in hessian_seconds)
     costs a submission that collection and its quantization after training: timed here, it counts against
-    the training cap."""
+    the training cap (packing reads no training data and does not count, as in pgolf/submission.py's export)."""
     packed = []
     state = model.state_dict()
     needs_hessians = bool(needs_calibration(state, candidate.config.quant))
@@ -118,13 +118,11 @@ def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hess
     for compressor in space_alloc.compressors:
         level = space_alloc.level if compressor in ("zstd", "rans") else STRONGEST_LEVEL[compressor]  # rans: zstd for the rest
         trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
-        started = time.perf_counter()
         blob, groups = pack(stored, model_meta(trial), compressor, level)
-        seconds = quantize_seconds + time.perf_counter() - started
         code = code_bytes(config_to_dict(trial))  # a compressor's code counts: rans ships its decoder
-        packed.append((len(blob) + code, blob, groups, trial, seconds, code))
-    _, blob, groups, candidate.config, export_seconds, code = min(packed, key=lambda p: p[0])
-    candidate.post_training_seconds = hessian_seconds + export_seconds if needs_hessians else 0.0
+        packed.append((len(blob) + code, blob, groups, trial, code))
+    _, blob, groups, candidate.config, code = min(packed, key=lambda p: p[0])
+    candidate.post_training_seconds = hessian_seconds + quantize_seconds if needs_hessians else 0.0
     candidate.artifact_bytes = len(blob) + code
     candidate.blob, candidate.byte_groups = blob, dict(groups, code=code)
 
