@@ -1,8 +1,8 @@
 """Timing an evaluation setting only as long as the answer is in doubt.
 
-The allocation times each evaluation setting on a validation prefix to predict its time on the whole split; a
-setting whose prefix run already took longer than the most the eval cap allows is out, however long the rest of
-the run would take. A timed run is therefore stopped at that limit: in the demo study the TTT settings and small
+The allocation times each evaluation setting on a validation prefix (or, where the text does not set the pace, on
+its held-out run) to predict its time on the whole split; a setting whose run already took longer than the most
+the eval cap allows is out, however long the rest of the run would take. A timed run is therefore stopped at that limit: in the demo study the TTT settings and small
 strides that could never fit were each timed to the end (5-12x the plain score) and then scored on the held-out
 tokens as well, most of a trial's time outside training.
 """
@@ -43,7 +43,6 @@ def timed_within(model, evaluation, tokens, luts, runtime, limit: float) -> Eval
         return run_pass(scoring)
     except OverTimeLimit:
         return None
-
 
 
 def prefix_limit(runtime, caps, margin: float, prefix, split_targets: int) -> float:

@@ -6,8 +6,8 @@ lowest held-out loss wins among the settings whose eval time on the full validat
 with margin. That time is predicted from a timed run on the first TIME_SAMPLE validation tokens (its score is
 discarded, as the stride choice does): documents adapt side by side, so the split's own document layout sets
 the pace, and a prefix with fewer documents side by side over-predicts, on the safe side. Each TTT setting is
-timed first, and stopped once its run shows it cannot fit (timing.py), a smaller chunk than a stopped one not
-timed at all; only a setting that fits is scored on the held-out tokens. The confirmation then measures the real time.
+timed first, and stopped once its run shows it cannot fit (timing.py), a smaller chunk or larger rank than one
+that did not fit not timed at all; only a setting that fits is scored on the held-out tokens. The confirmation then measures the real time.
 The other TTT keys (mode, targets, optimizer, learning rate, steps, reset, phase) come from the base config.
 """
 
