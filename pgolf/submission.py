@@ -169,11 +169,16 @@ def calibrate(model: GPT, config: RunConfig, train_pattern: str, device: torch.d
 
 def export_model(model: GPT, config: RunConfig, calibration: tuple[dict, dict] | None = None) -> tuple[bytes, dict, list]:
     """The compressed model file's bytes, its compressed bytes per tensor group, and the stored tensors."""
-    stored = quantize_state_dict(model.state_dict(), config.quant, *(calibration or (None, None)))
+    stored = quantize_model(model, config, calibration)
     return (*pack_stored(stored, config), stored)
 
 
+def quantize_model(model: GPT, config: RunConfig, calibration: tuple[dict, dict] | None = None) -> list:
+    return quantize_state_dict(model.state_dict(), config.quant, *(calibration or (None, None)))
+
+
 def pack_stored(stored: list, config: RunConfig) -> tuple[bytes, dict]:
+    """The model file of stored tensors under config's compressor and level, and its bytes per tensor group."""
     return pack(stored, model_meta(config), config.quant.compressor, config.quant.level)
 
 
@@ -184,7 +189,7 @@ def export_trained(model: GPT, config: RunConfig, train_pattern: str, device: to
     counted: at 16 MB zstd-22 alone takes ~47 s on one CPU core (bench/frontier_bytes.py)."""
     started = time.perf_counter()
     calibration = calibrate(model, config, train_pattern, device)
-    stored = quantize_state_dict(model.state_dict(), config.quant, *(calibration or (None, None)))
+    stored = quantize_model(model, config, calibration)
     seconds = time.perf_counter() - started if calibration is not None else 0.0
     return (*pack_stored(stored, config), stored, seconds)
 

@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 
 from objectives.constraints import at_submission_ranks
 from pgolf.assemble import code_bytes, write_script
-from pgolf.artifact import pack
 from pgolf.bpb import ByteLuts, load_tokenizer
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
 from pgolf.configfiles import config_to_toml
 from pgolf.evaluate import NonFiniteScore, Trace
 from pgolf.shards import validation_tokens
 from pgolf.storage import TENSOR_AXES, needs_calibration, quantize_state_dict
-from pgolf.submission import MODEL_FILE, load_model, model_meta, score, score_tokens
+from pgolf.submission import MODEL_FILE, load_model, pack_stored, score, score_tokens
 
 DIRECTORY_SLACK = 256  # bytes kept free for the model file's directory and frame overheads
 STRONGEST_LEVEL = {"lzma": 9, "brotli": 11}  # compressors packed at their strongest level (zstd and rans: the space's)
@@ -118,7 +117,7 @@ def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hess
     for compressor in space_alloc.compressors:
         level = space_alloc.level if compressor in ("zstd", "rans") else STRONGEST_LEVEL[compressor]  # rans: zstd for the rest
         trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
-        blob, groups = pack(stored, model_meta(trial), compressor, level)
+        blob, groups = pack_stored(stored, trial)
         code = code_bytes(config_to_dict(trial))  # a compressor's code counts: rans ships its decoder
         packed.append((len(blob) + code, blob, groups, trial, code))
     _, blob, groups, candidate.config, code = min(packed, key=lambda p: p[0])

@@ -29,7 +29,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within, warm_up
+from search.allocation.timing import cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -114,7 +114,7 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
     pieces = [p for family in families.values() for p in family]
-    ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])
+    ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])  # for the warm-up
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
     texts = {HELD_OUT: held_out, PREFIX: sample}
     plain = score_tokens(model, base, held_out, luts, runtime)
@@ -124,20 +124,22 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     # time there times the largest time ratio that fits, the allowed time over the plain score's predicted time.
     most = prefix_limit(runtime, caps, margin, sample, val_targets) / max(plain_seconds[PREFIX], 1e-9)
     limit = {text: seconds * most for text, seconds in plain_seconds.items()}
-    timed, over = {}, []  # piece label -> its seconds (stopped: the limit); the settings that went past the limit
-    for piece in cheapest_first(pieces, key=lambda p: dataclasses.replace(base, **p.changes)):
-        evaluation = dataclasses.replace(base, **piece.changes)
+    def setting_of(piece: Piece) -> EvalConfig:
+        return dataclasses.replace(base, **piece.changes)
+
+    def time_one(piece: Piece):
+        return timed_within(model, setting_of(piece), texts[piece.timed_on], luts, runtime, limit[piece.timed_on]), limit[piece.timed_on]
+
+    for piece in pieces:
         piece.timed_on = PREFIX if piece.family == "ttt" else HELD_OUT
-        slower = any(at_least_as_slow(evaluation, o) for o in over)
-        result = None if slower else timed_within(model, evaluation, texts[piece.timed_on], luts, runtime, limit[piece.timed_on])
-        piece.stopped, piece.timed = result is None, not slower
+    timed = {}  # piece label -> its seconds (stopped: the limit)
+    for piece, result, fits, was_timed in timed_unless_slower(cheapest_first(pieces, key=setting_of), setting_of, time_one):
+        piece.stopped, piece.timed = result is None, was_timed
         timed[piece.label] = limit[piece.timed_on] if result is None else result.seconds
-        if result is None or result.seconds > limit[piece.timed_on]:  # finished just past it (its last sums, TTT's last step): out too
-            over.append(evaluation)
-        elif piece.timed_on == HELD_OUT:  # that run was its held-out score
+        if fits and piece.timed_on == HELD_OUT:  # that run was its held-out score
             piece.gain = plain_loss - result.loss
-        else:
-            piece.gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
+        elif fits:
+            piece.gain = plain_loss - score_tokens(model, setting_of(piece), held_out, luts, runtime).loss
     # The plain score timed again on each text a piece was timed on, the faster of the two kept: a neighbour that
     # slowed the first timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen).
     for text in {p.timed_on for p in pieces if p.timed}:

@@ -2,9 +2,10 @@
 
 The allocation times each evaluation setting on a validation prefix (or, where the text does not set the pace, on
 its held-out run) to predict its time on the whole split; a setting whose run already took longer than the most
-the eval cap allows is out, however long the rest of the run would take. A timed run is therefore stopped at that limit: in the demo study the TTT settings and small
-strides that could never fit were each timed to the end (5-12x the plain score) and then scored on the held-out
-tokens as well, most of a trial's time outside training.
+the eval cap allows is out, however long the rest of the run would take. A timed run is therefore stopped at that
+limit, and a setting that can only be slower than one that did not fit is not run at all: in the demo study the
+TTT settings and small strides that could never fit were each timed to the end (5-12x the plain score) and then
+scored on the held-out tokens as well, most of a trial's time outside training.
 """
 
 import dataclasses
@@ -78,3 +79,22 @@ def cheapest_first(settings: list, key=lambda s: s) -> list:
     """settings in an order where each comes after every setting it is at least as slow as: larger strides (0, chunks,
     first), larger TTT chunks and smaller ranks first; key gives a setting's eval config."""
     return sorted(settings, key=lambda s: (-(key(s).stride or math.inf), -key(s).ttt_chunk, key(s).ttt_rank))
+
+
+def timed_unless_slower(items: list, setting_of, time_one):
+    """Each item's timed run, in the order given (cheapest first: cheapest_first), as (item, result, fits, timed):
+    time_one(item) gives (timed_within's result, the limit it ran under), and fits says it finished within that
+    limit. An item whose setting (setting_of) is at least as slow as one that did not fit is not run:
+    (item, None, False, False)."""
+    over = []  # the settings that did not fit
+    for item in items:
+        setting = setting_of(item)
+        if any(at_least_as_slow(setting, o) for o in over):
+            over.append(setting)
+            yield item, None, False, False
+            continue
+        result, limit = time_one(item)
+        fits = result is not None and result.seconds <= limit  # finished just past it (its last sums): out too
+        if not fits:
+            over.append(setting)
+        yield item, result, fits, True

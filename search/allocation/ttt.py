@@ -12,6 +12,7 @@ The other TTT keys (mode, targets, optimizer, learning rate, steps, reset, phase
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from objectives.constraints import at_submission_ranks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within, warm_up
+from search.allocation.timing import cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 
 TIME_SAMPLE = 16_384  # validation tokens timed per setting
 
@@ -68,20 +69,22 @@ def choose_ttt(model, config: RunConfig, space_alloc, caps, data, runtime, held_
     val_targets = (token_count(data.val_pattern) - 1) // seq_len * seq_len
     limit = prefix_limit(runtime, caps, margin, sample, val_targets)
     warm_up(model, settings[:1] + cheapest_first(settings[1:])[:1], sample, luts, runtime)
-    measures, over = [], []
-    for i, setting in enumerate(settings[:1] + cheapest_first(settings[1:])):
-        # Timed first (score discarded); held-out only where it fits, and always for no TTT, the fallback.
-        slower = any(at_least_as_slow(setting, o) for o in over)
-        timed = None if slower else timed_within(model, setting, sample, luts, runtime, limit if i else float("inf"))
+    no_ttt = settings[0]  # the fallback: timed to the end and always scored
+
+    def time_one(setting: EvalConfig):
+        bound = math.inf if setting is no_ttt else limit
+        return timed_within(model, setting, sample, luts, runtime, bound), bound
+
+    measures = []
+    # Timed first (score discarded); scored on the held-out tokens only where it fits.
+    for setting, timed, fits, was_timed in timed_unless_slower([no_ttt] + cheapest_first(settings[1:]), lambda s: s, time_one):
         seconds = limit if timed is None else timed.seconds
         predicted = seconds / max(sample.numel() - 1, 1) * val_targets
-        fits = timed is not None and timed.seconds <= limit
-        result = score_tokens(model, setting, held_out, luts, runtime) if i == 0 or fits else None
+        result = score_tokens(model, setting, held_out, luts, runtime) if fits else None
         measures.append(TTTMeasure(setting, result.loss if result else None, result.seconds if result else None, predicted,
                                    stopped=timed is None))
-        over += [] if fits or i == 0 else [setting]
         shown = (f"held-out loss {result.loss:.4f} in {result.seconds:.1f}s" if result else
-                 "too slow to fit the eval cap, not scored" + (" (not timed: slower than one that did not fit)" if slower else
+                 "too slow to fit the eval cap, not scored" + (" (not timed: slower than one that did not fit)" if not was_timed else
                                                                 " (timing stopped)" if timed is None else ""))
         log(f"allocation: {measures[-1].label()}: {shown}, predicted eval {'>' if timed is None else ''}{predicted:.1f}s "
             f"({at_submission_ranks(predicted, runtime.world_size, caps):.1f}s on {caps.eval_ranks or runtime.world_size} ranks)")
