@@ -12,10 +12,11 @@ With quant.code = "compressed" the counted script is the self-extracting form of
 import ast
 import functools
 import os
+import re
 
 from pgolf.config import SECTIONS
 from pgolf.script_env import config_source, env_name
-from pgolf.selfextract import build_source, strip
+from pgolf.selfextract import build_source, strip, strip_pieces
 
 # Dependency order: every module only uses names defined by the ones before it.
 SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "ngram", "evaluate", "qat", "train", "submission")
@@ -168,33 +169,37 @@ def is_compressed(config_dict: dict) -> bool:
     return config_dict.get("quant", {}).get("code", "plain") == "compressed"
 
 
+MODULE_MARK = re.compile(r"(?m)^(?=# -{40} pgolf/\w+\.py$)")  # the line _template opens each module's body with
+
+
 @functools.lru_cache(maxsize=8)
 def _stripped_template(template: str) -> tuple[str, str]:
-    """The template stripped (pgolf/selfextract.py's strip), split around its config line."""
-    before, after = strip(template).split(CONFIG_LINE + "\n")
+    """The template stripped (pgolf/selfextract.py's strip, a module body at a time), split around its config line."""
+    before, after = strip_pieces(tuple(MODULE_MARK.split(template))).split(CONFIG_LINE + "\n")
     return before, after
 
 
 @functools.lru_cache(maxsize=64)
-def _self_extracting(modules: tuple, config_line: str) -> str:
+def _self_extracting(modules: tuple, config_line: str, check: bool = True) -> str:
     # Stripping the whole script takes seconds and the search asks for every config it measures: the template is
     # stripped once and the config line alone per config (ast.unparse writes each top-level statement on its own, so
-    # this is the whole script's strip; a test holds it to build_source on the whole script).
+    # this is the whole script's strip; a test holds it to build_source on the whole script). check=False: for its size.
     before, after = _stripped_template(_template(modules))
     stripped = before + strip(config_line) + after
-    return build_source(_template(modules).replace(CONFIG_LINE, config_line), SCRIPT_FILE, stripped=stripped).loader
+    return build_source(_template(modules).replace(CONFIG_LINE, config_line), SCRIPT_FILE, stripped=stripped, check=check).loader
 
 
-def counted_script(config_dict: dict) -> str:
-    """The train_gpt.py a submission of this config ships and counts: the assembled script or its self-extracting form."""
+def counted_script(config_dict: dict, check: bool = True) -> str:
+    """The train_gpt.py a submission of this config ships and counts: the assembled script or its self-extracting form
+    (check=False: not decompressed and compiled back, for its size alone)."""
     if is_compressed(config_dict):
-        return _self_extracting(_modules(config_dict), _config_line(config_dict))
+        return _self_extracting(_modules(config_dict), _config_line(config_dict), check)
     return assemble_script(config_dict)
 
 
 def code_bytes(config_dict: dict) -> int:
     """The counted code bytes of a config: the one figure the predictor, the allocation, a run and an export use."""
-    return len(counted_script(config_dict).encode("utf-8"))
+    return len(counted_script(config_dict, check=False).encode("utf-8"))
 
 
 def write_script(folder: str, config_dict: dict) -> int:

@@ -16,6 +16,7 @@ The loader imports only the standard library.
 
 import ast
 import base64
+import functools
 import lzma
 import os
 from dataclasses import dataclass
@@ -59,13 +60,16 @@ class SelfExtracting:
         return path
 
 
+def _is_bare_string(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str)
+
+
 def _without_docstrings(tree: ast.AST) -> ast.AST:
     # Every bare string statement of a module, class or function body, not only the first: an assembled script holds
     # each module's docstring in mid-script, where it is no docstring but a statement that does nothing.
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))]
-            node.body = body or [ast.Pass()]
+            node.body = [s for s in node.body if not _is_bare_string(s)] or [ast.Pass()]
     return tree
 
 
@@ -88,12 +92,36 @@ def _one_space_indents(text: str) -> str:
 
 def strip(source: str, path: str = "<script>") -> str:
     """`source` without docstrings and comments, refused if what runs would change (ast.unparse's round trip)."""
-    tree = _without_docstrings(_parse(source, path))
+    return _strip(source, path)[0]
+
+
+def _strip(source: str, path: str) -> tuple[str, ast.stmt | None]:
+    """strip's text and the first top-level statement left (None: nothing but docstrings and comments)."""
+    tree = _parse(source, path)
+    first = next((s for s in tree.body if not _is_bare_string(s)), None)
+    tree = _without_docstrings(tree)
     before = ast.dump(tree)  # ast.unparse leaves the tree as it is: one parse serves both
     stripped = _one_space_indents(ast.unparse(tree))
     if ast.dump(_without_docstrings(_parse(stripped, path + " (stripped)"))) != before:
         raise SelfExtractError(f"{path}: stripping docstrings and comments would change what runs")
-    return stripped
+    return stripped, first
+
+
+_strip_piece = functools.lru_cache(maxsize=64)(_strip)
+
+
+def strip_pieces(pieces: tuple[str, ...], path: str = "<script>") -> str:
+    """strip("".join(pieces)), for pieces cut between top-level statements, each piece stripped once per process: the
+    search strips a script per set of modules, and the sets share most of them (stripping one took ~0.4 s a time).
+    ast.unparse starts each statement on a line of its own and puts a blank line before a def or class that does
+    not open the text: the pieces are joined by that rule (a test holds the result to strip of the whole)."""
+    out = []
+    for piece in pieces:
+        text, first = _strip_piece(piece, path)
+        if first is not None:
+            opens_definition = isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            out.append("\n" + text if out and opens_definition else text)
+    return "".join(out)
 
 
 def _read(path: str) -> bytes:
@@ -128,14 +156,15 @@ def build(script: str, counted: list[str] = ()) -> SelfExtracting:
     return _bundle(main, {main: _decode(script, _read(script)), **modules}, plain, paths)
 
 
-def build_source(source: str, name: str, stripped: str | None = None) -> SelfExtracting:
+def build_source(source: str, name: str, stripped: str | None = None, check: bool = True) -> SelfExtracting:
     """The self-extracting form of one script given as text (pgolf's assembled train_gpt.py), as `build` makes it;
-    `stripped`: strip(source), when the caller has it already."""
-    return _bundle(name, {name: source}, {}, {name: name}, {} if stripped is None else {name: stripped})
+    `stripped`: strip(source), when the caller has it already; check=False: only its size is wanted (the search
+    measures many configs' code), so the loader is not decompressed and compiled back (_check)."""
+    return _bundle(name, {name: source}, {}, {name: name}, {} if stripped is None else {name: stripped}, check)
 
 
 def _bundle(main: str, texts: dict[str, str], plain: dict[str, bytes], paths: dict[str, str],
-            stripped: dict[str, str] | None = None) -> SelfExtracting:
+            stripped: dict[str, str] | None = None, check: bool = True) -> SelfExtracting:
     """texts: file name -> Python source (main first), each stripped (unless `stripped` has it); plain: counted files
     kept as they are; paths: file name -> the path error messages name."""
     stripped = stripped or {}
@@ -143,7 +172,8 @@ def _bundle(main: str, texts: dict[str, str], plain: dict[str, bytes], paths: di
     payload = BOOTSTRAP.format(main=main, sources=sources).encode("utf-8")
     encoded = base64.b85encode(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
     loader = LOADER.format(encoded)
-    _check(loader, payload, main)
+    if check:
+        _check(loader, payload, main)
     return SelfExtracting(loader, plain, sum(len(t.encode("utf-8")) for t in texts.values()) + sum(map(len, plain.values())),
                           sum(len(s.encode("utf-8")) for s in sources.values()) + sum(map(len, plain.values())),
                           len(loader.encode("utf-8")) + sum(map(len, plain.values())))

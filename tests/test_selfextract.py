@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pgolf.selfextract import SelfExtractError, _check, _without_docstrings, build, strip
+from pgolf.selfextract import SelfExtractError, _check, _without_docstrings, build, strip, strip_pieces
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 
@@ -63,6 +63,14 @@ def test_stripping_keeps_what_runs():
     stripped = strip(MAIN)
     assert '"""' not in stripped and "#" not in stripped and len(stripped) < len(MAIN)
     assert ast.dump(_without_docstrings(ast.parse(MAIN))) == ast.dump(ast.parse(stripped))
+
+
+def test_stripping_piece_by_piece_is_stripping_the_whole():
+    pieces = ('"""Module."""\nimport os\nX = 1  # one\n', 'def f():\n    """doc"""\n    return X\n', "Y = 2\n",
+              '"""only a docstring"""\n# and a comment\n', "@staticmethod\ndef g():\n    pass\n",
+              'class C:\n    """doc"""\n\n\nZ = C()\n')
+    assert strip_pieces(pieces) == strip("".join(pieces))
+    assert strip_pieces(pieces[3:4]) == ""  # nothing runs: no `pass` of its own
 
 
 def test_compressed_form_runs_like_the_script(project, tmp_path):
