@@ -23,7 +23,7 @@ from pgolf.evaluate import EvalResult
 from pgolf.metrics import pipeline_metrics, write_metrics
 from pgolf.run import RunLog, subset_validator
 from pgolf.gptq import check_calibration
-from pgolf.submission import MODEL_FILE, Packed, exit_process, load_model, score, setup_runtime, train_pack_score
+from pgolf.submission import MODEL_FILE, Packed, exit_process, score, setup_runtime, train_pack_score
 
 from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
@@ -234,7 +234,7 @@ def _finish(steps: TrialSteps, outcome, started: float) -> dict:
 def quantization_gap(best, config, data, runtime, subset: int, pre) -> float:
     """Post - pre bpb of the stored model, both scored with the trial's own eval settings (not the stride,
     unroll or TTT the allocation chose) on the same tokens as `pre`: the damage of quantization alone."""
-    fresh, _, _ = load_model(best.blob, runtime.device)
+    fresh, _, _ = best.load_back(runtime.device)
     post = score(fresh, config.resolved_eval(), data.val_pattern, data.tokenizer, runtime, limit=subset)
     return post.bpb - pre.bpb
 

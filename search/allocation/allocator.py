@@ -118,6 +118,9 @@ def allocate(request: AllocationRequest, log=print) -> AllocationResult:
     result = AllocationResult(best=None, sensitivities=sensitivities, ttt=measured_ttt, joint=joint)
     _confirm(request, plan, _proposals(request, plan, choices), budget, result, log)
     clock.lap("confirm")
+    for candidate in result.candidates:  # only the chosen one's loaded model is read again (the quantization gap)
+        if candidate is not result.best:
+            candidate.loaded = None
     if result.best is not None:
         result.blob, result.byte_groups = result.best.blob, result.best.byte_groups
     result.phases, result.seconds = clock.seconds, sum(clock.seconds.values())

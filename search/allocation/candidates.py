@@ -39,6 +39,15 @@ class Candidate:
     subset_tokens: int = 0  # validation prefix it was ranked on against the other candidates (0: not ranked)
     blob: bytes = field(default=b"", repr=False)
     byte_groups: dict = field(default_factory=dict)
+    loaded: tuple | None = field(default=None, repr=False)  # load_model of blob, once (load_back)
+
+    def load_back(self, device) -> tuple:
+        """(model, model config, eval config) loaded back from the candidate's bytes, once: ranking, the whole-split
+        score and the quantization gap read the same round trip (decoding rans took ~0.65 s of a demo trial a time).
+        Scoring leaves a model as it was (TTT's close() restores the weights)."""
+        if self.loaded is None:
+            self.loaded = load_model(self.blob, device)
+        return self.loaded
 
     def summary(self) -> dict:
         q = self.config.quant
@@ -137,7 +146,7 @@ def order_on_prefix(candidates: list, data, runtime) -> list:
     split is the whole split. Each candidate's prefix size goes into its `subset_tokens`."""
     vocab_size = candidates[0].config.model.vocab_size
     luts = ByteLuts(load_tokenizer(data.tokenizer, vocab_size), vocab_size)
-    models = [load_model(c.blob, runtime.device) for c in candidates]
+    models = [c.load_back(runtime.device) for c in candidates]
     seq_len = models[0][2].seq_len
     whole = validation_tokens(data.val_pattern, seq_len, vocab_size)  # read once: each prefix is a slice of it
     split = whole.numel() - 1
@@ -160,8 +169,8 @@ def order_on_prefix(candidates: list, data, runtime) -> list:
 
 
 def score_candidate(candidate: Candidate, caps, data, runtime, train_seconds: float = 0.0) -> None:
-    """Reload the packed candidate into a fresh model and score it on the whole validation split."""
-    fresh, _, eval_cfg = load_model(candidate.blob, runtime.device)
+    """The packed candidate loaded back into a fresh model and scored on the whole validation split."""
+    fresh, _, eval_cfg = candidate.load_back(runtime.device)
     try:
         post = score(fresh, eval_cfg, data.val_pattern, data.tokenizer, runtime)
     except NonFiniteScore as exc:  # fails the trial (or `search allocate`): a candidate without a score is never ranked
