@@ -2,6 +2,7 @@
 stops with the model exactly as it was; one within it is the same score as the submission's evaluation."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, score_tokens
 from search.allocation.evaluation import allowed_eval_seconds, fits_eval_cap
-from search.allocation.timing import at_least_as_slow, cheapest_first, prefix_limit, timed_within
+from pgolf.evaluate import run_pass
+from search.allocation.timing import LimitedPass, OverTimeLimit, at_least_as_slow, cheapest_first, prefix_limit, timed_within
 from search.allocation.ttt import choose_ttt
 from space.core import AllocationSpace, Caps
 
@@ -43,6 +45,17 @@ def test_a_run_past_its_limit_stops_and_leaves_the_model_as_it_was(scored, mode)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     within = timed_within(model, evaluation, tokens, luts, CPU, limit=float("inf"))
     assert within.loss == score_tokens(model, evaluation, tokens, luts, CPU).loss and within.tokens == tokens.numel() - 1
+
+
+def test_a_run_whose_pace_cannot_fit_stops_before_its_limit(scored):
+    model, evaluation, tokens, luts = scored  # chunked: four records of a quarter of the targets each
+    def run(seconds_so_far: float, limit: float):
+        scoring = LimitedPass(model, tokens, luts, evaluation, CPU)
+        scoring.started, scoring.limit = time.perf_counter() - seconds_so_far, limit
+        return run_pass(scoring)
+    with pytest.raises(OverTimeLimit):  # a quarter took ~1 s: ~4 s in all, past 1.1 x 3 s although 3 s has not passed
+        run(1.0, 3.0)
+    assert run(1.0, 5.0).tokens == tokens.numel() - 1  # ~4 s in all fits 5 s: it runs to the end
 
 
 def test_the_prefix_limit_is_the_longest_time_that_fits_the_cap():

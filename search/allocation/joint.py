@@ -4,11 +4,11 @@ one small search under the eval cap, instead of the stride first and TTT on what
 Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
 held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text:
 the held-out run itself for strides and the tilt, a validation prefix for TTT (see PREFIX). A piece is timed only
-until it is plainly too slow: a run past the cap's share of its text (timing.py) means the piece does not fit even
-alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece that is only a smaller
-stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the demo's TTT settings,
-timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most of a trial's time
-outside training). A combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the
+until it is plainly too slow: a run past (or on pace to run past) the cap's share of its text (timing.py) means the
+piece does not fit even alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece
+that is only a smaller stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the
+demo's TTT settings, timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most
+of a trial's time outside training). A combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the
 pieces act on different things, the context, the weights, the output; a stride of a TTT chunk or more changes
 nothing under TTT and is no candidate), its eval time on the whole split as the plain time per target times the
 product of its pieces' ratios. The combination with the largest predicted gain whose predicted time fits
@@ -46,7 +46,7 @@ class Piece:
     label: str
     changes: dict  # the eval keys it sets
     gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
-    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: the least it is)
+    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: its limit's, which it ran or was on pace to run past)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
     timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
     timed_on: str = ""  # the text its time ratio was measured on: PREFIX or HELD_OUT

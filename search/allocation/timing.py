@@ -3,7 +3,7 @@
 The allocation times each evaluation setting on a validation prefix (or, where the text does not set the pace, on
 its held-out run) to predict its time on the whole split; a setting whose run already took longer than the most
 the eval cap allows is out, however long the rest of the run would take. A timed run is therefore stopped at that
-limit, and a setting that can only be slower than one that did not fit is not run at all: in the demo study the
+limit (or before it, once its pace says it will pass it), and a setting that can only be slower than one that did not fit is not run at all: in the demo study the
 TTT settings and small strides that could never fit were each timed to the end (5-12x the plain score) and then
 scored on the held-out tokens as well, most of a trial's time outside training.
 """
@@ -21,15 +21,28 @@ class OverTimeLimit(Exception):
     """A timed run that went past its limit (stopped at the first stretch that ended past it)."""
 
 
-class LimitedPass(ScoringPass):
-    """A scoring pass that stops with OverTimeLimit once `deadline` (a perf_counter time) has passed."""
+# A run is also stopped once its pace says it cannot fit: after PACE_AFTER of its targets, if their time scaled to all
+# of them is past PACE_SLACK times the limit. Strides and the tilt score at an even pace (the projection from a fifth
+# of the run was their time to 1%); TTT scores a document's first chunk before adapting on it, so its early pace runs
+# fast (projected at 0.6-0.85x its time in the demo) and the rule stops it late, never wrongly.
+PACE_AFTER = 0.2
+PACE_SLACK = 1.1
 
-    deadline = float("inf")
+
+class LimitedPass(ScoringPass):
+    """A scoring pass that stops with OverTimeLimit once it has run `limit` seconds from `started` (a perf_counter
+    time), or once its pace so far says it will (PACE_AFTER, PACE_SLACK)."""
+
+    started, limit = 0.0, float("inf")
 
     def record(self, *args, **kwargs) -> None:
-        if time.perf_counter() > self.deadline:
+        elapsed = time.perf_counter() - self.started
+        if elapsed > self.limit:
             raise OverTimeLimit
         super().record(*args, **kwargs)
+        done, total = float(self.sums[1]), self.tokens.numel() - 1  # targets scored so far (rank 0 alone: all of them)
+        if done >= PACE_AFTER * total and elapsed * total / done > PACE_SLACK * self.limit:
+            raise OverTimeLimit
 
 
 def timed_within(model, evaluation, tokens, luts, runtime, limit: float) -> EvalResult | None:
@@ -39,7 +52,7 @@ def timed_within(model, evaluation, tokens, luts, runtime, limit: float) -> Eval
     if runtime.world_size > 1:
         raise ValueError("a time-limited evaluation runs on one process")
     scoring = LimitedPass(model, tokens, luts, evaluation, runtime)
-    scoring.deadline = time.perf_counter() + limit  # run_pass's clock starts after this: the limit errs long
+    scoring.started, scoring.limit = time.perf_counter(), limit  # run_pass's clock starts after this: the limit errs long
     try:
         return run_pass(scoring)
     except OverTimeLimit:
