@@ -118,8 +118,13 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
     texts = {HELD_OUT: held_out, PREFIX: sample}
     plain = score_tokens(model, base, held_out, luts, runtime)
-    plain_loss, plain_seconds = plain.loss, {HELD_OUT: plain.seconds}
-    plain_seconds[PREFIX] = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
+    plain_loss = plain.loss
+    # The plain score costs the same per target on either text: timed on both, the faster pace stands for both. A
+    # neighbour that slowed the one timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks
+    # was seen); the plain score timed again after the pieces did the same at two more plain runs per trial.
+    prefix_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
+    pace = min(plain.seconds / max(held_out.numel() - 1, 1), prefix_seconds / max(sample.numel() - 1, 1))
+    plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
     # The longest run on each text that still fits the cap alone (other pieces only add time): the plain score's
     # time there times the largest time ratio that fits, the allowed time over the plain score's predicted time.
     most = prefix_limit(runtime, caps, margin, sample, val_targets) / max(plain_seconds[PREFIX], 1e-9)
@@ -140,10 +145,6 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
             piece.gain = plain_loss - result.loss
         elif fits:
             piece.gain = plain_loss - score_tokens(model, setting_of(piece), held_out, luts, runtime).loss
-    # The plain score timed again on each text a piece was timed on, the faster of the two kept: a neighbour that
-    # slowed the first timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks was seen).
-    for text in {p.timed_on for p in pieces if p.timed}:
-        plain_seconds[text] = min(plain_seconds[text], score_tokens(model, base, texts[text], luts, runtime).seconds)
     for piece in pieces:
         piece.time_ratio = timed[piece.label] / max(plain_seconds[piece.timed_on], 1e-9)
         if piece.gain is None:
@@ -152,7 +153,6 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
                 f"{', ' + how if piece.stopped else ''}), gain not measured")
         else:
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
-    seconds_per_target = plain_seconds[PREFIX] / max(sample.numel() - 1, 1)
     combinations = []
     measured = [[p for p in family if p.gain is not None] for family in families.values()]
     for chosen in itertools.product(*[[None] + family for family in measured]):
@@ -164,7 +164,7 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         ratio = 1.0
         for p in parts:
             ratio *= p.time_ratio
-        combination = Combination(parts, sum(p.gain for p in parts), seconds_per_target * val_targets * ratio)
+        combination = Combination(parts, sum(p.gain for p in parts), pace * val_targets * ratio)
         combination.fits = fits_eval_cap(combination.predicted_seconds, runtime.world_size, caps, margin)
         combinations.append(combination)
     fitting = [c for c in combinations if c.fits] or [c for c in combinations if not c.pieces]
