@@ -169,13 +169,9 @@ def warmup_plan(cfg, compiled: bool) -> list[tuple[int, bool]]:
 
 
 @contextlib.contextmanager
-def recompile_limit(graphs: int, compiling: bool = True):
+def recompile_limit(graphs: int):
     """Dynamo's limit on graphs per compiled function raised to the run's graph count where that is higher (default 8:
-    past it a function silently runs eager). Not compiling: nothing reads the limit, and importing Dynamo only to
-    raise it took ~1 s of every uncompiled (CPU) run's set-up."""
-    if not compiling:
-        yield
-        return
+    past it a function silently runs eager)."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     with config.patch(**{name: max(getattr(config, name), graphs)}):
@@ -189,7 +185,7 @@ def train(model: nn.Module, cfg, loader, device: torch.device, validate=None, on
     validate(model) -> val bpb is called every cfg.val_every steps; on_val(step, bpb) receives the
     result and may raise to stop the run (a pruner does). Raises TrainingDiverged on a NaN/inf loss.
     """
-    with fused_ops(cfg.fused_ops), recompile_limit(len(training_graphs(cfg)) + 2, compiles(cfg.compile, device)):
+    with fused_ops(cfg.fused_ops), recompile_limit(len(training_graphs(cfg)) + 2):
         return _train(model, cfg, loader, device, validate, on_val, log, world_size)
 
 
