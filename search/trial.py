@@ -7,6 +7,7 @@ or NaN leaves no result.json; the coordinator then fails this trial alone.
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from pgolf.submission import MODEL_FILE, Packed, exit_process, score, setup_runt
 
 from objectives.bytes import measure_calibration, rtn_sizes
 from search.allocation import AllocationRequest, FormatChoices, allocate
+from search.backends.spare import SPARE_FLAG, wait_for_trial
 from search.budget.fidelity import predict_at_target
 from search.budget.phases import PhaseClock
 from search.memory import halved_micro_batch, pass_tokens, peak_memory, raise_test_oom
@@ -246,6 +248,13 @@ def main() -> int:
 
         torch.set_num_threads(int(os.environ["PGOLF_THREADS"]))
     from search.script.trial import is_script_trial, script_trial_main
+
+    if directory == SPARE_FLAG:  # started before it was needed (search/backends/spare.py): the trial comes on stdin
+        # What a trial imports once it runs, imported while it waits: Optuna's storage, and Dynamo, which the first
+        # torch.optim optimizer imports (~1 s of a CPU trial's model set-up) even where nothing is compiled.
+        for module in ("torch._dynamo", "search.study"):
+            importlib.import_module(module)
+        directory = wait_for_trial()
 
     if is_script_trial(directory):  # a user's training script, run as it is (search/script/trial.py)
         return script_trial_main(directory)

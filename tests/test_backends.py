@@ -4,6 +4,8 @@ import pytest
 
 from search.backends import BACKENDS, backend_class
 from search.backends.base import Backend
+from search.backends.process import group_members, worker_env
+from search.backends.spare import WORKER_LOG, SpareProcess
 from search.cli import build_parser
 from search.study import StudyError, StudySettings
 
@@ -31,3 +33,19 @@ def test_local_trials_refuse_the_cluster_options():
     backend_class("tune").check_options(settings)  # Tune reads them
     # GPUs per trial: the local backend shares this machine's out (tests/test_devices.py)
     backend_class("local").check_options(StudySettings(name="s", space={}, space_source="", storage="sqlite:///x.db", gpus_per_trial=1.0))
+
+
+def test_a_spare_trial_process_runs_the_trial_it_is_handed_and_a_waiting_one_stops(tmp_path):
+    spare = SpareProcess(worker_env(1))
+    spare.start()
+    waiting = spare.process
+    handed = spare.take(str(tmp_path), {"CUDA_VISIBLE_DEVICES": ""})
+    assert handed is waiting and spare.process is None
+    assert handed.wait(timeout=120) == 1  # no request.json: the trial fails at once, as a freshly started one does
+    assert "request.json" in (tmp_path / "error.txt").read_text()
+    assert "trial failed: FileNotFoundError" in (tmp_path / WORKER_LOG).read_text()  # its output, from the hand-over on
+    spare.start()
+    waiting = spare.process
+    spare.stop()
+    assert waiting.poll() is not None and not group_members(waiting.pid)
+    assert spare.take(str(tmp_path), {}) is None  # none waiting: the backend starts the trial afresh

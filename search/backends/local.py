@@ -7,6 +7,7 @@ import time
 from search.backends.base import Backend
 from search.backends.devices import DevicePool, gpus_per_trial, visible_gpus
 from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
+from search.backends.spare import WORKER_LOG, SpareProcess
 
 
 class LocalBackend(Backend):
@@ -21,6 +22,9 @@ class LocalBackend(Backend):
         self.settings = settings
         self.threads = max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
         self.pool: DevicePool | None = None
+        # The next trial's process, importing while the coordinator tells the last trial and asks the next (spare.py).
+        self.spare = SpareProcess(worker_env(self.threads))
+        self.asking = False
 
     def drive(self, coordinator) -> None:
         """Start trials up to the worker count, collect the ended ones."""
@@ -31,7 +35,9 @@ class LocalBackend(Backend):
         stop_asking = False
         while c.stop_signal is None:
             stop_asking = stop_asking or c.sampling_over(c.rerunning)
+            self.asking = not stop_asking
             while not (stop_asking or c.stop_signal) and len(c.jobs) < c.settings.workers:
+                self.spare.start()  # its imports overlap the ask (a no-op while one waits)
                 prepared = c.prepare_next(reruns=c.rerunning)
                 if prepared is None:
                     stop_asking = True
@@ -44,15 +50,18 @@ class LocalBackend(Backend):
             c.collect()
             c.tick()
             time.sleep(0.2)  # a finished trial waits at most this long to be told
+        self.asking = False
 
     def _launch(self, job: Job) -> None:
         # The trial's GPUs, as Ray gives a Tune trial its own: the trial records them in placement.json.
         extra = {"CUDA_VISIBLE_DEVICES": self.pool.take(job.number)} if self.pool is not None else {}
         try:
-            with open(os.path.join(job.directory, "worker.log"), "wb") as log:
-                job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
-                                              env=worker_env(self.threads, extra), preexec_fn=trial_process_setup,
-                                              cwd=os.getcwd())
+            job.handle = self.spare.take(job.directory, extra)
+            if job.handle is None:  # none waiting: started afresh
+                with open(os.path.join(job.directory, WORKER_LOG), "wb") as log:
+                    job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
+                                                  env=worker_env(self.threads, extra), preexec_fn=trial_process_setup,
+                                                  cwd=os.getcwd())
         except BaseException:
             self._release(job)
             raise
@@ -65,8 +74,13 @@ class LocalBackend(Backend):
         code = job.handle.poll()
         if code is not None:  # ended (completed, pruned or failed): its GPUs go to the next trial
             self._release(job)
+            if self.asking:  # the next trial's process imports while this one is told
+                self.spare.start()
         return code
 
     def cancel(self, job: Job) -> None:
         end_process_group(job.handle)  # the trial and every rank it started
         self._release(job)
+
+    def shutdown(self) -> None:
+        self.spare.stop()
