@@ -9,7 +9,8 @@ from pgolf.datasets import DataPaths
 from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime
-from search.allocation.joint import HELD_OUT, PREFIX, choose_jointly
+from search.allocation import joint
+from search.allocation.joint import HELD_OUT, MIN_GAIN, PREFIX, choose_jointly
 from space.core import AllocationSpace, Caps, SpaceError
 from space.spec import space_from_dict
 
@@ -27,10 +28,17 @@ def trained():
     return model, config, held_out
 
 
-def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(trained):
+def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(trained, monkeypatch):
     model, config, held_out = trained
     space = AllocationSpace(eval_stride=[0, 64], ttt_chunk=[64], ngram_order=[2], eval_choice="joint")
     cpu = Runtime(device=torch.device("cpu"))
+    # Untrained, the model gains nothing from a longer context: stride 64's gain is below the floor, in no candidate.
+    lines = []
+    floored = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lines.append, 512)
+    assert next(p for p in floored.pieces if p.family == "stride").gain < MIN_GAIN
+    assert sum("below the 0.0001-nat floor: no candidate" in line for line in lines) == 1
+    assert {p.label for c in floored.combinations for p in c.pieces} == {"TTT lora chunk 64 rank 8", "tilt order 2"}
+    monkeypatch.setattr(joint, "MIN_GAIN", -1.0)  # every measured piece a candidate, for the rules below
     choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, cpu, held_out, 0.7, lambda line: None, 512)
     assert sorted(p.label for p in choice.pieces) == ["TTT lora chunk 64 rank 8", "stride 64", "tilt order 2"]
     # strides and the tilt are timed by their held-out run itself; TTT, whose pace depends on the documents, on validation

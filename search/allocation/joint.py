@@ -8,9 +8,9 @@ until it is plainly too slow: a run past (or on pace to run past) the cap's shar
 piece does not fit even alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece
 that is only a smaller stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the
 demo's TTT settings, timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most
-of a trial's time outside training). A combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the
-pieces act on different things, the context, the weights, the output; a stride of a TTT chunk or more changes
-nothing under TTT and is no candidate), its eval time on the whole split as the plain time per target times the
+of a trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A combination's gain is predicted as
+the sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
+output; a stride of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time on the whole split as the plain time per target times the
 product of its pieces' ratios. The combination with the largest predicted gain whose predicted time fits
 EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the same rule as the sequential choice);
 its held-out loss is then measured as a whole, and every candidate with its predicted and (for the winner)
@@ -32,6 +32,12 @@ from search.allocation.evaluation import fits_eval_cap
 from search.allocation.timing import cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
+
+# The least held-out gain (nats per token) a piece must give to be in a candidate. Below it a piece buys nothing
+# measurable for its eval time and its code: the demo's tilt, at +5e-7 nats (a token or two of 16,384), still won
+# "stride 128 + tilt" over stride 128 alone, adding 28% to the eval time, the n-gram module's bytes, and a held-out run
+# to measure the pair.
+MIN_GAIN = 1e-4
 
 # Where a piece's time ratio is measured. Strides and the tilt cost the same per target on any text, so their
 # held-out run, which measures their gain, also times them; TTT adapts per document, so its pace depends on the
@@ -152,9 +158,10 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
             log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
                 f"{', ' + how if piece.stopped else ''}), gain not measured")
         else:
-            log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}")
+            floor = "" if piece.gain >= MIN_GAIN else f", below the {MIN_GAIN:g}-nat floor: no candidate"
+            log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}{floor}")
     combinations = []
-    measured = [[p for p in family if p.gain is not None] for family in families.values()]
+    measured = [[p for p in family if p.gain is not None and p.gain >= MIN_GAIN] for family in families.values()]
     for chosen in itertools.product(*[[None] + family for family in measured]):
         parts = tuple(p for p in chosen if p is not None)
         evaluation = dataclasses.replace(base, **{k: v for p in parts for k, v in p.changes.items()})
