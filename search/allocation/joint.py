@@ -10,11 +10,12 @@ that is only a smaller stride, a smaller TTT chunk or a larger rank than one tha
 demo's TTT settings, timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most
 of a trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A combination's gain is predicted as
 the sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
-output; a stride of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time on the whole split as the plain time per target times the
-product of its pieces' ratios. The combination with the largest predicted gain whose predicted time fits
-EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the same rule as the sequential choice);
-its held-out loss is then measured as a whole, and every candidate with its predicted and (for the winner)
-measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
+output; a stride of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time on the whole
+split as the plain time per target times the product of its pieces' ratios. The combination with the largest
+predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the
+same rule as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its
+predicted and (for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the
+split.
 """
 
 import dataclasses
@@ -52,7 +53,7 @@ class Piece:
     label: str
     changes: dict  # the eval keys it sets
     gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
-    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: its limit's, which it ran or was on pace to run past)
+    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: its limit's, run or on pace to run past)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
     timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
     timed_on: str = ""  # the text its time ratio was measured on: PREFIX or HELD_OUT

@@ -3,9 +3,10 @@
 The allocation times each evaluation setting on a validation prefix (or, where the text does not set the pace, on
 its held-out run) to predict its time on the whole split; a setting whose run already took longer than the most
 the eval cap allows is out, however long the rest of the run would take. A timed run is therefore stopped at that
-limit (or before it, once its pace says it will pass it), and a setting that can only be slower than one that did not fit is not run at all: in the demo study the
-TTT settings and small strides that could never fit were each timed to the end (5-12x the plain score) and then
-scored on the held-out tokens as well, most of a trial's time outside training.
+limit (or before it, once its pace says it will pass it), and a setting that can only be slower than one that did not
+fit is not run at all: in the demo study the TTT settings and small strides that could never fit were each timed to
+the end (5-12x the plain score) and then scored on the held-out tokens as well, most of a trial's time outside
+training.
 """
 
 import dataclasses
