@@ -265,11 +265,11 @@ def main() -> int:
         code = 0
     except Exception:  # the process boundary: any failure fails this trial, with its reason kept
         code = fail_at_boundary(directory)
-    # Everything is written: the process ends without the interpreter's finalization, which took ~0.7 s after result.json
-    # (the coordinator tells the trial and starts the next one only once the process is gone), and which with N ranks
-    # gloo's threads may abort (pgolf/submission.py).
-    exit_process(code)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Everything is written: the process ends without the interpreter's finalization, which took ~0.7 s after result.json
+    # (the coordinator tells the trial and starts the next one only once the process is gone), and which with N ranks
+    # gloo's threads may abort (pgolf/submission.py).
+    exit_process(main())
