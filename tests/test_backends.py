@@ -37,14 +37,16 @@ def test_local_trials_refuse_the_cluster_options():
 
 def test_a_spare_trial_process_runs_the_trial_it_is_handed_and_a_waiting_one_stops(tmp_path):
     spare = SpareProcess(worker_env(1))
-    spare.start()
+    spare.start(str(tmp_path))
     waiting = spare.process
+    with open(f"/proc/{waiting.pid}/cmdline", "rb") as f:  # it names the study's trials folder, as trials name theirs
+        assert str(tmp_path).encode() in f.read()
     handed = spare.take(str(tmp_path), {"CUDA_VISIBLE_DEVICES": ""})
     assert handed is waiting and spare.process is None
     assert handed.wait(timeout=120) == 1  # no request.json: the trial fails at once, as a freshly started one does
     assert "request.json" in (tmp_path / "error.txt").read_text()
     assert "trial failed: FileNotFoundError" in (tmp_path / WORKER_LOG).read_text()  # its output, from the hand-over on
-    spare.start()
+    spare.start(str(tmp_path))
     waiting = spare.process
     spare.stop()
     assert waiting.poll() is not None and not group_members(waiting.pid)

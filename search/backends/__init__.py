@@ -1,6 +1,7 @@
 """Where trial processes run: local subprocesses (local.py), or Ray Tune trials on a cluster (tune.py).
 
-Either way a trial is `python -m search.trial DIR` in a process of its own (process.py). The coordinator keeps
+Either way a trial is `python -m search.trial DIR` in a process of its own (process.py), or, locally, a
+`python -m search.trial --spare TRIALS` started before it was needed and handed DIR (spare.py). The coordinator keeps
 Optuna's ask/tell (prepare_next, finish); a backend (base.py's Backend) runs the study's loop with them in
 `drive(coordinator)`, and `cancel`/`poll` let the coordinator stop it. A new backend is a Backend subclass and
 one entry in BACKENDS; `search run --backend` offers the names listed here.

@@ -8,6 +8,7 @@ from search.backends.base import Backend
 from search.backends.devices import DevicePool, gpus_per_trial, visible_gpus
 from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
 from search.backends.spare import WORKER_LOG, SpareProcess
+from search.study import trial_dir
 
 
 class LocalBackend(Backend):
@@ -24,7 +25,7 @@ class LocalBackend(Backend):
         self.pool: DevicePool | None = None
         # The next trial's process, importing while the coordinator tells the last trial and asks the next (spare.py).
         self.spare = SpareProcess(worker_env(self.threads))
-        self.asking = False
+        self.asking, self.trials_folder = False, ""
 
     def drive(self, coordinator) -> None:
         """Start trials up to the worker count, collect the ended ones."""
@@ -33,11 +34,12 @@ class LocalBackend(Backend):
         if per_trial is not None:
             self.pool = DevicePool(visible_gpus()[0], per_trial)
         stop_asking = False
+        self.trials_folder = os.path.dirname(trial_dir(c.directory, 0))
         while c.stop_signal is None:
             stop_asking = stop_asking or c.sampling_over(c.rerunning)
             self.asking = not stop_asking
             while not (stop_asking or c.stop_signal) and len(c.jobs) < c.settings.workers:
-                self.spare.start()  # its imports overlap the ask (a no-op while one waits)
+                self.spare.start(self.trials_folder)  # its imports overlap the ask (a no-op while one waits)
                 prepared = c.prepare_next(reruns=c.rerunning)
                 if prepared is None:
                     stop_asking = True
@@ -75,7 +77,7 @@ class LocalBackend(Backend):
         if code is not None:  # ended (completed, pruned or failed): its GPUs go to the next trial
             self._release(job)
             if self.asking:  # the next trial's process imports while this one is told
-                self.spare.start()
+                self.spare.start(self.trials_folder)
         return code
 
     def cancel(self, job: Job) -> None:

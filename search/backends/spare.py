@@ -1,4 +1,4 @@
-"""A trial process started before it is needed: `python -m search.trial --spare` does its imports (torch, Optuna,
+"""A trial process started before it is needed: `python -m search.trial --spare TRIALS` does its imports (torch, Optuna,
 pgolf; ~1.4 s of a demo trial's start-up on the AMD machines) and then waits for one line on its stdin naming the
 trial folder and the environment the trial adds (its GPUs). The local backend starts one as a trial ends, so the
 imports run while the coordinator tells that trial and asks the next, and hands the next trial to it.
@@ -20,17 +20,19 @@ WORKER_LOG = "worker.log"
 
 
 class SpareProcess:
-    """At most one waiting trial process (threads: its share of the CPU cores, as worker_env sets it)."""
+    """At most one waiting trial process (env: the environment worker_env gives every trial process of the study)."""
 
     def __init__(self, env: dict):
         self.env = env
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, trials_folder: str) -> None:
+        """A spare, unless one waits. Its command names the study's trials folder, as a fresh trial's names its own
+        folder inside it: ps and pkill -f find a study's trial processes by it."""
         if self.process is None or self.process.poll() is not None:
-            self.process = subprocess.Popen([sys.executable, "-m", "search.trial", SPARE_FLAG], stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
-                                            preexec_fn=trial_process_setup, cwd=os.getcwd())
+            self.process = subprocess.Popen([sys.executable, "-m", "search.trial", SPARE_FLAG, trials_folder],
+                                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            env=self.env, preexec_fn=trial_process_setup, cwd=os.getcwd())
 
     def take(self, directory: str, extra_env: dict) -> subprocess.Popen | None:
         """The waiting process, handed the trial in `directory`; None when there is none alive to take (start afresh)."""
