@@ -39,7 +39,7 @@ from pgolf.metrics import RunMetrics, recorded_names
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import make_backend
-from search.backends.process import Job
+from search.backends.process import WORKER_LOG, Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RANKS_ATTR, RERUN_ATTR, SEED_ATTR, queue_reruns, rung_caps, rung_config, trial_ranks
 from search.budget.stepbudget import CALIBRATION_FILE, budget_config, read_calibration
@@ -497,7 +497,7 @@ def _duration(seconds: float) -> str:
 
 
 def _failure_reason(directory: str, code: int) -> str:
-    for name in ("worker.log", "error.txt"):
+    for name in (WORKER_LOG, "error.txt"):
         path = os.path.join(directory, name)
         if os.path.exists(path):
             with open(path, encoding="utf-8", errors="replace") as f:

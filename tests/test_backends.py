@@ -4,8 +4,8 @@ import pytest
 
 from search.backends import BACKENDS, backend_class
 from search.backends.base import Backend
-from search.backends.process import group_members, worker_env
-from search.backends.spare import WORKER_LOG, SpareProcess
+from search.backends.process import WORKER_LOG, group_members, worker_env
+from search.backends.spare import SpareProcess
 from search.cli import build_parser
 from search.study import StudyError, StudySettings
 

@@ -6,8 +6,8 @@ import time
 
 from search.backends.base import Backend
 from search.backends.devices import DevicePool, gpus_per_trial, visible_gpus
-from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
-from search.backends.spare import WORKER_LOG, SpareProcess
+from search.backends.process import WORKER_LOG, Job, end_process_group, trial_process_setup, worker_command, worker_env
+from search.backends.spare import SpareProcess
 from search.study import trial_dir
 
 

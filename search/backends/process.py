@@ -9,6 +9,9 @@ import time
 from dataclasses import dataclass
 
 
+WORKER_LOG = "worker.log"  # a trial process's own output (stdout and stderr), in its trial folder
+
+
 @dataclass
 class Job:
     number: int

@@ -1,6 +1,6 @@
 """A trial process started before it is needed: `python -m search.trial --spare TRIALS` does its imports (torch, Optuna,
-pgolf; ~1.4 s of a demo trial's start-up on the AMD machines) and then waits for one line on its stdin naming the
-trial folder and the environment the trial adds (its GPUs). The local backend starts one as a trial ends, so the
+pgolf and Dynamo, ~2.3 s on the AMD machines) and then waits for one line on its stdin naming the trial folder and the
+environment the trial adds (its GPUs). The local backend starts one as the study starts and as each trial ends, so the
 imports run while the coordinator tells that trial and asks the next, and hands the next trial to it.
 
 It is the same process a fresh start would be: the same command's module, environment, process group and parent-death
@@ -13,10 +13,9 @@ import os
 import subprocess
 import sys
 
-from search.backends.process import end_process_group, trial_process_setup
+from search.backends.process import WORKER_LOG, end_process_group, trial_process_setup
 
 SPARE_FLAG = "--spare"
-WORKER_LOG = "worker.log"
 
 
 class SpareProcess:

@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from search.backends.base import Backend, study_trial_ranks
-from search.backends.process import Job, end_process_group, trial_process_setup, worker_command, worker_env
+from search.backends.process import WORKER_LOG, Job, end_process_group, trial_process_setup, worker_command, worker_env
 from search.budget.fidelity import PrunerSpec
 from search.study import StudyError
 from search.trialfiles import REQUEST_FILE, RESULT_FILE, read_reports
@@ -318,7 +318,7 @@ def run_on_node(config: dict) -> None:
         else:
             os.remove(path)
     env = worker_env(config["threads"], {"PGOLF_NODE": ray.get_runtime_context().get_node_id()})
-    with open(os.path.join(directory, "worker.log"), "wb") as log:
+    with open(os.path.join(directory, WORKER_LOG), "wb") as log:
         process = subprocess.Popen(worker_command(directory), stdout=log, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=_unniced_trial_setup)
     sent, last = 0, (0, math.inf)
