@@ -23,8 +23,9 @@ class LocalBackend(Backend):
         self.settings = settings
         self.threads = max(1, (os.cpu_count() or 1) // max(settings.workers, 1))
         self.pool: DevicePool | None = None
-        # The next trial's process, importing while the coordinator tells the last trial and asks the next (spare.py).
-        self.spare = SpareProcess(worker_env(self.threads))
+        # The next trial's process, importing while the coordinator tells the last trial and asks the next (spare.py);
+        # CPU trials only (drive).
+        self.spare: SpareProcess | None = None
         self.asking, self.trials_folder = False, ""
 
     def drive(self, coordinator) -> None:
@@ -33,13 +34,16 @@ class LocalBackend(Backend):
         per_trial = gpus_per_trial(self.settings, c.space, c.device)  # checked before the study was created
         if per_trial is not None:
             self.pool = DevicePool(visible_gpus()[0], per_trial)
+        else:  # not where trials get GPUs of their own: an import could touch CUDA before CUDA_VISIBLE_DEVICES is set
+            self.spare = SpareProcess(worker_env(self.threads))
         stop_asking = False
         self.trials_folder = os.path.dirname(trial_dir(c.directory, 0))
         while c.stop_signal is None:
             stop_asking = stop_asking or c.sampling_over(c.rerunning)
             self.asking = not stop_asking
             while not (stop_asking or c.stop_signal) and len(c.jobs) < c.settings.workers:
-                self.spare.start(self.trials_folder)  # its imports overlap the ask (a no-op while one waits)
+                if self.spare is not None:  # its imports overlap the ask (a no-op while one waits)
+                    self.spare.start(self.trials_folder)
                 prepared = c.prepare_next(reruns=c.rerunning)
                 if prepared is None:
                     stop_asking = True
@@ -58,7 +62,7 @@ class LocalBackend(Backend):
         # The trial's GPUs, as Ray gives a Tune trial its own: the trial records them in placement.json.
         extra = {"CUDA_VISIBLE_DEVICES": self.pool.take(job.number)} if self.pool is not None else {}
         try:
-            job.handle = self.spare.take(job.directory, extra)
+            job.handle = self.spare.take(job.directory, extra) if self.spare is not None else None
             if job.handle is None:  # none waiting: started afresh
                 with open(os.path.join(job.directory, WORKER_LOG), "wb") as log:
                     job.handle = subprocess.Popen(worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
@@ -76,7 +80,7 @@ class LocalBackend(Backend):
         code = job.handle.poll()
         if code is not None:  # ended (completed, pruned or failed): its GPUs go to the next trial
             self._release(job)
-            if self.asking:  # the next trial's process imports while this one is told
+            if self.asking and self.spare is not None:  # the next trial's process imports while this one is told
                 self.spare.start(self.trials_folder)
         return code
 
@@ -85,4 +89,5 @@ class LocalBackend(Backend):
         self._release(job)
 
     def shutdown(self) -> None:
-        self.spare.stop()
+        if self.spare is not None:
+            self.spare.stop()

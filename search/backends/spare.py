@@ -1,11 +1,12 @@
 """A trial process started before it is needed: `python -m search.trial --spare TRIALS` does its imports (torch, Optuna,
 pgolf and Dynamo, ~2.3 s on the AMD machines) and then waits for one line on its stdin naming the trial folder and the
-environment the trial adds (its GPUs). The local backend starts one as the study starts and as each trial ends, so the
+environment the trial adds. The local backend starts one as the study starts and as each trial ends, so the
 imports run while the coordinator tells that trial and asks the next, and hands the next trial to it.
 
 It is the same process a fresh start would be: the same command's module, environment, process group and parent-death
-signal (process.py); CUDA is first touched after the hand-over, so CUDA_VISIBLE_DEVICES set then still holds; and its
-output goes to the trial folder's worker.log from the hand-over on.
+signal (process.py), and its output goes to the trial folder's worker.log from the hand-over on. Only where trials get
+no GPUs of their own (devices.py) is one used: whether an import touches CUDA, which would fix the visible devices
+before the hand-over sets CUDA_VISIBLE_DEVICES, is untested on a GPU.
 """
 
 import json
