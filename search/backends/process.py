@@ -72,8 +72,9 @@ def group_members(group: int) -> list[int]:
     return members
 
 
-def worker_command(directory: str) -> list[str]:
-    return [sys.executable, "-m", "search.trial", directory]
+def worker_command(*arguments: str) -> list[str]:
+    """A trial process's command: its folder, or (spare.py) the spare flag and the study's trials folder."""
+    return [sys.executable, "-m", "search.trial", *arguments]
 
 
 def worker_env(threads: int, extra: dict | None = None) -> dict:

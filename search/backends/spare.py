@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from search.backends.process import WORKER_LOG, end_process_group, trial_process_setup
+from search.backends.process import WORKER_LOG, end_process_group, trial_process_setup, worker_command
 
 SPARE_FLAG = "--spare"
 
@@ -30,7 +30,7 @@ class SpareProcess:
         """A spare, unless one waits. Its command names the study's trials folder, as a fresh trial's names its own
         folder inside it: ps and pkill -f find a study's trial processes by it."""
         if self.process is None or self.process.poll() is not None:
-            self.process = subprocess.Popen([sys.executable, "-m", "search.trial", SPARE_FLAG, trials_folder],
+            self.process = subprocess.Popen(worker_command(SPARE_FLAG, trials_folder),
                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                             env=self.env, preexec_fn=trial_process_setup, cwd=os.getcwd())
 
