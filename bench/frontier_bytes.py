@@ -25,13 +25,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from counted_code import baseline_config  # noqa: E402
-from pgolf.artifact import pack  # noqa: E402
 from pgolf.assemble import code_bytes  # noqa: E402
 from pgolf.config import config_to_dict  # noqa: E402
 from pgolf.model import GPT  # noqa: E402
 from pgolf.quant import tensor_group  # noqa: E402
 from pgolf.storage import quantize_state_dict  # noqa: E402
-from pgolf.submission import model_meta  # noqa: E402
+from pgolf.submission import pack_stored  # noqa: E402
 from space.spec import load_space  # noqa: E402
 
 EMBEDDING = "tok_emb.*"
@@ -55,10 +54,10 @@ def main() -> None:
         trial = dataclasses.replace(config, quant=dataclasses.replace(config.quant, compressor=compressor,
                                                                       level=9 if compressor == "lzma" else 22))
         started = time.perf_counter()
-        blob, groups = pack(stored, model_meta(trial), compressor, trial.quant.level)
+        blob, groups = pack_stored(stored, trial)
         seconds = time.perf_counter() - started
-        plain = code_bytes({**config_to_dict(trial), "quant": {**config_to_dict(trial)["quant"], "code": "plain"}})
-        compressed = code_bytes({**config_to_dict(trial), "quant": {**config_to_dict(trial)["quant"], "code": "compressed"}})
+        plain, compressed = (code_bytes(config_to_dict(dataclasses.replace(trial, quant=dataclasses.replace(trial.quant, code=form))))
+                             for form in ("plain", "compressed"))
         rows[compressor] = (len(blob), plain, compressed, groups, seconds)
     print("| compressor | model file | code plain | code compressed | total plain code | total compressed code | pack s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
