@@ -116,10 +116,9 @@ def _np_dtype(name: str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
-def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level: int = 22) -> tuple[bytes, dict]:
-    """The model file's bytes, and its compressed bytes per tensor group (directory counted in "other")."""
-    if compressor not in COMPRESSOR_IDS:
-        raise ArtifactError(f"unknown compressor {compressor!r}")
+def _payloads(stored: list[StoredTensor]) -> tuple[list[bytes], dict, list]:
+    """(the raw frames: directory-less payload per tensor group, the integer matrices per group as compress takes them,
+    the directory entries) of stored tensors."""
     payloads = {g: bytearray() for g in TENSOR_GROUPS}
     matrices = {g: [] for g in TENSOR_GROUPS}
     directory = []
@@ -133,9 +132,28 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
             payloads[group] += data
         directory.append({"name": entry.name, "kind": entry.kind, "shape": list(entry.shape), "dtype": entry.dtype,
                           "bits": entry.bits, "clip": entry.clip, "arrays": arrays, **_format_fields(entry)})
+    return [bytes(payloads[g]) for g in TENSOR_GROUPS], matrices, directory
+
+
+def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level: int = 22, alternatives=()) -> tuple[bytes, dict]:
+    """The model file's bytes, and its compressed bytes per tensor group (directory counted in "other").
+    alternatives: the same tensors stored in other orders (pgolf/row_order.py; same shapes, so the same directory):
+    of them all, the one whose frames come out smallest is written. A group whose payload an order leaves unchanged is
+    compressed once."""
+    if compressor not in COMPRESSOR_IDS:
+        raise ArtifactError(f"unknown compressor {compressor!r}")
+    payloads, matrices, directory = _payloads(stored)
     header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
-    raws = [header] + [bytes(payloads[g]) for g in TENSOR_GROUPS]
-    frames = [compress(raw, compressor, level, matrices.get(g, ())) for g, raw in zip(("directory",) + TENSOR_GROUPS, raws)]
+    groups = ("directory",) + TENSOR_GROUPS
+    raws = [header] + payloads
+    frames = [compress(raw, compressor, level, matrices.get(g, ())) for g, raw in zip(groups, raws)]
+    for other in alternatives:
+        other_payloads, other_matrices, _ = _payloads(other)
+        other_frames = [frame if raw == first else compress(raw, compressor, level, other_matrices[g])
+                        for g, raw, first, frame in zip(TENSOR_GROUPS, other_payloads, payloads, frames[1:])]
+        if sum(map(len, other_frames)) < sum(map(len, frames[1:])):
+            payloads, frames = other_payloads, frames[:1] + other_frames
+    raws = [header] + payloads
     table = b"".join(FRAME.pack(len(raw), len(frame), zlib.crc32(raw)) for raw, frame in zip(raws, frames))
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, COMPRESSOR_IDS[compressor], len(frames))
     blob = prefix + table + b"".join(frames)

@@ -19,12 +19,12 @@ from pgolf.script_env import config_source, env_name
 from pgolf.selfextract import build_source, strip, strip_pieces
 
 # Dependency order: every module only uses names defined by the ones before it.
-SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "ttt", "ngram", "evaluate", "qat", "train", "submission")
+SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "storage", "config", "entropy_codec", "artifact", "row_order", "ttt", "ngram", "evaluate", "qat", "train", "submission")
 # Modules only some configs call: a script leaves them out (and does not pay their bytes) when its config does not.
 # module -> (section, key, op, value): the config calls the module when config[section][key] op value. A script
 # that leaves one out refuses, in one line, a variable that would set that key so that it needs the module.
 OPTIONAL_MODULES = {"ttt": ("eval", "ttt", "!=", "off"), "entropy_codec": ("quant", "compressor", "==", "rans"),
-                    "ngram": ("eval", "ngram_order", "!=", 0)}
+                    "ngram": ("eval", "ngram_order", "!=", 0), "row_order": ("quant", "row_order", "!=", "off")}
 CONFIG_LINE = "CONFIG: dict = {}"
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the

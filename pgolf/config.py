@@ -156,6 +156,9 @@ class QuantConfig:
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
     compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
+    # "similar": each MLP's hidden units coded in the order of a nearest-neighbour chain of their symbols where that
+    # file comes out smaller than as trained, and loaded in one canonical order (pgolf/row_order.py); "off": as trained.
+    row_order: str = "off"
     # The counted train_gpt.py: "plain" (as assembled) or "compressed" (its self-extracting form, pgolf/selfextract.py,
     # as the records count their code). Not written into the script's own config: it runs the same either way.
     code: str = "plain"
@@ -229,6 +232,7 @@ QUANT_BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16)
 COMPRESSORS = ("zstd", "lzma", "rans", "brotli")
 OPTIONAL_COMPRESSORS = {"brotli": "brotli"}  # compressor -> the package it needs (pip install pgolf[brotli])
 CODE_FORMS = ("plain", "compressed")
+ROW_ORDERS = ("off", "similar")
 MUON_NS = ("quintic", "polar_express")
 TTT_MODES = ("off", "lora", "full")
 TTT_OPTIMIZERS = ("adam", "sgd")
@@ -439,6 +443,7 @@ def validate(config: RunConfig) -> None:
     _check(q.compressor in COMPRESSORS, f"quant.compressor must be one of {', '.join(COMPRESSORS)}, got {q.compressor!r}")
     missing = compressor_missing(q.compressor)
     _check(missing is None, f"quant.compressor {missing}")
+    _check(q.row_order in ROW_ORDERS, f"quant.row_order must be one of {', '.join(ROW_ORDERS)}, got {q.row_order!r}")
     _check(q.code in CODE_FORMS, f"quant.code must be one of {', '.join(CODE_FORMS)}, got {q.code!r}")
     level_range = range(1, 23) if q.compressor in ("zstd", "rans") else range(0, 12) if q.compressor == "brotli" else range(0, 10)
     _check(q.level in level_range, f"quant.level {q.level} is out of range for {q.compressor}")

@@ -29,6 +29,7 @@ from pgolf.bpb import ByteLuts, TokenizerError, load_tokenizer
 from pgolf.config import ConfigError, EvalConfig, ModelConfig, RunConfig, config_from_dict, eval_settings, model_settings, validate
 from pgolf.evaluate import EvalResult, NonFiniteScore, Trace, evaluate_bpb
 from pgolf.model import GPT, count_params, reserve_positions
+from pgolf.row_order import canonical_order, similar_order
 from pgolf.gptq import CalibrationError, calibration_batches, check_calibration, collect_hessians
 from pgolf.storage import calibrates, dequantize_state_dict, needs_calibration, quantize_state_dict
 from pgolf.shards import BatchLoader, ShardError, validation_tokens
@@ -134,7 +135,10 @@ def share_from_main(runtime: Runtime, value):
 
 def model_meta(config: RunConfig) -> dict:
     """What the model file must carry to be rebuilt and scored without its training config."""
-    return {"model": model_settings(config.model), "eval": eval_settings(config.resolved_eval())}
+    meta = {"model": model_settings(config.model), "eval": eval_settings(config.resolved_eval())}
+    if config.quant.row_order != "off":  # its loader puts the MLP units in canonical order (pgolf/row_order.py)
+        meta["row_order"] = config.quant.row_order
+    return meta
 
 
 def train_model(config: RunConfig, train_pattern: str, runtime: Runtime, validate_fn=None, on_val=None, log=print):
@@ -179,7 +183,8 @@ def quantize_model(model: GPT, config: RunConfig, calibration: tuple[dict, dict]
 
 def pack_stored(stored: list, config: RunConfig) -> tuple[bytes, dict]:
     """The model file of stored tensors under config's compressor and level, and its bytes per tensor group."""
-    return pack(stored, model_meta(config), config.quant.compressor, config.quant.level)
+    alternatives = [similar_order(stored)] if config.quant.row_order == "similar" else []
+    return pack(stored, model_meta(config), config.quant.compressor, config.quant.level, alternatives)
 
 
 def export_trained(model: GPT, config: RunConfig, train_pattern: str, device: torch.device) -> tuple[bytes, dict, list, float]:
@@ -206,7 +211,7 @@ def load_model(blob: bytes, device: torch.device) -> tuple[GPT, ModelConfig, Eva
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"model file settings are malformed ({exc})") from None
     model = GPT(model_cfg)
-    state = dequantize_state_dict(stored)
+    state = dequantize_state_dict(canonical_order(stored) if meta.get("row_order") else stored)
     expected = model.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise ArtifactError("model file tensors do not match the model its settings describe")
