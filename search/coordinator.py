@@ -39,6 +39,7 @@ from pgolf.metrics import RunMetrics, recorded_names
 from pgolf.model import EMBEDDING_PREFIXES
 from pgolf.staging import Interrupted
 from search.backends import make_backend
+from search.allocation.knapsack import packing
 from search.backends.process import WORKER_LOG, Job
 from search.budget.fidelity import extrapolation_spec, proxy_config, trial_pruning
 from search.budget.reruns import RANKS_ATTR, RERUN_ATTR, SEED_ATTR, queue_reruns, rung_caps, rung_config, trial_ranks
@@ -110,7 +111,7 @@ def cheapest_quant(space: Space, calibration: Calibration, compressor: str = "zs
     token_side = [prefix + "weight" for prefix in EMBEDDING_PREFIXES]
     return QuantConfig(bits={"*": block_bits, **dict.fromkeys(token_side, emb_bits)},
                        clip={"*": block_clip, **dict.fromkeys(token_side, emb_clip)}, keep_float_max_numel=0,
-                       compressor=compressor, code=space.base.quant.code)  # the form the trials' code is counted in
+                       compressor=compressor, **packing(space.base.quant))  # how the trials' artifacts are packed
 
 
 class Coordinator:

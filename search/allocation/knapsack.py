@@ -45,6 +45,15 @@ def solve_knapsack(units: list[Unit], options: dict, budget: int, buckets: int =
     return list(reversed(chosen))
 
 
+# How the artifact is packed, not what it stores: the base config's choice, which a quant section built for an
+# allocation keeps.
+PACKING_KEYS = ("code", "row_order")
+
+
+def packing(quant: QuantConfig) -> dict:
+    return {key: getattr(quant, key) for key in PACKING_KEYS}
+
+
 def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, level: int, base: QuantConfig | None = None,
                      rank_bits: int = 16) -> QuantConfig:
     """The QuantConfig of one pick per unit; the format tables list only units that leave the default, so
@@ -57,7 +66,7 @@ def allocation_quant(units: list[Unit], chosen: list[Option], compressor: str, l
             if getattr(opt, axis.name) != axis.default:
                 tables[axis.name][unit.name] = getattr(opt, axis.name)
     collection = {k: getattr(base, k) for k in ("calib_tokens", "gptq_damp", "gptq_block", "gptq_act_order")}  # of H, and GPTQ's
-    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, code=base.code, **collection,
+    return QuantConfig(**tables, keep_float_max_numel=0, compressor=compressor, level=level, **packing(base), **collection,
                        rank_bits=rank_bits if any(o.rank for o in chosen) else QuantConfig.rank_bits)
 
 
