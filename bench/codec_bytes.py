@@ -6,7 +6,8 @@ artifact would: the group's int8 arrays concatenated, through zstd-22 and lzma-9
 compress), brotli-11 (if importable), and pgolf/entropy_codec.py (one stream per group, its header,
 tables and column classes counted). Order-0 entropy is per matrix (each its own distribution), as
 pgolf/quant.py's symbol_entropy_bits. Row scales are the same for every coder and not counted.
-Then times the codec on a stream of about --speed-symbols symbols (the checkpoints' matrices repeated).
+Each table twice: the MLP hidden units as trained, and in pgolf/row_order.py's similar order (the
+packer keeps whichever codes smaller; the whole-file line shows what it keeps). Then times the codec on a stream of about --speed-symbols symbols (the checkpoints' matrices repeated).
 
     python bench/codec_bytes.py [CHECKPOINT ...] [--bits 6] [--clip 12.85] [--speed-symbols 16000000]
 """
@@ -26,6 +27,7 @@ from pgolf.checkpoint import load_any_checkpoint  # noqa: E402
 from pgolf.config import QuantConfig  # noqa: E402
 from pgolf.entropy_codec import decode_matrices, encode_matrices  # noqa: E402
 from pgolf.quant import symbol_entropy_bits, tensor_group  # noqa: E402
+from pgolf.row_order import similar_order  # noqa: E402
 from pgolf.storage import quantize_state_dict  # noqa: E402
 
 try:
@@ -56,18 +58,22 @@ def measure(path: str, bits: int, clip: float) -> list:
     model, _ = load_any_checkpoint(path)
     quant = QuantConfig(bits={"*": bits}, clip={"*": clip}, keep_float_max_numel=0)
     stored = [e for e in quantize_state_dict(model.state_dict(), quant) if e.kind == "int"]
-    rows = []
-    for group in GROUPS:
-        entries = [e for e in stored if tensor_group(e.name) == group]
-        if not entries:
-            continue
-        h = symbol_entropy_bits(entries) / 8
-        sizes = {name: len(code(entries)) for name, code in coders().items()}
-        rows.append((group, sum(e.q.size for e in entries), h, sizes))
+    rows = {}
+    for order, entries_of in (("as trained", lambda s: s), ("MLP units in the similar order", similar_order)):
+        rows[order] = []
+        for group in GROUPS:
+            entries = [e for e in entries_of(stored) if tensor_group(e.name) == group]
+            if not entries:
+                continue
+            h = symbol_entropy_bits(entries) / 8
+            sizes = {name: len(code(entries)) for name, code in coders().items()}
+            rows[order].append((group, sum(e.q.size for e in entries), h, sizes))
     back = decode_matrices(encode_matrices([e.q for e in stored], [e.bits for e in stored]))
     assert all(np.array_equal(e.q.reshape(q.shape), q) for e, q in zip(stored, back)), "codec round trip differs"
     every = quantize_state_dict(model.state_dict(), quant)  # the whole model file: scales, control tensors, directory
-    files = {f"{c}-{level}": len(pack(every, {}, c, level)[0]) for c, level in (("zstd", 22), ("lzma", 9), ("rans", 22))}
+    files = {f"{c}-{level}{label}": len(pack(every, {}, c, level, alternatives)[0])
+             for c, level in (("zstd", 22), ("lzma", 9), ("rans", 22)) + ((("brotli", 11),) if brotli else ())
+             for label, alternatives in (("", ()), (" row_order=similar", [similar_order(every)]))}
     return rows, stored, files
 
 
@@ -116,7 +122,8 @@ def main() -> None:
     stored = []
     for path in args.checkpoints:
         rows, stored, files = measure(path, args.bits, args.clip)
-        print_table(f"{path}: int{args.bits}, clip {args.clip:g} x row std, every matrix", rows)
+        for order, table in rows.items():
+            print_table(f"{path}: int{args.bits}, clip {args.clip:g} x row std, every matrix, {order}", table)
         print("model file (pgolf/artifact.py pack, all frames): " + ", ".join(f"{k} {v:,} bytes" for k, v in files.items()))
     if args.speed_symbols and stored:
         time_codec(stored, args.speed_symbols)
