@@ -117,8 +117,7 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 def _payloads(stored: list[StoredTensor]) -> tuple[list[bytes], dict, list]:
-    """(the raw frames: directory-less payload per tensor group, the integer matrices per group as compress takes them,
-    the directory entries) of stored tensors."""
+    """(payload per tensor group, its integer matrices as compress takes them, directory entries)."""
     payloads = {g: bytearray() for g in TENSOR_GROUPS}
     matrices = {g: [] for g in TENSOR_GROUPS}
     directory = []
@@ -137,9 +136,7 @@ def _payloads(stored: list[StoredTensor]) -> tuple[list[bytes], dict, list]:
 
 def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level: int = 22, alternatives=()) -> tuple[bytes, dict]:
     """The model file's bytes, and its compressed bytes per tensor group (directory counted in "other").
-    alternatives: the same tensors stored in other orders (pgolf/row_order.py; same shapes, so the same directory):
-    of them all, the one whose frames come out smallest is written. A group whose payload an order leaves unchanged is
-    compressed once."""
+    alternatives: the same tensors in other orders (pgolf/row_order.py): the smallest file of all is written."""
     if compressor not in COMPRESSOR_IDS:
         raise ArtifactError(f"unknown compressor {compressor!r}")
     payloads, matrices, directory = _payloads(stored)

@@ -156,8 +156,7 @@ class QuantConfig:
     gptq_act_order: bool = True  # quantize the columns with the largest input energy first
     compressor: str = "zstd"  # zstd | lzma | rans (pgolf/entropy_codec.py)
     level: int = 22
-    # "similar": each MLP's hidden units coded in the order of a nearest-neighbour chain of their symbols where that
-    # file comes out smaller than as trained, and loaded in one canonical order (pgolf/row_order.py); "off": as trained.
+    # "similar": MLP hidden units stored in the order that codes smallest (pgolf/row_order.py); "off": as trained.
     row_order: str = "off"
     # The counted train_gpt.py: "plain" (as assembled) or "compressed" (its self-extracting form, pgolf/selfextract.py,
     # as the records count their code). Not written into the script's own config: it runs the same either way.

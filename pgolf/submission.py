@@ -136,7 +136,7 @@ def share_from_main(runtime: Runtime, value):
 def model_meta(config: RunConfig) -> dict:
     """What the model file must carry to be rebuilt and scored without its training config."""
     meta = {"model": model_settings(config.model), "eval": eval_settings(config.resolved_eval())}
-    if config.quant.row_order != "off":  # its loader puts the MLP units in canonical order (pgolf/row_order.py)
+    if config.quant.row_order != "off":  # loaded with the MLP units in canonical order
         meta["row_order"] = config.quant.row_order
     return meta
 
