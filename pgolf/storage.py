@@ -78,21 +78,22 @@ class FormatAxis:
     label: Callable = str  # a value in a candidate's format label, e.g. "out0.005"
     calibrates: Callable = lambda value: False  # whether a value needs the layer's input statistics
     per_tensor: bool = True
+    offered: tuple = ()  # what `search allocate` offers when its flag is absent (per-tensor axes)
 
 
 FORMAT_AXES = (
     FormatAxis("quantizer", "quantizers", str, "rtn", lambda v: v in QUANTIZERS, f"allowed are {', '.join(QUANTIZERS)}",
                " / ".join(QUANTIZERS), "how symbols are chosen: " + ", ".join(QUANTIZERS) + " or several, comma-separated",
-               calibrates=lambda v: QUANTIZERS[v].calibrates),
+               calibrates=lambda v: QUANTIZERS[v].calibrates, offered=tuple(QUANTIZERS)),
     FormatAxis("awq", "awq", float, 0.0, lambda v: _number(v) and 0 <= v <= 1, "must be an exponent in [0, 1] (0 = off)",
-               "exponents in [0, 1] (0 = off)", "AWQ-lite exponents, e.g. 0,0.5 (0 = off)", lambda v: f"awq{v:g}", lambda v: v > 0),
+               "exponents in [0, 1] (0 = off)", "AWQ-lite exponents, e.g. 0,0.5 (0 = off)", lambda v: f"awq{v:g}", lambda v: v > 0, offered=(0.0, 0.5)),
     FormatAxis("outliers", "outliers", float, 0.0, lambda v: _number(v) and 0 <= v <= MAX_OUTLIER_FRACTION,
                f"must be a fraction in [0, {MAX_OUTLIER_FRACTION}]", f"fractions in [0, {MAX_OUTLIER_FRACTION}] of a matrix's weights",
-               "fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005", lambda v: f"out{v:g}"),
+               "fractions of each matrix's weights kept exact in fp16, e.g. 0,0.001,0.005", lambda v: f"out{v:g}", offered=(0.0, 0.001)),
     # The correction's SVD weights input channels by their activations: it calibrates too.
     FormatAxis("rank", "ranks", int, 0, lambda v: _integer(v) and 0 <= v <= MAX_CORRECTION_RANK,
                f"must be an integer in [0, {MAX_CORRECTION_RANK}]", f"integers in [0, {MAX_CORRECTION_RANK}]",
-               "ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)", lambda v: f"r{v}", lambda v: v > 0),
+               "ranks of the low-rank error correction, e.g. 0,4,16 (0 = none)", lambda v: f"r{v}", lambda v: v > 0, offered=(0, 4)),
     FormatAxis("rank_bits", "rank_bits", int, 16, lambda v: v in (8, 16), "8 or 16", "8 or 16",
                "the correction's factors: 16 = fp16, 8 = int8 with per-row scales", per_tensor=False),
 )

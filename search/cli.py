@@ -124,16 +124,17 @@ def format_flag(axis) -> str:
 
 
 def cmd_allocate(args) -> int:
-    from search.allocation.command import allocate_checkpoint, format_table, parse_list
+    from search.allocation.command import allocate_checkpoint, format_table, offered_by_default, parse_list
 
     options = {key: value for key, value in (
         ("bits", parse_list(args.bits, "--bits")), ("embedding_bits", parse_list(args.embedding_bits, "--embedding-bits")),
         ("clip", parse_list(args.clip, "--clip", float)), ("eval_stride", parse_list(args.strides, "--strides")),
         ("eval_repeats", parse_list(args.repeats, "--repeats")), ("granularity", args.granularity),
-        ("compressors", parse_list(args.compressors, "--compressors", str)),
+        ("compressors", parse_list(args.compressors, "--compressors", str)), ("row_orders", parse_list(args.row_orders, "--row-orders", str)),
         *((axis.space_key, parse_list(getattr(args, axis.space_key), format_flag(axis), axis.kind) if axis.per_tensor
            else getattr(args, axis.space_key)) for axis in FORMAT_AXES),
         ("sensitivity", args.sensitivity)) if value is not None}
+    options = offered_by_default(options)
     out = args.out or f"allocation-{args.cap}"
     # Before the allocation's minutes of work, and naming this command's flag (staged_dir's default is pgolf's --force).
     check_target(os.path.abspath(out), args.replace, "--replace")
@@ -261,11 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strides", help="eval strides to consider, e.g. 0,64 (0 = chunks)")
     p.add_argument("--repeats", help="eval unroll counts to consider (models with a shared segment)")
     p.add_argument("--granularity", choices=GRANULARITIES)
-    p.add_argument("--compressors", help="compressors to pack with, e.g. zstd,lzma,rans (brotli if installed; default zstd)")
+    p.add_argument("--compressors", help="compressors to pack with, e.g. zstd,lzma,rans (default: every one installed)")
+    p.add_argument("--row-orders", help="MLP unit orders to pack with: off, similar or both (default: both)")
     p.add_argument("--code", choices=CODE_FORMS, default="plain",
                    help="count train_gpt.py plain or in its self-extracting form (default: %(default)s)")
     for axis in FORMAT_AXES:  # the matrix formats' axes, each a list to choose from (GPTQ/AWQ/ranks calibrate on training tokens)
-        p.add_argument(format_flag(axis), type=None if axis.per_tensor else axis.kind, help=axis.help)
+        offered = f" (default: {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in axis.offered)})" if axis.per_tensor else ""
+        p.add_argument(format_flag(axis), type=None if axis.per_tensor else axis.kind, help=axis.help + offered)
     p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS,
                    help="each unit's loss increase: measured, one forward per unit (default), or a diagonal-Fisher estimate "
                         "from one backward pass")

@@ -61,6 +61,7 @@ class AllocationSpace:
     eval_repeats: list = field(default_factory=list)  # eval unroll counts tried ([] = training's)
     eval_stride: list = field(default_factory=lambda: [0])  # sliding-window strides tried (0 = chunks)
     compressors: list = field(default_factory=lambda: ["zstd"])
+    row_orders: list = field(default_factory=list)  # quant.row_order values a candidate is packed with; [] = the config's
     level: int = 22
     calib_tokens: int = 32_768  # held-out training tokens on which damage is measured
     sensitivity: str = "forward"  # how: forward (one pass per unit) | fisher (one backward pass); search/allocation/sensitivity.py

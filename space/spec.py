@@ -29,7 +29,7 @@ import math
 import os
 import tomllib
 
-from pgolf.config import COMPRESSORS, MAX_NGRAM_ORDER, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ConfigError, RunConfig, compressor_missing, config_from_dict, config_to_dict
+from pgolf.config import COMPRESSORS, MAX_NGRAM_ORDER, MAX_TTT_RANK, QUANT_BITS_ALLOWED, ROW_ORDERS, ConfigError, RunConfig, compressor_missing, config_from_dict, config_to_dict
 from pgolf.configfiles import resolve_config
 from pgolf.storage import FORMAT_AXES
 # The space's types and table readers (space/core.py, shared with space/script.py), importable from here as before.
@@ -127,6 +127,8 @@ def allocation_from_dict(values: dict) -> AllocationSpace:
     missing = [compressor_missing(c) for c in alloc.compressors if compressor_missing(c)]
     if missing:
         raise SpaceError(f"allocation.compressors: {missing[0]}")
+    if any(o not in ROW_ORDERS for o in alloc.row_orders):
+        raise SpaceError(f"allocation.row_orders must list {' / '.join(ROW_ORDERS)}, got {alloc.row_orders}")
     _check_formats(alloc)
     if any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in alloc.ttt_chunk):
         raise SpaceError(f"allocation.ttt_chunk must list positive chunk lengths in tokens, got {alloc.ttt_chunk}")

@@ -90,3 +90,18 @@ def test_brotli_is_refused_in_one_line_when_absent_and_packs_when_present():
     via_zstd, _, _ = load_model(zstd_blob, torch.device("cpu"))
     for name, value in via_zstd.state_dict().items():  # the same stored model, whichever coder carried it
         assert torch.equal(restored.state_dict()[name], value), name
+
+
+def test_search_allocate_offers_every_format_and_installed_compressor_unless_a_flag_narrows_it():
+    from pgolf.config import COMPRESSORS
+    from pgolf.storage import FORMAT_AXES, QUANTIZERS
+    from search.allocation.command import offered_by_default
+    from space.spec import allocation_from_dict
+
+    everything = allocation_from_dict(offered_by_default({}))
+    assert everything.quantizers == list(QUANTIZERS) and everything.ranks[0] == 0 and len(everything.ranks) > 1
+    assert all(len(getattr(everything, a.space_key)) > 1 for a in FORMAT_AXES if a.per_tensor)
+    assert everything.compressors == [c for c in COMPRESSORS if compressor_missing(c) is None]
+    assert everything.row_orders == ["off", "similar"]
+    narrowed = allocation_from_dict(offered_by_default({"quantizers": ["rtn"], "compressors": ["zstd"]}))
+    assert narrowed.quantizers == ["rtn"] and narrowed.compressors == ["zstd"] and narrowed.awq == everything.awq

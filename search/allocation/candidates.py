@@ -113,7 +113,7 @@ def confirm_within_cap(propose, pack, budget: int, cap: int, attempts: int = 3) 
 
 
 def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hessian_seconds: float = 0.0) -> None:
-    """Pack with each allowed compressor and keep the smallest model file plus code: the candidate's real bytes.
+    """Pack with each allowed compressor (and row order) and keep the smallest model file plus code: the candidate's real bytes.
     A candidate whose formats need the layers' H (hessians: (H, rows) per matrix, collected in hessian_seconds)
     costs a submission that collection and its quantization after training: timed here, it counts against
     the training cap (packing reads no training data and does not count, as in pgolf/submission.py's export)."""
@@ -123,17 +123,21 @@ def pack_candidate(model, candidate: Candidate, space_alloc, hessians=None, hess
     started = time.perf_counter()
     stored = quantize_state_dict(state, candidate.config.quant, *(hessians if needs_hessians else (None, None)))
     quantize_seconds = time.perf_counter() - started
-    def pack_with(compressor: str) -> tuple:
+    def pack_with(choice: tuple) -> tuple:
+        compressor, row_order = choice
         level = space_alloc.level if compressor in ("zstd", "rans") else STRONGEST_LEVEL[compressor]  # rans: zstd for the rest
-        trial = dataclasses.replace(candidate.config, quant=dataclasses.replace(candidate.config.quant, compressor=compressor, level=level))
+        quant = dataclasses.replace(candidate.config.quant, compressor=compressor, level=level, row_order=row_order)
+        trial = dataclasses.replace(candidate.config, quant=quant)
         blob, groups = pack_stored(stored, trial)
         code = code_bytes(config_to_dict(trial))  # a compressor's code counts: rans ships its decoder
         return len(blob) + code, blob, groups, trial, code
 
     # The compressors side by side: zstd and lzma let go of the GIL while they compress (lzma-9 alone took ~0.9 s of
     # the ~1.7 s a demo candidate took to pack one after another). The same bytes either way; ties keep the first listed.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(space_alloc.compressors)) as pool:
-        packed = list(pool.map(pack_with, space_alloc.compressors))
+    # Each row order too (pgolf/row_order.py: "similar" codes no larger, but ships its module's code).
+    choices = [(c, o) for c in space_alloc.compressors for o in space_alloc.row_orders or [candidate.config.quant.row_order]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(choices)) as pool:
+        packed = list(pool.map(pack_with, choices))
     _, blob, groups, candidate.config, code = min(packed, key=lambda p: p[0])
     candidate.post_training_seconds = hessian_seconds + quantize_seconds if needs_hessians else 0.0
     candidate.artifact_bytes = len(blob) + code
