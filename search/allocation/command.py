@@ -80,9 +80,9 @@ def format_table(metrics: dict) -> str:
 
 def offered_by_default(options: dict) -> dict:
     """`search allocate`'s choices: each flag given narrows its axis; without one the command offers all it has, every
-    matrix format (each axis's `offered` values, pgolf/storage.py), every compressor installed here and both row orders, so a user who
-    passes no flag gets the best allocation it can find (at a 1 MB cap on official_tiny, RTN alone gave 2.40520 and
-    every format together 2.38996), at the cost of the formats' calibration and options (minutes on a CPU)."""
+    matrix format (each axis's `offered` values, pgolf/storage.py), every compressor installed here and both row
+    orders: a user who passes no flag gets the best allocation it can find, at the cost of the formats' calibration and
+    options (minutes on a CPU; the last log line says how long each phase took)."""
     everything = {axis.space_key: list(axis.offered) for axis in FORMAT_AXES if axis.per_tensor}
     everything["compressors"] = [c for c in COMPRESSORS if compressor_missing(c) is None]
     everything["row_orders"] = list(ROW_ORDERS)
