@@ -7,7 +7,10 @@ bits x clip multiplier (16 = fp16), and with the study's FormatChoices the quant
 exponent, the protected-outlier fraction and the low-rank correction rank.
 """
 
+import concurrent.futures
+import dataclasses
 import itertools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,39 +151,47 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
     names = [axis.name for axis in base_axes] + ["rank"]
     plain = tuple(axis.default for axis in base_axes)
     options: dict = {}
-    for name in unit.tensors:
-        w = state[name].detach().float().cpu()
-        H, n = hessians.get(name), rows.get(name, 0)
-        weight = input_rms(H, n) if H is not None else None
+    # The byte estimates (zstd, which lets go of the GIL: ~45% of this function's time with every format offered) run
+    # beside the quantization and SVDs; added up in the order measured, so the sums are the same.
+    pending = []  # (option key, its bytes or their future, its error)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        def measure(key: tuple, entry: StoredTensor, err: float) -> None:
+            pending.append((key, pool.submit(stored_bytes, dataclasses.replace(entry)), err))  # a copy: the arrays as now
 
-        def error(delta):
-            return output_error(delta, H, n) if with_inputs else float(delta.pow(2).sum())
+        for name in unit.tensors:
+            w = state[name].detach().float().cpu()
+            H, n = hessians.get(name), rows.get(name, 0)
+            weight = input_rms(H, n) if H is not None else None
 
-        for bits in bits_options:
-            if bits == 16:
-                half = w.to(torch.float16)
-                _add(options, (16, 0.0, *plain, 0), compressed_floats(half.numpy()), error(w - half.float()))
-                continue
-            for clip, *values in itertools.product(clip_options, *(choices.values(axis) for axis in base_axes)):
-                fmt = MatrixFormat(bits, clip, **dict(zip(names, values)))
-                if fmt.needs_calibration() and not with_inputs:
+            def error(delta):
+                return output_error(delta, H, n) if with_inputs else float(delta.pow(2).sum())
+
+            for bits in bits_options:
+                if bits == 16:
+                    half = w.to(torch.float16)
+                    pending.append(((16, 0.0, *plain, 0), compressed_floats(half.numpy()), error(w - half.float())))
                     continue
-                entry = StoredTensor(name=name, kind="int", shape=tuple(w.shape), dtype="float32", bits=bits, clip=clip)
-                if fmt.is_plain():
-                    q, scale = quantize_tensor(w, bits, clip, PERCENTILE)
-                    entry.q, entry.scale = q.numpy(), scale.numpy()
-                else:
-                    store_matrix(entry, w, fmt, PERCENTILE, H, n, (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
-                residual = w - restore_matrix(entry, torch.float32)
-                base_bytes = stored_bytes(entry)
-                _add(options, (bits, clip, *values, 0), base_bytes, error(residual))
-                ranks = [r for r in choices.ranks if r > 0]
-                if ranks and with_inputs:
-                    basis = low_rank_basis(residual.to(weight.device), weight)
-                    for rank in ranks:
-                        attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
-                        corrected = w - restore_matrix(entry, torch.float32)
-                        _add(options, (bits, clip, *values, rank), stored_bytes(entry), error(corrected))
+                for clip, *values in itertools.product(clip_options, *(choices.values(axis) for axis in base_axes)):
+                    fmt = MatrixFormat(bits, clip, **dict(zip(names, values)))
+                    if fmt.needs_calibration() and not with_inputs:
+                        continue
+                    entry = StoredTensor(name=name, kind="int", shape=tuple(w.shape), dtype="float32", bits=bits, clip=clip)
+                    if fmt.is_plain():
+                        q, scale = quantize_tensor(w, bits, clip, PERCENTILE)
+                        entry.q, entry.scale = q.numpy(), scale.numpy()
+                    else:
+                        store_matrix(entry, w, fmt, PERCENTILE, H, n, (quant.gptq_damp, quant.gptq_block, quant.gptq_act_order))
+                    residual = w - restore_matrix(entry, torch.float32)
+                    measure((bits, clip, *values, 0), entry, error(residual))
+                    ranks = [r for r in choices.ranks if r > 0]
+                    if ranks and with_inputs:
+                        basis = low_rank_basis(residual.to(weight.device), weight)
+                        for rank in ranks:
+                            attach_correction(entry, *factors_from_basis(basis, rank, weight), choices.rank_bits)
+                            corrected = w - restore_matrix(entry, torch.float32)
+                            measure((bits, clip, *values, rank), entry, error(corrected))
+    for key, size, err in pending:
+        _add(options, key, size if isinstance(size, int) else size.result(), err)
     return [Option(b, c, size, err, **dict(zip(names, values))) for (b, c, *values), (size, err, count) in options.items()
             if count == len(unit.tensors)]
 
