@@ -45,7 +45,7 @@ def unit_pairs(stored: list[StoredTensor]) -> list[tuple[int, int]]:
 
 def _units(fc: StoredTensor, proj: StoredTensor) -> np.ndarray:
     """One row per hidden unit: its fc symbols, its fc row scale's bits, its proj column's symbols."""
-    scale_bits = np.ascontiguousarray(fc.scale).view(np.uint16 if fc.scale.dtype.itemsize == 2 else np.uint32)
+    scale_bits = np.ascontiguousarray(fc.scale).view(f"u{fc.scale.dtype.itemsize}")  # any stored dtype: its bits
     return np.concatenate([fc.q.astype(np.int64), scale_bits.astype(np.int64)[:, None], proj.q.T.astype(np.int64)], axis=1)
 
 
