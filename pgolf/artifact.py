@@ -141,16 +141,15 @@ def pack(stored: list[StoredTensor], meta: dict, compressor: str = "zstd", level
         raise ArtifactError(f"unknown compressor {compressor!r}")
     payloads, matrices, directory = _payloads(stored)
     header = json.dumps({"meta": meta, "tensors": directory}, separators=(",", ":")).encode()
-    groups = ("directory",) + TENSOR_GROUPS
-    raws = [header] + payloads
-    frames = [compress(raw, compressor, level, matrices.get(g, ())) for g, raw in zip(groups, raws)]
+    directory_frame = compress(header, compressor, level)
+    frames = [compress(raw, compressor, level, matrices[g]) for g, raw in zip(TENSOR_GROUPS, payloads)]
     for other in alternatives:
         other_payloads, other_matrices, _ = _payloads(other)
         other_frames = [frame if raw == first else compress(raw, compressor, level, other_matrices[g])
-                        for g, raw, first, frame in zip(TENSOR_GROUPS, other_payloads, payloads, frames[1:])]
-        if sum(map(len, other_frames)) < sum(map(len, frames[1:])):
-            payloads, frames = other_payloads, frames[:1] + other_frames
-    raws = [header] + payloads
+                        for g, raw, first, frame in zip(TENSOR_GROUPS, other_payloads, payloads, frames)]
+        if sum(map(len, other_frames)) < sum(map(len, frames)):
+            payloads, frames = other_payloads, other_frames
+    raws, frames = [header] + payloads, [directory_frame] + frames
     table = b"".join(FRAME.pack(len(raw), len(frame), zlib.crc32(raw)) for raw, frame in zip(raws, frames))
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, COMPRESSOR_IDS[compressor], len(frames))
     blob = prefix + table + b"".join(frames)

@@ -17,13 +17,13 @@ import dataclasses
 import numpy as np
 import torch
 
+from pgolf.artifact import EXTRA_ROLES
 from pgolf.quant import StoredTensor
 
 
 def _plain_int_matrix(entry: StoredTensor) -> bool:
-    extras = (entry.col_scale, entry.outlier_gaps, entry.outlier_values, entry.lr_a, entry.lr_b)
     return entry.kind == "int" and entry.q is not None and entry.q.ndim == 2 and entry.scale is not None \
-        and entry.scale.shape == (entry.q.shape[0],) and all(x is None for x in extras)
+        and entry.scale.shape == (entry.q.shape[0],) and all(getattr(entry, role) is None for role in EXTRA_ROLES)
 
 
 def unit_pairs(stored: list[StoredTensor]) -> list[tuple[int, int]]:

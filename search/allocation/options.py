@@ -153,7 +153,7 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
     options: dict = {}
     # The byte estimates (zstd, which lets go of the GIL: ~45% of this function's time with every format offered) run
     # beside the quantization and SVDs; added up in the order measured, so the sums are the same.
-    pending = []  # (option key, its bytes or their future, its error)
+    pending = []  # (option key, the future of its bytes, its error)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         def measure(key: tuple, entry: StoredTensor, err: float) -> None:
             pending.append((key, pool.submit(stored_bytes, dataclasses.replace(entry)), err))  # a copy: the arrays as now
@@ -169,7 +169,7 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
             for bits in bits_options:
                 if bits == 16:
                     half = w.to(torch.float16)
-                    pending.append(((16, 0.0, *plain, 0), compressed_floats(half.numpy()), error(w - half.float())))
+                    pending.append(((16, 0.0, *plain, 0), pool.submit(compressed_floats, half.numpy()), error(w - half.float())))
                     continue
                 for clip, *values in itertools.product(clip_options, *(choices.values(axis) for axis in base_axes)):
                     fmt = MatrixFormat(bits, clip, **dict(zip(names, values)))
@@ -191,7 +191,7 @@ def formatted_options(state: dict, unit: Unit, bits_options, clip_options, choic
                             corrected = w - restore_matrix(entry, torch.float32)
                             measure((bits, clip, *values, rank), entry, error(corrected))
     for key, size, err in pending:
-        _add(options, key, size if isinstance(size, int) else size.result(), err)
+        _add(options, key, size.result(), err)
     return [Option(b, c, size, err, **dict(zip(names, values))) for (b, c, *values), (size, err, count) in options.items()
             if count == len(unit.tensors)]
 
