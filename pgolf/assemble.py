@@ -10,6 +10,7 @@ With quant.code = "compressed" the counted script is the self-extracting form of
 """
 
 import ast
+import builtins
 import functools
 import os
 import re
@@ -45,11 +46,12 @@ def _module_path(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
 
 
-def _split_module(name: str, source: str) -> tuple[list[str], str]:
-    """(import lines, body without imports) of one module, checking the assembly rules."""
+def _split_module(name: str, source: str) -> tuple[list[str], str, dict]:
+    """(import lines, body without imports, {pgolf module: the names imported from it}) of one module, checking the
+    assembly rules."""
     tree = ast.parse(source)
     lines = source.splitlines()
-    imports, drop = [], set()
+    imports, drop, from_pgolf = [], set(), {}
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             if node.end_lineno != node.lineno:
@@ -58,13 +60,14 @@ def _split_module(name: str, source: str) -> tuple[list[str], str]:
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "pgolf"):
                 if node.level or not all(a.asname is None for a in node.names):
                     raise AssemblyError(f"pgolf/{name}.py:{node.lineno}: use absolute pgolf imports without aliases")
+                from_pgolf.setdefault(node.module.split(".")[1], []).extend(a.name for a in node.names)
             elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "pgolf" for a in node.names):
                 raise AssemblyError(f"pgolf/{name}.py:{node.lineno}: import names from pgolf modules, not the modules")
             else:
                 imports.append(text)
             drop.add(node.lineno)
     body = "\n".join(line for i, line in enumerate(lines, 1) if i not in drop)
-    return imports, body.strip("\n")
+    return imports, body.strip("\n"), from_pgolf
 
 
 def _top_level_names(source: str) -> set[str]:
@@ -116,21 +119,53 @@ def _left_out_guard(module: str, config_dict: dict) -> str:
 def _template(modules: tuple) -> str:
     """The script before its config is written in (the search assembles it for every config it measures)."""
     imports: list[str] = []
-    bodies, owners = [], {}
+    bodies, owners, wanted = [], {}, {}
     for name, _, _ in modules:
-        with open(_module_path(name), encoding="utf-8") as f:
-            source = f.read()
+        source = _module_source(name)
         for defined in _top_level_names(source):
             if defined in owners:
                 raise AssemblyError(f"{defined!r} is defined in both pgolf/{owners[defined]}.py and pgolf/{name}.py")
             owners[defined] = name
-        module_imports, body = _split_module(name, source)
+        module_imports, body, from_pgolf = _split_module(name, source)
         imports += [line for line in module_imports if line not in imports]
         bodies.append(f"# {'-' * 40} pgolf/{name}.py\n\n{body}")
-    script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(bodies)]) + "\n"
+        for module, names in from_pgolf.items():
+            wanted.setdefault(module, []).extend(n for n in names if n not in wanted.get(module, []))
+    kept = {name for name, _, _ in modules}
+    stubs = _left_out_stubs({m: names for m, names in wanted.items() if m in OPTIONAL_MODULES and m not in kept})
+    script = "\n".join([SCRIPT_HEADER] + _merge_imports(imports) + [""] + ["\n\n\n".join(stubs + bodies)]) + "\n"
     if script.count(CONFIG_LINE) != 1:
         raise AssemblyError(f"the entry module must hold exactly one line {CONFIG_LINE!r}")
     return script
+
+
+def _module_source(name: str) -> str:
+    with open(_module_path(name), encoding="utf-8") as f:
+        return f.read()
+
+
+LEFT_OUT = "_module_left_out"
+
+
+def _left_out_stubs(wanted: dict[str, list[str]]) -> list[str]:
+    """Stand-ins for the names the script's modules import from the optional modules it leaves out (module -> names),
+    so that a model file needing one (EVAL_ONLY with another config's rans-coded or reordered file, TTT or the tilt in
+    its eval settings) stops with one line naming the module instead of a NameError. An exception class is defined
+    as such and never raised: an `except` that names it (artifact.py's, for rans frames) works for every other error."""
+    if not wanted:
+        return []
+    stubs = [f"# {'-' * 40} left out of this script\n\ndef {LEFT_OUT}(module):\n    raise SystemExit(f\"error: this model file "
+             f"or setting needs pgolf/{{module}}, which this script leaves out (export one from a config that uses it)\")"]
+    for module, names in wanted.items():
+        section, key, op, value = OPTIONAL_MODULES[module]
+        classes = {n.name: n for n in ast.parse(_module_source(module)).body if isinstance(n, ast.ClassDef)}
+        for name in names:
+            bases = [b.id for b in classes[name].bases if isinstance(b, ast.Name)] if name in classes else []
+            if bases and all(isinstance(getattr(builtins, b, None), type) and issubclass(getattr(builtins, b), BaseException) for b in bases):
+                stubs.append(f"class {name}({', '.join(bases)}):\n    pass")
+            else:
+                stubs.append(f"def {name}(*args, **kwargs):\n    {LEFT_OUT}({f'{module}.py ({section}.{key} {op} {value!r})'!r})")
+    return stubs
 
 
 def _runs_with(config_dict: dict) -> dict:

@@ -104,6 +104,29 @@ def test_a_setting_that_needs_a_module_the_script_left_out_is_one_line(tmp_path)
             f"error: {name}={value} needs pgolf/{module}.py, which this script leaves out (export one from a config that uses it)"], done.stderr
 
 
+def test_a_model_file_that_needs_a_module_the_script_left_out_is_one_line(tmp_path):
+    """EVAL_ONLY with another config's model file: rans-coded and reordered needs two modules this zstd script leaves
+    out, and a corrupt zstd frame still gets its own line (artifact.py's `except` names rans's error class)."""
+    from pgolf.model import GPT
+    from pgolf.submission import pack_stored, quantize_model
+
+    script = tmp_path / "train_gpt.py"
+    script.write_text(assemble_script(config_to_dict(small_config())))
+    other = small_config(quant=dict(compressor="rans", row_order="similar"))
+    files = {"rans.pgolf": pack_stored(quantize_model(GPT(other.model), other), other)[0]}
+    plain = pack_stored(quantize_model(GPT(other.model), small_config()), small_config())[0]
+    files["corrupt.pgolf"] = plain[:-40] + bytes(b ^ 0x5A for b in plain[-40:])
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    expected = {"rans.pgolf": "error: this model file or setting needs pgolf/entropy_codec.py (quant.compressor == 'rans'), "
+                              "which this script leaves out (export one from a config that uses it)",
+                "corrupt.pgolf": "corrupt compressed frame"}
+    for name, line in expected.items():
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, EVAL_ONLY="1", MODEL_PATH=name, DATA_PATH=SHARDS, TOKENIZER_PATH=TOKENIZER))
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and line in done.stderr, (name, done.stderr)
+
+
 def search(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()
     code = search_main(list(args))
