@@ -69,6 +69,27 @@ def test_every_combination_is_a_candidate_and_the_best_fitting_prediction_wins(t
     assert all(piece["stopped_over_cap"] and piece["held_out_gain"] is None for piece in tight.record()["pieces"])
 
 
+def test_strides_and_the_tilt_are_read_off_one_held_out_pass_and_a_tilt_under_the_floor_is_not_timed(trained, monkeypatch):
+    model, config, held_out = trained
+    space = AllocationSpace(eval_stride=[0, 32, 64], ngram_order=[2], eval_choice="joint")
+    passes = []
+    real = joint.sweep
+    monkeypatch.setattr(joint, "sweep", lambda *args, **kwargs: passes.append(args[1].stride) or real(*args, **kwargs))
+    monkeypatch.setattr(joint, "MIN_GAIN", 10.0)  # no piece gains that much: none is a candidate
+    lines = []
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, Runtime(device=torch.device("cpu")), held_out,
+                            0.7, lines.append, 512)
+    assert passes == [32]  # stride 64 and the chunks are stride 32's windows
+    timed_on = {p.label: p.timed_on for p in choice.pieces}
+    assert timed_on == {"stride 32": HELD_OUT, "stride 64": f"{HELD_OUT}, stride 32's windows", "tilt order 2": HELD_OUT}
+    tilt = next(p for p in choice.pieces if p.family == "tilt")
+    assert tilt.gain is not None and not tilt.timed and tilt.time_ratio is None
+    assert sum("tilt order 2: held-out gain" in line and "not timed, no candidate" in line for line in lines) == 1
+    stride = {p.label: p.time_ratio for p in choice.pieces if p.family == "stride"}
+    assert 0.4 < stride["stride 64"] / stride["stride 32"] < 0.6  # half the windows
+    assert [c.pieces for c in choice.combinations] == [()]
+
+
 def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():
     base = {"name": "t", "run": {"base": "tiny"}, "dims": {"model.model_dim": {"choices": [32, 48]}}}
     with pytest.raises(SpaceError, match="eval_choice must be one of"):

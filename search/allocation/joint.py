@@ -2,8 +2,11 @@
 one small search under the eval cap, instead of the stride first and TTT on whatever time the stride left.
 
 Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
-held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text:
-the held-out run itself for strides and the tilt, a validation prefix for TTT (see PREFIX). A piece is timed only
+held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text.
+Strides, the tilt and the plain score come from one held-out pass at the smallest stride (sweep.py: every window's
+losses kept, so each multiple of that stride and the chunks, tilted or not, are read off it), a stride timed by its
+windows; the tilt is timed by its own held-out run only where its gain could make it a candidate, and TTT on a
+validation prefix (see PREFIX), then scored on the held-out tokens where it fits. A piece is timed only
 until it is plainly too slow: a run past (or on pace to run past) the cap's share of its text (timing.py) means the
 piece does not fit even alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece
 that is only a smaller stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the
@@ -20,6 +23,7 @@ split.
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +34,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
+from search.allocation.sweep import Sweep, sweep
 from search.allocation.timing import cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
@@ -40,8 +45,8 @@ from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 # to measure the pair.
 MIN_GAIN = 1e-4
 
-# Where a piece's time ratio is measured. Strides and the tilt cost the same per target on any text, so their
-# held-out run, which measures their gain, also times them; TTT adapts per document, so its pace depends on the
+# Where a piece's time ratio is measured. Strides and the tilt cost the same per target on any text, so the held-out
+# runs that measure their gain also time them; TTT adapts per document, so its pace depends on the
 # documents side by side: it is timed on the validation prefix (timed on the held-out text it looked 13-20% slower
 # than on the split, and the demo's baseline trial then left it out).
 PREFIX, HELD_OUT = "validation prefix", "held-out"
@@ -53,7 +58,7 @@ class Piece:
     label: str
     changes: dict  # the eval keys it sets
     gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
-    time_ratio: float = 1.0  # its timed seconds over the plain score's (stopped: its limit's, run or on pace to run past)
+    time_ratio: float | None = 1.0  # its timed seconds over the plain score's (stopped: its limit's; None: not timed, gain under the floor)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
     timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
     timed_on: str = ""  # the text its time ratio was measured on: PREFIX or HELD_OUT
@@ -101,6 +106,24 @@ def candidate_pieces(config: RunConfig, space_alloc) -> dict[str, list[Piece]]:
     return {k: v for k, v in families.items() if v}
 
 
+def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list) -> list[Sweep]:
+    """Sweeps of the held-out tokens (sweep.py), the smallest stride not yet covered first, until the plain chunks and
+    every stride that fits are covered: one pass where the strides are multiples of the smallest that fits. A stride's
+    sweep is stopped past `limit` (too slow to fit alone: that stride stays uncovered); the chunks' is never (the plain
+    loss is every gain's reference)."""
+    sweeps = []
+    for stride in sorted(strides) + [0]:
+        if _covering(sweeps, stride) is None:
+            swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
+            sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
+    return sweeps
+
+
+def _covering(sweeps: list, stride: int):
+    """The sweep that ran every window of `stride`'s pass, or None."""
+    return next((s for s in sweeps if s.covers(stride)), None)
+
+
 def _valid(config: RunConfig, evaluation: EvalConfig) -> bool:
     try:
         validate(dataclasses.replace(config, eval=evaluation))
@@ -124,13 +147,10 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])  # for the warm-up
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
     texts = {HELD_OUT: held_out, PREFIX: sample}
-    plain = score_tokens(model, base, held_out, luts, runtime)
-    plain_loss = plain.loss
-    # The plain score costs the same per target on either text: timed on both, the faster pace stands for both. A
-    # neighbour that slowed the one timing would otherwise make every piece look cheap (stride 64 at x0.94 of chunks
-    # was seen); the plain score timed again after the pieces did the same at two more plain runs per trial.
-    prefix_seconds = score_tokens(model, base, sample, luts, runtime).seconds  # its score is discarded
-    pace = min(plain.seconds / max(held_out.numel() - 1, 1), prefix_seconds / max(sample.numel() - 1, 1))
+    # The plain score's pace, timed on the prefix (its score discarded). A piece's predicted time on the split is its own
+    # seconds scaled by the targets, whatever this pace: a neighbour slowing this one run can only make the plain chunks
+    # look slower (the held-out run it was once the faster of is no longer run: the sweep below gives its loss).
+    pace = score_tokens(model, base, sample, luts, runtime).seconds / max(sample.numel() - 1, 1)
     plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
     # The longest run on each text that still fits the cap alone (other pieces only add time): the plain score's
     # time there times the largest time ratio that fits, the allowed time over the plain score's predicted time.
@@ -139,22 +159,43 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     def setting_of(piece: Piece) -> EvalConfig:
         return dataclasses.replace(base, **piece.changes)
 
-    def time_one(piece: Piece):
-        return timed_within(model, setting_of(piece), texts[piece.timed_on], luts, runtime, limit[piece.timed_on]), limit[piece.timed_on]
-
-    for piece in pieces:
-        piece.timed_on = PREFIX if piece.family == "ttt" else HELD_OUT
     timed = {}  # piece label -> its seconds (stopped: the limit)
-    for piece, result, fits, was_timed in timed_unless_slower(cheapest_first(pieces, key=setting_of), setting_of, time_one):
-        piece.stopped, piece.timed = result is None, was_timed
-        timed[piece.label] = limit[piece.timed_on] if result is None else result.seconds
-        if fits and piece.timed_on == HELD_OUT:  # that run was its held-out score
-            piece.gain = plain_loss - result.loss
-        elif fits:
+    tilts = families.get("tilt", [])
+    sweeps = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
+                     limit[HELD_OUT], [p.changes["ngram_order"] for p in tilts])
+    plain_loss = _covering(sweeps, 0).loss(0)
+    for piece in families.get("stride", []):
+        stride, piece.timed_on = piece.changes["stride"], HELD_OUT
+        swept = _covering(sweeps, stride)
+        piece.stopped = swept is None
+        timed[piece.label] = limit[HELD_OUT] if swept is None else swept.seconds_of(stride)
+        if swept is not None:
+            piece.gain = plain_loss - swept.loss(stride)
+            piece.timed_on = HELD_OUT if swept.stride == stride else f"{HELD_OUT}, stride {swept.stride}'s windows"
+    for piece in tilts:  # timed by its own held-out run only where its gain, known from the sweep, could make it a candidate
+        piece.gain, piece.timed_on = plain_loss - _covering(sweeps, 0).loss(0, piece.changes["ngram_order"]), HELD_OUT
+        if piece.gain < MIN_GAIN:
+            piece.timed, piece.time_ratio = False, None
+            continue
+        result = timed_within(model, setting_of(piece), held_out, luts, runtime, limit[HELD_OUT])
+        piece.stopped = result is None or result.seconds > limit[HELD_OUT]
+        piece.gain = None if piece.stopped else plain_loss - result.loss
+        timed[piece.label] = limit[HELD_OUT] if result is None else result.seconds
+
+    def time_one(piece: Piece):
+        return timed_within(model, setting_of(piece), sample, luts, runtime, limit[PREFIX]), limit[PREFIX]
+
+    for piece, result, fits, was_timed in timed_unless_slower(cheapest_first(families.get("ttt", []), key=setting_of), setting_of, time_one):
+        piece.stopped, piece.timed, piece.timed_on = result is None, was_timed, PREFIX
+        timed[piece.label] = limit[PREFIX] if result is None else result.seconds
+        if fits:
             piece.gain = plain_loss - score_tokens(model, setting_of(piece), held_out, luts, runtime).loss
     for piece in pieces:
-        piece.time_ratio = timed[piece.label] / max(plain_seconds[piece.timed_on], 1e-9)
-        if piece.gain is None:
+        if piece.label in timed:
+            piece.time_ratio = timed[piece.label] / max(plain_seconds[PREFIX if piece.timed_on == PREFIX else HELD_OUT], 1e-9)
+        if not piece.timed and not piece.stopped:
+            log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, below the {MIN_GAIN:g}-nat floor: not timed, no candidate")
+        elif piece.gain is None:
             how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
             log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
                 f"{', ' + how if piece.stopped else ''}), gain not measured")
@@ -179,7 +220,9 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     winner = max(fitting, key=lambda c: (c.predicted_gain, -c.predicted_seconds))
     winner.chosen = True
     evaluation = dataclasses.replace(base, **{k: v for p in winner.pieces for k, v in p.changes.items()})
-    if len(winner.pieces) > 1:  # a single piece's gain was measured as it is; a sum is a prediction: measure it whole
+    if len(winner.pieces) > 1 and evaluation.ttt == "off":  # a stride with the tilt: the sweep measured it whole
+        winner.measured_gain = plain_loss - _covering(sweeps, evaluation.stride).loss(evaluation.stride, evaluation.ngram_order)
+    elif len(winner.pieces) > 1:  # a single piece's gain was measured as it is; a sum is a prediction: measure it whole
         winner.measured_gain = plain_loss - score_tokens(model, evaluation, held_out, luts, runtime).loss
     else:
         winner.measured_gain = winner.predicted_gain

@@ -50,9 +50,13 @@ def timed_within(model, evaluation, tokens, luts, runtime, limit: float) -> Eval
     """The score of tokens under evaluation as pgolf's evaluation takes it (score_tokens), or None when it runs past
     `limit` seconds; rank 0 alone (allocation runs after training leaves the group): a rank stopping by itself
     would leave the others waiting."""
-    if runtime.world_size > 1:
+    return run_limited(LimitedPass(model, tokens, luts, evaluation, runtime), limit)
+
+
+def run_limited(scoring: LimitedPass, limit: float) -> EvalResult | None:
+    """A prepared limited pass run (run_pass), or None when it runs past `limit` seconds."""
+    if scoring.world_size > 1:
         raise ValueError("a time-limited evaluation runs on one process")
-    scoring = LimitedPass(model, tokens, luts, evaluation, runtime)
     scoring.started, scoring.limit = time.perf_counter(), limit  # run_pass's clock starts after this: the limit errs long
     try:
         return run_pass(scoring)
