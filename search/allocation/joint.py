@@ -135,7 +135,7 @@ def _valid(config: RunConfig, evaluation: EvalConfig) -> bool:
 def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, margin: float,
                    log=print, time_sample: int = TIME_SAMPLE) -> JointChoice:
     """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; time_sample: the
-    validation prefix each piece is timed on."""
+    validation prefix TTT is timed on."""
     base = dataclasses.replace(config.resolved_eval(), stride=0, ttt="off", ngram_order=0)
     families = candidate_pieces(config, space_alloc)
     if not families:
@@ -147,15 +147,11 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])  # for the warm-up
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
     texts = {HELD_OUT: held_out, PREFIX: sample}
-    # The plain score's pace, timed on the prefix (its score discarded). A piece's predicted time on the split is its own
-    # seconds scaled by the targets, whatever this pace: a neighbour slowing this one run can only make the plain chunks
-    # look slower (the held-out run it was once the faster of is no longer run: the sweep below gives its loss).
-    pace = score_tokens(model, base, sample, luts, runtime).seconds / max(sample.numel() - 1, 1)
-    plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
-    # The longest run on each text that still fits the cap alone (other pieces only add time): the plain score's
-    # time there times the largest time ratio that fits, the allowed time over the plain score's predicted time.
-    most = prefix_limit(runtime, caps, margin, sample, val_targets) / max(plain_seconds[PREFIX], 1e-9)
-    limit = {text: seconds * most for text, seconds in plain_seconds.items()}
+    # The longest run on each text that still fits the cap alone (other pieces only add time): the cap's share of its
+    # targets.
+    limit = {text: prefix_limit(runtime, caps, margin, sample, val_targets) * (tokens.numel() - 1) / max(sample.numel() - 1, 1)
+             for text, tokens in texts.items()}
+
     def setting_of(piece: Piece) -> EvalConfig:
         return dataclasses.replace(base, **piece.changes)
 
@@ -163,6 +159,11 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     tilts = families.get("tilt", [])
     sweeps = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
                      limit[HELD_OUT], [p.changes["ngram_order"] for p in tilts])
+    # The plain score's pace is the sweep's (its windows cost what chunks do). A piece's predicted time on the split is
+    # its own seconds scaled by the targets, whatever this pace: a neighbour slowing the sweep makes every setting it
+    # times look slower, never one cheaper than another.
+    pace = _covering(sweeps, 0).seconds_of(0) / max(held_out.numel() - 1, 1)
+    plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
     plain_loss = _covering(sweeps, 0).loss(0)
     for piece in families.get("stride", []):
         stride, piece.timed_on = piece.changes["stride"], HELD_OUT

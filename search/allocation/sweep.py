@@ -9,17 +9,19 @@ the logit of the token it predicts, so with that token's log-probability kept to
     nll' = nll - boost * [target == predicted] + log(1 + p(predicted) * (e^boost - 1))   where the tilt is confident.
 
 So one pass at the smallest stride measures every stride's and tilt's held-out gain, where one pass per setting did (in
-the demo: chunks, stride 128, stride 64 and the tilt, 8.1 chunk passes' time, now 4). A derived stride's time is the
-pass's seconds per window times its own windows: a window costs the same at every stride (the demo timed strides 128
-and 64 at 2.05x and 3.94x the chunks, for 2x and 4x their windows).
+the demo: chunks, stride 128, stride 64 and the tilt, 8.1 chunk passes' time, now 4). A derived setting's time is the
+pass's seconds per window times its own windows: a window costs the same at every stride and in chunks (the demo timed
+strides 128 and 64 at 2.05x and 3.94x the chunks, for 2x and 4x their windows). The seconds spent keeping the losses
+are left out of the pass's time, so it times the setting it runs.
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 
-from pgolf.evaluate import window_starts
+from pgolf.evaluate import synchronize, window_starts
 from pgolf.ngram import ngram_predictions
 from search.allocation.timing import LimitedPass, run_limited
 
@@ -48,6 +50,13 @@ class SweepPass(LimitedPass):
 
     def record(self, first, x, y, nll, scored=None, logits=None) -> None:
         super().record(first, x, y, nll, scored, logits)  # the pass's own sums, and its time limit
+        synchronize(self.device)
+        began = time.perf_counter()  # what is kept is not the setting's work: its time is left out of the pass's
+        self.keep(first, y, nll, logits)
+        synchronize(self.device)
+        self.excluded += time.perf_counter() - began
+
+    def keep(self, first, y, nll, logits) -> None:
         self.starts += [int(f) for f in first]
         self.nll.append(nll.detach().float().cpu())
         if self.tilts:
@@ -105,5 +114,5 @@ def sweep(model, evaluation, tokens, luts, runtime, limit: float, tilt_orders=()
     if result is None:
         return None
     return Sweep(evaluation.stride if evaluation.stride < evaluation.seq_len else 0, evaluation.seq_len, tokens.cpu(),
-                 result.seconds, {s: i for i, s in enumerate(scoring.starts)}, torch.cat(scoring.nll),
+                 result.seconds - scoring.excluded, {s: i for i, s in enumerate(scoring.starts)}, torch.cat(scoring.nll),
                  {n: torch.cat(v) for n, v in scoring.predicted_logp.items()}, tilts, evaluation.ngram_boost)

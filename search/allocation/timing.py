@@ -32,12 +32,13 @@ PACE_SLACK = 1.1
 
 class LimitedPass(ScoringPass):
     """A scoring pass that stops with OverTimeLimit once it has run `limit` seconds from `started` (a perf_counter
-    time), or once its pace so far says it will (PACE_AFTER, PACE_SLACK)."""
+    time), or once its pace so far says it will (PACE_AFTER, PACE_SLACK); `excluded`: seconds a subclass spent on work
+    of its own, not the setting's, which do not count."""
 
-    started, limit = 0.0, float("inf")
+    started, limit, excluded = 0.0, float("inf"), 0.0
 
     def record(self, *args, **kwargs) -> None:
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started - self.excluded
         if elapsed > self.limit:
             raise OverTimeLimit
         super().record(*args, **kwargs)
