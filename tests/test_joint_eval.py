@@ -79,15 +79,26 @@ def test_strides_and_the_tilt_are_read_off_one_held_out_pass_and_a_tilt_under_th
     lines = []
     choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, Runtime(device=torch.device("cpu")), held_out,
                             0.7, lines.append, 512)
-    assert passes == [32]  # stride 64 and the chunks are stride 32's windows
+    assert passes == [64, 32]  # the chunks are stride 64's windows; stride 32, predicted to fit from them, has its own
     timed_on = {p.label: p.timed_on for p in choice.pieces}
-    assert timed_on == {"stride 32": HELD_OUT, "stride 64": f"{HELD_OUT}, stride 32's windows", "tilt order 2": HELD_OUT}
+    assert timed_on == {"stride 32": HELD_OUT, "stride 64": HELD_OUT, "tilt order 2": HELD_OUT}
     tilt = next(p for p in choice.pieces if p.family == "tilt")
     assert tilt.gain is not None and not tilt.timed and tilt.time_ratio is None
     assert sum("tilt order 2: held-out gain" in line and "not timed, no candidate" in line for line in lines) == 1
     stride = {p.label: p.time_ratio for p in choice.pieces if p.family == "stride"}
     assert 0.4 < stride["stride 64"] / stride["stride 32"] < 0.6  # half the windows
     assert [c.pieces for c in choice.combinations] == [()]
+    # A stride whose windows, at the pace of those already timed, cannot fit is not swept at all.
+    passes.clear()
+    monkeypatch.setattr(joint, "PACE_SLACK", 1e-12)  # every prediction past the limit
+    lines.clear()
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, Runtime(device=torch.device("cpu")), held_out,
+                            0.7, lines.append, 512)
+    assert passes == [64]
+    small = next(p for p in choice.pieces if p.label == "stride 32")
+    assert small.stopped and not small.timed and small.gain is None and small.timed_on == f"{HELD_OUT}, predicted from stride 64's windows"
+    assert 1.8 < small.time_ratio / next(p for p in choice.pieces if p.label == "stride 64").time_ratio < 2.2  # twice the windows
+    assert sum("stride 32: too slow" in line and "predicted from stride 64's windows, not timed" in line for line in lines) == 1
 
 
 def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():

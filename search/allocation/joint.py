@@ -3,9 +3,10 @@ one small search under the eval cap, instead of the stride first and TTT on what
 
 Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
 held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text.
-Strides, the tilt and the plain score come from one held-out pass at the smallest stride (sweep.py: every window's
-losses kept, so each multiple of that stride and the chunks, tilted or not, are read off it), a stride timed by its
-windows; the tilt is timed by its own held-out run only where its gain could make it a candidate, and TTT on a
+Strides, the tilt and the plain score come from held-out passes that keep every window's losses (sweep.py: each multiple
+of a pass's stride and the chunks, tilted or not, are read off it), the largest stride's first and a smaller one's only
+where the windows already timed predict that it fits; a stride is timed by its windows. The tilt is timed by its own
+held-out run only where its gain could make it a candidate, and TTT on a
 validation prefix (see PREFIX), then scored on the held-out tokens where it fits. A piece is timed only
 until it is plainly too slow: a run past (or on pace to run past) the cap's share of its text (timing.py) means the
 piece does not fit even alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece
@@ -34,8 +35,8 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.sweep import Sweep, sweep
-from search.allocation.timing import cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
+from search.allocation.sweep import sweep
+from search.allocation.timing import PACE_SLACK, cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -106,17 +107,25 @@ def candidate_pieces(config: RunConfig, space_alloc) -> dict[str, list[Piece]]:
     return {k: v for k, v in families.items() if v}
 
 
-def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list) -> list[Sweep]:
-    """Sweeps of the held-out tokens (sweep.py), the smallest stride not yet covered first, until the plain chunks and
-    every stride that fits are covered: one pass where the strides are multiples of the smallest that fits. A stride's
-    sweep is stopped past `limit` (too slow to fit alone: that stride stays uncovered); the chunks' is never (the plain
-    loss is every gain's reference)."""
-    sweeps = []
-    for stride in sorted(strides) + [0]:
-        if _covering(sweeps, stride) is None:
-            swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
-            sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
-    return sweeps
+def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list) -> tuple[list, dict]:
+    """Sweeps of the held-out tokens (sweep.py), the largest stride not yet covered first, until the plain chunks and
+    every stride that fits are covered: (sweeps, {stride: (its predicted seconds, the stride they come from)} for the
+    strides not swept). A smaller stride is swept only where the windows already timed predict that it fits (a window
+    costs the same at every stride): in the demo a pass is one batch, so a stride past its limit could only be stopped
+    at its end, after its whole run. A stride's sweep is stopped past `limit` (too slow to fit alone: that stride stays
+    uncovered); the chunks' is never (the plain loss is every gain's reference)."""
+    sweeps, predicted = [], {}
+    for stride in sorted(strides, reverse=True) + [0]:
+        if _covering(sweeps, stride) is not None:
+            continue
+        if stride and sweeps:
+            fastest = min(sweeps, key=lambda s: s.seconds_of(stride))
+            if fastest.seconds_of(stride) > PACE_SLACK * limit:
+                predicted[stride] = (fastest.seconds_of(stride), fastest.stride)
+                continue
+        swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
+        sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
+    return sweeps, predicted
 
 
 def _covering(sweeps: list, stride: int):
@@ -157,8 +166,8 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
 
     timed = {}  # piece label -> its seconds (stopped: the limit)
     tilts = families.get("tilt", [])
-    sweeps = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
-                     limit[HELD_OUT], [p.changes["ngram_order"] for p in tilts])
+    sweeps, predicted = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
+                                limit[HELD_OUT], [p.changes["ngram_order"] for p in tilts])
     # The plain score's pace is the sweep's (its windows cost what chunks do). A piece's predicted time on the split is
     # its own seconds scaled by the targets, whatever this pace: a neighbour slowing the sweep makes every setting it
     # times look slower, never one cheaper than another.
@@ -170,7 +179,10 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         swept = _covering(sweeps, stride)
         piece.stopped = swept is None
         timed[piece.label] = limit[HELD_OUT] if swept is None else swept.seconds_of(stride)
-        if swept is not None:
+        if stride in predicted:
+            timed[piece.label], source = predicted[stride]
+            piece.timed, piece.timed_on = False, f"{HELD_OUT}, predicted from stride {source}'s windows"
+        elif swept is not None:
             piece.gain = plain_loss - swept.loss(stride)
             piece.timed_on = HELD_OUT if swept.stride == stride else f"{HELD_OUT}, stride {swept.stride}'s windows"
     for piece in tilts:  # timed by its own held-out run only where its gain, known from the sweep, could make it a candidate
@@ -198,8 +210,12 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, below the {MIN_GAIN:g}-nat floor: not timed, no candidate")
         elif piece.gain is None:
             how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
-            log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}x{piece.time_ratio:.2f}"
-                f"{', ' + how if piece.stopped else ''}), gain not measured")
+            if "predicted" in piece.timed_on:
+                log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time x{piece.time_ratio:.2f} "
+                    f"{piece.timed_on.split(', ')[1]}, not timed), gain not measured")
+            else:
+                log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}"
+                    f"x{piece.time_ratio:.2f}{', ' + how if piece.stopped else ''}), gain not measured")
         else:
             floor = "" if piece.gain >= MIN_GAIN else f", below the {MIN_GAIN:g}-nat floor: no candidate"
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, time x{piece.time_ratio:.2f}{floor}")
