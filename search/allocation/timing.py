@@ -26,8 +26,8 @@ class OverTimeLimit(Exception):
 # of them is past PACE_SLACK times the limit. Strides and the tilt score at an even pace (the projection from a fifth
 # of the run was their time to 1%); TTT scores a document's first chunk before adapting on it, so its early pace runs
 # fast (projected at 0.6-0.85x its time in the demo): its projection only grows, and the rule stops it late, never
-# wrongly. The slack covers that 1%: at 1.1, a setting up to 10% over its limit ran the whole limit before it was
-# stopped (stride 64 on the demo's baseline shape, 2-5% over: ~2 s of a trial).
+# wrongly. The slack covers that 1% (at 1.1, a setting up to 10% over its limit ran to the limit before it was stopped).
+# A pass of one batch (a demo stride's held-out pass) records once, at its end: joint.py predicts strides from windows.
 PACE_AFTER = 0.2
 PACE_SLACK = 1.02
 
