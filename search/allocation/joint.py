@@ -61,8 +61,10 @@ class Piece:
     gain: float | None = None  # held-out loss drop against the plain score, nats per token (None: not measured)
     time_ratio: float | None = 1.0  # its timed seconds over the plain score's (stopped: its limit's; None: not timed, gain under the floor)
     stopped: bool = False  # its timed run went past the longest time that fits the cap: too slow even alone
-    timed: bool = True  # False: not timed, being at least as slow as a stopped piece (timing.at_least_as_slow)
-    timed_on: str = ""  # the text its time ratio was measured on: PREFIX or HELD_OUT
+    timed: bool = True  # False: not timed (at least as slow as a stopped piece, timing.at_least_as_slow; a stride its
+                        # windows predict too slow; a tilt whose gain is under the floor)
+    timed_on: str = ""  # where its time ratio comes from: PREFIX or HELD_OUT (", stride N's windows": read off a pass at
+                        # stride N; ", predicted from stride N's windows": not run)
 
 
 @dataclass
