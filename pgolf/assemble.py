@@ -27,6 +27,7 @@ SCRIPT_MODULES = ("shards", "bpb", "fused", "model", "optim", "quant", "gptq", "
 OPTIONAL_MODULES = {"ttt": ("eval", "ttt", "!=", "off"), "entropy_codec": ("quant", "compressor", "==", "rans"),
                     "ngram": ("eval", "ngram_order", "!=", 0), "row_order": ("quant", "row_order", "!=", "off")}
 CONFIG_LINE = "CONFIG: dict = {}"
+LEFT_OUT_ADVICE = "which this script leaves out (export one from a config that uses it)"  # each refusal's end
 SCRIPT_HEADER = '''"""Parameter Golf submission, assembled by pgolf from its modules (config, data, model, training,
 quantization, artifact, evaluation). Runs standalone: torch, numpy, sentencepiece, zstandard and the
 standard library only.
@@ -112,7 +113,7 @@ def _left_out_guard(module: str, config_dict: dict) -> str:
         return ""  # not read from the environment: it keeps the assembled value
     setting = f"CONFIG[{section!r}][{key!r}]"
     return (f"\nif {setting} {op} {value!r}:\n    raise SystemExit(f\"error: {env_name(section, key)}={{{setting}}} needs pgolf/{module}.py, "
-            f"which this script leaves out (export one from a config that uses it)\")")
+            f"{LEFT_OUT_ADVICE}\")")
 
 
 @functools.lru_cache(maxsize=8)
@@ -155,7 +156,7 @@ def _left_out_stubs(wanted: dict[str, list[str]]) -> list[str]:
     if not wanted:
         return []
     stubs = [f"# {'-' * 40} left out of this script\n\ndef {LEFT_OUT}(module):\n    raise SystemExit(f\"error: this model file "
-             f"or setting needs pgolf/{{module}}, which this script leaves out (export one from a config that uses it)\")"]
+             f"or setting needs pgolf/{{module}}, {LEFT_OUT_ADVICE}\")"]
     for module, names in wanted.items():
         section, key, op, value = OPTIONAL_MODULES[module]
         classes = {n.name: n for n in ast.parse(_module_source(module)).body if isinstance(n, ast.ClassDef)}
