@@ -98,7 +98,7 @@ def test_search_allocate_on_the_official_checkpoint(tmp_path):
     out = tmp_path / "alloc"
     done = run_cli("search.cli", "allocate", os.path.join(OFFICIAL, "final_model.pt"), "--cap", str(cap), "--seq-len", "256",
                    "--bits", "4,5,6,8", "--embedding-bits", "6,8", "--clip", "8,12.85", "--strides", "0", "--quantizers", "rtn",
-                   "--awq", "0", "--outliers", "0", "--ranks", "0", "--compressors", "zstd", "--out", str(out))
+                   "--awq", "0", "--outliers", "0", "--ranks", "0", "--compressors", "zstd", "--row-orders", "off", "--out", str(out))
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {r["label"]: r for r in metrics["table"]}

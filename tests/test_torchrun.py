@@ -74,6 +74,7 @@ def test_exported_script_trains_and_scores_under_torchrun(tmp_path, name):
         assert "step 3/6 seq_len 64 (stage 2/2)" in single and "step 3/6 seq_len 64 (stage 2/2)" in multi
 
 
+@pytest.mark.slow  # ~23 s: eight ranks on two cores; the 2-rank tests above keep torchrun in the default suite
 def test_exported_script_runs_on_eight_ranks_as_the_challenge_runs_it(tmp_path):
     # `torchrun --standalone --nproc_per_node=8 train_gpt.py`: eight gloo ranks (on this machine's cores), two of
     # the sixteen sequences of each step per rank.
