@@ -110,3 +110,15 @@ def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():
     with pytest.raises(SpaceError, match="ngram_order must list"):
         space_from_dict({**base, "allocation": {"ngram_order": [-1], "eval_choice": "joint"}})
     assert space_from_dict({**base, "allocation": {"ngram_order": [0, 16], "eval_choice": "joint"}}).allocation.ngram_order == [0, 16]
+
+
+def test_the_report_page_tables_every_piece_and_candidate(trained):
+    from search.outputs.report import evaluation_choice_tables
+
+    model, config, held_out = trained
+    space = AllocationSpace(eval_stride=[0, 32, 64], ngram_order=[2], eval_choice="joint")
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, Runtime(device=torch.device("cpu")), held_out,
+                            0.7, lambda line: None, 512)
+    page = evaluation_choice_tables(choice.record())
+    assert all(p.label in page for p in choice.pieces) and all(c.label() in page for c in choice.combinations)
+    assert page.count("<tr>") == 2 + len(choice.pieces) + len(choice.combinations)  # a header row per table

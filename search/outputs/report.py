@@ -97,7 +97,26 @@ def best_trial_sections(directory, trial) -> list:
                                  "-" if c["eval_seconds"] is None else c["eval_seconds"], c["feasible"]]
                                 for c in allocation["candidates"]])
             sections.append((f"Best feasible trial {trial.number}: chosen allocation ({allocation['best']})", summary + "<p></p>" + candidates))
+        if isinstance(allocation.get("evaluation_choice"), dict):
+            sections.append((f"Best feasible trial {trial.number}: evaluation settings considered (joint choice)",
+                             evaluation_choice_tables(allocation["evaluation_choice"])))
     return sections
+
+
+def evaluation_choice_tables(choice: dict) -> str:
+    """The joint choice's record (search/allocation/joint.py: JointChoice.record) as two tables: each piece measured
+    alone, then every candidate combination with its predicted and (for the winner) measured gain and time."""
+    def number(value):
+        return "-" if value is None else value
+
+    pieces = table(["piece", "held-out gain (nats)", "eval time / plain", "timed on", "outcome"],
+                   [[p["setting"], number(p["held_out_gain"]), number(p["time_ratio"]), p["timed_on"] or "-",
+                     "too slow alone" if p["stopped_over_cap"] else "measured" if p["timed"] else "not timed"]
+                    for p in choice.get("pieces", [])])
+    candidates = table(["candidate", "predicted gain (nats)", "predicted eval s", "measured gain (nats)", "fits the cap", "chosen"],
+                       [[c["setting"], c["predicted_gain"], c["predicted_eval_seconds"], number(c["measured_gain"]), c["fits"], c["chosen"]]
+                        for c in choice.get("candidates", [])])
+    return pieces + "<p></p>" + candidates
 
 
 def predictor_section(trials):
