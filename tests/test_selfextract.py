@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -94,7 +95,9 @@ def test_compressed_form_runs_under_torchrun(project, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", loader],
                           cwd=out, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("def")) == ["def class 0", "def class 1"]
+    # Each rank's line is one write, but the other rank's output (print() is not one write) can land just before it on
+    # the same line: seen once in ~10 CI runs. Found anywhere in the output, each rank's line is whole.
+    assert sorted(re.findall(r"def class \d", done.stdout)) == ["def class 0", "def class 1"]
 
 
 def test_fixture_script_sizes_and_log(tmp_path):
