@@ -121,9 +121,9 @@ def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, lim
         if _covering(sweeps, stride) is not None:
             continue
         if stride and sweeps:
-            fastest = min(sweeps, key=lambda s: s.seconds_of(stride))
-            if fastest.seconds_of(stride) > PACE_SLACK * limit:
-                predicted[stride] = (fastest.seconds_of(stride), fastest.stride)
+            guess = min((s.seconds_of(stride), s.stride) for s in sweeps)  # (seconds, the stride whose windows say so)
+            if guess[0] > PACE_SLACK * limit:
+                predicted[stride] = guess
                 continue
         swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
         sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
@@ -173,22 +173,24 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     # The plain score's pace is the sweep's (its windows cost what chunks do). A piece's predicted time on the split is
     # its own seconds scaled by the targets, whatever this pace: a neighbour slowing the sweep makes every setting it
     # times look slower, never one cheaper than another.
-    pace = _covering(sweeps, 0).seconds_of(0) / max(held_out.numel() - 1, 1)
+    chunks = _covering(sweeps, 0)
+    pace = chunks.seconds_of(0) / max(held_out.numel() - 1, 1)
     plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
-    plain_loss = _covering(sweeps, 0).loss(0)
+    plain_loss = chunks.loss(0)
     for piece in families.get("stride", []):
         stride, piece.timed_on = piece.changes["stride"], HELD_OUT
         swept = _covering(sweeps, stride)
         piece.stopped = swept is None
-        timed[piece.label] = limit[HELD_OUT] if swept is None else swept.seconds_of(stride)
         if stride in predicted:
             timed[piece.label], source = predicted[stride]
             piece.timed, piece.timed_on = False, f"{HELD_OUT}, predicted from stride {source}'s windows"
-        elif swept is not None:
-            piece.gain = plain_loss - swept.loss(stride)
+        elif swept is None:
+            timed[piece.label] = limit[HELD_OUT]
+        else:
+            timed[piece.label], piece.gain = swept.seconds_of(stride), plain_loss - swept.loss(stride)
             piece.timed_on = HELD_OUT if swept.stride == stride else f"{HELD_OUT}, stride {swept.stride}'s windows"
     for piece in tilts:  # timed by its own held-out run only where its gain, known from the sweep, could make it a candidate
-        piece.gain, piece.timed_on = plain_loss - _covering(sweeps, 0).loss(0, piece.changes["ngram_order"]), HELD_OUT
+        piece.gain, piece.timed_on = plain_loss - chunks.loss(0, piece.changes["ngram_order"]), HELD_OUT
         if piece.gain < MIN_GAIN:
             piece.timed, piece.time_ratio = False, None
             continue
