@@ -122,3 +122,5 @@ def test_the_report_page_tables_every_piece_and_candidate(trained):
     page = evaluation_choice_tables(choice.record())
     assert all(p.label in page for p in choice.pieces) and all(c.label() in page for c in choice.combinations)
     assert page.count("<tr>") == 2 + len(choice.pieces) + len(choice.combinations)  # a header row per table
+    with pytest.raises((KeyError, TypeError)):  # a changed record: best_trial_sections refuses it in one line
+        evaluation_choice_tables({"pieces": [{"setting": "stride 64"}]})

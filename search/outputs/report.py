@@ -97,9 +97,12 @@ def best_trial_sections(directory, trial) -> list:
                                  "-" if c["eval_seconds"] is None else c["eval_seconds"], c["feasible"]]
                                 for c in allocation["candidates"]])
             sections.append((f"Best feasible trial {trial.number}: chosen allocation ({allocation['best']})", summary + "<p></p>" + candidates))
-        if isinstance(allocation.get("evaluation_choice"), dict):
-            sections.append((f"Best feasible trial {trial.number}: evaluation settings considered (joint choice)",
-                             evaluation_choice_tables(allocation["evaluation_choice"])))
+        if "evaluation_choice" in allocation:
+            try:
+                tables = evaluation_choice_tables(allocation["evaluation_choice"])
+            except (AttributeError, KeyError, TypeError):
+                raise FileFormatError(f"{path}: its evaluation_choice is not a joint choice's record (the trial folder was changed)") from None
+            sections.append((f"Best feasible trial {trial.number}: evaluation settings considered (joint choice)", tables))
     return sections
 
 
