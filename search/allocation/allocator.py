@@ -97,12 +97,12 @@ def allocate(request: AllocationRequest, log=print) -> AllocationResult:
     clock.lap("sensitivity")
     how = "estimated (diagonal Fisher)" if space.sensitivity == "fisher" else "measured"
     log(f"allocation: {len(units)} units, sensitivities {how} on {heldout.numel() - 1} held-out training tokens")
-    repeats = choose_repeats(model, config, space, heldout, config.eval.autocast, request.runtime.device)
+    repeats, plain_seconds = choose_repeats(model, config, space, heldout, config.eval.autocast, request.runtime.device)
     compressor, options, budget = _plan_compressor(request, state, units, choices, repeats, options)
     joint = None
     if space.eval_choice == "joint":  # stride x TTT x tilt as one search under the cap
         joint = choose_jointly(model, _with(config, repeats=repeats, stride=0), space, request.caps, request.data, request.runtime,
-                               heldout, EVAL_TIME_MARGIN, log)
+                               heldout, plain_seconds, EVAL_TIME_MARGIN, log)
         evaluation, stride, measured_ttt = joint.evaluation, joint.evaluation.stride, []
         clock.lap("eval settings")
     else:  # the stride first, then TTT on the time it left

@@ -2,6 +2,8 @@
 sliding-window stride (the smallest whose predicted time on the whole validation split fits the eval cap).
 Test-time training, the third evaluation choice, is chosen after these (ttt.py)."""
 
+import time
+
 from objectives.constraints import at_submission_ranks
 from pgolf.shards import token_count
 from pgolf.submission import score
@@ -21,12 +23,19 @@ def allowed_eval_seconds(measured_ranks: int, caps, margin: float = EVAL_TIME_MA
     return margin * caps.eval_seconds / at_submission_ranks(1.0, measured_ranks, caps)
 
 
-def choose_repeats(model, config, space_alloc, tokens, autocast: bool, device) -> int:
-    """The eval unroll count with the lowest held-out loss of the float model (cheap; quantization shifts all alike)."""
+def choose_repeats(model, config, space_alloc, tokens, autocast: bool, device) -> tuple[int, float]:
+    """The eval unroll count with the lowest held-out loss of the float model (cheap; quantization shifts all alike),
+    and the seconds its held-out pass took: a plain chunked pass over those tokens, which the joint choice predicts
+    its strides' passes from (joint.py; it took what the chunks' held-out sweep takes, to 3%, on two demo trials)."""
     options = space_alloc.eval_repeats if config.model.loop_len > 0 and space_alloc.eval_repeats else [config.eval_repeats()]
     seq_len = config.eval_seq_len()
-    loss = {r: mean_loss(model, tokens, seq_len, r, autocast, device) for r in options}
-    return min(loss, key=loss.get)
+    loss, seconds = {}, {}
+    for r in options:
+        started = time.perf_counter()
+        loss[r] = mean_loss(model, tokens, seq_len, r, autocast, device)  # its float() waits for the device
+        seconds[r] = time.perf_counter() - started
+    chosen = min(loss, key=loss.get)
+    return chosen, seconds[chosen]
 
 
 def choose_stride(model, config, space_alloc, caps, data, runtime, seconds_per_token=None) -> int:

@@ -3,17 +3,17 @@ one small search under the eval cap, instead of the stride first and TTT on what
 
 Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
 held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text.
-Strides, the tilt and the plain score come from held-out passes that keep every window's losses (sweep.py: each multiple
-of a pass's stride and the chunks, tilted or not, are read off it), the largest stride's first and a smaller one's only
-where the windows already timed predict that it fits; a stride is timed by its windows. The tilt is timed by its own
-held-out run only where its gain could make it a candidate, and TTT on a
-validation prefix (see PREFIX), then scored on the held-out tokens where it fits. A piece is timed only
-until it is plainly too slow: a run past (or on pace to run past) the cap's share of its text (timing.py) means the
-piece does not fit even alone, so it is stopped there, its gain is not measured and it is in no candidate; a piece
-that is only a smaller stride, a smaller TTT chunk or a larger rank than one that did not fit is not timed at all (the
-demo's TTT settings, timed to the end at 5-12x the plain score and then scored on the held-out tokens too, were most
-of a trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A combination's gain is predicted as
-the sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
+Strides, the tilt and the plain score come from held-out passes that keep every window's losses (sweep.py: each
+multiple of a pass's stride and the chunks, tilted or not, are read off it). Before any pass each stride's time is
+predicted from the unroll choice's plain pass over the same tokens (a window costs the same at every stride), and the
+smallest stride predicted to fit is swept first: its windows cover every larger stride's and the chunks'. The tilt is
+timed by its own held-out run only where its gain could make it a candidate, and TTT on a validation prefix (see
+PREFIX), then scored on the held-out tokens where it fits. A piece is timed only until it is plainly too slow: a run
+past (or on pace to run past) the cap's share of its text (timing.py) means the piece does not fit even alone, so it
+is stopped there, its gain is not measured and it is in no candidate; a piece that is only a smaller stride, a smaller
+TTT chunk or a larger rank than one that did not fit is not timed at all (the demo's TTT settings, timed to the end at
+5-12x the plain score, were most of a trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A
+combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
 output; a stride of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time on the whole
 split as the plain time per target times the product of its pieces' ratios. The combination with the largest
 predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the
@@ -35,7 +35,7 @@ from pgolf.shards import token_count, validation_tokens
 from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
-from search.allocation.sweep import sweep
+from search.allocation.sweep import setting_windows, sweep
 from search.allocation.timing import PACE_SLACK, cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
@@ -47,10 +47,13 @@ from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 MIN_GAIN = 1e-4
 
 # Where a piece's time ratio is measured. Strides and the tilt cost the same per target on any text, so the held-out
-# runs that measure their gain also time them; TTT adapts per document, so its pace depends on the
-# documents side by side: it is timed on the validation prefix (timed on the held-out text it looked 13-20% slower
-# than on the split, and the demo's baseline trial then left it out).
+# runs that measure their gain also time them; TTT adapts per document, so its pace depends on the documents side by
+# side: it is timed on the validation prefix. Timed on the held-out run that scores it, it would take one run per
+# setting instead of two, but that run over-predicted the split's time by 12-30% on six (demo checkpoint, TTT setting)
+# pairs where the prefix did by -3 to +19%: on one checkpoint chunk 128 rank 8, which fits the cap with room, was
+# stopped there and rank 4 chosen, 0.013 bpb worse.
 PREFIX, HELD_OUT = "validation prefix", "held-out"
+PREDICTED = f"{HELD_OUT}, predicted from the plain pass"  # a stride not swept: its windows at the plain pass's pace
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Piece:
     timed: bool = True  # False: not timed (at least as slow as a stopped piece, timing.at_least_as_slow; a stride its
                         # windows predict too slow; a tilt whose gain is under the floor)
     timed_on: str = ""  # where its time ratio comes from: PREFIX or HELD_OUT (", stride N's windows": read off a pass at
-                        # stride N; ", predicted from stride N's windows": not run)
+                        # stride N), or PREDICTED: not run
 
 
 @dataclass
@@ -109,22 +112,22 @@ def candidate_pieces(config: RunConfig, space_alloc) -> dict[str, list[Piece]]:
     return {k: v for k, v in families.items() if v}
 
 
-def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list) -> tuple[list, dict]:
-    """Sweeps of the held-out tokens (sweep.py), the largest stride not yet covered first, until the plain chunks and
-    every stride that fits are covered: (sweeps, {stride: (its predicted seconds, the stride they come from)} for the
-    strides not swept). A smaller stride is swept only where the windows already timed predict that it fits (a window
-    costs the same at every stride): in the demo a pass is one batch, so a stride past its limit could only be stopped
-    at its end, after its whole run. A stride's sweep is stopped past `limit` (too slow to fit alone: that stride stays
-    uncovered); the chunks' is never (the plain loss is every gain's reference)."""
-    sweeps, predicted = [], {}
-    for stride in sorted(strides, reverse=True) + [0]:
+def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list,
+            plain_seconds: float) -> tuple[list, dict]:
+    """Sweeps of the held-out tokens (sweep.py) until the plain chunks and every stride that fits are covered:
+    (sweeps, {stride: its predicted seconds} for the strides predicted not to fit, never swept). plain_seconds: a plain
+    chunked pass's over these tokens, whose pace predicts each stride's windows. The smallest stride predicted to fit
+    goes first: its windows cover the larger strides' and the chunks' (the demo's baseline shape swept stride 128 and
+    then 64 when both were too slow, 8 s of a trial, before the chunks). A stride's sweep is stopped past `limit` (too
+    slow to fit alone: it stays uncovered, and the next larger one is swept); the chunks' never is (the plain loss is
+    every gain's reference)."""
+    windows = {s: len(setting_windows(held_out.numel() - 1, base.seq_len, s)) for s in strides + [0]}
+    guess = {s: plain_seconds * windows[s] / windows[0] for s in strides}
+    predicted = {s: seconds for s, seconds in guess.items() if seconds > PACE_SLACK * limit}
+    sweeps = []
+    for stride in sorted(s for s in strides if s not in predicted) + [0]:
         if _covering(sweeps, stride) is not None:
             continue
-        if stride and sweeps:
-            guess = min((s.seconds_of(stride), s.stride) for s in sweeps)  # (seconds, the stride whose windows say so)
-            if guess[0] > PACE_SLACK * limit:
-                predicted[stride] = guess
-                continue
         swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
         sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
     return sweeps, predicted
@@ -143,25 +146,26 @@ def _valid(config: RunConfig, evaluation: EvalConfig) -> bool:
     return True
 
 
-def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, margin: float,
-                   log=print, time_sample: int = TIME_SAMPLE) -> JointChoice:
-    """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; time_sample: the
-    validation prefix TTT is timed on."""
+def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, held_out: torch.Tensor, plain_seconds: float,
+                   margin: float, log=print, time_sample: int = TIME_SAMPLE) -> JointChoice:
+    """config: the trial's config with the chosen unroll count and stride 0, TTT and tilt off; plain_seconds: a plain
+    chunked pass's over held_out at that count (choose_repeats times it); time_sample: the validation prefix TTT is
+    timed on."""
     base = dataclasses.replace(config.resolved_eval(), stride=0, ttt="off", ngram_order=0)
     families = candidate_pieces(config, space_alloc)
     if not families:
         return JointChoice(base)
     luts = ByteLuts(load_tokenizer(data.tokenizer, config.model.vocab_size), config.model.vocab_size)
-    sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     val_targets = (token_count(data.val_pattern) - 1) // base.seq_len * base.seq_len
     pieces = [p for family in families.values() for p in family]
     ttt = cheapest_first([dataclasses.replace(base, **p.changes) for p in families.get("ttt", [])])  # for the warm-up
+    sample = validation_tokens(data.val_pattern, base.seq_len, config.model.vocab_size, time_sample)
     warm_up(model, [base] + ttt[:1], sample, luts, runtime)
-    texts = {HELD_OUT: held_out, PREFIX: sample}
     # The longest run on each text that still fits the cap alone (other pieces only add time): the cap's share of its
     # targets.
-    limit = {text: prefix_limit(runtime, caps, margin, sample, val_targets) * (tokens.numel() - 1) / max(sample.numel() - 1, 1)
-             for text, tokens in texts.items()}
+    texts = {HELD_OUT: held_out, PREFIX: sample}
+    limits = {text: prefix_limit(runtime, caps, margin, tokens, val_targets) for text, tokens in texts.items()}
+    limit = limits[HELD_OUT]
 
     def setting_of(piece: Piece) -> EvalConfig:
         return dataclasses.replace(base, **piece.changes)
@@ -169,23 +173,21 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
     timed = {}  # piece label -> its seconds (stopped: the limit)
     tilts = families.get("tilt", [])
     sweeps, predicted = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
-                                limit[HELD_OUT], [p.changes["ngram_order"] for p in tilts])
+                                limit, [p.changes["ngram_order"] for p in tilts], plain_seconds)
     # The plain score's pace is the sweep's (its windows cost what chunks do). A piece's predicted time on the split is
     # its own seconds scaled by the targets, whatever this pace: a neighbour slowing the sweep makes every setting it
     # times look slower, never one cheaper than another.
     chunks = _covering(sweeps, 0)
     pace = chunks.seconds_of(0) / max(held_out.numel() - 1, 1)
-    plain_seconds = {text: pace * (tokens.numel() - 1) for text, tokens in texts.items()}
     plain_loss = chunks.loss(0)
     for piece in families.get("stride", []):
         stride, piece.timed_on = piece.changes["stride"], HELD_OUT
         swept = _covering(sweeps, stride)
         piece.stopped = swept is None
         if stride in predicted:
-            timed[piece.label], source = predicted[stride]
-            piece.timed, piece.timed_on = False, f"{HELD_OUT}, predicted from stride {source}'s windows"
+            timed[piece.label], piece.timed, piece.timed_on = predicted[stride], False, PREDICTED
         elif swept is None:
-            timed[piece.label] = limit[HELD_OUT]
+            timed[piece.label] = limit
         else:
             timed[piece.label], piece.gain = swept.seconds_of(stride), plain_loss - swept.loss(stride)
             piece.timed_on = HELD_OUT if swept.stride == stride else f"{HELD_OUT}, stride {swept.stride}'s windows"
@@ -194,29 +196,29 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         if piece.gain < MIN_GAIN:
             piece.timed, piece.time_ratio = False, None
             continue
-        result = timed_within(model, setting_of(piece), held_out, luts, runtime, limit[HELD_OUT])
-        piece.stopped = result is None or result.seconds > limit[HELD_OUT]
+        result = timed_within(model, setting_of(piece), held_out, luts, runtime, limit)
+        piece.stopped = result is None or result.seconds > limit
         piece.gain = None if piece.stopped else plain_loss - result.loss
-        timed[piece.label] = limit[HELD_OUT] if result is None else result.seconds
+        timed[piece.label] = limit if result is None else result.seconds
 
     def time_one(piece: Piece):
-        return timed_within(model, setting_of(piece), sample, luts, runtime, limit[PREFIX]), limit[PREFIX]
+        return timed_within(model, setting_of(piece), sample, luts, runtime, limits[PREFIX]), limits[PREFIX]
 
     for piece, result, fits, was_timed in timed_unless_slower(cheapest_first(families.get("ttt", []), key=setting_of), setting_of, time_one):
         piece.stopped, piece.timed, piece.timed_on = result is None, was_timed, PREFIX
-        timed[piece.label] = limit[PREFIX] if result is None else result.seconds
+        timed[piece.label] = limits[PREFIX] if result is None else result.seconds
         if fits:
             piece.gain = plain_loss - score_tokens(model, setting_of(piece), held_out, luts, runtime).loss
     for piece in pieces:
         if piece.label in timed:
-            piece.time_ratio = timed[piece.label] / max(plain_seconds[PREFIX if piece.timed_on == PREFIX else HELD_OUT], 1e-9)
+            piece.time_ratio = timed[piece.label] / max(pace * (texts[PREFIX if piece.timed_on == PREFIX else HELD_OUT].numel() - 1), 1e-9)
         if not piece.timed and not piece.stopped:
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, below the {MIN_GAIN:g}-nat floor: not timed, no candidate")
         elif piece.gain is None:
             how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
-            if "predicted" in piece.timed_on:
+            if piece.timed_on == PREDICTED:
                 log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time x{piece.time_ratio:.2f} "
-                    f"{piece.timed_on.split(', ')[1]}, not timed), gain not measured")
+                    f"{PREDICTED.split(', ')[1]}, not timed), gain not measured")
             else:
                 log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}"
                     f"x{piece.time_ratio:.2f}{', ' + how if piece.stopped else ''}), gain not measured")
