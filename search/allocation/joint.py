@@ -4,22 +4,21 @@ one small search under the eval cap, instead of the stride first and TTT on what
 Pieces are measured once each against the plain chunked score: a piece's gain is the drop in loss it gives on the
 held-out *training* tokens (never validation), its time ratio its seconds over the plain score's on the same text.
 Strides, the tilt and the plain score come from held-out passes that keep every window's losses (sweep.py: each
-multiple of a pass's stride and the chunks, tilted or not, are read off it). Before any pass each stride's time is
-predicted from the unroll choice's plain pass over the same tokens (a window costs the same at every stride), and the
-smallest stride predicted to fit is swept first: its windows cover every larger stride's and the chunks'. The tilt is
-timed by its own held-out run only where its gain could make it a candidate, and TTT on a validation prefix (see
-PREFIX), then scored on the held-out tokens where it fits. A piece is timed only until it is plainly too slow: a run
-past (or on pace to run past) the cap's share of its text (timing.py) means the piece does not fit even alone, so it
-is stopped there, its gain is not measured and it is in no candidate; a piece that is only a smaller stride, a smaller
-TTT chunk or a larger rank than one that did not fit is not timed at all (the demo's TTT settings, timed to the end at
-5-12x the plain score, were most of a trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A
-combination's gain is predicted as the sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
+multiple of a pass's stride and the chunks, tilted or not, are read off it), the largest stride's first and a smaller
+one's only where its windows are predicted to fit (from the unroll choice's plain pass and the windows already swept: a
+window costs the same at every stride) and no larger stride was too slow. The tilt is timed by its own held-out run
+only where its gain could make it a candidate, and TTT on a validation prefix (see PREFIX), then scored on the held-out
+tokens where it fits. A piece is timed only until it is plainly too slow: a run past (or on pace to run past) the cap's
+share of its text (timing.py) means the piece does not fit even alone, so it is stopped there, its gain is not measured
+and it is in no candidate; a piece that is only a smaller stride, a smaller TTT chunk or a larger rank than one that
+did not fit is not timed at all (the demo's TTT settings, timed to the end at 5-12x the plain score, were most of a
+trial's time outside training); nor is a piece whose gain is below MIN_GAIN. A combination's gain is predicted as the
+sum of its pieces' gains (the stated assumption: the pieces act on different things, the context, the weights, the
 output; a stride of a TTT chunk or more changes nothing under TTT and is no candidate), its eval time on the whole
-split as the plain time per target times the product of its pieces' ratios. The combination with the largest
-predicted gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the
-same rule as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its
-predicted and (for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the
-split.
+split as the plain time per target times the product of its pieces' ratios. The combination with the largest predicted
+gain whose predicted time fits EVAL_TIME_MARGIN of the cap at the submission's ranks wins (fits_eval_cap: the same rule
+as the sequential choice); its held-out loss is then measured as a whole, and every candidate with its predicted and
+(for the winner) measured gain goes into allocation.json. The allocation's confirmation scores it on the split.
 """
 
 import dataclasses
@@ -53,7 +52,6 @@ MIN_GAIN = 1e-4
 # pairs where the prefix did by -3 to +19%: on one checkpoint chunk 128 rank 8, which fits the cap with room, was
 # stopped there and rank 4 chosen, 0.013 bpb worse.
 PREFIX, HELD_OUT = "validation prefix", "held-out"
-PREDICTED = f"{HELD_OUT}, predicted from the plain pass"  # a stride not swept: its windows at the plain pass's pace
 
 
 @dataclass
@@ -67,7 +65,7 @@ class Piece:
     timed: bool = True  # False: not timed (at least as slow as a stopped piece, timing.at_least_as_slow; a stride its
                         # windows predict too slow; a tilt whose gain is under the floor)
     timed_on: str = ""  # where its time ratio comes from: PREFIX or HELD_OUT (", stride N's windows": read off a pass at
-                        # stride N), or PREDICTED: not run
+                        # stride N; ", predicted from X": not run, its windows at the pace of X)
 
 
 @dataclass
@@ -113,24 +111,38 @@ def candidate_pieces(config: RunConfig, space_alloc) -> dict[str, list[Piece]]:
 
 
 def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, limit: float, tilt_orders: list,
-            plain_seconds: float) -> tuple[list, dict]:
-    """Sweeps of the held-out tokens (sweep.py) until the plain chunks and every stride that fits are covered:
-    (sweeps, {stride: its predicted seconds} for the strides predicted not to fit, never swept). plain_seconds: a plain
-    chunked pass's over these tokens, whose pace predicts each stride's windows. The smallest stride predicted to fit
-    goes first: its windows cover the larger strides' and the chunks' (the demo's baseline shape swept stride 128 and
-    then 64 when both were too slow, 8 s of a trial, before the chunks). A stride's sweep is stopped past `limit` (too
-    slow to fit alone: it stays uncovered, and the next larger one is swept); the chunks' never is (the plain loss is
-    every gain's reference)."""
+            plain_seconds: float) -> tuple[list, dict, set]:
+    """Sweeps of the held-out tokens (sweep.py), the largest stride not yet covered first, until the plain chunks and
+    every stride that fits are covered: (sweeps, {stride: (its predicted seconds, what predicts them)} and {strides
+    slower than one whose sweep was stopped}, neither swept). A window costs the same at every stride, so a stride is
+    swept only where its windows are predicted to fit: at the pace of the unroll choice's plain pass over these tokens
+    (plain_seconds) before any sweep, then at the pace of the windows already swept (a stride's windows ran 1.1-1.3x a
+    plain window's time in the demo, so only the sweeps' own pace rules a stride in). In the demo a pass is one batch,
+    so a stride past its limit is only stopped at its end: a trial whose strides were both too slow swept 128, then
+    64, then the chunks (8.3 s), where the plain pass now rules them out. A stride's sweep is stopped past `limit` (too
+    slow to fit alone: that stride and every smaller one stay uncovered); the chunks' never is (the plain loss is every
+    gain's reference)."""
     windows = {s: len(setting_windows(held_out.numel() - 1, base.seq_len, s)) for s in strides + [0]}
-    guess = {s: plain_seconds * windows[s] / windows[0] for s in strides}
-    predicted = {s: seconds for s, seconds in guess.items() if seconds > PACE_SLACK * limit}
-    sweeps = []
-    for stride in sorted(s for s in strides if s not in predicted) + [0]:
+    predicted = {s: (plain_seconds * windows[s] / windows[0], "the plain pass") for s in strides}
+    predicted = {s: guess for s, guess in predicted.items() if guess[0] > PACE_SLACK * limit}
+    sweeps, stopped, slower = [], 0, set()
+    for stride in sorted((s for s in strides if s not in predicted), reverse=True) + [0]:
         if _covering(sweeps, stride) is not None:
             continue
+        if stride and stopped:  # smaller than a stride that was too slow
+            slower.add(stride)
+            continue
+        if stride and sweeps:
+            seconds, source = min((s.seconds_of(stride), s.stride) for s in sweeps)
+            if seconds > PACE_SLACK * limit:
+                predicted[stride] = (seconds, f"stride {source}'s windows" if source else "the chunks' windows")
+                continue
         swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
-        sweeps += [swept] if swept is not None and swept.seconds <= (limit if stride else math.inf) else []
-    return sweeps, predicted
+        if swept is not None and swept.seconds <= (limit if stride else math.inf):
+            sweeps.append(swept)
+        else:
+            stopped = stride
+    return sweeps, predicted, slower
 
 
 def _covering(sweeps: list, stride: int):
@@ -172,7 +184,7 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
 
     timed = {}  # piece label -> its seconds (stopped: the limit)
     tilts = families.get("tilt", [])
-    sweeps, predicted = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
+    sweeps, predicted, slower = _sweeps(model, base, [p.changes["stride"] for p in families.get("stride", [])], held_out, luts, runtime,
                                 limit, [p.changes["ngram_order"] for p in tilts], plain_seconds)
     # The plain score's pace is the sweep's (its windows cost what chunks do). A piece's predicted time on the split is
     # its own seconds scaled by the targets, whatever this pace: a neighbour slowing the sweep makes every setting it
@@ -185,7 +197,10 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
         swept = _covering(sweeps, stride)
         piece.stopped = swept is None
         if stride in predicted:
-            timed[piece.label], piece.timed, piece.timed_on = predicted[stride], False, PREDICTED
+            timed[piece.label], source = predicted[stride]
+            piece.timed, piece.timed_on = False, f"{HELD_OUT}, predicted from {source}"
+        elif stride in slower:
+            timed[piece.label], piece.timed = limit, False
         elif swept is None:
             timed[piece.label] = limit
         else:
@@ -216,9 +231,9 @@ def choose_jointly(model, config: RunConfig, space_alloc, caps, data, runtime, h
             log(f"allocation: {piece.label}: held-out gain {piece.gain:+.4f} nats, below the {MIN_GAIN:g}-nat floor: not timed, no candidate")
         elif piece.gain is None:
             how = "stopped" if piece.timed else "not timed: slower than a setting that did not fit"
-            if piece.timed_on == PREDICTED:
+            if "predicted" in piece.timed_on:
                 log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time x{piece.time_ratio:.2f} "
-                    f"{PREDICTED.split(', ')[1]}, not timed), gain not measured")
+                    f"{piece.timed_on.split(', ')[1]}, not timed), gain not measured")
             else:
                 log(f"allocation: {piece.label}: too slow to fit the eval cap alone (time {'>' if piece.stopped else ''}"
                     f"x{piece.time_ratio:.2f}{', ' + how if piece.stopped else ''}), gain not measured")

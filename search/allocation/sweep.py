@@ -9,8 +9,8 @@ the logit of the token it predicts, so with that token's log-probability kept to
     nll' = nll - boost * [target == predicted] + log(1 + p(predicted) * (e^boost - 1))   where the tilt is confident.
 
 So one pass measures the held-out gain of every setting it covers, where one pass per setting did (the demo ran chunks,
-stride 128, stride 64 and the tilt: 8.1 chunk passes' time; now one pass, at the smallest stride the plain pass's pace
-predicts to fit: joint.py's _sweeps). A derived setting's time is the
+stride 128, stride 64 and the tilt: 8.1 chunk passes' time; now stride 128's pass, 2, and stride 64's, 4, only where
+the windows timed predict that it fits: joint.py's _sweeps). A derived setting's time is the
 pass's seconds per window times its own windows: a window costs the same at every stride and in chunks (the demo timed
 strides 128 and 64 at 2.05x and 3.94x the chunks, for 2x and 4x their windows). The seconds spent keeping the losses
 are left out of the pass's time, so it times the setting it runs.
