@@ -123,6 +123,17 @@ def test_strides_and_the_tilt_are_read_off_one_held_out_pass_and_a_tilt_under_th
     windows = {s: len(setting_windows(held_out.numel() - 1, 128, s)) for s in (32, 64)}  # about twice as many at 32
     assert small.time_ratio / large.time_ratio == pytest.approx(windows[32] / windows[64])  # the windows, at one pace
     assert sum("stride 32: too slow" in line and "predicted from the plain pass, not timed" in line for line in lines) == 1
+    # A plain pass that lets every stride in (0 s here): stride 32 is still predicted from the windows stride 64 swept.
+    passes.clear()
+    lines.clear()
+    choice = choose_jointly(model, config, space, Caps(eval_seconds=1e9), DATA, Runtime(device=torch.device("cpu")), held_out,
+                            0.0, 0.7, lines.append, 512)
+    assert passes == [64]
+    small, large = (next(p for p in choice.pieces if p.label == label) for label in ("stride 32", "stride 64"))
+    assert small.stopped and not small.timed and small.timed_on == f"{HELD_OUT}, predicted from stride 64's windows"
+    assert large.timed and large.gain is not None
+    assert small.time_ratio / large.time_ratio == pytest.approx(windows[32] / windows[64])  # stride 64's pass's pace
+    assert sum("stride 32: too slow" in line and "predicted from stride 64's windows, not timed" in line for line in lines) == 1
 
 
 def test_the_space_names_the_choice_and_the_tilt_needs_the_joint_one():

@@ -118,10 +118,9 @@ def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, lim
     swept only where its windows are predicted to fit: at the pace of the unroll choice's plain pass over these tokens
     (plain_seconds) before any sweep, then at the pace of the windows already swept (a stride's windows ran 1.1-1.3x a
     plain window's time in the demo, so only the sweeps' own pace rules a stride in). In the demo a pass is one batch,
-    so a stride past its limit is only stopped at its end: a trial whose strides were both too slow swept 128, then
-    64, then the chunks (8.3 s), where the plain pass now rules them out. A stride's sweep is stopped past `limit` (too
-    slow to fit alone: that stride and every smaller one stay uncovered); the chunks' never is (the plain loss is every
-    gain's reference)."""
+    so a stride past its limit is only stopped at its end: a demo trial whose strides were both too slow swept 128,
+    then 64, then the chunks (8.3 s). A stride's sweep is stopped past `limit` (too slow to fit alone: that stride and
+    every smaller one stay uncovered); the chunks' never is (the plain loss is every gain's reference)."""
     windows = {s: len(setting_windows(held_out.numel() - 1, base.seq_len, s)) for s in strides + [0]}
     predicted = {s: (plain_seconds * windows[s] / windows[0], "the plain pass") for s in strides}
     predicted = {s: guess for s, guess in predicted.items() if guess[0] > PACE_SLACK * limit}
@@ -135,7 +134,7 @@ def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, lim
         if stride and sweeps:
             seconds, source = min((s.seconds_of(stride), s.stride) for s in sweeps)
             if seconds > PACE_SLACK * limit:
-                predicted[stride] = (seconds, f"stride {source}'s windows" if source else "the chunks' windows")
+                predicted[stride] = (seconds, f"stride {source}'s windows")  # only strides are swept before the chunks
                 continue
         swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
         if swept is not None and swept.seconds <= (limit if stride else math.inf):
