@@ -35,7 +35,8 @@ from pgolf.submission import score_tokens
 from pgolf.ttt import stride_inside_chunks
 from search.allocation.evaluation import fits_eval_cap
 from search.allocation.sweep import setting_windows, sweep
-from search.allocation.timing import PACE_SLACK, cheapest_first, prefix_limit, timed_unless_slower, timed_within, warm_up
+from search.allocation.timing import (PACE_SLACK, at_least_as_slow, cheapest_first, prefix_limit, timed_unless_slower,
+                                     timed_within, warm_up)
 from search.allocation.ttt import TIME_SAMPLE, ttt_settings
 
 
@@ -124,11 +125,12 @@ def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, lim
     windows = {s: len(setting_windows(held_out.numel() - 1, base.seq_len, s)) for s in strides + [0]}
     predicted = {s: (plain_seconds * windows[s] / windows[0], "the plain pass") for s in strides}
     predicted = {s: guess for s, guess in predicted.items() if guess[0] > PACE_SLACK * limit}
-    sweeps, stopped, slower = [], 0, set()
+    sweeps, over, slower = [], [], set()
     for stride in sorted((s for s in strides if s not in predicted), reverse=True) + [0]:
         if _covering(sweeps, stride) is not None:
             continue
-        if stride and stopped:  # smaller than a stride that was too slow
+        setting = dataclasses.replace(base, stride=stride)
+        if any(at_least_as_slow(setting, o) for o in over):  # a smaller stride than one that was too slow
             slower.add(stride)
             continue
         if stride and sweeps:
@@ -136,11 +138,11 @@ def _sweeps(model, base: EvalConfig, strides: list, held_out, luts, runtime, lim
             if seconds > PACE_SLACK * limit:
                 predicted[stride] = (seconds, f"stride {source}'s windows")  # only strides are swept before the chunks
                 continue
-        swept = sweep(model, dataclasses.replace(base, stride=stride), held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
+        swept = sweep(model, setting, held_out, luts, runtime, limit if stride else math.inf, tilt_orders)
         if swept is not None and swept.seconds <= (limit if stride else math.inf):
             sweeps.append(swept)
         else:
-            stopped = stride
+            over.append(setting)
     return sweeps, predicted, slower
 
 
