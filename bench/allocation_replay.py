@@ -19,9 +19,10 @@ sys.path.insert(0, ROOT)
 import torch._dynamo  # noqa: E402,F401  (a trial process has it imported before it allocates: search/trial.py)
 
 from pgolf.checkpoint import load_checkpoint  # noqa: E402
-from pgolf.datasets import resolve_data  # noqa: E402
+from pgolf.datasets import default_data_root, resolve_data  # noqa: E402
 from pgolf.submission import setup_runtime  # noqa: E402
 from search.allocation import AllocationRequest, allocate  # noqa: E402
+from search.cli import USER_ERRORS  # noqa: E402
 from space.spec import load_space  # noqa: E402
 
 
@@ -44,10 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("space")
     parser.add_argument("trials", nargs="+")
-    parser.add_argument("--data", default=os.environ.get("PGOLF_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    parser.add_argument("--data", default=default_data_root())
     args = parser.parse_args()
     for trial in args.trials:
-        row = replay(args.space, trial, args.data)
+        try:
+            row = replay(args.space, trial, args.data)
+        except USER_ERRORS as exc:  # a missing checkpoint, a bad space file, no data: one line, as `search` says it
+            sys.exit(f"allocation_replay: error: {exc}")
         e = row["eval"]
         chosen = "-" if e is None else f"stride {e.stride} ttt {e.ttt}" + (f" c{e.ttt_chunk} r{e.ttt_rank}" if e.ttt != "off" else "") + f" tilt {e.ngram_order}"
         phases = ", ".join(f"{k} {v:.2f}" for k, v in row["phases"].items())
