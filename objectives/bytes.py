@@ -22,8 +22,9 @@ import zstandard
 from pgolf.artifact import byte_shuffle
 from pgolf.assemble import code_bytes
 from pgolf.config import QuantConfig, RunConfig, config_to_dict
-from pgolf.model import GPT, tensor_role
+from pgolf.model import tensor_role
 from pgolf.quant import quantize_tensor
+from pgolf.shapes import unfilled_state
 from pgolf.storage import MatrixFormat, matrix_format, outlier_count
 
 RTN_PERCENTILE = QuantConfig().clip_percentile  # the allocation's RTN options clip as the model file does
@@ -44,10 +45,8 @@ class TensorInfo:
 
 def tensor_infos(model_cfg) -> list[TensorInfo]:
     """Every stored tensor of a model config, without allocating its weights."""
-    with torch.device("meta"):
-        model = GPT(model_cfg)
     infos = []
-    for name, t in model.state_dict().items():
+    for name, t in unfilled_state(model_cfg).items():
         kind = tensor_role(name).kind
         role = "control" if kind == "gain" else "embedding" if kind == "embedding" else "matrix" if t.ndim == 2 else "other"
         infos.append(TensorInfo(name, tuple(t.shape), t.numel(), t.shape[0] if t.ndim == 2 else 1, role))
