@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import sys
 
 from pgolf import cli as pgolf_cli
 from pgolf.cliargs import COUNT, INDEX, POSITIVE, SECONDS, SEED, OneLineParser, absolute_paths, ranged
@@ -295,5 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     return pgolf_cli.dispatch("search", args, USER_ERRORS)  # a study's coordinator names its own resume command
 
 
+def entry() -> None:
+    """The console script and `python -m search.cli` (pgolf/cli.py's entry: no interpreter teardown after the command)."""
+    pgolf_cli.exit_after_cleanup(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
