@@ -308,7 +308,12 @@ def exit_after_cleanup(code: int) -> None:
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()  # CPython's own call at exit, before the teardown this skips
-    exit_process(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`search status | head`) or stream: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def entry() -> None:
