@@ -34,7 +34,7 @@ FIXED_OVERHEAD = 120  # prefix + frame table + empty-frame overheads
 FORMAT_HEADER_BYTES = 40  # compressed directory bytes of a matrix's format fields and extra array entries
 
 
-@dataclass
+@dataclass(frozen=True)  # shared between callers (tensor_infos caches them)
 class TensorInfo:
     name: str
     shape: tuple
@@ -43,14 +43,21 @@ class TensorInfo:
     role: str  # "embedding" | "matrix" | "control" | "other"
 
 
+_INFOS: dict[str, tuple] = {}  # by the model config's repr: a coordinator predicts each trial's bytes once per compressor
+
+
 def tensor_infos(model_cfg) -> list[TensorInfo]:
-    """Every stored tensor of a model config, without allocating its weights."""
-    infos = []
-    for name, t in unfilled_state(model_cfg).items():
-        kind = tensor_role(name).kind
-        role = "control" if kind == "gain" else "embedding" if kind == "embedding" else "matrix" if t.ndim == 2 else "other"
-        infos.append(TensorInfo(name, tuple(t.shape), t.numel(), t.shape[0] if t.ndim == 2 else 1, role))
-    return infos
+    """Every stored tensor of a model config, without drawing its weights (the model is built once per config in a
+    process, ~0.1 s for the demo's shapes)."""
+    key = repr(model_cfg)
+    if key not in _INFOS:
+        infos = []
+        for name, t in unfilled_state(model_cfg).items():
+            kind = tensor_role(name).kind
+            role = "control" if kind == "gain" else "embedding" if kind == "embedding" else "matrix" if t.ndim == 2 else "other"
+            infos.append(TensorInfo(name, tuple(t.shape), t.numel(), t.shape[0] if t.ndim == 2 else 1, role))
+        _INFOS[key] = tuple(infos)
+    return list(_INFOS[key])
 
 
 def _key(role: str, bits: int, clip: float) -> str:
