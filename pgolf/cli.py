@@ -4,6 +4,7 @@ import argparse
 import atexit
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -268,6 +269,16 @@ def _redeliver_swallowed(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on its writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (captured), or no poll on this platform
+        return False
+
+
 def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
     """Run a parsed subcommand; a user error is one line on stderr and exit 1; Ctrl-C exits 130, SIGTERM 143."""
     # SIGTERM (`kill`, a scheduler stopping a job) would end Python on the spot, leaving staging folders behind;
@@ -280,6 +291,12 @@ def dispatch(prog: str, args, errors: tuple = USER_ERRORS) -> int:
     except errors as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        if not stdout_reader_gone():  # some other pipe: a real failure
+            raise
+        # `search status | head`: the reader has what it wanted. As a Unix tool killed by SIGPIPE: no message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush must not raise again
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         # On a terminal, start a fresh line after the echoed ^C; in a log, just the one line.

@@ -3,6 +3,8 @@ of range in flags and space files. Each bad input is one line, a non-zero exit, 
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +75,16 @@ def test_an_output_folder_that_is_a_file_is_named(micro_study, tmp_path):
                            "--force", "--skip-legality", cwd=tmp_path),
                    r"output .*taken is a file, not a folder")
     assert taken.read_text() == "mine"
+
+
+def test_status_into_a_pipe_whose_reader_left_ends_quietly(micro_study):
+    """`search status | head -1`: the reader closes the pipe before the table is written; no traceback."""
+    results, name = micro_study
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "search.cli", "status", name, "--results", str(results)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as a Unix tool ended by it
