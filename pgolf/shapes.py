@@ -3,7 +3,7 @@ the checkpoint importer read.
 
 Not on the meta device: there `normal_` and `arange` run through torch._refs, whose first call imports Dynamo (1.1 s,
 and 0.4 s more at exit, on the AMD machines), once in every CLI and coordinator process that predicts bytes. On the
-CPU with the random fills skipped, a 36M-parameter model's tensors take ~0.3 s and no Dynamo. Not part of the exported
+CPU with the random fills skipped, a 36M-parameter model's tensors take ~0.15 s and no Dynamo. Not part of the exported
 script: pgolf/model.py's own initialisation is unchanged.
 """
 
