@@ -30,3 +30,8 @@ TILT_WITH_TARGET = ("    confident[t] = confidence > threshold\n", "    pred[t],
 
 # An n-gram tilt whose "latest earlier occurrence" of a context is its next occurrence: it reads text not yet scored.
 TILT_FROM_FUTURE = ("    by_context = np.lexsort((t, h))\n", "    by_context = np.lexsort((-t, h))\n")
+
+# Phased global TTT whose global phase adapts on the documents that start at or after the mark, before they are
+# scored: their losses then depend on their own later tokens.
+GLOBAL_PHASE_ON_UNSCORED = ("if s.start < mark for w in _step_windows((s.start, min(s.end, mark), s.floor)",
+                            "if s.start >= mark for w in _step_windows((s.start, s.end, s.floor)")

@@ -19,8 +19,9 @@ from pgolf.evaluate import Trace
 from pgolf.model import GPT, full_precision
 from pgolf.shards import validation_tokens
 from pgolf.submission import Runtime, score_tokens
+from search.submit.legality import model_file_settings
 
-from broken_evals import ADAPT_THEN_SCORE, patched
+from broken_evals import ADAPT_THEN_SCORE, GLOBAL_PHASE_ON_UNSCORED, patched
 from conftest import DATA, VAL_PATTERN, run_cli, sample_luts
 
 CPU = Runtime(device=torch.device("cpu"))
@@ -179,3 +180,39 @@ def test_the_legality_check_rejects_an_export_that_adapts_before_scoring(ttt_exp
     assert done.returncode == 1, done.stderr
     assert "C3 score before update: FAIL" in done.stdout and "C4 scored once: pass" in done.stdout, done.stdout
     assert re.search(r"fails .*C3 score before update", done.stdout)
+
+
+@pytest.fixture(scope="module")
+def phased_export(tmp_path_factory):
+    """An export of the micro TTT space with phased global TTT on: the global phase's prefix ends at target 96."""
+    folder = tmp_path_factory.mktemp("phased")
+    with open(MICRO_TTT, encoding="utf-8") as f:
+        text = f.read()
+    assert "[base.eval]\nbatch_tokens = 16384\n" in text
+    space = folder / "micro_phased.toml"
+    space.write_text(text.replace("[base.eval]\nbatch_tokens = 16384\n", "[base.eval]\nbatch_tokens = 16384\nttt_global_tokens = 96\n"))
+    results = folder / "results"
+    done = run_cli("search.cli", "run", "--space", str(space), "--study", "p", "--trials", "1", "--sampler-seed", "0",
+                   "--results", str(results))
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = folder / "export"
+    exported = run_cli("search.cli", "export", "p", "--out", str(out), "--results", str(results))
+    assert exported.returncode == 0, exported.stderr + exported.stdout
+    return out, exported.stdout
+
+
+def test_a_phased_global_ttt_export_passes_the_legality_check_and_one_adapting_on_unscored_text_fails_c1(phased_export, tmp_path):
+    out, printed = phased_export
+    config = json.loads((out / "pgolf.json").read_text())
+    _, evaluation = model_file_settings(str(out))  # what the model file tells its script to evaluate with
+    assert evaluation.ttt == "lora" and evaluation.ttt_global_tokens == 96
+    for condition in ("C1 causal: pass", "C2 normalised: pass", "C3 score before update: pass", "C4 scored once: pass"):
+        assert condition in printed, printed
+    assert config["legality"]
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    script = broken / "train_gpt.py"
+    script.write_text(patched(script.read_text(), GLOBAL_PHASE_ON_UNSCORED))
+    done = run_cli("search.cli", "verify", "--legality", str(broken))
+    assert done.returncode == 1, done.stderr
+    assert "C1 causal: FAIL" in done.stdout, done.stdout

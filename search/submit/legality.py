@@ -4,7 +4,10 @@ streams built here from the start of the validation split, each from the model f
 
     C1 causal         tokens from position p on replaced by random ones: every loss of a target before p is
                       unchanged (p at random places; with the n-gram tilt on, the probe's text repeats itself and
-                      one p lies in its first copy, so a tilt reading later text is caught)
+                      one p lies in its first copy, so a tilt reading later text is caught; with phased global TTT
+                      on, the probe is the split's first ttt_global_tokens targets and then a document that starts
+                      at that mark, with one p inside it, so a global phase that adapted on text it had not
+                      scored yet is caught)
     C2 normalised     at sampled targets, the whole distribution the score was taken from sums to 1, gives the
                       scored token its recorded loss, and gives other tokens the loss they get when the stream
                       really continues with them
@@ -39,7 +42,8 @@ class Condition:
         return f"{self.name}: {'pass' if self.passed else 'FAIL'} ({self.detail})"
 
 
-def _settings(folder: str) -> tuple[ModelConfig, EvalConfig]:
+def model_file_settings(folder: str) -> tuple[ModelConfig, EvalConfig]:
+    """The model and eval settings an export's model file records: what its script evaluates with."""
     with open(os.path.join(folder, MODEL_FILE), "rb") as f:
         meta, _ = unpack(f.read())
     try:
@@ -55,9 +59,33 @@ def _chunk(evaluation: EvalConfig) -> int:
     return evaluation.stride if 0 < evaluation.stride < evaluation.seq_len else evaluation.seq_len
 
 
+def global_mark(evaluation: EvalConfig) -> int:
+    """Where phased global TTT's prefix ends (0: no global phase)."""
+    return evaluation.ttt_global_tokens if evaluation.ttt != "off" else 0
+
+
+def probe_text(split: np.ndarray, evaluation: EvalConfig, length: int, bos_id: int) -> np.ndarray:
+    """The probe's base stream: the split's first `length` tokens. With the n-gram tilt on, its text repeats itself
+    (a tilt's contexts recur). With phased global TTT on, the split's first ttt_global_tokens tokens come first, then
+    `length` tokens of the first document that starts at or after them: it starts at the mark, so it is scored on
+    weights the global phase adapted."""
+    mark = global_mark(evaluation)
+    head, text = split[:mark], split[:length]
+    if mark:
+        starts = np.flatnonzero(split[mark:] == bos_id)
+        if not starts.size or mark + int(starts[0]) + length > split.size:
+            raise VerifyError(f"the validation split holds no document of {length:,} tokens after its first {mark:,} "
+                              f"(eval.ttt_global_tokens): the probe needs one")
+        text = split[mark + int(starts[0]) :][:length]
+    text = text.astype(np.int32)
+    if evaluation.ngram_order:
+        text = np.concatenate([text[: length // 2], text[: length - length // 2]])
+    return np.concatenate([head.astype(np.int32), text])
+
+
 def probe_streams(base: np.ndarray, model: ModelConfig, evaluation: EvalConfig, rng: np.random.Generator):
     """(streams, what each is for, positions whose distribution is recorded) for one probe run."""
-    n, chunk = base.size, _chunk(evaluation)
+    n, chunk, mark = base.size, _chunk(evaluation), global_mark(evaluation)
     alphabet = np.array([t for t in range(model.vocab_size) if t != model.bos_id])  # no new documents: same batching
 
     def perturbed(p: int) -> np.ndarray:
@@ -66,8 +94,10 @@ def probe_streams(base: np.ndarray, model: ModelConfig, evaluation: EvalConfig, 
         return stream
 
     causal = sorted(int(p) for p in rng.integers(2, n - 1, 3))
-    if evaluation.ngram_order:  # inside the first copy of the repeated text (check_legality)
-        causal = sorted(set(causal) | {n // 4})
+    if evaluation.ngram_order:  # inside the first copy of the repeated text (probe_text)
+        causal = sorted(set(causal) | {mark + (n - mark) // 4})
+    if mark:  # inside the document scored after the global phase (probe_text)
+        causal = sorted(set(causal) | {mark + (n - mark) // 2})
     inside = sorted({min(p, n - 2) for p in (chunk // 2 + 1, chunk + chunk // 2, 2 * chunk + 1)} - {0, 1})
     positions = sorted({min(chunk + chunk // 3, n - 2), int(rng.integers(1, n - 2))})
     streams, roles = [base], [("base", 0, 0)]
@@ -88,22 +118,20 @@ def probe_streams(base: np.ndarray, model: ModelConfig, evaluation: EvalConfig, 
 def check_legality(folder: str, data_root: str | None = None, device: str | None = None, tolerance: float = 1e-4,
                    seed: int = 0) -> list[Condition]:
     data = export_data(folder, data_root)
-    model, evaluation = _settings(folder)
+    model, evaluation = model_file_settings(folder)
     seq, chunk = evaluation.seq_len, _chunk(evaluation)
     split = validation_tokens(data.val_pattern, seq, model.vocab_size).numpy()
     length = seq * -(-max(2 * seq, 4 * chunk) // seq) + 1  # whole evaluation sequences, a few chunks
     if split.size < length:
         raise VerifyError(f"the validation split holds {split.size:,} tokens, fewer than the probe's {length:,}")
-    base = split[:length].astype(np.int32)
-    if evaluation.ngram_order:  # the text repeats, so a tilt's contexts recur: one that read later text would move earlier losses
-        base = np.concatenate([base[: length // 2], base[: length - length // 2]])
+    base = probe_text(split, evaluation, length, model.bos_id)
     streams, roles, positions = probe_streams(base, model, evaluation, np.random.default_rng(seed))
     with tempfile.TemporaryDirectory(prefix="pgolf-legality-") as probe:
         np.savez(os.path.join(probe, "streams.npz"), tokens=np.concatenate(streams), lengths=np.array([s.size for s in streams]),
                  positions=np.array(positions, dtype=np.int64))
         run_eval_only(folder, data, device, env={"PROBE_DIR": probe}, task="run the legality probe")
         try:
-            nll = np.load(os.path.join(probe, "nll.npy"), allow_pickle=False).reshape(len(streams), length - 1)
+            nll = np.load(os.path.join(probe, "nll.npy"), allow_pickle=False).reshape(len(streams), base.size - 1)
             dist = np.load(os.path.join(probe, "dist.npy"), allow_pickle=False)
             counts = np.load(os.path.join(probe, "counts.npy"), allow_pickle=False)
         except (OSError, ValueError) as exc:
