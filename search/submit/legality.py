@@ -5,7 +5,7 @@ streams built here from the start of the validation split, each from the model f
     C1 causal         tokens from position p on replaced by random ones: every loss of a target before p is
                       unchanged (p at random places; with the n-gram tilt on, the probe's text repeats itself and
                       one p lies in its first copy, so a tilt reading later text is caught; with phased global TTT
-                      on, the probe is the split's first ttt_global_tokens targets and then a document that starts
+                      on, the probe is the split's first ttt_global_tokens tokens and then a document that starts
                       at that mark, with one p inside it, so a global phase that adapted on text it had not
                       scored yet is caught)
     C2 normalised     at sampled targets, the whole distribution the score was taken from sums to 1, gives the
