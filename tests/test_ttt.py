@@ -140,16 +140,31 @@ def test_the_trace_holds_a_normalised_distribution_that_gives_the_scored_loss(of
         assert float(trace.dist[t][tokens[t + 1]]) == pytest.approx(float(trace.nll[t]), abs=1e-6)
 
 
+def study_export(space: str, study: str, results, out) -> str:
+    """A one-trial study of `space` run into `results`, then exported (legality check included) to `out`; what the
+    export printed."""
+    done = run_cli("search.cli", "run", "--space", space, "--study", study, "--trials", "1", "--sampler-seed", "0",
+                   "--results", str(results))
+    assert done.returncode == 0, done.stderr + done.stdout
+    exported = run_cli("search.cli", "export", study, "--out", str(out), "--results", str(results))
+    assert exported.returncode == 0, exported.stderr + exported.stdout
+    return exported.stdout
+
+
+def legality_of_broken_copy(out, folder, patch: tuple[str, str]):
+    """`search verify --legality` on a copy of the export `out` whose script has `patch` applied (broken_evals.py)."""
+    broken = folder / "broken"
+    shutil.copytree(out, broken)
+    script = broken / "train_gpt.py"
+    script.write_text(patched(script.read_text(), patch))
+    return run_cli("search.cli", "verify", "--legality", str(broken))
+
+
 @pytest.fixture(scope="module")
 def ttt_export(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    done = run_cli("search.cli", "run", "--space", MICRO_TTT, "--study", "t", "--trials", "1", "--sampler-seed", "0",
-                   "--results", str(results))
-    assert done.returncode == 0, done.stderr + done.stdout
     out = tmp_path_factory.mktemp("export") / "ttt"
-    exported = run_cli("search.cli", "export", "t", "--out", str(out), "--results", str(results))
-    assert exported.returncode == 0, exported.stderr
-    return results, out, exported.stdout
+    return results, out, study_export(MICRO_TTT, "t", results, out)
 
 
 def test_a_ttt_trial_exports_with_its_legality_lines_and_verifies_exactly(ttt_export):
@@ -172,11 +187,7 @@ def test_a_ttt_trial_exports_with_its_legality_lines_and_verifies_exactly(ttt_ex
 
 def test_the_legality_check_rejects_an_export_that_adapts_before_scoring(ttt_export, tmp_path):
     _, out, _ = ttt_export
-    broken = tmp_path / "broken"
-    shutil.copytree(out, broken)
-    script = broken / "train_gpt.py"
-    script.write_text(patched(script.read_text(), ADAPT_THEN_SCORE))
-    done = run_cli("search.cli", "verify", "--legality", str(broken))
+    done = legality_of_broken_copy(out, tmp_path, ADAPT_THEN_SCORE)
     assert done.returncode == 1, done.stderr
     assert "C3 score before update: FAIL" in done.stdout and "C4 scored once: pass" in done.stdout, done.stdout
     assert re.search(r"fails .*C3 score before update", done.stdout)
@@ -191,14 +202,8 @@ def phased_export(tmp_path_factory):
     assert "[base.eval]\nbatch_tokens = 16384\n" in text
     space = folder / "micro_phased.toml"
     space.write_text(text.replace("[base.eval]\nbatch_tokens = 16384\n", "[base.eval]\nbatch_tokens = 16384\nttt_global_tokens = 96\n"))
-    results = folder / "results"
-    done = run_cli("search.cli", "run", "--space", str(space), "--study", "p", "--trials", "1", "--sampler-seed", "0",
-                   "--results", str(results))
-    assert done.returncode == 0, done.stderr + done.stdout
     out = folder / "export"
-    exported = run_cli("search.cli", "export", "p", "--out", str(out), "--results", str(results))
-    assert exported.returncode == 0, exported.stderr + exported.stdout
-    return out, exported.stdout
+    return out, study_export(str(space), "p", folder / "results", out)
 
 
 def test_a_phased_global_ttt_export_passes_the_legality_check_and_one_adapting_on_unscored_text_fails_c1(phased_export, tmp_path):
@@ -209,10 +214,6 @@ def test_a_phased_global_ttt_export_passes_the_legality_check_and_one_adapting_o
     for condition in ("C1 causal: pass", "C2 normalised: pass", "C3 score before update: pass", "C4 scored once: pass"):
         assert condition in printed, printed
     assert config["legality"]
-    broken = tmp_path / "broken"
-    shutil.copytree(out, broken)
-    script = broken / "train_gpt.py"
-    script.write_text(patched(script.read_text(), GLOBAL_PHASE_ON_UNSCORED))
-    done = run_cli("search.cli", "verify", "--legality", str(broken))
+    done = legality_of_broken_copy(out, tmp_path, GLOBAL_PHASE_ON_UNSCORED)
     assert done.returncode == 1, done.stderr
     assert "C1 causal: FAIL" in done.stdout, done.stdout
